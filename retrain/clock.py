@@ -1,0 +1,65 @@
+"""Time, injected.
+
+Nothing else in ``retrain/`` reads the wall clock: production code receives a
+:class:`Clock`, tests, the demo and the backtester hand it a :class:`SimClock`.
+All times are timezone-aware UTC ``datetime`` objects.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Protocol
+
+__all__ = ["Clock", "SystemClock", "SimClock", "utc", "monotonic"]
+
+
+def utc(dt: datetime) -> datetime:
+    """Return ``dt`` as an aware UTC datetime (naive values are taken as UTC)."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def monotonic() -> float:
+    """Seconds from an arbitrary origin, for measuring durations only."""
+    return time.perf_counter()
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+class SystemClock:
+    """Wall time in UTC."""
+
+    def now(self) -> datetime:
+        return datetime.now(timezone.utc)
+
+
+class SimClock:
+    """A clock that only moves when told to; thread-safe.
+
+    >>> c = SimClock(datetime(2026, 1, 1, tzinfo=timezone.utc))
+    >>> c.advance(timedelta(hours=1)).now().hour
+    1
+    """
+
+    def __init__(self, start: datetime) -> None:
+        self._now = utc(start)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def set(self, when: datetime) -> "SimClock":
+        with self._lock:
+            self._now = utc(when)
+        return self
+
+    def advance(self, delta: timedelta) -> "SimClock":
+        with self._lock:
+            self._now = self._now + delta
+        return self
