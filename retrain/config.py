@@ -1,0 +1,293 @@
+"""The model file (``retrain.toml``): which models exist and how each is retrained.
+
+::
+
+    [settings]
+    timezone = "UTC"                 # for schedules and the off-peak window
+    [policy]                         # global decision policy (see retrain.policy.Policy)
+    daily_budget_usd = 10.0
+    [models.direction]
+    entry_point = "retrain.examples.direction:train"     # package.module:function
+    data_source = "retrain.examples.direction:history"   # or "sample" (the live feature sample)
+    features = ["f0", "f1"]
+    [models.direction.thresholds]    # performance trigger
+    [models.direction.schedule]      # daily = "02:00", weekly = "sun 02:00", monthly = "1 02:00"
+    [models.direction.policy]        # per-model overrides of [policy]
+
+Invalid files fail at start-up with a ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from retrain.errors import ConfigError
+
+__all__ = [
+    "RetrainConfig",
+    "ModelConfig",
+    "Thresholds",
+    "DriftSettings",
+    "EmergencySettings",
+    "ValidationSettings",
+    "RolloutSettings",
+    "ScheduleSettings",
+    "SampleSettings",
+    "load_config",
+    "parse_config",
+    "resolve_callable",
+]
+
+_ENTRY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Thresholds(_Strict):
+    """Performance trigger (ADAPT-009)."""
+
+    metrics: tuple[str, ...] = ("accuracy",)
+    relative_drop: float = Field(0.05, gt=0, lt=1)
+    accuracy_floor: float = Field(0.55, ge=0, le=1)
+    min_samples: int = Field(2000, ge=1)
+    window_minutes: int = Field(240, ge=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(v) - {"accuracy", "precision", "recall", "f1", "sharpe"}
+        if unknown:
+            raise ValueError(f"unknown metric(s) {sorted(unknown)}; use accuracy, precision, recall, f1, sharpe")
+        return v
+
+
+class DriftSettings(_Strict):
+    enabled: bool = True
+    alpha: float = Field(0.05, gt=0, lt=1)
+    correction: Literal["bh", "bonferroni", "none"] = "bh"
+    min_rows: int = Field(500, ge=10)
+    current_minutes: int = Field(240, ge=1)
+    categorical: tuple[str, ...] = ()
+
+
+class EmergencySettings(_Strict):
+    enabled: bool = True
+    sigma: float = Field(3.0, gt=0)
+    history_buckets: int = Field(120, ge=10)
+    bucket_minutes: int = Field(5, ge=1)
+
+
+class ValidationSettings(_Strict):
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    min_improvement: float = Field(0.02, ge=0)
+    shadow_min_hours: float = Field(24.0, ge=0)
+    shadow_max_hours: float = Field(48.0, ge=0)
+    shadow_min_rows: int = Field(1000, ge=0)
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.shadow_max_hours < self.shadow_min_hours:
+            raise ValueError("shadow_max_hours must be >= shadow_min_hours")
+        return self
+
+
+class RolloutSettings(_Strict):
+    stages: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)
+    stage_min_minutes: float = Field(60.0, ge=0)
+    stage_min_samples: int = Field(500, ge=0)
+    rollback_degradation: float = Field(0.10, gt=0, lt=1)
+    manual_gate: bool = False
+
+
+class ScheduleSettings(_Strict):
+    daily: str | None = None  # "HH:MM"
+    weekly: str | None = None  # "sun HH:MM"
+    monthly: str | None = None  # "D HH:MM"
+    cron: tuple[str, ...] = ()  # raw crontab "m h dom mon dow"
+
+    @field_validator("daily")
+    @classmethod
+    def _hhmm(cls, v):
+        if v is not None and not re.fullmatch(r"([01]?\d|2[0-3]):[0-5]\d", v):
+            raise ValueError(f"expected HH:MM, got {v!r}")
+        return v
+
+    @field_validator("weekly")
+    @classmethod
+    def _weekly(cls, v):
+        if v is not None and not re.fullmatch(r"(mon|tue|wed|thu|fri|sat|sun) ([01]?\d|2[0-3]):[0-5]\d", v):
+            raise ValueError(f"expected 'sun HH:MM' (mon..sun), got {v!r}")
+        return v
+
+    @field_validator("monthly")
+    @classmethod
+    def _monthly(cls, v):
+        if v is not None and not re.fullmatch(r"([1-9]|[12]\d|3[01]) ([01]?\d|2[0-3]):[0-5]\d", v):
+            raise ValueError(f"expected 'D HH:MM' with D in 1..31, got {v!r}")
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v):
+        for expr in v:
+            if len(expr.split()) != 5:
+                raise ValueError(f"crontab {expr!r} must have 5 fields: minute hour day month weekday")
+        return v
+
+    def crontab_fields(self) -> dict[str, dict[str, str]]:
+        """Each entry as celery.schedules.crontab keyword arguments, keyed by a slot name."""
+        out: dict[str, dict[str, str]] = {}
+        if self.daily:
+            h, m = self.daily.split(":")
+            out["daily"] = {"minute": str(int(m)), "hour": str(int(h))}
+        if self.weekly:
+            day, hm = self.weekly.split()
+            h, m = hm.split(":")
+            out["weekly"] = {"minute": str(int(m)), "hour": str(int(h)), "day_of_week": day}
+        if self.monthly:
+            dom, hm = self.monthly.split()
+            h, m = hm.split(":")
+            out["monthly"] = {"minute": str(int(m)), "hour": str(int(h)), "day_of_month": dom}
+        for i, expr in enumerate(self.cron):
+            mi, hr, dom, mon, dow = expr.split()
+            out[f"cron{i}"] = {"minute": mi, "hour": hr, "day_of_month": dom, "month_of_year": mon, "day_of_week": dow}
+        return out
+
+
+class SampleSettings(_Strict):
+    """The bounded sample of live feature rows kept per model."""
+
+    rate: float = Field(0.1, gt=0, le=1)
+    max_rows: int = Field(50_000, ge=100)
+
+
+class ModelConfig(_Strict):
+    name: str
+    description: str = ""
+    entry_point: str
+    data_source: str = "sample"
+    features: tuple[str, ...]
+    primary_metric: Literal["accuracy", "precision", "recall", "f1", "sharpe"] = "accuracy"
+    lookback_hours: float = Field(24.0, gt=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+    thresholds: Thresholds = Thresholds()
+    drift: DriftSettings = DriftSettings()
+    emergency: EmergencySettings = EmergencySettings()
+    validation: ValidationSettings = ValidationSettings()
+    rollout: RolloutSettings = RolloutSettings()
+    schedule: ScheduleSettings = ScheduleSettings()
+    sample: SampleSettings = SampleSettings()
+    policy: dict[str, Any] = Field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()
+
+    @field_validator("entry_point")
+    @classmethod
+    def _entry(cls, v: str) -> str:
+        if not _ENTRY.match(v):
+            raise ValueError(f"expected 'package.module:function', got {v!r}")
+        return v
+
+    @field_validator("data_source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v != "sample" and not _ENTRY.match(v):
+            raise ValueError(f"expected 'sample' or 'package.module:function', got {v!r}")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one feature is needed")
+        if len(set(v)) != len(v):
+            raise ValueError("feature names must be unique")
+        return v
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+    def training_fingerprint(self) -> str:
+        """What a retraining's configuration is: parameters and lookback, not thresholds."""
+        blob = {"params": self.params, "lookback_hours": self.lookback_hours}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class GeneralSettings(_Strict):
+    timezone: str = "UTC"
+    offpeak_start: str = "01:00"
+    offpeak_end: str = "05:00"
+
+
+class RetrainConfig(_Strict):
+    settings: GeneralSettings = GeneralSettings()
+    policy: dict[str, Any] = Field(default_factory=dict)
+    models: dict[str, ModelConfig]
+    source: str = "<memory>"
+
+    def model(self, name: str) -> ModelConfig:
+        from retrain.errors import UnknownModelError
+
+        try:
+            return self.models[name]
+        except KeyError:
+            raise UnknownModelError(f"unknown model {name!r}; configured: {', '.join(sorted(self.models))}") from None
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def parse_config(data: dict[str, Any], source: str = "<memory>") -> RetrainConfig:
+    data = dict(data)
+    models = {}
+    for name, body in (data.get("models") or {}).items():
+        body = dict(body) if isinstance(body, dict) else body
+        if isinstance(body, dict):
+            body.setdefault("name", name)
+        models[name] = body
+    data["models"] = models
+    data["source"] = source
+    try:
+        return RetrainConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_config(path: Path | str) -> RetrainConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"model file {path} not found (set RETRAIN_CONFIG or create retrain.toml)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, source=str(path))
+
+
+def resolve_callable(spec: str, field: str = "entry_point") -> Callable[..., Any]:
+    """Import 'package.module:function', with an error that names the field."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"{field}: cannot import {module_name!r}: {exc}") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ConfigError(f"{field}: {module_name!r} has no callable {attr!r}")
+    return fn

@@ -1,0 +1,29 @@
+"""What every step needs, in one object: the store, the model file, the clock, the artifacts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from retrain.artifacts import ArtifactStore
+from retrain.clock import Clock
+from retrain.config import RetrainConfig
+from retrain.settings import Settings
+from retrain.storage.repo import Store
+
+__all__ = ["Context"]
+
+
+@dataclass
+class Context:
+    store: Store
+    config: RetrainConfig
+    clock: Clock
+    artifacts: ArtifactStore
+    settings: Settings
+    worker_id: str = "local"
+    # Per-process caches (e.g. the policy objects); never shared across processes.
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def now(self):
+        return self.clock.now()

@@ -1,0 +1,28 @@
+"""Alembic environment: the engine comes from the caller (retrain.storage.schema)."""
+
+from alembic import context
+
+from retrain.storage.models import Base
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def run_migrations_online() -> None:
+    engine = config.attributes.get("engine")
+    if engine is None:
+        from retrain.settings import Settings
+        from retrain.storage.db import make_engine
+
+        engine = make_engine(Settings().database_url)
+    with engine.begin() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=connection.dialect.name == "sqlite",
+            compare_type=True,
+        )
+        context.run_migrations()
+
+
+run_migrations_online()

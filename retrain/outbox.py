@@ -1,0 +1,36 @@
+"""The transactional outbox's relay: publish committed follow-up messages, then mark them.
+
+A step writes "enqueue X" in the same transaction as its state change. Right after
+the commit the task relays what it wrote; a periodic relay picks up anything a
+crash left behind. Publishing is at least once: every step is idempotent against
+a repeated message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from retrain.storage.repo import OutboxMessage, Store
+
+__all__ = ["relay", "Publisher"]
+
+Publisher = Callable[[OutboxMessage], None]
+
+
+def relay(store: Store, publish: Publisher, now: datetime, *, min_age: timedelta | None = None,
+          limit: int = 500) -> int:
+    sent = 0
+    while True:
+        with store.tx() as tx:
+            batch = tx.pending_outbox(limit=min(limit - sent, 100), older_than=now - min_age if min_age else None)
+            if not batch:
+                return sent
+            done = []
+            for msg in batch:
+                publish(msg)
+                done.append(msg.id)
+            tx.mark_published(done, now)
+        sent += len(done)
+        if sent >= limit:
+            return sent

@@ -1,0 +1,707 @@
+"""The retraining decision (ADAPT-013): cooldowns, limits, budgets, ROI, approval.
+
+:func:`decide` is a pure function of ``(request, state, policy, now)``: no I/O,
+no clock, no randomness. The task that calls it loads a :class:`StateSnapshot`
+from the database, and persists the returned :class:`~retrain.domain.Decision`
+as the audit record. Every rule is evaluated and listed, with its value and its
+limit, even when an earlier one already failed, so the audit trail says
+everything that stood in the way, not only the first thing.
+
+Rules, in the order they are listed
+-----------------------------------
+=====================  ========================================  =========  ==========================
+rule                   fails when                                outcome    bypassed by
+=====================  ========================================  =========  ==========================
+paused                 the model or all retraining is paused     reject     (nothing)
+coalesce               a run of the model is queued or running   coalesced  (nothing)
+approval               model deployed < ``approval_days`` ago    pending    emergency; ``approved_by``
+cooldown               last start < ``cooldown_hours`` ago       defer      emergency
+daily_runs             >= ``max_runs_per_model_per_day``         defer      emergency
+global_daily_runs      >= ``max_runs_global_per_day`` today      defer      emergency
+offpeak                SCHEDULE request outside the window       defer      emergency (others: n/a)
+resources              training node short of memory/CPU/disk    defer      (nothing)
+budget_override        override asked without a reason           reject     (nothing)
+budget_daily           spend today + estimate > daily cap        defer (1)  emergency (2), override
+budget_monthly         spend month + estimate > monthly cap      defer (1)  override; emergency only if
+                                                                            ``emergency_bypasses_monthly_cap``
+model_budget_daily     same, this model's own daily cap          defer (1)  emergency (2), override
+model_budget_monthly   same, this model's own monthly cap        defer (1)  as budget_monthly
+roi                    benefit / estimate < ``min_roi``          reject     override
+=====================  ========================================  =========  ==========================
+
+(1) A budget that is only exhausted *for now* defers to when it resets (next
+UTC midnight, first of next month 00:00 UTC). A run whose estimate alone is
+larger than the cap can never fit, so that is a reject.
+(2) The requirement pairs "emergencies bypass the daily limit" with "never the
+monthly cap"; we read the daily limit as both the run count and the daily
+spend (``emergency_bypasses_daily_budget``, default True).
+
+A bypassed rule is still evaluated: ``passed`` says what it would have said,
+``bypassed=True`` says it did not count. ``override_budget`` is honoured only
+with a non-empty ``evidence["override_reason"]``; without one the override is
+ignored *and* the request is rejected, so that a missing reason is loud.
+
+Verdict precedence (first match wins)
+-------------------------------------
+==  ==================  ===========================================================
+1   COALESCED           an active run exists: the request joins it (run id in
+                        ``detail["coalesced_with"]``); nothing new is started.
+2   REJECT              any failed reject-rule: paused, budget_override,
+                        roi, or a budget the estimate can never fit.
+3   DEFER               any failed defer-rule; ``defer_until`` is the latest
+                        ``retry_at`` among them, moved to the next opening of
+                        the off-peak window for SCHEDULE requests when that
+                        time falls outside it.
+4   PENDING_APPROVAL    approval needed and not bypassed.
+5   APPROVE             everything passed or was bypassed.
+==  ==================  ===========================================================
+
+Paused is a reject (reason ``paused``), not a defer: a paused model's requests
+must not pile up and all fire on resume; triggers fire again after resume if
+the model still needs it. Emergencies do not bypass a pause, since a pause is
+the operators' administrative control over all retraining.
+
+Windows
+-------
+* Per-model run limit: a rolling 24 h window by default (``daily_window=
+  "rolling"``), which stops the 2-at-23:59-then-2-at-00:01 burst a calendar
+  day allows and gives an exact retry time (the oldest counted start + 24 h).
+  ``"utc_day"`` counts the current UTC calendar day instead.
+* The global run cap and all spend figures are per UTC calendar day / month,
+  because the snapshot carries them as totals.
+* Off-peak: local wall time in ``[offpeak_start, offpeak_end)`` in
+  ``timezone``; the window may wrap midnight. On a spring-forward day a start
+  inside the skipped hour opens at the transition instant; on a fall-back day
+  an ambiguous start opens at its first occurrence.
+
+Value model (ROI)
+-----------------
+::
+
+    gap_points      = evidence["expected_recovery_points"]              if given
+                    = (baseline_accuracy - current_accuracy) x 100      if both given
+                                                                        (fractions; values > 1
+                                                                         are taken as percent)
+                    = policy.default_gap_points                         otherwise
+    gap_points      = clamp(gap_points, 0, policy.max_gap_points)
+    recovery_points = gap_points x policy.recovery_factor
+    predictions     = state.predictions_per_day x policy.value_horizon_days
+    benefit_usd     = policy.value_per_accuracy_point_usd x recovery_points x predictions
+    roi             = benefit_usd / state.estimated_cost_usd     (>= min_roi to proceed)
+
+``value_per_accuracy_point_usd`` is the value of one accuracy point on one
+prediction; ``value_horizon_days`` how long the recovered model is expected to
+serve before the next retraining. Inputs and result are in the ``roi`` rule and
+in ``Decision.detail["value_model"]``.
+
+Example
+-------
+>>> from datetime import datetime, timezone
+>>> from retrain.domain import RetrainRequest, TriggerKind
+>>> now = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
+>>> req = RetrainRequest("r1", "direction", TriggerKind.PERFORMANCE, now, "accuracy drop",
+...                      evidence={"baseline_accuracy": 0.60, "current_accuracy": 0.54})
+>>> state = StateSnapshot("direction", deployed_at=datetime(2026, 1, 1, tzinfo=timezone.utc),
+...                       estimated_cost_usd=2.0, predictions_per_day=1e7)
+>>> decide(req, state, Policy(), now).verdict.value
+'approve'
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from retrain.clock import utc
+from retrain.domain import Decision, RetrainRequest, RuleResult, TriggerKind, Verdict
+from retrain.errors import ConfigError
+
+__all__ = [
+    "Policy",
+    "StateSnapshot",
+    "ResourceReading",
+    "decide",
+    "value_model",
+    "RULES",
+]
+
+RULES: tuple[str, ...] = (
+    "paused",
+    "coalesce",
+    "approval",
+    "cooldown",
+    "daily_runs",
+    "global_daily_runs",
+    "offpeak",
+    "resources",
+    "budget_override",
+    "budget_daily",
+    "budget_monthly",
+    "model_budget_daily",
+    "model_budget_monthly",
+    "roi",
+)
+
+_UTC = timezone.utc
+_DAY = timedelta(days=1)
+_EMERGENCY = TriggerKind.EMERGENCY
+_SCHEDULE = TriggerKind.SCHEDULE
+_OPEN_CACHE_MAX = 256
+
+# Results are immutable, so the common passing outcomes that depend on no
+# input are built once and shared: fewer allocations on the hot path.
+_NOT_PAUSED = RuleResult("paused", True, False, False, "not paused")
+_NO_ACTIVE = RuleResult("coalesce", True, None, None, "no active run")
+_NO_READING = RuleResult("resources", True, None, None, "no reading")
+_NO_OVERRIDE = RuleResult("budget_override", True, False, None, "not requested")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceReading:
+    """Free capacity on the training node, as :func:`retrain.costs.read_resources` reads it."""
+
+    free_memory_mb: float
+    cpu_load_pct: float
+    free_disk_mb: float
+
+
+@dataclass(frozen=True, slots=True)
+class StateSnapshot:
+    """What the decision needs to know about the world, loaded by the task in one go.
+
+    ``recent_run_starts`` are this model's retrainings started in the last ~31
+    days (cancelled ones excluded); they are normalised to sorted UTC here so
+    that :func:`decide` can bisect them. Spend figures are in USD and include
+    the reservations of approved runs that have not reported their cost yet.
+    """
+
+    model: str
+    deployed_at: datetime | None = None
+    recent_run_starts: tuple[datetime, ...] = ()
+    runs_today_global: int = 0
+    active_run_id: str | None = None
+    spend_today_usd: float = 0.0
+    spend_month_usd: float = 0.0
+    model_spend_today_usd: float = 0.0
+    model_spend_month_usd: float = 0.0
+    estimated_cost_usd: float = 0.0
+    predictions_per_day: float = 0.0
+    paused: bool = False
+    globally_paused: bool = False
+    resources: ResourceReading | None = None
+
+    def __post_init__(self) -> None:
+        starts = self.recent_run_starts
+        if starts:
+            object.__setattr__(self, "recent_run_starts", tuple(sorted(utc(s) for s in starts)))
+        if self.deployed_at is not None and self.deployed_at.tzinfo is not _UTC:
+            object.__setattr__(self, "deployed_at", utc(self.deployed_at))
+
+
+def _parse_time(name: str, v: time | str) -> time:
+    if isinstance(v, time):
+        return v
+    try:
+        return time.fromisoformat(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"policy.{name}: expected HH:MM, got {v!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The decision's parameters; every default comes from the requirement.
+
+    A frozen dataclass rather than a pydantic model so that :func:`decide`
+    pays no validation; validation happens once, here, and raises
+    :class:`~retrain.errors.ConfigError` naming the field. Derived values
+    (timedeltas, the time zone, the window in seconds) are precomputed.
+    """
+
+    cooldown_hours: float = 6.0
+    max_runs_per_model_per_day: int = 2
+    daily_window: Literal["rolling", "utc_day"] = "rolling"
+    max_runs_global_per_day: int | None = None
+    daily_budget_usd: float = 10.0
+    monthly_budget_usd: float = 100.0
+    model_daily_budget_usd: float | None = None
+    model_monthly_budget_usd: float | None = None
+    min_roi: float = 1.5
+    value_per_accuracy_point_usd: float = 1e-6
+    value_horizon_days: float = 1.0
+    recovery_factor: float = 0.5
+    default_gap_points: float = 2.0
+    max_gap_points: float = 10.0
+    offpeak_start: time | str | None = time(1, 0)
+    offpeak_end: time | str | None = time(5, 0)
+    timezone: str = "UTC"
+    min_free_memory_mb: float = 1024.0
+    max_cpu_load_pct: float = 85.0
+    min_free_disk_mb: float = 2048.0
+    resource_retry_minutes: float = 5.0
+    approval_days: float = 7.0
+    emergency_bypasses_monthly_cap: bool = False
+    emergency_bypasses_daily_budget: bool = True
+
+    _cooldown: timedelta = field(init=False, repr=False, compare=False)
+    _approval: timedelta = field(init=False, repr=False, compare=False)
+    _resource_retry: timedelta = field(init=False, repr=False, compare=False)
+    _tz: ZoneInfo | None = field(init=False, repr=False, compare=False)
+    _start: time | None = field(init=False, repr=False, compare=False)
+    _start_s: int = field(init=False, repr=False, compare=False)
+    _end_s: int = field(init=False, repr=False, compare=False)
+    _window_label: str = field(init=False, repr=False, compare=False)
+    _offpeak_tz_label: str = field(init=False, repr=False, compare=False)
+    _offpeak_na: dict[TriggerKind, RuleResult] = field(init=False, repr=False, compare=False)
+    # A memo of window openings per local date: pure (same date, same answer), bounded.
+    _open_cache: dict[date, datetime] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"policy.{name}: {why}, got {getattr(self, name)!r}")
+
+        for name in ("cooldown_hours", "approval_days", "resource_retry_minutes", "value_per_accuracy_point_usd",
+                     "value_horizon_days", "default_gap_points", "max_gap_points", "min_roi",
+                     "min_free_memory_mb", "min_free_disk_mb"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise bad(name, "expected a finite number >= 0")
+        for name in ("daily_budget_usd", "monthly_budget_usd", "model_daily_budget_usd", "model_monthly_budget_usd"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
+                raise bad(name, "expected a finite number >= 0 or None")
+        if not 0.0 <= self.recovery_factor <= 1.0:
+            raise bad("recovery_factor", "expected a fraction in [0, 1]")
+        if not 0.0 < self.max_cpu_load_pct <= 100.0 * 1024:
+            raise bad("max_cpu_load_pct", "expected a percentage > 0")
+        if not isinstance(self.max_runs_per_model_per_day, int) or self.max_runs_per_model_per_day < 1:
+            raise bad("max_runs_per_model_per_day", "expected an integer >= 1")
+        if self.max_runs_global_per_day is not None and (
+            not isinstance(self.max_runs_global_per_day, int) or self.max_runs_global_per_day < 1
+        ):
+            raise bad("max_runs_global_per_day", "expected an integer >= 1 or None")
+        if self.daily_window not in ("rolling", "utc_day"):
+            raise bad("daily_window", "expected 'rolling' or 'utc_day'")
+
+        s = object.__setattr__
+        s(self, "_cooldown", timedelta(hours=self.cooldown_hours))
+        s(self, "_approval", timedelta(days=self.approval_days))
+        s(self, "_resource_retry", timedelta(minutes=self.resource_retry_minutes))
+        s(self, "_open_cache", {})
+        if (self.offpeak_start is None) != (self.offpeak_end is None):
+            raise bad("offpeak_end", "set both offpeak_start and offpeak_end, or neither")
+        if self.offpeak_start is None:
+            s(self, "_tz", None)
+            s(self, "_start", None)
+            s(self, "_start_s", 0)
+            s(self, "_end_s", 0)
+            s(self, "_window_label", "off")
+            s(self, "_offpeak_tz_label", "off")
+            s(self, "_offpeak_na", {})
+            return
+        start = _parse_time("offpeak_start", self.offpeak_start)
+        end = _parse_time("offpeak_end", self.offpeak_end)  # type: ignore[arg-type]
+        if start == end:
+            raise bad("offpeak_end", "must differ from offpeak_start (use None for no window)")
+        try:
+            tz = ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise bad("timezone", "expected an IANA time zone name") from None
+        s(self, "offpeak_start", start)
+        s(self, "offpeak_end", end)
+        s(self, "_tz", tz)
+        s(self, "_start", start.replace(tzinfo=None))
+        s(self, "_start_s", start.hour * 3600 + start.minute * 60 + start.second)
+        s(self, "_end_s", end.hour * 3600 + end.minute * 60 + end.second)
+        s(self, "_window_label", f"{start:%H:%M}-{end:%H:%M} {self.timezone}")
+        s(self, "_offpeak_tz_label", self.timezone)
+        s(self, "_offpeak_na", {
+            k: RuleResult("offpeak", True, None, self._window_label, f"not applied to {k.value} requests")
+            for k in TriggerKind if k not in (_SCHEDULE, _EMERGENCY)
+        })
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> "Policy":
+        """Build from a config table (e.g. ``[policy]`` merged with a model's overrides).
+
+        Unknown keys are a :class:`ConfigError` that names them, not a silent no-op.
+        """
+        known = {f.name for f in fields(cls) if f.init}
+        merged = {**data, **overrides}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ConfigError(f"policy: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**merged)
+        except TypeError as exc:
+            raise ConfigError(f"policy: {exc}") from None
+
+    # -- off-peak window -------------------------------------------------
+
+    def in_offpeak(self, when: datetime) -> bool:
+        """Whether ``when`` falls inside the off-peak window (always True when there is none)."""
+        if self._tz is None:
+            return True
+        local = when.astimezone(self._tz)
+        return self._in_window_s(local.hour * 3600 + local.minute * 60 + local.second)
+
+    def _in_window_s(self, sec: int) -> bool:
+        a, b = self._start_s, self._end_s
+        if a < b:
+            return a <= sec < b
+        return sec >= a or sec < b  # the window wraps midnight
+
+    def next_offpeak_open(self, after: datetime) -> datetime:
+        """The first instant strictly after ``after`` at which the window is open, in UTC."""
+        if self._tz is None:
+            return after
+        day = after.astimezone(self._tz).date()
+        for i in range(4):
+            cand = self._open_instant(day + timedelta(days=i))
+            if cand > after and self.in_offpeak(cand):
+                return cand
+        # Only reachable for a window that a DST jump wipes out for days on end.
+        raise ConfigError(f"policy.offpeak_start: the window {self._window_label} never opens after {after}")
+
+    def _open_instant(self, d: date) -> datetime:
+        cache = self._open_cache
+        hit = cache.get(d)
+        if hit is None:
+            if len(cache) >= _OPEN_CACHE_MAX:
+                cache.clear()
+            hit = cache[d] = self._compute_open_instant(d)
+        return hit
+
+    def _compute_open_instant(self, d: date) -> datetime:
+        tz = self._tz
+        naive = datetime.combine(d, self._start)  # type: ignore[arg-type]
+        # fold=0 is the first occurrence of an ambiguous (fall-back) wall time.
+        t0 = naive.replace(tzinfo=tz).astimezone(_UTC)
+        if t0.astimezone(tz).replace(tzinfo=None) == naive:
+            return t0
+        # The start falls in a spring-forward gap: the window opens when the
+        # local clock first reads >= start, i.e. at the transition instant,
+        # which lies between the fold=1 and fold=0 readings. Bisect to 1 s.
+        t1 = naive.replace(tzinfo=tz, fold=1).astimezone(_UTC)
+        lo, hi = (t1, t0) if t1 < t0 else (t0, t1)
+        one = timedelta(seconds=1)
+        while hi - lo > one:
+            mid = lo + (hi - lo) / 2
+            mid = mid.replace(microsecond=0)
+            if mid.astimezone(tz).replace(tzinfo=None) >= naive:
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+
+def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy) -> dict[str, Any]:
+    """The expected benefit of the retraining and its ROI (see the module docstring)."""
+    ev = request.evidence
+    source = "default"
+    gap = policy.default_gap_points
+    if ev:
+        explicit = ev.get("expected_recovery_points")
+        if isinstance(explicit, (int, float)):
+            gap = float(explicit)
+            source = "evidence.expected_recovery_points"
+        else:
+            base = ev.get("baseline_accuracy")
+            cur = ev.get("current_accuracy")
+            if isinstance(base, (int, float)) and isinstance(cur, (int, float)):
+                # Accuracies are fractions in the metrics windows; a value > 1
+                # can only be a percentage, so it is not scaled again.
+                scale = 1.0 if (base > 1.0 or cur > 1.0) else 100.0
+                gap = (base - cur) * scale
+                source = "evidence.baseline_accuracy-current_accuracy"
+    if not math.isfinite(gap) or gap < 0.0:
+        gap = 0.0
+    elif gap > policy.max_gap_points:
+        gap = policy.max_gap_points
+    recovery = gap * policy.recovery_factor
+    predictions = state.predictions_per_day * policy.value_horizon_days
+    benefit = policy.value_per_accuracy_point_usd * recovery * predictions
+    cost = state.estimated_cost_usd
+    return {
+        "gap_points": gap,
+        "gap_source": source,
+        "recovery_factor": policy.recovery_factor,
+        "recovery_points": recovery,
+        "predictions_per_day": state.predictions_per_day,
+        "horizon_days": policy.value_horizon_days,
+        "value_per_accuracy_point_usd": policy.value_per_accuracy_point_usd,
+        "benefit_usd": benefit,
+        "estimated_cost_usd": cost,
+        # None, not inf: the audit record is JSON and JSON has no infinity.
+        "roi": benefit / cost if cost > 0.0 else None,
+    }
+
+
+def _month_start_after(now: datetime) -> datetime:
+    if now.month == 12:
+        return datetime(now.year + 1, 1, 1, tzinfo=_UTC)
+    return datetime(now.year, now.month + 1, 1, tzinfo=_UTC)
+
+
+def _cap(
+    rule: str, spent: float, cost: float, cap: float | None, reset_at: datetime, bypass: str | None,
+    rejects: list[str], defers: list[datetime],
+) -> RuleResult:
+    """One spend cap: projected spend against the cap; defer to the reset, or reject if it never fits."""
+    projected = spent + cost
+    if cap is None:
+        return RuleResult(rule, True, projected, None, "no cap", bypass is not None)
+    ok = projected <= cap
+    if ok:
+        # value and limit already say it; no float formatting on the common path.
+        return RuleResult(rule, True, projected, cap, "within cap", bypass is not None)
+    if bypass is not None:
+        return RuleResult(rule, False, projected, cap, f"{spent:.2f} spent + {cost:.2f} estimate > {cap:.2f}; "
+                          f"bypassed ({bypass})", True)
+    if cost > cap:
+        rejects.append(rule)
+        return RuleResult(rule, False, projected, cap, f"estimate {cost:.2f} alone exceeds the cap {cap:.2f}")
+    defers.append(reset_at)
+    return RuleResult(rule, False, projected, cap, f"{spent:.2f} spent + {cost:.2f} estimate > {cap:.2f}",
+                      False, reset_at)
+
+
+def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: datetime) -> Decision:
+    """Decide what to do with one retraining request; pure and deterministic.
+
+    ``now`` must be timezone-aware (it is converted to UTC). See the module
+    docstring for the rules, the precedence of verdicts and the value model.
+    """
+    if now.tzinfo is not _UTC:
+        now = utc(now)
+    trig = request.trigger
+    emergency = trig is _EMERGENCY
+    rules: list[RuleResult] = []
+    add = rules.append
+    rejects: list[str] = []
+    defers: list[datetime] = []
+    defer_rules: list[str] = []
+    ev = request.evidence
+
+    # paused
+    if state.paused or state.globally_paused:
+        scope = "all retraining is paused" if state.globally_paused else "model is paused"
+        add(RuleResult("paused", False, True, False, scope))
+        rejects.append("paused")
+    else:
+        add(_NOT_PAUSED)
+
+    # coalesce
+    active = state.active_run_id
+    if active is not None:
+        add(RuleResult("coalesce", False, active, None, f"joins active run {active}"))
+    else:
+        add(_NO_ACTIVE)
+
+    # approval
+    pending = False
+    limit_days = policy.approval_days
+    deployed = state.deployed_at
+    if deployed is None:
+        age_days = None
+        needs = limit_days > 0
+        what = "not deployed yet"
+    else:
+        age = now - deployed
+        age_days = round(age.total_seconds() / 86400.0, 4)
+        needs = age < policy._approval
+        what = f"deployed {age_days:.2f} d ago"
+    if not needs:
+        add(RuleResult("approval", True, age_days, limit_days, what))
+    elif emergency:
+        add(RuleResult("approval", False, age_days, limit_days, f"{what}; bypassed (emergency)", True))
+    else:
+        approver = ev.get("approved_by") if ev else None
+        if approver:
+            add(RuleResult("approval", True, age_days, limit_days, f"{what}; approved by {approver}"))
+        else:
+            add(RuleResult("approval", False, age_days, limit_days, f"{what}; manual approval required"))
+            pending = True
+
+    # cooldown
+    starts = state.recent_run_starts
+    cd_hours = policy.cooldown_hours
+    if not starts:
+        add(RuleResult("cooldown", True, None, cd_hours, "no previous run", emergency))
+    else:
+        last = starts[-1]
+        since = now - last
+        since_h = round(since.total_seconds() / 3600.0, 4)
+        if since >= policy._cooldown:
+            add(RuleResult("cooldown", True, since_h, cd_hours, f"last start {since_h:.2f} h ago", emergency))
+        elif emergency:
+            add(RuleResult("cooldown", False, since_h, cd_hours,
+                           f"last start {since_h:.2f} h ago; bypassed (emergency)", True))
+        else:
+            retry = last + policy._cooldown
+            add(RuleResult("cooldown", False, since_h, cd_hours, f"last start {since_h:.2f} h ago", False, retry))
+            defers.append(retry)
+            defer_rules.append("cooldown")
+
+    # daily_runs (per model)
+    max_runs = policy.max_runs_per_model_per_day
+    if policy.daily_window == "rolling":
+        first = bisect_right(starts, now - _DAY) if starts else 0
+        count = len(starts) - first
+        retry = starts[first + count - max_runs] + _DAY if count >= max_runs else None
+        window = "in the last 24 h"
+    else:
+        midnight = datetime(now.year, now.month, now.day, tzinfo=_UTC)
+        count = len(starts) - bisect_left(starts, midnight) if starts else 0
+        retry = midnight + _DAY
+        window = "today (UTC)"
+    if count < max_runs:
+        add(RuleResult("daily_runs", True, count, max_runs, f"{count} run(s) {window}", emergency))
+    elif emergency:
+        add(RuleResult("daily_runs", False, count, max_runs, f"{count} run(s) {window}; bypassed (emergency)", True))
+    else:
+        add(RuleResult("daily_runs", False, count, max_runs, f"{count} run(s) {window}", False, retry))
+        defers.append(retry)  # type: ignore[arg-type]
+        defer_rules.append("daily_runs")
+
+    # global_daily_runs
+    gcap = policy.max_runs_global_per_day
+    gcount = state.runs_today_global
+    next_midnight = datetime(now.year, now.month, now.day, tzinfo=_UTC) + _DAY
+    if gcap is None:
+        add(RuleResult("global_daily_runs", True, gcount, None, "no cap", emergency))
+    elif gcount < gcap:
+        add(RuleResult("global_daily_runs", True, gcount, gcap, f"{gcount} run(s) today (UTC)", emergency))
+    elif emergency:
+        add(RuleResult("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today; bypassed (emergency)", True))
+    else:
+        add(RuleResult("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today (UTC)", False, next_midnight))
+        defers.append(next_midnight)
+        defer_rules.append("global_daily_runs")
+
+    # offpeak: only scheduled requests wait for the window; zoneinfo is only touched then.
+    scheduled = trig is _SCHEDULE
+    if policy._tz is None:
+        add(RuleResult("offpeak", True, None, None, "no off-peak window", emergency))
+    elif not (scheduled or emergency):
+        add(policy._offpeak_na[trig])
+    else:
+        local = now.astimezone(policy._tz)
+        local_s = f"{local.hour:02d}:{local.minute:02d}"
+        inside = policy._in_window_s(local.hour * 3600 + local.minute * 60 + local.second)
+        if inside:
+            add(RuleResult("offpeak", True, local_s, policy._window_label, "inside the window", emergency))
+        elif emergency:
+            add(RuleResult("offpeak", False, local_s, policy._window_label,
+                           "outside the window; bypassed (emergency)", True))
+        else:
+            retry = policy.next_offpeak_open(now)
+            add(RuleResult("offpeak", False, local_s, policy._window_label, "outside the window", False, retry))
+            defers.append(retry)
+            defer_rules.append("offpeak")
+
+    # resources
+    res = state.resources
+    if res is None:
+        add(_NO_READING)
+    else:
+        short = []
+        if res.free_memory_mb < policy.min_free_memory_mb:
+            short.append(f"free memory {res.free_memory_mb:.0f} MB < {policy.min_free_memory_mb:.0f}")
+        if res.cpu_load_pct > policy.max_cpu_load_pct:
+            short.append(f"CPU load {res.cpu_load_pct:.0f} % > {policy.max_cpu_load_pct:.0f}")
+        if res.free_disk_mb < policy.min_free_disk_mb:
+            short.append(f"free disk {res.free_disk_mb:.0f} MB < {policy.min_free_disk_mb:.0f}")
+        value = {"free_memory_mb": res.free_memory_mb, "cpu_load_pct": res.cpu_load_pct,
+                 "free_disk_mb": res.free_disk_mb}
+        limit = {"min_free_memory_mb": policy.min_free_memory_mb, "max_cpu_load_pct": policy.max_cpu_load_pct,
+                 "min_free_disk_mb": policy.min_free_disk_mb}
+        if short:
+            retry = now + policy._resource_retry
+            add(RuleResult("resources", False, value, limit, "; ".join(short), False, retry))
+            defers.append(retry)
+            defer_rules.append("resources")
+        else:
+            add(RuleResult("resources", True, value, limit, "enough memory, CPU and disk"))
+
+    # budget_override
+    override: str | None = None
+    if request.override_budget:
+        reason = ev.get("override_reason") if ev else None
+        if isinstance(reason, str) and reason.strip():
+            override = f"override by {request.requested_by}: {reason.strip()}"
+            add(RuleResult("budget_override", True, True, "reason required", override))
+        else:
+            add(RuleResult("budget_override", False, True, "reason required",
+                           "override_budget without evidence['override_reason']; override ignored"))
+            rejects.append("budget_override")
+    else:
+        add(_NO_OVERRIDE)
+
+    # budgets
+    cost = state.estimated_cost_usd
+    month_reset = _month_start_after(now)
+    daily_bypass = override or ("emergency" if emergency and policy.emergency_bypasses_daily_budget else None)
+    monthly_bypass = override or ("emergency" if emergency and policy.emergency_bypasses_monthly_cap else None)
+    n_defers = len(defers)
+    add(_cap("budget_daily", state.spend_today_usd, cost, policy.daily_budget_usd, next_midnight, daily_bypass,
+             rejects, defers))
+    add(_cap("budget_monthly", state.spend_month_usd, cost, policy.monthly_budget_usd, month_reset, monthly_bypass,
+             rejects, defers))
+    add(_cap("model_budget_daily", state.model_spend_today_usd, cost, policy.model_daily_budget_usd, next_midnight,
+             daily_bypass, rejects, defers))
+    add(_cap("model_budget_monthly", state.model_spend_month_usd, cost, policy.model_monthly_budget_usd,
+             month_reset, monthly_bypass, rejects, defers))
+    if len(defers) > n_defers:
+        defer_rules.extend(r.rule for r in rules[-4:] if r.retry_at is not None)
+
+    # roi
+    vm = value_model(request, state, policy)
+    roi = vm["roi"]
+    min_roi = policy.min_roi
+    roi_ok = roi is None or roi >= min_roi
+    roi_detail = (f"{'no cost estimate' if roi is None else f'roi {roi:.3g}'}: benefit {vm['benefit_usd']:.2f} = "
+                  f"{vm['value_per_accuracy_point_usd']:g} x {vm['recovery_points']:.3g} pt x "
+                  f"{vm['predictions_per_day'] * vm['horizon_days']:.4g} predictions, cost {cost:.2f}")
+    if override is not None:
+        add(RuleResult("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
+    else:
+        add(RuleResult("roi", roi_ok, roi, min_roi, roi_detail))
+        if not roi_ok:
+            rejects.append("roi")
+
+    # verdict
+    detail: dict[str, Any] = {"value_model": vm}
+    defer_until = None
+    if active is not None:
+        verdict = Verdict.COALESCED
+        detail["coalesced_with"] = active
+    elif rejects:
+        verdict = Verdict.REJECT
+        detail["reject_rules"] = rejects
+    elif defers:
+        verdict = Verdict.DEFER
+        defer_until = max(defers)
+        # Every deferring rule passes by its own retry time except the window,
+        # which can close again; a scheduled run must land inside it.
+        if scheduled and policy._tz is not None and not policy.in_offpeak(defer_until):
+            defer_until = policy.next_offpeak_open(defer_until)
+        detail["defer_rules"] = defer_rules
+    elif pending:
+        verdict = Verdict.PENDING_APPROVAL
+    else:
+        verdict = Verdict.APPROVE
+    if rejects and verdict is not Verdict.REJECT:
+        detail["reject_rules"] = rejects
+    if defers and verdict is not Verdict.DEFER:
+        detail["defer_rules"] = defer_rules
+    if emergency:
+        detail["emergency"] = True
+    if override is not None:
+        detail["override"] = override
+    return Decision(request.id, request.model, verdict, now, tuple(rules), defer_until, cost, request.priority,
+                    detail)

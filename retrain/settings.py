@@ -1,0 +1,91 @@
+"""Process settings, read once from ``RETRAIN_*`` environment variables.
+
+Everything has a safe default that needs no service: SQLite and a file broker
+under ``RETRAIN_HOME`` (default ``./.retrain``). Point the URLs at Postgres and
+Redis (or RabbitMQ) for a real deployment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from retrain.errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETRAIN_", extra="ignore")
+
+    home: Path = Field(default=Path(".retrain"), description="Directory for the embedded default's files")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite under home")
+    broker_url: str = Field(default="", description="Celery broker; default a SQLite file broker under home")
+    result_backend: str | None = Field(default=None, description="Celery result backend, for observability only")
+    artifact_root: Path | None = Field(default=None, description="Artifact store root; default home/artifacts")
+    config: Path | None = Field(default=None, description="Model file (retrain.toml)")
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+    relay_interval_s: float = Field(default=10.0, gt=0)
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+    timezone: str = "UTC"
+    training_slots: int = Field(default=2, ge=1, le=3)
+    max_attempts: int = Field(default=3, ge=1)
+    lease_s: float = Field(default=120.0, gt=0)
+    train_soft_time_limit_s: int = Field(default=1800, gt=0)
+    train_time_limit_s: int = Field(default=2100, gt=0)
+    visibility_timeout_s: int = Field(default=7200, gt=0)
+    worker_id: str = ""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {v!r}") from exc
+        return v
+
+    def model_post_init(self, _ctx) -> None:
+        home = self.home
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(home / 'retrain.db').as_posix()}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{(home / 'broker.db').as_posix()}"
+        if self.artifact_root is None:
+            self.artifact_root = home / "artifacts"
+        if self.visibility_timeout_s <= self.train_time_limit_s:
+            raise ValueError(
+                "RETRAIN_VISIBILITY_TIMEOUT_S must exceed RETRAIN_TRAIN_TIME_LIMIT_S, "
+                "or Redis redelivers a training that is still running"
+            )
+
+    def config_path(self) -> Path:
+        """The model file: RETRAIN_CONFIG, else ./retrain.toml, else the shipped example."""
+        if self.config is not None:
+            return self.config
+        local = Path("retrain.toml")
+        if local.exists():
+            return local
+        return Path(__file__).resolve().parent / "examples" / "direction.toml"
+
+    def ensure_home(self) -> None:
+        if self.database_url.startswith("sqlite") or self.broker_url.startswith("sqla+sqlite"):
+            self.home.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides) -> Settings:
+    """Settings from the environment, with errors that name the RETRAIN_ variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            name = f"RETRAIN_{field.upper()}" if field != "settings" else "RETRAIN_* settings"
+            lines.append(f"{name}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(lines)) from None

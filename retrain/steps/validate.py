@@ -1,0 +1,76 @@
+"""Validate: compare the candidate with production on the same held-out rows.
+
+The holdout is the newest slice of the training window, never seen by the fit.
+A candidate is promoted when there is no production version yet, or when it beats
+production on the model's primary metric by the configured relative margin
+(default 2 %); otherwise it is rejected with the figures. Its holdout metrics
+become the version's validated baseline, which the performance trigger compares
+live results against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retrain.context import Context
+from retrain.metrics import score
+
+__all__ = ["ValidateResult", "validate_run"]
+
+
+@dataclass(frozen=True)
+class ValidateResult:
+    run_id: str
+    status: str  # promote | rejected | skipped
+    detail: str
+    candidate: dict | None = None
+    production: dict | None = None
+
+
+def validate_run(ctx: Context, run_id: str) -> ValidateResult:
+    with ctx.store.tx() as tx:
+        run = tx.run(run_id)
+        if run is None or run.state != "validating":
+            return ValidateResult(run_id, "skipped", f"run is {run.state if run else 'unknown'}")
+        cfg = ctx.config.model(run.model)
+        cand = tx.version(run.model, run.candidate_version)
+        prod_name = tx.alias(run.model, "production")
+        prod = tx.version(run.model, prod_name) if prod_name else None
+        cand_sha, holdout_sha = cand.artifact_sha256, cand.metrics["holdout_sha256"]
+        prod_sha = prod.artifact_sha256 if prod else None
+
+    holdout = ctx.artifacts.load_object(holdout_sha)
+    X, y = holdout["X"], holdout["y"]
+    cand_m = score(ctx.artifacts.load_object(cand_sha), X, y)
+    prod_m = score(ctx.artifacts.load_object(prod_sha), X, y) if prod_sha else None
+    metric = cfg.primary_metric
+    margin = cfg.validation.min_improvement
+    if prod_m is None:
+        ok, detail = True, f"no production version yet; candidate {metric} {cand_m[metric]:.4f} on {len(y)} rows"
+    else:
+        need = prod_m[metric] * (1 + margin)
+        ok = cand_m[metric] >= need
+        detail = (f"candidate {metric} {cand_m[metric]:.4f} vs production {prod_name} {prod_m[metric]:.4f} "
+                  f"on {len(y)} held-out rows; needs >= {need:.4f} (+{margin:.0%})")
+
+    now = ctx.now()
+    with ctx.store.tx() as tx:
+        run = tx.run(run_id, for_update=True)
+        if run.state != "validating":
+            return ValidateResult(run_id, "skipped", f"run is {run.state}")
+        cand = tx.version(run.model, run.candidate_version)
+        cand.metrics = {**cand.metrics, "holdout": cand_m, "production_holdout": prod_m,
+                        "baseline": {k: v for k, v in cand_m.items() if k != "n"}}
+        if ok:
+            run.state, run.stage = "rollout", "promoting"
+            cand.status = "candidate"
+            tx.move_alias(run.model, "candidate", cand.version, actor="validation", reason=detail, now=now)
+            tx.audit(now, "validation", "validation", f"{run.model} {cand.version} passed: {detail}",
+                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m})
+            tx.enqueue("retrain.promote", {"v": 1, "run_id": run.id}, now, priority=run.priority)
+        else:
+            run.state, run.stage, run.finished_at, run.error = "rejected", "rejected", now, detail
+            cand.status = "rejected"
+            tx.audit(now, "validation", "validation", f"{run.model} {cand.version} rejected: {detail}",
+                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m})
+    return ValidateResult(run_id, "promote" if ok else "rejected", detail, cand_m, prod_m)

@@ -1,0 +1,327 @@
+"""The artifact store: content addressing, verification before unpickling, atomic writes, orphans."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+
+from retrain.artifacts import TEMP_PREFIX, ArtifactRef, ArtifactStore, DiskUsage
+from retrain.errors import ArtifactError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class _CreatesMarkerWhenUnpickled:
+    """Unpickling this calls open(marker, 'w'): proof that a payload was executed."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _overwrite(path: Path, data: bytes) -> None:
+    # Final files are read-only by design; an attacker or a bit flip does not care.
+    os.chmod(path, stat.S_IRUSR | stat.S_IWUSR)
+    path.write_bytes(data)
+
+
+def _temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob(f"{TEMP_PREFIX}*") if p.is_file()]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "artifacts")
+
+
+# -- content addressing ----------------------------------------------------------------
+
+
+def test_put_bytes_stores_under_sharded_digest_path(store: ArtifactStore) -> None:
+    # Given some bytes
+    data = b"model weights"
+    digest = hashlib.sha256(data).hexdigest()
+
+    # When they are stored
+    ref = store.put_bytes(data)
+
+    # Then they live at root/<sha[:2]>/<sha>, read-only, and read back identically
+    assert ref == ArtifactRef(sha256=digest, size=len(data), path=store.root / digest[:2] / digest)
+    assert ref.path.read_bytes() == data
+    assert stat.S_IMODE(ref.path.stat().st_mode) & 0o222 == 0
+    assert store.exists(digest)
+    assert store.get_bytes(digest) == data
+    assert _temp_files(store.root) == []
+
+
+def test_second_put_of_same_bytes_is_a_noop_that_refreshes_mtime(store: ArtifactStore) -> None:
+    # Given an artifact whose file looks old
+    ref = store.put_bytes(b"same")
+    os.utime(ref.path, (1_000_000, 1_000_000))
+    inode = ref.path.stat().st_ino
+
+    # When the same bytes are put again
+    again = store.put_bytes(b"same")
+
+    # Then nothing is rewritten (same file), but the grace period restarts
+    assert again == ref
+    assert ref.path.stat().st_ino == inode
+    assert ref.path.stat().st_mtime > 1_000_000
+    assert list(store.iter_digests()) == [ref.sha256]
+
+
+def test_put_replaces_a_corrupt_copy_with_the_good_bytes(store: ArtifactStore) -> None:
+    # Given a stored artifact that was later damaged on disk
+    ref = store.put_bytes(b"good bytes")
+    _overwrite(ref.path, b"bad bytes!")
+
+    # When the good bytes are put again
+    store.put_bytes(b"good bytes")
+
+    # Then the copy is repaired
+    assert store.get_bytes(ref.sha256) == b"good bytes"
+
+
+def test_small_sklearn_model_round_trips(store: ArtifactStore) -> None:
+    # Given a small fitted model
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(60, 3))
+    y = (X[:, 0] + 0.5 * X[:, 1] > 0).astype(int)
+    model = LogisticRegression().fit(X, y)
+
+    # When it is stored and loaded back
+    ref = store.put_object(model)
+    loaded = store.load_object(ref.sha256)
+
+    # Then it predicts exactly as before, and storing it again names the same artifact
+    assert isinstance(loaded, LogisticRegression)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    assert store.put_object(model).sha256 == ref.sha256
+
+
+# -- verification ------------------------------------------------------------------------
+
+
+def test_a_flipped_byte_is_refused_naming_both_digests_and_the_path(store: ArtifactStore) -> None:
+    # Given a stored artifact with one byte flipped on disk
+    ref = store.put_object({"w": list(range(50))})
+    data = bytearray(ref.path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    _overwrite(ref.path, bytes(data))
+    actual = hashlib.sha256(bytes(data)).hexdigest()
+
+    # When it is read or loaded, Then it is refused with a message that says why
+    for read in (store.get_bytes, store.load_object):
+        with pytest.raises(ArtifactError) as err:
+            read(ref.sha256)
+        message = str(err.value)
+        assert ref.sha256 in message and actual in message and str(ref.path) in message
+
+
+def test_a_missing_artifact_raises_artifact_error(store: ArtifactStore) -> None:
+    # Given a digest that was never stored
+    digest = hashlib.sha256(b"never stored").hexdigest()
+
+    # When it is loaded, Then the error names the digest and the path
+    with pytest.raises(ArtifactError, match=f"{digest}.*missing.*{store.path_for(digest)}"):
+        store.load_object(digest)
+    assert not store.exists(digest)
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "ABC", "A" * 64, "g" * 64, ""])
+def test_something_that_is_not_a_digest_is_refused(store: ArtifactStore, bad: str) -> None:
+    # Given a name that is not 64 lowercase hex characters, When it is used, Then it is refused
+    with pytest.raises(ArtifactError, match="not a sha256"):
+        store.get_bytes(bad)
+
+
+def test_a_tampered_pickle_payload_is_refused_and_never_unpickled(store: ArtifactStore, tmp_path: Path) -> None:
+    # Given a payload whose unpickling creates a marker file, and proof that it really would
+    marker = tmp_path / "executed"
+    payload = pickle.dumps(_CreatesMarkerWhenUnpickled(marker))
+    probe = tmp_path / "probe.pkl"
+    probe.write_bytes(payload)
+    joblib.load(probe)
+    assert marker.exists(), "the payload must execute when loaded, or this test proves nothing"
+    marker.unlink()
+
+    # And a legitimate artifact whose file is overwritten with that payload
+    ref = store.put_object({"legit": True})
+    _overwrite(ref.path, payload)
+
+    # When the artifact is loaded by its original digest
+    with pytest.raises(ArtifactError, match="corrupt"):
+        store.load_object(ref.sha256)
+
+    # Then the payload was never unpickled
+    assert not marker.exists()
+
+
+def test_load_object_unpickles_the_verified_bytes_not_the_file(store: ArtifactStore, tmp_path: Path) -> None:
+    # Given a store whose file is swapped for a malicious payload right after verification
+    marker = tmp_path / "executed"
+    payload = pickle.dumps(_CreatesMarkerWhenUnpickled(marker))
+
+    class SwapAfterCheck(ArtifactStore):
+        def get_bytes(self, sha256: str) -> bytes:
+            data = super().get_bytes(sha256)
+            _overwrite(self.path_for(sha256), payload)
+            return data
+
+    racy = SwapAfterCheck(store.root)
+    ref = racy.put_object({"legit": True})
+
+    # When it is loaded
+    obj = racy.load_object(ref.sha256)
+
+    # Then the verified object comes back and the swapped-in payload never ran
+    assert obj == {"legit": True}
+    assert not marker.exists()
+
+
+# -- atomicity -------------------------------------------------------------------------
+
+
+def test_an_exception_mid_write_leaves_nothing_under_the_final_name(tmp_path: Path) -> None:
+    # Given a store whose disk fails after the bytes are written but before they are published
+    temps_seen: list[list[Path]] = []
+
+    def failing_fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            temps_seen.append(_temp_files(store.root))
+            raise OSError("simulated I/O error")
+        os.fsync(fd)
+
+    store = ArtifactStore(tmp_path / "a", fsync=failing_fsync)
+    data = b"x" * 10_000
+    digest = hashlib.sha256(data).hexdigest()
+
+    # When a put fails
+    with pytest.raises(OSError, match="simulated"):
+        store.put_bytes(data)
+
+    # Then the failure came while the bytes sat in a temp file
+    assert [len(t) for t in temps_seen] == [1]
+    # And no file exists under the final name, and the temp was cleaned up
+    assert not store.path_for(digest).exists()
+    assert not store.exists(digest)
+    assert list(store.iter_digests()) == []
+    assert _temp_files(store.root) == []
+
+
+def test_a_crash_mid_write_leaves_only_a_temp_that_collect_orphans_removes(tmp_path: Path) -> None:
+    # Given a process that dies (no cleanup runs) between writing the bytes and publishing them
+    root = tmp_path / "a"
+    data = b"half-trained" * 1000
+    digest = hashlib.sha256(data).hexdigest()
+    script = textwrap.dedent(
+        f"""
+        import os, stat
+        from pathlib import Path
+        from retrain.artifacts import ArtifactStore
+
+        def die_on_file_fsync(fd):
+            # Directories are fsynced normally; the process dies once the bytes are written.
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os._exit(17)
+            os.fsync(fd)
+
+        store = ArtifactStore(Path({str(root)!r}), fsync=die_on_file_fsync)
+        store.put_bytes({data!r})
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=30)
+    assert done.returncode == 17, done.stderr.decode()
+
+    # Then nothing is visible under the final name; only a temp file remains
+    store = ArtifactStore(root)
+    assert not store.path_for(digest).exists()
+    assert list(store.iter_digests()) == []
+    (temp,) = _temp_files(root)
+    assert store.disk_usage().temp_files == 1
+
+    # When orphans are collected inside the grace period, Then the temp stays
+    mtime = temp.stat().st_mtime
+    assert store.collect_orphans(set(), older_than_s=3600, now_ts=mtime + 10) == []
+    assert temp.exists()
+
+    # When orphans are collected after the grace period, Then the temp is gone
+    assert store.collect_orphans(set(), older_than_s=3600, now_ts=mtime + 3601) == []
+    assert _temp_files(root) == []
+
+
+# -- housekeeping ----------------------------------------------------------------------
+
+
+def test_collect_orphans_respects_the_grace_period_and_the_referenced_set(store: ArtifactStore) -> None:
+    # Given three artifacts written an hour apart (mtimes 0 h, 1 h, 2 h), one of them referenced
+    t0 = 1_700_000_000.0
+    old_referenced = store.put_bytes(b"referenced")
+    old_orphan = store.put_bytes(b"orphan")
+    young_orphan = store.put_bytes(b"young orphan")
+    os.utime(old_referenced.path, (t0, t0))
+    os.utime(old_orphan.path, (t0, t0))
+    os.utime(young_orphan.path, (t0 + 7200, t0 + 7200))
+
+    # When orphans older than one hour are collected at t0 + 2 h
+    removed = store.collect_orphans({old_referenced.sha256}, older_than_s=3600, now_ts=t0 + 7200)
+
+    # Then only the old unreferenced artifact is removed
+    assert removed == [old_orphan.sha256]
+    assert sorted(store.iter_digests()) == sorted([old_referenced.sha256, young_orphan.sha256])
+
+    # And a second collection removes nothing more
+    assert store.collect_orphans({old_referenced.sha256}, older_than_s=3600, now_ts=t0 + 7200) == []
+
+
+def test_collect_orphans_leaves_files_it_does_not_recognise(store: ArtifactStore) -> None:
+    # Given a file that is neither an artifact nor a temp, in a shard and in the root
+    ref = store.put_bytes(b"a")
+    stray = ref.path.parent / "README"
+    stray.write_text("operator notes")
+    (store.root / "notes.txt").write_text("x")
+
+    # When everything is collected
+    removed = store.collect_orphans(set(), older_than_s=0, now_ts=ref.path.stat().st_mtime + 1e9)
+
+    # Then only the artifact went
+    assert removed == [ref.sha256]
+    assert stray.exists() and (store.root / "notes.txt").exists()
+
+
+def test_delete_iter_and_disk_usage(store: ArtifactStore) -> None:
+    # Given two artifacts
+    a = store.put_bytes(b"a" * 100)
+    b = store.put_bytes(b"b" * 50)
+
+    # Then they are listed in order and counted
+    assert list(store.iter_digests()) == sorted([a.sha256, b.sha256])
+    assert store.disk_usage() == DiskUsage(artifacts=2, artifact_bytes=150, temp_files=0, temp_bytes=0)
+
+    # When one is deleted (twice)
+    assert store.delete(a.sha256) is True
+    assert store.delete(a.sha256) is False
+
+    # Then it is gone and the other remains
+    assert not store.exists(a.sha256)
+    assert list(store.iter_digests()) == [b.sha256]
+    assert store.disk_usage().total_bytes == 50
+
+
+def test_collect_orphans_refuses_a_negative_grace_period(store: ArtifactStore) -> None:
+    with pytest.raises(ValueError):
+        store.collect_orphans(set(), older_than_s=-1, now_ts=0.0)

@@ -1,0 +1,58 @@
+"""The per-process runtime the tasks use: settings, database, model file, clock, artifacts.
+
+Built lazily in the process that runs tasks (after a prefork child starts), never at
+import, so no connection or random state is inherited across a fork. The demo and
+tests swap the clock with ``set_clock``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from retrain.artifacts import ArtifactStore
+from retrain.clock import Clock, SystemClock
+from retrain.config import load_config
+from retrain.context import Context
+from retrain.settings import Settings, load_settings
+from retrain.storage.db import Database
+from retrain.storage.repo import Store
+
+_lock = threading.Lock()
+_ctx: Context | None = None
+_clock: Clock = SystemClock()
+
+
+def build_context(settings: Settings | None = None, clock: Clock | None = None) -> Context:
+    settings = settings or load_settings()
+    settings.ensure_home()
+    db = Database(settings.database_url)
+    worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
+    return Context(store=Store(db), config=load_config(settings.config_path()), clock=clock or _clock,
+                   artifacts=ArtifactStore(settings.artifact_root), settings=settings, worker_id=worker_id)
+
+
+def context() -> Context:
+    global _ctx
+    if _ctx is None:
+        with _lock:
+            if _ctx is None:
+                _ctx = build_context()
+    return _ctx
+
+
+def set_clock(clock: Clock) -> None:
+    global _clock
+    _clock = clock
+    if _ctx is not None:
+        _ctx.clock = clock
+
+
+def reset() -> None:
+    """Forget the context (after a fork, or when settings change in tests)."""
+    global _ctx
+    with _lock:
+        if _ctx is not None:
+            _ctx.store.db.dispose()
+        _ctx = None
