@@ -190,6 +190,8 @@ class ModelConfig(_Strict):
     schedule: ScheduleSettings = ScheduleSettings()
     sample: SampleSettings = SampleSettings()
     policy: dict[str, Any] = Field(default_factory=dict)
+    # Cost estimate for a model's first run, before any run has been measured.
+    first_run_cost_usd: float = Field(0.05, ge=0)
     depends_on: tuple[str, ...] = ()
 
     @field_validator("entry_point")

@@ -61,6 +61,7 @@ __all__ = [
 ]
 
 _MB = 1024.0 * 1024.0
+_CHILDREN_REFRESH_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +169,10 @@ class ResourceMeter:
     tree's resident sets seen by a daemon thread sampling every
     ``interval_s``; it keeps only the running maximum, so its memory is
     bounded however long the training runs. A spike shorter than the
-    interval can be missed; entry and exit are always sampled.
+    interval can be missed; entry and exit are always sampled. The list of
+    children is refreshed about once a second, not at every sample: listing
+    them scans ``/proc``, and each of those reads waits for the GIL behind a
+    training loop that holds it, which would stretch 50 ms to hundreds.
 
     >>> with ResourceMeter() as m:
     ...     _ = sum(range(10_000))
@@ -196,6 +200,8 @@ class ResourceMeter:
         self._cpu0 = 0.0
         self._t0 = 0.0
         self._usage: ResourceUsage | None = None
+        self._procs: list[psutil.Process] = [self._proc]
+        self._procs_at = -math.inf
 
     @property
     def usage(self) -> ResourceUsage:
@@ -225,8 +231,12 @@ class ResourceMeter:
         return total
 
     def _sample(self) -> None:
+        now = self._clock()
+        if now - self._procs_at >= _CHILDREN_REFRESH_S:
+            self._procs = self._tree()
+            self._procs_at = now
         rss = 0
-        for p in self._tree():
+        for p in self._procs:
             try:
                 rss += p.memory_info().rss
             except psutil.Error:
@@ -243,6 +253,7 @@ class ResourceMeter:
         self._usage = None
         self._peak = 0
         self._samples = 0
+        self._procs_at = -math.inf
         self._stop.clear()
         self._sample()
         self._cpu0 = self._cpu()
@@ -260,6 +271,7 @@ class ResourceMeter:
         if self._thread is not None:
             self._thread.join(timeout=max(1.0, 10 * self._interval))
             self._thread = None
+        self._procs_at = -math.inf  # catch children started since the last refresh
         self._sample()
         self._usage = ResourceUsage(
             cpu_seconds=max(0.0, cpu), peak_rss_mb=self._peak / _MB, wall_seconds=max(0.0, wall),

@@ -50,6 +50,8 @@ class IngestBatch(_Payload):
     prediction: list[int | None]
     label: list[int | None]
     ret: list[float | None]
+    # Rows the client had to drop since its last successful send (broker down, buffer full).
+    client_dropped: int = Field(0, ge=0)
 
     @model_validator(mode="after")
     def _same_length(self):

@@ -301,6 +301,15 @@ class CountWindow(_Metrics):
         return Counts(self._n, tp, fp, tn, fn, self._ret_sum, self._ret_sq)
 
     @property
+    def n(self) -> int:
+        return self._n
+
+    @property
+    def hits(self) -> int:
+        """Correct predictions in the window."""
+        return self._tot[_TP] + self._tot[_TN]
+
+    @property
     def is_full(self) -> bool:
         return self._n == self.size
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
 
 from retrain.errors import PayloadError, StaleLeaseError, TransientError
 from retrain.outbox import relay
@@ -73,6 +73,16 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
                 return {"rejected": str(exc)}
             except TransientError as exc:
                 raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries))
+            except (Retry, SoftTimeLimitExceeded):
+                raise
+            except Exception as exc:
+                # Late acks would otherwise drop the message silently: keep it, then fail loudly.
+                log.exception("%s failed", name)
+                try:
+                    _dead_letter(name, f"{type(exc).__name__}: {exc}", payload)
+                except Exception:
+                    log.exception("%s: could not write the dead letter", name)
+                raise
             relay_now()
             return result
 

@@ -48,7 +48,7 @@ def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, policy: Policy, now
     active = tx.active_run(req.model)
     recent = tx.buckets(req.model, None, now - timedelta(days=1))
     predictions_per_day = float(sum(b.n + b.unlabelled for b in recent))
-    global_pause = (tx.control("pause_all") or {}).get("paused", False)
+    global_pause = bool((tx.control("pause_all") or {}).get("paused", False))
     return StateSnapshot(
         model=req.model,
         deployed_at=model.deployed_at if model else None,
@@ -59,9 +59,10 @@ def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, policy: Policy, now
         spend_month_usd=tx.spend(month=month),
         model_spend_today_usd=tx.spend(day=day, model=req.model),
         model_spend_month_usd=tx.spend(month=month, model=req.model),
-        estimated_cost_usd=estimate_cost(tx.run_costs(req.model), policy.default_cost_usd),
+        estimated_cost_usd=estimate_cost(tx.run_costs(req.model), ctx.config.model(req.model).first_run_cost_usd),
         predictions_per_day=predictions_per_day,
-        paused=bool(global_pause or (model.paused if model else False)),
+        paused=bool(model.paused if model else False),
+        globally_paused=global_pause,
         resources=resources,
     )
 

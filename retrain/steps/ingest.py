@@ -90,6 +90,10 @@ def ingest(ctx: Context, batch: IngestBatch) -> IngestResult:
         if not tx.claim_batch(batch.batch_id, now, len(good), len(dead)):
             return IngestResult(batch.batch_id, True, 0, 0, {})
         tx.dead_letters_bulk(dead)
+        if batch.client_dropped:
+            tx.audit(now, "client", "client", f"the client dropped {batch.client_dropped} rows of {batch.model} "
+                     "before this batch (broker unreachable or buffer full)", model=batch.model,
+                     data={"dropped": batch.client_dropped, "batch_id": batch.batch_id})
         if good:
             tx.add_buckets(_buckets(batch, good))
             tx.add_samples(_sample_rows(batch, good, model_cfg.sample.rate))

@@ -1,0 +1,409 @@
+"""Data drift (ADAPT-011): has a feature's live distribution moved away from training?
+
+:func:`detect_drift` compares a reference sample (the training data of the
+version in production, rows x features) with a current sample (live rows),
+feature by feature, and reports which features drifted.
+
+Tests
+    Numeric features: the two-sample Kolmogorov-Smirnov test, computed for all
+    features at once (one ``argsort`` of the stacked samples along the rows,
+    a cumulative sum of +1/n and -1/m steps, the largest gap at the end of each
+    run of ties). Its p-value is the one ``scipy.stats.ks_2samp(...,
+    method='asymp')`` gives: ``kstwo.sf(D, round(n m / (n + m)))``. The same
+    pass yields the Wasserstein-1 distance. Categorical features: Pearson's
+    chi-square on the 2 x K table of category counts.
+Multiple testing
+    With F features, F tests run at once; the p-values are adjusted by
+    Benjamini-Hochberg (``'bh'``, default: controls the share of false
+    discoveries among the flagged features), Bonferroni (controls the chance of
+    any false flag), or not at all (``'none'``).
+Effect size
+    With 10,000 rows a KS test finds differences too small to matter, so a
+    feature is drifted only when its adjusted p-value is below ``alpha``
+    **and** its distance is at least ``min_effect``. The distance is the KS
+    statistic D for numeric features and the total variation distance for
+    categorical ones: both read "at least this share of the population moved"
+    (D is the largest change, over all thresholds x, of the share of values
+    below x). The default 0.05 (5 %, the requirement's default threshold) is
+    met by a 0.2 sd mean shift of a normal feature (D = 2 Phi(0.1) - 1 = 0.080),
+    while identical distributions at 10,000 vs 10,000 rows give D of 0.012 on
+    average and above 0.028 one time in 1,000. PSI (10 quantile bins of the
+    reference, empty bins floored at 1e-4) is reported beside it and can be
+    required too (``min_psi``); the usual PSI threshold of 0.1 would miss a
+    0.2 sd shift, whose PSI is only about 0.04.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(0)
+>>> ref = rng.normal(size=(5_000, 3))
+>>> cur = rng.normal(size=(5_000, 3)) + [0.0, 0.0, 0.3]
+>>> detect_drift(ref, cur, ["a", "b", "c"]).drifted_features
+('c',)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal, Mapping, Sequence
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import stats
+
+__all__ = ["DriftConfig", "FeatureDrift", "DriftReport", "detect_drift", "ks_2samp_columns", "adjust_pvalues"]
+
+Correction = Literal["bh", "bonferroni", "none"]
+_PSI_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    """Settings of :func:`detect_drift`; see the module docstring for why these defaults.
+
+    Parameters
+    ----------
+    alpha
+        Level of the adjusted p-values.
+    correction
+        'bh' (Benjamini-Hochberg), 'bonferroni' or 'none'.
+    min_effect
+        Smallest distance (KS D, or total variation for categorical features) that counts.
+    min_psi
+        If set, the PSI must also reach it.
+    bins
+        Quantile bins of the reference for PSI.
+    categorical
+        Names (or column indices) of the categorical features.
+    """
+
+    alpha: float = 0.05
+    correction: Correction = "bh"
+    min_effect: float = 0.05
+    min_psi: float | None = None
+    bins: int = 10
+    categorical: tuple[str | int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alpha < 1:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha}")
+        if self.correction not in ("bh", "bonferroni", "none"):
+            raise ValueError(f"correction must be 'bh', 'bonferroni' or 'none', got {self.correction!r}")
+        if self.min_effect < 0 or self.bins < 2:
+            raise ValueError("min_effect must be >= 0 and bins >= 2")
+
+
+@dataclass(frozen=True)
+class FeatureDrift:
+    """One feature's test.
+
+    ``statistic`` is KS D or the chi-square value, ``effect_size`` the distance
+    that is compared with ``min_effect`` (KS D, or total variation), ``psi`` the
+    population stability index, ``wasserstein`` the Wasserstein-1 distance in
+    reference standard deviations (numeric features only).
+    """
+
+    name: str
+    test: str
+    statistic: float
+    p_value: float
+    p_adjusted: float
+    effect_size: float
+    psi: float
+    wasserstein: float | None
+    drifted: bool
+    n_reference: int = 0
+    n_current: int = 0
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """Per-feature drift results and the settings that produced them."""
+
+    features: tuple[FeatureDrift, ...]
+    alpha: float
+    correction: str
+    min_effect: float
+    min_psi: float | None = None
+    n_reference: int = 0
+    n_current: int = 0
+
+    @property
+    def drifted_features(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features if f.drifted)
+
+    @property
+    def share_drifted(self) -> float:
+        return len(self.drifted_features) / len(self.features) if self.features else 0.0
+
+    @property
+    def drifted(self) -> bool:
+        return any(f.drifted for f in self.features)
+
+    def __getitem__(self, name: str) -> FeatureDrift:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["features"] = [_json_safe(asdict(f)) for f in self.features]
+        d["drifted_features"] = list(self.drifted_features)
+        d["share_drifted"] = self.share_drifted
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "DriftReport":
+        feats = tuple(
+            FeatureDrift(**{k: (float("nan") if v is None and k in _FLOAT_FIELDS else v) for k, v in f.items()})
+            for f in d["features"]
+        )
+        return cls(
+            features=feats,
+            alpha=d["alpha"],
+            correction=d["correction"],
+            min_effect=d["min_effect"],
+            min_psi=d.get("min_psi"),
+            n_reference=d.get("n_reference", 0),
+            n_current=d.get("n_current", 0),
+        )
+
+
+_FLOAT_FIELDS = {"statistic", "p_value", "p_adjusted", "effect_size", "psi"}
+
+
+def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
+    # Strict JSON (and Postgres jsonb) has no NaN.
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (float, np.floating)):
+            v = None if not math.isfinite(v) else float(v)
+        elif isinstance(v, (np.bool_,)):
+            v = bool(v)
+        out[k] = v
+    return out
+
+
+def adjust_pvalues(p: ArrayLike, correction: Correction = "bh") -> np.ndarray:
+    """Adjusted p-values for a family of tests: Benjamini-Hochberg, Bonferroni or none."""
+    p = np.asarray(p, dtype=float)
+    if p.size == 0 or correction == "none":
+        return p.copy()
+    if correction == "bonferroni":
+        return np.minimum(1.0, p * p.size)
+    if correction == "bh":
+        return stats.false_discovery_control(p, method="bh")
+    raise ValueError(f"unknown correction {correction!r}")
+
+
+def ks_2samp_columns(reference: np.ndarray, current: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-sample KS statistic, asymptotic p-value and Wasserstein-1 distance, column by column.
+
+    ``reference`` is n x F and ``current`` m x F, without NaN. Matches
+    ``scipy.stats.ks_2samp(reference[:, j], current[:, j], method='asymp')``.
+    """
+    n, f = reference.shape
+    m = current.shape[0]
+    if current.shape[1] != f:
+        raise ValueError(f"reference has {f} columns, current {current.shape[1]}")
+    if n == 0 or m == 0:
+        nan = np.full(f, np.nan)
+        return nan, nan, nan
+    both = np.concatenate([reference, current], axis=0)
+    order = np.argsort(both, axis=0, kind="stable")
+    values = np.take_along_axis(both, order, axis=0)
+    # Each reference value raises the reference CDF by 1/n, each current one the other by 1/m.
+    steps = np.where(order < n, 1.0 / n, -1.0 / m)
+    diff = np.cumsum(steps, axis=0)
+    gaps = np.diff(values, axis=0)
+    # The CDFs are only compared after a whole run of tied values has been added.
+    run_end = np.ones_like(diff, dtype=bool)
+    run_end[:-1] = gaps != 0
+    d = np.abs(np.where(run_end, diff, 0.0)).max(axis=0)
+    # Between consecutive values the CDF gap is constant: integrate it.
+    w1 = np.einsum("ij,ij->j", np.abs(diff[:-1]), gaps)
+    big, small = max(n, m), min(n, m)
+    en = np.round(big * small / (big + small))
+    p = np.clip(stats.kstwo.sf(d, en), 0.0, 1.0)
+    return d, p, w1
+
+
+def _psi_from_props(p_ref: np.ndarray, p_cur: np.ndarray) -> float:
+    a = np.maximum(p_ref, _PSI_EPS)
+    b = np.maximum(p_cur, _PSI_EPS)
+    return float(np.sum((b - a) * np.log(b / a)))
+
+
+def _psi_numeric(ref_col: np.ndarray, cur_col: np.ndarray, bins: int) -> float:
+    """PSI over quantile bins of the reference (``ref_col`` and ``cur_col`` sorted)."""
+    qs = np.linspace(0, 1, bins + 1)[1:-1]
+    edges = np.unique(np.quantile(ref_col, qs))
+    # Bins are (e_{i-1}, e_i]; ties at an edge fall in one bin, on both sides alike.
+    c_ref = np.diff(np.searchsorted(ref_col, edges, side="right"), prepend=0, append=ref_col.size)
+    c_cur = np.diff(np.searchsorted(cur_col, edges, side="right"), prepend=0, append=cur_col.size)
+    return _psi_from_props(c_ref / ref_col.size, c_cur / cur_col.size)
+
+
+def _categorical(ref_col: np.ndarray, cur_col: np.ndarray) -> tuple[float, float, float, float]:
+    """Chi-square statistic, p-value, total variation distance and PSI of one categorical feature."""
+    cats, inv = np.unique(np.concatenate([ref_col, cur_col]), return_inverse=True)
+    k = cats.size
+    c_ref = np.bincount(inv[: ref_col.size], minlength=k)
+    c_cur = np.bincount(inv[ref_col.size :], minlength=k)
+    p_ref = c_ref / max(ref_col.size, 1)
+    p_cur = c_cur / max(cur_col.size, 1)
+    tvd = 0.5 * float(np.abs(p_ref - p_cur).sum())
+    psi = _psi_from_props(p_ref, p_cur)
+    if k < 2 or ref_col.size == 0 or cur_col.size == 0:
+        return 0.0, 1.0, tvd, psi
+    res = stats.chi2_contingency(np.vstack([c_ref, c_cur]), correction=False)
+    return float(res.statistic), float(res.pvalue), tvd, psi
+
+
+def _is_missing(col: np.ndarray) -> np.ndarray:
+    if col.dtype.kind == "f":
+        return np.isnan(col)
+    if col.dtype.kind == "O":
+        return np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in col], dtype=bool)
+    return np.zeros(col.shape, dtype=bool)
+
+
+def detect_drift(
+    reference: ArrayLike,
+    current: ArrayLike,
+    feature_names: Sequence[str] | None = None,
+    *,
+    categorical: Sequence[str | int] | None = None,
+    alpha: float | None = None,
+    correction: Correction | None = None,
+    min_effect: float | None = None,
+    min_psi: float | None = None,
+    config: DriftConfig | None = None,
+) -> DriftReport:
+    """Test every feature of ``current`` against ``reference`` and report which drifted.
+
+    Parameters
+    ----------
+    reference, current
+        2-D arrays, rows x features, same columns. Missing values (NaN, None)
+        are dropped feature by feature.
+    feature_names
+        Column names; default ``f0, f1, ...``.
+    categorical
+        Names or indices of categorical columns (chi-square instead of KS).
+    alpha, correction, min_effect, min_psi
+        Override the fields of ``config`` (default :class:`DriftConfig`).
+    """
+    cfg = config or DriftConfig()
+    overrides = {
+        k: v
+        for k, v in dict(
+            alpha=alpha, correction=correction, min_effect=min_effect, min_psi=min_psi, categorical=categorical
+        ).items()
+        if v is not None
+    }
+    if "categorical" in overrides:
+        overrides["categorical"] = tuple(overrides["categorical"])
+    if overrides:
+        cfg = replace(cfg, **overrides)
+
+    ref = np.asarray(reference)
+    cur = np.asarray(current)
+    if ref.ndim == 1:
+        ref = ref[:, None]
+    if cur.ndim == 1:
+        cur = cur[:, None]
+    if ref.ndim != 2 or cur.ndim != 2 or ref.shape[1] != cur.shape[1]:
+        raise ValueError(f"reference and current must be 2-D with the same columns, got {ref.shape} and {cur.shape}")
+    n_feat = ref.shape[1]
+    names = [f"f{j}" for j in range(n_feat)] if feature_names is None else [str(x) for x in feature_names]
+    if len(names) != n_feat:
+        raise ValueError(f"{len(names)} feature names for {n_feat} columns")
+    index = {name: j for j, name in enumerate(names)}
+    cat_cols = set()
+    for c in cfg.categorical:
+        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
+            cat_cols.add(int(c))
+        elif c in index:
+            cat_cols.add(index[c])
+        else:
+            raise ValueError(f"categorical feature {c!r} is not among the feature names")
+    num_cols = [j for j in range(n_feat) if j not in cat_cols]
+
+    stat = np.full(n_feat, np.nan)
+    pval = np.full(n_feat, np.nan)
+    dist = np.full(n_feat, np.nan)
+    psi = np.full(n_feat, np.nan)
+    wass: list[float | None] = [None] * n_feat
+    n_ref = np.zeros(n_feat, dtype=int)
+    n_cur = np.zeros(n_feat, dtype=int)
+
+    if num_cols:
+        r = ref[:, num_cols].astype(float)
+        c = cur[:, num_cols].astype(float)
+        holes = np.isnan(r).any(axis=0) | np.isnan(c).any(axis=0)
+        dense = [i for i in range(len(num_cols)) if not holes[i]]
+        results: dict[int, tuple[float, float, float, np.ndarray, np.ndarray]] = {}
+        if dense:
+            rd, cd = r[:, dense], c[:, dense]
+            d, p, w = ks_2samp_columns(rd, cd)
+            rs, cs = np.sort(rd, axis=0), np.sort(cd, axis=0)
+            for i, col in enumerate(dense):
+                results[col] = (d[i], p[i], w[i], rs[:, i], cs[:, i])
+        for col in (i for i in range(len(num_cols)) if holes[i]):
+            rc = np.sort(r[~np.isnan(r[:, col]), col])
+            cc = np.sort(c[~np.isnan(c[:, col]), col])
+            d, p, w = ks_2samp_columns(rc[:, None], cc[:, None])
+            results[col] = (d[0], p[0], w[0], rc, cc)
+        for i, j in enumerate(num_cols):
+            d_j, p_j, w_j, rc, cc = results[i]
+            stat[j], pval[j], dist[j] = d_j, p_j, d_j
+            n_ref[j], n_cur[j] = rc.size, cc.size
+            if rc.size and cc.size:
+                psi[j] = _psi_numeric(rc, cc, cfg.bins)
+                sd = float(np.std(rc, ddof=1)) if rc.size > 1 else 0.0
+                wass[j] = float(w_j / sd) if sd > 0 else float(w_j)
+
+    for j in sorted(cat_cols):
+        rc, cc = ref[:, j], cur[:, j]
+        rc, cc = rc[~_is_missing(rc)], cc[~_is_missing(cc)]
+        if rc.dtype.kind == "O" or cc.dtype.kind == "O":
+            rc, cc = rc.astype(str), cc.astype(str)
+        stat[j], pval[j], dist[j], psi[j] = _categorical(rc, cc)
+        n_ref[j], n_cur[j] = rc.size, cc.size
+
+    tested = ~np.isnan(pval)
+    p_adj = np.full(n_feat, np.nan)
+    p_adj[tested] = adjust_pvalues(pval[tested], cfg.correction)
+    feats = []
+    for j in range(n_feat):
+        drifted = bool(
+            tested[j]
+            and p_adj[j] < cfg.alpha
+            and dist[j] >= cfg.min_effect
+            and (cfg.min_psi is None or psi[j] >= cfg.min_psi)
+        )
+        feats.append(
+            FeatureDrift(
+                name=names[j],
+                test="chi2" if j in cat_cols else "ks",
+                statistic=float(stat[j]),
+                p_value=float(pval[j]),
+                p_adjusted=float(p_adj[j]),
+                effect_size=float(dist[j]),
+                psi=float(psi[j]),
+                wasserstein=wass[j],
+                drifted=drifted,
+                n_reference=int(n_ref[j]),
+                n_current=int(n_cur[j]),
+            )
+        )
+    return DriftReport(
+        features=tuple(feats),
+        alpha=cfg.alpha,
+        correction=cfg.correction,
+        min_effect=cfg.min_effect,
+        min_psi=cfg.min_psi,
+        n_reference=int(ref.shape[0]),
+        n_current=int(cur.shape[0]),
+    )

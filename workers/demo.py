@@ -1,0 +1,163 @@
+"""``retrain demo``: the whole loop with no service, on a simulated clock.
+
+SQLite for state, Celery's in-memory broker with an in-process worker for dispatch
+(every step still goes through ``send_task`` and a real Celery consumer), the
+example market with its regime changes, and a trading app that serves the current
+production version and reports through :class:`retrain.client.RetrainClient`.
+Beat is replaced by the same crontab objects driven from the simulated clock.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+DEMO_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+
+def _configure_env(home: Path) -> None:
+    os.environ["RETRAIN_HOME"] = str(home)
+    os.environ["RETRAIN_DATABASE_URL"] = f"sqlite:///{(home / 'retrain.db').as_posix()}"
+    os.environ["RETRAIN_BROKER_URL"] = "memory://"
+    os.environ.pop("RETRAIN_RESULT_BACKEND", None)
+    os.environ.setdefault("RETRAIN_CONFIG", str(Path(__file__).resolve().parent.parent / "retrain" / "examples"
+                                                / "direction.toml"))
+    os.environ["RETRAIN_WORKER_ID"] = "demo-worker"
+
+
+class _InFlight:
+    """Counts published-but-unfinished tasks, so the simulation advances only when the loop is quiet."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.cond = threading.Condition()
+
+    def up(self, **_):
+        with self.cond:
+            self.n += 1
+
+    def down(self, **_):
+        with self.cond:
+            self.n -= 1
+            self.cond.notify_all()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        with self.cond:
+            return self.cond.wait_for(lambda: self.n <= 0, timeout=timeout)
+
+
+def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes: int = 10, seed: int = 7,
+             quiet: bool = False) -> int:
+    home = home.resolve()
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    _configure_env(home)
+
+    import numpy as np
+    from celery.contrib.testing.worker import start_worker
+    from celery.schedules import crontab
+    from celery.signals import before_task_publish, task_postrun
+
+    from retrain.clock import SimClock, monotonic
+    from retrain.client import RetrainClient
+    from retrain.examples.direction import market_from_params
+    from retrain.report import print_timeline
+    from retrain.storage.schema import upgrade
+    from workers import runtime
+
+    clock = SimClock(DEMO_START)
+    runtime.set_clock(clock)
+    ctx = runtime.context()
+    upgrade(ctx.store.db.engine)
+
+    from retrain.steps.requests import sync_models
+    from workers.app import app
+
+    sync_models(ctx)
+    inflight = _InFlight()
+    before_task_publish.connect(inflight.up, weak=False)
+    task_postrun.connect(inflight.down, weak=False)
+
+    def send(task: str, payload: dict, queue: str, priority: int) -> None:
+        import celeryconfig
+
+        app.send_task(task, args=[payload], queue=queue, routing_key=queue,
+                      priority=celeryconfig.broker_priority(priority))
+
+    cfg = ctx.config.model("direction")
+    market = market_from_params(dict(cfg.params))
+    client = RetrainClient(sender=send, clock=clock, start=False, batch_size=5000)
+    schedules = {slot: crontab(**fields, nowfun=clock.now) for slot, fields in cfg.schedule.crontab_fields().items()}
+    last_fired = {slot: DEMO_START for slot in schedules}
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+
+    say(f"retrain demo: {days:g} simulated days of the 'direction' model on the synthetic market "
+        f"(regime shifts at +36 h and +84 h); state in {home}")
+    t0 = monotonic()
+    with start_worker(app, pool="solo", perform_ping_check=False, loglevel="ERROR", shutdown_timeout=30,
+                      queues=["monitoring", "decision", "training", "validation", "promotion"]):
+        client.request_retraining("direction", "initial model: nothing is in production yet", requested_by="demo")
+        inflight.wait_idle()
+        end = DEMO_START + timedelta(days=days)
+        step = timedelta(minutes=step_minutes)
+        model_cache: dict[str, object] = {}
+        seen_audit = 0
+        acc_hits = acc_n = 0
+        while clock.now() < end:
+            now = clock.now()
+            with ctx.store.tx() as tx:
+                prod = tx.alias("direction", "production")
+                sha = tx.version("direction", prod).artifact_sha256 if prod else None
+            rows = market.rows(now, now + step)
+            clock.advance(step)
+            if sha is not None:
+                est = model_cache.get(sha) or model_cache.setdefault(sha, ctx.artifacts.load_object(sha))
+                pred = est.predict(rows.X)
+                acc_hits += int(np.sum(pred == rows.y))
+                acc_n += len(rows.y)
+                base = int(now.timestamp())
+                for i in range(len(rows.y)):
+                    client.report("direction", f"{base}-{i}", rows.X[i].tolist(), int(pred[i]), prod,
+                                  int(rows.y[i]), float(rows.ret[i]), ts=float(rows.ts[i]))
+                client.flush()
+            for slot, sched in schedules.items():
+                due, _ = sched.is_due(last_fired[slot])
+                if due:
+                    last_fired[slot] = clock.now()
+                    send("retrain.request_retraining", {"v": 1, "model": "direction", "trigger": "schedule",
+                                                        "slot": slot, "reason": f"scheduled {slot} retraining",
+                                                        "requested_by": "beat"}, "decision", 1)
+            if int((clock.now() - DEMO_START) / step) % 3 == 0:
+                send("retrain.sweep", {"v": 1}, "monitoring", 5)
+            if not inflight.wait_idle(timeout=120):
+                print("demo: the worker did not finish its tasks within 120 s", file=sys.stderr)
+                return 1
+            seen_audit = _echo_events(ctx, seen_audit, say)
+            if clock.now().hour % 6 == 0 and clock.now().minute < step_minutes:
+                acc = acc_hits / acc_n if acc_n else float("nan")
+                say(f"  {clock.now():%a %d %b %H:%M}  production {prod or '-':>6}  live accuracy {acc:.3f} "
+                    f"({acc_n} predictions)   [{monotonic() - t0:5.1f} s]")
+                acc_hits = acc_n = 0
+        client.close()
+    runtime.set_clock(clock)
+    say("")
+    print_timeline(ctx, "direction", out=sys.stdout)
+    say(f"\nDone in {monotonic() - t0:.1f} s. Inspect it: RETRAIN_HOME={home} retrain status")
+    return 0
+
+
+_SHOWN = {"request", "decision", "version", "validation", "promotion", "rollback", "approval", "bypass"}
+
+
+def _echo_events(ctx, after_id: int, say) -> int:
+    with ctx.store.tx() as tx:
+        events = [e for e in tx.audit_events("direction", limit=50) if e.id > after_id]
+    for e in events:
+        if e.kind in _SHOWN:
+            say(f"    {e.at:%a %H:%M}  {e.kind:<10} {e.message}")
+    return max([after_id] + [e.id for e in events])
