@@ -19,39 +19,18 @@ Reliability choices, and why:
 
 from __future__ import annotations
 
-from kombu import Exchange, Queue
-
+from retrain import queues as _q
 from retrain.settings import load_settings
 
 _settings = load_settings()
 
-QUEUES = ("monitoring", "decision", "training", "validation", "promotion")
-ROUTES = {
-    "retrain.ingest": "monitoring",
-    "retrain.sweep": "monitoring",
-    "retrain.relay": "monitoring",
-    "retrain.reconcile": "monitoring",
-    "retrain.request_retraining": "decision",
-    "retrain.decide": "decision",
-    "retrain.train": "training",
-    "retrain.validate": "validation",
-    "retrain.promote": "promotion",
-    "retrain.rollback": "promotion",
-}
-
-
-def _is_redis(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
-
-
-def _is_amqp(url: str) -> bool:
-    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+QUEUES = _q.QUEUES
+ROUTES = _q.ROUTES
 
 
 def broker_priority(priority: int, url: str = _settings.broker_url) -> int:
     """Our priority (9 highest) on the broker's own scale."""
-    priority = max(0, min(9, int(priority)))
-    return 9 - priority if _is_redis(url) else priority
+    return _q.broker_priority(priority, url)
 
 
 broker_url = _settings.broker_url
@@ -77,23 +56,9 @@ task_default_queue = "monitoring"
 task_create_missing_queues = False
 worker_hijack_root_logger = False
 
-_exchange = Exchange("retrain", type="direct")
-_queue_args = {"x-max-priority": 10} if _is_amqp(broker_url) else None
-task_queues = tuple(Queue(q, _exchange, routing_key=q, queue_arguments=_queue_args) for q in QUEUES)
-task_default_exchange = "retrain"
-task_default_routing_key = "monitoring"
+task_queues = _q.kombu_queues(broker_url)
 task_routes = {name: {"queue": q, "routing_key": q} for name, q in ROUTES.items()}
-
-broker_transport_options: dict = {}
-if _is_redis(broker_url):
-    broker_transport_options = {
-        "visibility_timeout": _settings.visibility_timeout_s,
-        "priority_steps": list(range(10)),
-        "sep": ":",
-        "queue_order_strategy": "priority",
-    }
-elif broker_url.startswith("memory://"):
-    broker_transport_options = {"polling_interval": 0.001}
+broker_transport_options = _q.transport_options(broker_url, _settings.visibility_timeout_s)
 
 timezone = _settings.timezone
 enable_utc = True

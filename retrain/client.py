@@ -46,20 +46,57 @@ class ClientStats:
     send_errors: int
 
 
-def celery_sender(broker_url: str) -> Sender:
-    """A sender on a minimal Celery app: JSON only, fails fast when the broker is down."""
-    from celery import Celery
+def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0) -> Sender:
+    """A sender that publishes Celery protocol-2 task messages with kombu (no Celery import).
 
-    app = Celery("retrain-client", broker=broker_url)
-    app.conf.update(task_serializer="json", accept_content=["json"], broker_connection_timeout=2,
-                    broker_connection_retry_on_startup=False, task_ignore_result=True)
-    is_redis = broker_url.startswith(("redis", "rediss"))
+    JSON only; one connection reused under a lock; fails fast when the broker is down
+    so the client can keep the batch and retry later.
+    """
+    import os
+    import socket
+
+    from kombu import Connection, Exchange
+
+    from retrain.queues import broker_priority, kombu_queues, transport_options
+
+    queues = {q.name: q for q in kombu_queues(broker_url)}
+    origin = f"{os.getpid()}@{socket.gethostname()}"
+    lock = threading.Lock()
+    state: dict[str, Any] = {}
+
+    def producer():
+        if "producer" not in state:
+            conn = Connection(broker_url, connect_timeout=connect_timeout_s,
+                              transport_options=transport_options(broker_url))
+            conn.ensure_connection(max_retries=1, timeout=connect_timeout_s)
+            state["conn"], state["producer"] = conn, conn.Producer(serializer="json")
+        return state["producer"]
 
     def send(task: str, payload: dict, queue: str, priority: int) -> None:
-        app.send_task(task, args=[payload], queue=queue, routing_key=queue,
-                      priority=(9 - priority) if is_redis else priority,
-                      retry=True, retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
-                                                "interval_max": 0.5})
+        task_id = str(uuid.uuid4())
+        headers = {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None,
+                   "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
+                   "root_id": task_id, "parent_id": None, "argsrepr": f"({payload.get('batch_id', '')!r},)",
+                   "kwargsrepr": "{}", "origin": origin, "ignore_result": True}
+        body = ([payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
+        q = queues[queue]
+        with lock:
+            try:
+                producer().publish(body, exchange=q.exchange, routing_key=queue, serializer="json",
+                                   headers=headers, correlation_id=task_id,
+                                   priority=broker_priority(priority, broker_url),
+                                   delivery_mode=2, declare=[q], retry=True,
+                                   retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
+                                                 "interval_max": 0.5})
+            except Exception:
+                conn = state.pop("conn", None)
+                state.pop("producer", None)
+                if conn is not None:
+                    try:
+                        conn.release()
+                    except Exception:  # already broken; nothing more to release
+                        pass
+                raise
 
     return send
 
@@ -85,7 +122,7 @@ class RetrainClient:
         if sender is None:
             if not broker_url:
                 raise ValueError("RetrainClient needs a broker_url or a sender")
-            sender = celery_sender(broker_url)
+            sender = kombu_sender(broker_url)
         self._send = sender
         self._clock = clock or SystemClock()
         self.batch_size = batch_size
@@ -99,6 +136,7 @@ class RetrainClient:
         self._pending: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         self._waiting: collections.deque[tuple[str, dict]] = collections.deque()
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sent_rows = self._sent_batches = self._dropped = self._errors = 0
@@ -244,6 +282,12 @@ class RetrainClient:
                       n, self.max_waiting_batches)
 
     def _send_waiting(self) -> None:
+        # One sender at a time: flush() on the caller's thread and the flusher must not
+        # both send the head batch (a duplicate) and then both pop (a loss).
+        with self._send_lock:
+            self._send_waiting_locked()
+
+    def _send_waiting_locked(self) -> None:
         if monotonic() < self._next_retry:
             return
         while self._waiting:

@@ -232,6 +232,18 @@ class ModelConfig(_Strict):
 
 class GeneralSettings(_Strict):
     timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}") from None
+        return v
+
     offpeak_start: str = "01:00"
     offpeak_end: str = "05:00"
 
@@ -253,6 +265,14 @@ class RetrainConfig(_Strict):
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
+    def policy_for(self, name: str):
+        """The decision policy of one model: [policy] with the model's own overrides on top."""
+        from retrain.policy import Policy
+
+        base = {"timezone": self.settings.timezone, "offpeak_start": self.settings.offpeak_start,
+                "offpeak_end": self.settings.offpeak_end}
+        return Policy.from_mapping({**base, **self.policy, **self.model(name).policy})
+
 
 def parse_config(data: dict[str, Any], source: str = "<memory>") -> RetrainConfig:
     data = dict(data)
@@ -265,10 +285,16 @@ def parse_config(data: dict[str, Any], source: str = "<memory>") -> RetrainConfi
     data["models"] = models
     data["source"] = source
     try:
-        return RetrainConfig.model_validate(data)
+        config = RetrainConfig.model_validate(data)
     except ValidationError as exc:
         lines = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+    for name in config.models:
+        try:
+            config.policy_for(name)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: models.{name}: {exc}") from None
+    return config
 
 
 def load_config(path: Path | str) -> RetrainConfig:

@@ -201,7 +201,8 @@ class ResourceMeter:
         self._t0 = 0.0
         self._usage: ResourceUsage | None = None
         self._procs: list[psutil.Process] = [self._proc]
-        self._procs_at = -math.inf
+        self._refresh_every = max(1, round(_CHILDREN_REFRESH_S / interval_s))
+        self._until_refresh = 0
 
     @property
     def usage(self) -> ResourceUsage:
@@ -231,10 +232,10 @@ class ResourceMeter:
         return total
 
     def _sample(self) -> None:
-        now = self._clock()
-        if now - self._procs_at >= _CHILDREN_REFRESH_S:
+        if self._until_refresh <= 0:
             self._procs = self._tree()
-            self._procs_at = now
+            self._until_refresh = self._refresh_every
+        self._until_refresh -= 1
         rss = 0
         for p in self._procs:
             try:
@@ -253,7 +254,7 @@ class ResourceMeter:
         self._usage = None
         self._peak = 0
         self._samples = 0
-        self._procs_at = -math.inf
+        self._until_refresh = 0
         self._stop.clear()
         self._sample()
         self._cpu0 = self._cpu()
@@ -271,7 +272,7 @@ class ResourceMeter:
         if self._thread is not None:
             self._thread.join(timeout=max(1.0, 10 * self._interval))
             self._thread = None
-        self._procs_at = -math.inf  # catch children started since the last refresh
+        self._until_refresh = 0  # catch children started since the last refresh
         self._sample()
         self._usage = ResourceUsage(
             cpu_seconds=max(0.0, cpu), peak_rss_mb=self._peak / _MB, wall_seconds=max(0.0, wall),

@@ -43,14 +43,22 @@ Effect size
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
+from scipy import special, stats
 
-__all__ = ["DriftConfig", "FeatureDrift", "DriftReport", "detect_drift", "ks_2samp_columns", "adjust_pvalues"]
+__all__ = [
+    "DriftConfig",
+    "FeatureDrift",
+    "DriftReport",
+    "detect_drift",
+    "ks_2samp_columns",
+    "ks_pvalue",
+    "adjust_pvalues",
+]
 
 Correction = Literal["bh", "bonferroni", "none"]
 _PSI_EPS = 1e-4
@@ -200,32 +208,61 @@ def ks_2samp_columns(reference: np.ndarray, current: np.ndarray) -> tuple[np.nda
     """Two-sample KS statistic, asymptotic p-value and Wasserstein-1 distance, column by column.
 
     ``reference`` is n x F and ``current`` m x F, without NaN. Matches
-    ``scipy.stats.ks_2samp(reference[:, j], current[:, j], method='asymp')``.
+    ``scipy.stats.ks_2samp(reference[:, j], current[:, j], method='asymp')``
+    and ``scipy.stats.wasserstein_distance``.
     """
-    n, f = reference.shape
-    m = current.shape[0]
-    if current.shape[1] != f:
-        raise ValueError(f"reference has {f} columns, current {current.shape[1]}")
+    reference, current = np.asarray(reference, dtype=float), np.asarray(current, dtype=float)
+    if reference.ndim != 2 or current.ndim != 2 or current.shape[1] != reference.shape[1]:
+        raise ValueError(f"need 2-D arrays with the same columns, got {reference.shape} and {current.shape}")
+    return _ks_sorted(_sorted_rows(reference), _sorted_rows(current))
+
+
+def _sorted_rows(x: np.ndarray) -> np.ndarray:
+    """Columns of ``x`` as contiguous sorted rows (sorting along a strided axis is several times slower)."""
+    rows = np.ascontiguousarray(x.T, dtype=float)
+    rows.sort(axis=1)
+    return rows
+
+
+def _ks_sorted(r: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """KS D, p-value and Wasserstein-1 of sorted rows ``r`` (F x n) against ``c`` (F x m)."""
+    f, n = r.shape
+    m = c.shape[1]
     if n == 0 or m == 0:
         nan = np.full(f, np.nan)
         return nan, nan, nan
-    both = np.concatenate([reference, current], axis=0)
-    order = np.argsort(both, axis=0, kind="stable")
-    values = np.take_along_axis(both, order, axis=0)
+    both = np.concatenate([r, c], axis=1)
+    # Two sorted runs: the stable sort (timsort) merges them in linear time.
+    order = np.argsort(both, axis=1, kind="stable")
+    values = np.take_along_axis(both, order, axis=1)
     # Each reference value raises the reference CDF by 1/n, each current one the other by 1/m.
-    steps = np.where(order < n, 1.0 / n, -1.0 / m)
-    diff = np.cumsum(steps, axis=0)
-    gaps = np.diff(values, axis=0)
-    # The CDFs are only compared after a whole run of tied values has been added.
-    run_end = np.ones_like(diff, dtype=bool)
-    run_end[:-1] = gaps != 0
-    d = np.abs(np.where(run_end, diff, 0.0)).max(axis=0)
+    diff = np.cumsum(np.where(order < n, 1.0 / n, -1.0 / m), axis=1)
+    gaps = np.diff(values, axis=1)
+    np.abs(diff, out=diff)
+    tied = gaps == 0
+    if tied.any():
+        # The CDFs are only compared after a whole run of tied values has been added.
+        d = np.where(np.pad(tied, ((0, 0), (0, 1))), 0.0, diff).max(axis=1)
+    else:
+        d = diff.max(axis=1)
     # Between consecutive values the CDF gap is constant: integrate it.
-    w1 = np.einsum("ij,ij->j", np.abs(diff[:-1]), gaps)
+    w1 = np.einsum("ij,ij->i", diff[:, :-1], gaps)
+    return d, ks_pvalue(d, n, m), w1
+
+
+def ks_pvalue(d: ArrayLike, n: int, m: int) -> np.ndarray:
+    """Two-sided asymptotic p-value of the two-sample KS statistic ``d``.
+
+    Kolmogorov's limiting distribution at Stephens' corrected argument
+    ``(sqrt(en) + 0.12 + 0.11 / sqrt(en)) * d``, ``en = n m / (n + m)``. It
+    agrees with ``ks_2samp(method='asymp')`` (``kstwo.sf(d, round(en))``)
+    to within 1 % for p >= 1e-3 and en >= 250, and within 6 % down to
+    p = 1e-14; ``kstwo.sf`` costs about 5 ms per feature at en = 5,000 once
+    p < 0.05, more than the whole test here.
+    """
     big, small = max(n, m), min(n, m)
-    en = np.round(big * small / (big + small))
-    p = np.clip(stats.kstwo.sf(d, en), 0.0, 1.0)
-    return d, p, w1
+    root = math.sqrt(round(big * small / (big + small)))
+    return np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * np.asarray(d, dtype=float)), 0.0, 1.0)
 
 
 def _psi_from_props(p_ref: np.ndarray, p_cur: np.ndarray) -> float:
@@ -234,14 +271,22 @@ def _psi_from_props(p_ref: np.ndarray, p_cur: np.ndarray) -> float:
     return float(np.sum((b - a) * np.log(b / a)))
 
 
-def _psi_numeric(ref_col: np.ndarray, cur_col: np.ndarray, bins: int) -> float:
-    """PSI over quantile bins of the reference (``ref_col`` and ``cur_col`` sorted)."""
-    qs = np.linspace(0, 1, bins + 1)[1:-1]
-    edges = np.unique(np.quantile(ref_col, qs))
-    # Bins are (e_{i-1}, e_i]; ties at an edge fall in one bin, on both sides alike.
-    c_ref = np.diff(np.searchsorted(ref_col, edges, side="right"), prepend=0, append=ref_col.size)
-    c_cur = np.diff(np.searchsorted(cur_col, edges, side="right"), prepend=0, append=cur_col.size)
-    return _psi_from_props(c_ref / ref_col.size, c_cur / cur_col.size)
+def _psi_sorted(r: np.ndarray, c: np.ndarray, bins: int) -> np.ndarray:
+    """PSI per row over quantile bins of the reference (rows of ``r`` and ``c`` sorted)."""
+    n = r.shape[1]
+    # np.quantile's default (linear) quantiles, read straight off the sorted rows.
+    pos = np.linspace(0, 1, bins + 1)[1:-1] * (n - 1)
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, n - 1)
+    edges = r[:, lo] + (r[:, hi] - r[:, lo]) * (pos - lo)
+    out = np.empty(r.shape[0])
+    for j in range(r.shape[0]):
+        e = np.unique(edges[j])
+        # Bins are (e_{i-1}, e_i]; ties at an edge fall in one bin on both sides alike.
+        c_ref = np.diff(np.searchsorted(r[j], e, side="right"), prepend=0, append=n)
+        c_cur = np.diff(np.searchsorted(c[j], e, side="right"), prepend=0, append=c.shape[1])
+        out[j] = _psi_from_props(c_ref / n, c_cur / c.shape[1])
+    return out
 
 
 def _categorical(ref_col: np.ndarray, cur_col: np.ndarray) -> tuple[float, float, float, float]:
@@ -342,27 +387,28 @@ def detect_drift(
         r = ref[:, num_cols].astype(float)
         c = cur[:, num_cols].astype(float)
         holes = np.isnan(r).any(axis=0) | np.isnan(c).any(axis=0)
-        dense = [i for i in range(len(num_cols)) if not holes[i]]
-        results: dict[int, tuple[float, float, float, np.ndarray, np.ndarray]] = {}
-        if dense:
-            rd, cd = r[:, dense], c[:, dense]
-            d, p, w = ks_2samp_columns(rd, cd)
-            rs, cs = np.sort(rd, axis=0), np.sort(cd, axis=0)
-            for i, col in enumerate(dense):
-                results[col] = (d[i], p[i], w[i], rs[:, i], cs[:, i])
-        for col in (i for i in range(len(num_cols)) if holes[i]):
-            rc = np.sort(r[~np.isnan(r[:, col]), col])
-            cc = np.sort(c[~np.isnan(c[:, col]), col])
-            d, p, w = ks_2samp_columns(rc[:, None], cc[:, None])
-            results[col] = (d[0], p[0], w[0], rc, cc)
-        for i, j in enumerate(num_cols):
-            d_j, p_j, w_j, rc, cc = results[i]
-            stat[j], pval[j], dist[j] = d_j, p_j, d_j
-            n_ref[j], n_cur[j] = rc.size, cc.size
-            if rc.size and cc.size:
-                psi[j] = _psi_numeric(rc, cc, cfg.bins)
-                sd = float(np.std(rc, ddof=1)) if rc.size > 1 else 0.0
-                wass[j] = float(w_j / sd) if sd > 0 else float(w_j)
+        # Columns without missing values go through together; the others one by one.
+        groups = [[i for i in range(len(num_cols)) if not holes[i]]]
+        groups += [[i] for i in range(len(num_cols)) if holes[i]]
+        for group in groups:
+            if not group:
+                continue
+            if len(group) == 1 and holes[group[0]]:
+                i = group[0]
+                rs = np.sort(r[~np.isnan(r[:, i]), i])[None, :]
+                cs = np.sort(c[~np.isnan(c[:, i]), i])[None, :]
+            else:
+                rs, cs = _sorted_rows(r[:, group]), _sorted_rows(c[:, group])
+            cols = [num_cols[i] for i in group]
+            n_ref[cols], n_cur[cols] = rs.shape[1], cs.shape[1]
+            if rs.shape[1] == 0 or cs.shape[1] == 0:
+                continue
+            d, p, w = _ks_sorted(rs, cs)
+            stat[cols], pval[cols], dist[cols] = d, p, d
+            psi[cols] = _psi_sorted(rs, cs, cfg.bins)
+            sd = rs.std(axis=1, ddof=1) if rs.shape[1] > 1 else np.zeros(len(cols))
+            for k, j in enumerate(cols):
+                wass[j] = float(w[k] / sd[k]) if sd[k] > 0 else float(w[k])
 
     for j in sorted(cat_cols):
         rc, cc = ref[:, j], cur[:, j]

@@ -86,7 +86,10 @@ class ManualRequestPayload(_Payload):
     # A schedule entry's slot (e.g. 'daily@2026-01-05T02:00'): fires once even with two beats.
     slot: str | None = Field(None, max_length=64)
     requested_by: str = "api"
+    # An operator's approval given with the request (skips the first-week approval wait).
+    approved_by: str | None = Field(None, max_length=128)
     override_budget: bool = False
+    override_reason: str | None = Field(None, max_length=2000)
 
 
 P = TypeVar("P", bound=BaseModel)

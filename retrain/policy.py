@@ -193,6 +193,8 @@ class StateSnapshot:
     predictions_per_day: float = 0.0
     paused: bool = False
     globally_paused: bool = False
+    # False for a model's first training: nothing serves yet, so ROI has nothing to recover.
+    has_production: bool = True
     resources: ResourceReading | None = None
 
     def __post_init__(self) -> None:
@@ -669,6 +671,9 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
                   f"{vm['predictions_per_day'] * vm['horizon_days']:.4g} predictions, cost {cost:.2f}")
     if override is not None:
         add(RuleResult("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
+    elif not state.has_production:
+        # A first version has no live figures to recover: its value is having a model at all.
+        add(RuleResult("roi", True, None, min_roi, "not applicable: no version in production yet"))
     else:
         add(RuleResult("roi", roi_ok, roi, min_roi, roi_detail))
         if not roi_ok:

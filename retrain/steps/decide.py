@@ -35,9 +35,7 @@ class DecideResult:
 def policy_for(ctx: Context, model: str) -> Policy:
     key = f"policy:{model}"
     if key not in ctx.cache:
-        merged = {**ctx.config.policy, **ctx.config.model(model).policy}
-        merged.setdefault("timezone", ctx.config.settings.timezone)
-        ctx.cache[key] = Policy(**merged)
+        ctx.cache[key] = ctx.config.policy_for(model)
     return ctx.cache[key]
 
 
@@ -63,6 +61,7 @@ def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, policy: Policy, now
         predictions_per_day=predictions_per_day,
         paused=bool(model.paused if model else False),
         globally_paused=global_pause,
+        has_production=tx.alias(req.model, "production") is not None,
         resources=resources,
     )
 
@@ -140,10 +139,14 @@ def resolve_pending(ctx: Context, ident: str, *, approve: bool, actor: str, reas
         d = tx.decision(row.decision_id)
         d.resolved_by, d.resolved_at = actor, now
         if approve:
+            # The approval is recorded on the request and every other rule is checked again:
+            # budgets and limits may have moved while it waited.
             tx.audit(now, "approval", actor, f"approved retraining of {req.model}: {reason or 'no reason given'}",
                      model=req.model, subject=d.id)
-            run_id = start_run(tx, row, req, d.id, d.estimated_cost_usd, now)
-            return DecideResult(req.id, "approve", f"approved by {actor}", d.id, run_id)
+            row.evidence = {**(row.evidence or {}), "approved_by": actor}
+            row.status = "open"
+            tx.enqueue("retrain.decide", {"v": 1, "request_id": row.id}, now, priority=row.priority)
+            return DecideResult(req.id, "approve", f"approved by {actor}; sent back to the decision", d.id)
         tx.audit(now, "approval", actor, f"rejected retraining of {req.model}: {reason}", model=req.model, subject=d.id)
         tx.close_request(row, "rejected")
         return DecideResult(req.id, "reject", f"rejected by {actor}: {reason}", d.id)

@@ -40,9 +40,10 @@ def request_retraining(ctx: Context, p: ManualRequestPayload) -> RequestResult:
     if p.slot is not None and "@" not in p.slot:
         p = p.model_copy(update={"slot": slot_key(p.slot, now, ctx.config.settings.timezone)})
     trigger = TriggerKind(p.trigger)
+    evidence = {k: v for k, v in (("slot", p.slot), ("approved_by", p.approved_by),
+                                  ("override_reason", p.override_reason)) if v}
     req = RetrainRequest(id=new_id(), model=p.model, trigger=trigger, created_at=now, reason=p.reason,
-                         evidence={"slot": p.slot} if p.slot else {}, requested_by=p.requested_by,
-                         override_budget=p.override_budget)
+                         evidence=evidence, requested_by=p.requested_by, override_budget=p.override_budget)
     with ctx.store.tx() as tx:
         if p.slot is not None and not tx.claim_slot(p.model, p.slot, now):
             return RequestResult(None, False, f"slot {p.slot} of {p.model} already fired")

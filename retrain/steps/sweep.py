@@ -10,7 +10,7 @@ has come are sent back to the decision. The sample is pruned to its bound.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -91,10 +91,15 @@ def _sweep_model(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime, result: 
     since = now - timedelta(minutes=cfg.thresholds.window_minutes)
     rows = tx.buckets(cfg.name, prod, since, now + timedelta(minutes=1))
     counts = bucket_counts(rows)
+    total = sum(counts, Counts())
     for metric in cfg.thresholds.metrics:
         firing = evaluate_performance(counts, baseline, _perf_config(cfg, metric))
         if firing is not None:
-            _open(tx, ctx, _request(cfg.name, firing, now), result, now)
+            req = _request(cfg.name, firing, now)
+            # The decision's value model reads these two to size the expected recovery.
+            evidence = {**req.evidence, "baseline_accuracy": baseline.get("accuracy"),
+                        "current_accuracy": total.accuracy if total.n else None, "version": prod}
+            _open(tx, ctx, replace(req, evidence=evidence), result, now)
             break
     _emergency(tx, ctx, cfg, prod, now, result)
     _drift(tx, ctx, cfg, prod, version, now, result)

@@ -218,7 +218,7 @@ def train_run(ctx: Context, run_id: str, progress: Progress | None = None) -> Tr
             tx.add_cost(run.id, cfg.name, "release", -reserved, finished, {"reason": "replaced by actual cost"})
         tx.add_cost(run.id, cfg.name, "actual", cost.total_usd, finished, asdict(cost))
         tx.audit(finished, "version", ctx.worker_id,
-                 f"{cfg.name} {v} registered ({bump.reason}); fit {usage.wall_s:.2f}s, cost ${cost.total_usd:.4f}",
+                 f"{cfg.name} {v} registered ({bump.reason}); fit {usage.wall_seconds:.2f}s, cost ${cost.total_usd:.4f}",
                  model=cfg.name, subject=str(v), data={"run_id": run.id, "sha256": artifact.sha256,
                                                        "rows": int(cut), "usage": asdict(usage), "cost": asdict(cost)})
         tx.enqueue("retrain.validate", {"v": 1, "run_id": run.id}, finished, priority=run.priority)

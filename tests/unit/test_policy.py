@@ -197,6 +197,15 @@ def test_rolling_daily_limit_defers_until_the_oldest_start_leaves_the_24h_window
     assert rule(d, "cooldown").passed
 
 
+def test_rolling_limit_over_the_cap_waits_until_enough_starts_have_aged_out() -> None:
+    # Given three starts in the last 24 h (emergencies may exceed the limit): 23 h, 20 h and 7 h ago
+    s = state(recent_run_starts=(NOW - timedelta(hours=23), NOW - timedelta(hours=20), NOW - timedelta(hours=7)))
+    d = decide(request(), s, Policy(), NOW)
+    # Then one more slot opens only when the 20-h-old start leaves the window: in 4 h
+    assert rule(d, "daily_runs").value == 3
+    assert d.defer_until == NOW + timedelta(hours=4)
+
+
 def test_utc_day_limit_defers_to_next_utc_midnight() -> None:
     s = state(recent_run_starts=(NOW - timedelta(hours=11), NOW - timedelta(hours=7)))
     d = decide(request(), s, Policy(daily_window="utc_day"), NOW)
@@ -367,8 +376,9 @@ def test_an_estimate_larger_than_a_cap_by_itself_is_rejected() -> None:
     assert d.detail["reject_rules"] == ["budget_daily"]
 
 
-def test_spend_exactly_at_the_cap_fits() -> None:
+def test_spend_exactly_at_the_cap_fits_and_a_cent_over_does_not() -> None:
     assert decide(request(), state(spend_today_usd=8.0), Policy(), NOW).verdict is Verdict.APPROVE
+    assert decide(request(), state(spend_today_usd=8.01), Policy(), NOW).verdict is Verdict.DEFER
 
 
 def test_per_model_caps_are_checked_when_set() -> None:
@@ -522,10 +532,10 @@ _times = st.datetimes(
 def _cases(draw: st.DrawFn) -> tuple[RetrainRequest, StateSnapshot, Policy, datetime]:
     now = draw(_times)
     trig = draw(_triggers)
-    override = draw(st.booleans())
+    override = draw(st.sampled_from([False, False, False, True]))
     evidence: dict[str, Any] = {}
     if draw(st.booleans()):
-        evidence = {"baseline_accuracy": draw(st.floats(0.5, 0.7)), "current_accuracy": draw(st.floats(0.3, 0.7))}
+        evidence = {"baseline_accuracy": draw(st.floats(0.5, 0.7)), "current_accuracy": draw(st.floats(0.3, 0.6))}
     if override and draw(st.booleans()):
         evidence["override_reason"] = "ops"
     req = RetrainRequest("r", "m", trig, now, "prop", evidence=evidence, override_budget=override)
@@ -542,7 +552,7 @@ def _cases(draw: st.DrawFn) -> tuple[RetrainRequest, StateSnapshot, Policy, date
         model_spend_month_usd=draw(_month_money),
         estimated_cost_usd=draw(st.floats(0.0, 12.0)),
         predictions_per_day=draw(st.sampled_from([0.0, 1e4, 1e8, 1e8, 1e8])),
-        paused=draw(st.integers(0, 9)) == 0,
+        paused=draw(st.sampled_from([False] * 9 + [True])),
         resources=draw(st.none() | st.builds(ResourceReading, st.floats(0, 10_000), st.floats(0, 100),
                                              st.floats(0, 100_000))),
     )
@@ -550,8 +560,8 @@ def _cases(draw: st.DrawFn) -> tuple[RetrainRequest, StateSnapshot, Policy, date
         timezone=draw(st.sampled_from(["UTC", "Europe/London", "America/New_York"])),
         offpeak_start=draw(st.sampled_from(["01:00", "22:00", "02:30"])),
         max_runs_global_per_day=draw(st.none() | st.integers(1, 5)),
-        model_daily_budget_usd=draw(st.none() | st.floats(0.0, 20.0)),
-        model_monthly_budget_usd=draw(st.none() | st.floats(0.0, 100.0)),
+        model_daily_budget_usd=draw(st.none() | st.floats(2.0, 20.0)),
+        model_monthly_budget_usd=draw(st.none() | st.floats(20.0, 100.0)),
         daily_window=draw(st.sampled_from(["rolling", "utc_day"])),
     )
     return req, s, p, now
@@ -604,3 +614,35 @@ def test_property_same_inputs_same_decision_and_a_well_formed_audit(case: tuple)
         assert d.defer_until is None
     if d.verdict is Verdict.APPROVE:
         assert not d.failed_rules
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    trig=_triggers,
+    today=_day_money,
+    month=_month_money,
+    model_today=_day_money,
+    cost=st.floats(0.0, 12.0),
+    override=st.booleans(),
+)
+def test_property_budgets_hold_at_their_edges(
+    trig: TriggerKind, today: float, month: float, model_today: float, cost: float, override: bool
+) -> None:
+    # Given an otherwise healthy state inside the window, with money near every cap
+    at = datetime(2026, 6, 10, 2, 0, tzinfo=UTC)
+    evidence = {**EVIDENCE, "override_reason": "ops"} if override else dict(EVIDENCE)
+    req = RetrainRequest("r", "m", trig, at, "prop", evidence=evidence, override_budget=override)
+    s = state(spend_today_usd=today, spend_month_usd=month, model_spend_today_usd=model_today,
+              estimated_cost_usd=cost)
+    p = Policy(model_daily_budget_usd=5.0)
+    # When deciding
+    d = decide(req, s, p, at)
+    # Then an approval without an override always fits the caps (emergencies: the monthly one)
+    fits_month = month + cost <= 100.0
+    fits_day = today + cost <= 10.0 and model_today + cost <= 5.0
+    if override:
+        assert d.verdict is Verdict.APPROVE
+    elif trig is TriggerKind.EMERGENCY:
+        assert (d.verdict is Verdict.APPROVE) == fits_month
+    else:
+        assert (d.verdict is Verdict.APPROVE) == (fits_month and fits_day)

@@ -1,0 +1,60 @@
+"""The messaging contract: queue names, task routes, priorities and broker options.
+
+Shared by the workers (``celeryconfig``) and the trading app's client, which sends
+tasks by name with kombu and never imports ``workers``. Each queue has its own direct
+exchange of the same name (Celery's convention), so a message sent "to queue X" lands
+in X whoever declared it first.
+"""
+
+from __future__ import annotations
+
+from kombu import Exchange, Queue
+
+__all__ = ["QUEUES", "ROUTES", "MAX_PRIORITY", "is_redis", "is_amqp", "broker_priority", "kombu_queues",
+           "transport_options"]
+
+QUEUES: tuple[str, ...] = ("monitoring", "decision", "training", "validation", "promotion")
+ROUTES: dict[str, str] = {
+    "retrain.ingest": "monitoring",
+    "retrain.sweep": "monitoring",
+    "retrain.relay": "monitoring",
+    "retrain.reconcile": "monitoring",
+    "retrain.retention": "monitoring",
+    "retrain.request_retraining": "decision",
+    "retrain.decide": "decision",
+    "retrain.train": "training",
+    "retrain.validate": "validation",
+    "retrain.promote": "promotion",
+    "retrain.rollback": "promotion",
+}
+MAX_PRIORITY = 9
+
+
+def is_redis(url: str) -> bool:
+    return url.startswith(("redis://", "rediss://", "redis+socket://", "sentinel://"))
+
+
+def is_amqp(url: str) -> bool:
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+def broker_priority(priority: int, url: str) -> int:
+    """Our priority (9 = emergency, highest) on the broker's scale: Redis takes 0 as the highest."""
+    priority = max(0, min(MAX_PRIORITY, int(priority)))
+    return MAX_PRIORITY - priority if is_redis(url) else priority
+
+
+def kombu_queues(url: str) -> tuple[Queue, ...]:
+    args = {"x-max-priority": MAX_PRIORITY + 1} if is_amqp(url) else None
+    return tuple(Queue(q, Exchange(q, type="direct"), routing_key=q, queue_arguments=args) for q in QUEUES)
+
+
+def transport_options(url: str, visibility_timeout_s: int | None = None) -> dict:
+    if is_redis(url):
+        opts = {"priority_steps": list(range(MAX_PRIORITY + 1)), "sep": ":", "queue_order_strategy": "priority"}
+        if visibility_timeout_s is not None:
+            opts["visibility_timeout"] = visibility_timeout_s
+        return opts
+    if url.startswith("memory://"):
+        return {"polling_interval": 0.001}
+    return {}
