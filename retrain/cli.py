@@ -19,37 +19,7 @@ from retrain.errors import RetrainError
 __all__ = ["main"]
 
 
-def _ctx():
-    from retrain.clock import SystemClock
-    from retrain.config import load_config
-    from retrain.context import Context
-    from retrain.artifacts import ArtifactStore
-    from retrain.settings import load_settings
-    from retrain.storage.db import Database
-    from retrain.storage.repo import Store
-    from retrain.storage.schema import check_schema
-
-    s = load_settings()
-    s.ensure_home()
-    ctx = Context(store=Store(Database(s.database_url)), config=load_config(s.config_path()), clock=SystemClock(),
-                  artifacts=ArtifactStore(s.artifact_root), settings=s, worker_id="cli")
-    check_schema(ctx.store.db.engine)
-    return ctx
-
-
-def _publish_outbox(ctx) -> None:
-    """Best effort: hand committed messages to the broker now; the relay on beat retries."""
-    try:
-        workers_base = importlib.import_module("workers.base")
-        workers_base.relay_now()
-    except Exception as exc:  # broker unreachable: the outbox keeps the messages
-        print(f"(messages kept in the outbox for the relay: {exc})", file=sys.stderr)
-
-
-def _out(args, data: Any, text: str) -> None:
-    from retrain.report import to_json
-
-    print(to_json(data) if getattr(args, "json", False) else text)
+from retrain.commands.common import _ctx, _out, _publish_outbox, _short  # noqa: F401
 
 
 # ---------------------------------------------------------------- commands
@@ -126,13 +96,6 @@ def cmd_decisions(args) -> int:
         lines.append("")
     _out(args, data, "\n".join(lines) or "no decisions")
     return 0
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    s = "" if v is None else str(v)
-    return s if len(s) <= 24 else s[:21] + "..."
 
 
 def cmd_audit(args) -> int:
@@ -255,17 +218,19 @@ def cmd_drift(args) -> int:
 def cmd_bench(args) -> int:
     from retrain.report import to_json
 
-    benches = {
-        "drift": "retrain.benchmarks.drift:run",
-        "detection": "retrain.benchmarks.detection:run",
-        "decision": "retrain.benchmarks.decision:run",
-        "client": "retrain.benchmarks.client:run",
-        "ingest": "workers.bench_ingest:run",
-        "sweep": "retrain.benchmarks.sweep:run",
-    }
-    if args.name not in benches:
-        raise RetrainError(f"unknown benchmark {args.name!r}; available: {', '.join(sorted(benches))}")
-    mod, _, fn = benches[args.name].partition(":")
+    # A benchmark is a module with run() -> dict: retrain.benchmarks.NAME, or
+    # workers.benchmarks.NAME when it needs real Celery workers.
+    module = None
+    for base in ("retrain.benchmarks", "workers.benchmarks"):
+        try:
+            module = importlib.import_module(f"{base}.{args.name}")
+            break
+        except ModuleNotFoundError as exc:
+            if exc.name not in (f"{base}.{args.name}", base):
+                raise
+    if module is None or not hasattr(module, "run"):
+        raise RetrainError(f"unknown benchmark {args.name!r}; see README 'Benchmarks' for the list")
+    mod, fn = module.__name__, "run"
     result = getattr(importlib.import_module(mod), fn)()
     if args.json:
         print(to_json(result))
@@ -349,7 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     b = with_json(sub.add_parser("bench", help="run a benchmark and print its figures"))
     b.add_argument("name")
     b.set_defaults(fn=cmd_bench)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
+
+
+# Each adds its own subcommands: register(subparsers).
+COMMAND_MODULES = (
+    "retrain.commands.registry",
+    "retrain.commands.rollout",
+    "retrain.commands.backtest",
+    "retrain.commands.admin",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,11 +176,20 @@ class RetrainClient:
 
     # ------------------------------------------------------------------ control
     def request_retraining(self, model: str, reason: str, *, requested_by: str = "trading-app",
-                           override_budget: bool = False) -> None:
-        """Ask for a retraining now (a manual trigger); the decision still applies every rule."""
-        self._send("retrain.request_retraining", {"v": 1, "model": model, "reason": reason, "trigger": "manual",
-                                                  "requested_by": requested_by, "override_budget": override_budget},
-                   "decision", 3)
+                           approved_by: str | None = None, override_budget: bool = False,
+                           override_reason: str | None = None) -> None:
+        """Ask for a retraining now (a manual trigger); the decision still applies every rule.
+
+        ``approved_by`` records a person's approval with the request (the first-week gate);
+        ``override_budget`` skips the budget and ROI rules and needs ``override_reason``.
+        """
+        payload = {"v": 1, "model": model, "reason": reason, "trigger": "manual", "requested_by": requested_by,
+                   "override_budget": override_budget}
+        if approved_by:
+            payload["approved_by"] = approved_by
+        if override_reason:
+            payload["override_reason"] = override_reason
+        self._send("retrain.request_retraining", payload, "decision", 3)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Send everything buffered (predictions still waiting for outcomes stay). True if all went out."""

@@ -42,6 +42,7 @@ __all__ = [
     "RolloutSettings",
     "ScheduleSettings",
     "SampleSettings",
+    "CostSettings",
     "load_config",
     "parse_config",
     "resolve_callable",
@@ -230,6 +231,16 @@ class ModelConfig(_Strict):
         return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class CostSettings(_Strict):
+    """Prices of a training run (ADAPT-013); see retrain.costs.price."""
+
+    usd_per_cpu_second: float = Field(0.04 / 3600.0, ge=0)
+    usd_per_gb_hour: float = Field(0.005, ge=0)
+    usd_per_slot_hour: float = Field(0.10, ge=0)
+    # Nodes bill by the minute or more: a 0.2 s fit still occupies a slot that long.
+    min_billed_seconds: float = Field(60.0, ge=0)
+
+
 class GeneralSettings(_Strict):
     timezone: str = "UTC"
 
@@ -251,6 +262,7 @@ class GeneralSettings(_Strict):
 class RetrainConfig(_Strict):
     settings: GeneralSettings = GeneralSettings()
     policy: dict[str, Any] = Field(default_factory=dict)
+    costs: CostSettings = CostSettings()
     models: dict[str, ModelConfig]
     source: str = "<memory>"
 

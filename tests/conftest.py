@@ -77,17 +77,72 @@ def pg_url(pg_template):
     admin.dispose()
 
 
-@pytest.fixture
-def redis_url():
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(port: int, tmp: Path):
+    """A private redis-server without persistence (each test session has its own)."""
+    import shutil
+    import subprocess
+    import time
+
     import redis
 
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return None
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=1)
+    for _ in range(100):
+        try:
+            client.ping()
+            return proc
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.05)
+    proc.kill()
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A redis-server of this test session's own, so parallel runs never share keys;
+    RETRAIN_TEST_REDIS_URL points the tests at an existing server instead."""
+    import redis
+
+    if os.environ.get("RETRAIN_TEST_REDIS_URL"):
+        yield REDIS_URL.rsplit("/", 1)[0]
+        return
+    port = free_port()
+    proc = start_redis(port, tmp_path_factory.mktemp("redis"))
+    if proc is None:
+        try:
+            redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+        except Exception as exc:  # noqa: BLE001
+            _unavailable("Redis", exc)
+        yield REDIS_URL.rsplit("/", 1)[0]
+        return
+    yield f"redis://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    import redis
+
+    url = f"{redis_server}/0" if not os.environ.get("RETRAIN_TEST_REDIS_URL") else REDIS_URL
     try:
-        r = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        r.ping()
+        r = redis.Redis.from_url(url, socket_connect_timeout=2)
+        r.flushdb()
     except Exception as exc:  # noqa: BLE001
         _unavailable("Redis", exc)
-    r.flushdb()
-    yield REDIS_URL
+    yield url
     r.flushdb()
 
 

@@ -101,7 +101,8 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     t0 = monotonic()
     with start_worker(app, pool="solo", perform_ping_check=False, loglevel="ERROR", shutdown_timeout=30,
                       queues=["monitoring", "decision", "training", "validation", "promotion"]):
-        client.request_retraining("direction", "initial model: nothing is in production yet", requested_by="demo")
+        client.request_retraining("direction", "initial model: nothing is in production yet",
+                                  requested_by="demo operator", approved_by="demo operator")
         inflight.wait_idle()
         end = DEMO_START + timedelta(days=days)
         step = timedelta(minutes=step_minutes)
@@ -137,6 +138,10 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
             if not inflight.wait_idle(timeout=120):
                 print("demo: the worker did not finish its tasks within 120 s", file=sys.stderr)
                 return 1
+            _operator_approves(ctx, send, clock.now(), timedelta(minutes=30))
+            if not inflight.wait_idle(timeout=120):
+                print("demo: the worker did not finish its tasks within 120 s", file=sys.stderr)
+                return 1
             seen_audit = _echo_events(ctx, seen_audit, say)
             if clock.now().hour % 6 == 0 and clock.now().minute < step_minutes:
                 acc = acc_hits / acc_n if acc_n else float("nan")
@@ -149,6 +154,26 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     print_timeline(ctx, "direction", out=sys.stdout)
     say(f"\nDone in {monotonic() - t0:.1f} s. Inspect it: RETRAIN_HOME={home} retrain status")
     return 0
+
+
+def _operator_approves(ctx, send, now, after: timedelta) -> None:
+    """The simulated operator: approves what waited `after` for approval (the first-week gate)."""
+    from retrain.outbox import relay
+    from retrain.steps.decide import resolve_pending
+
+    with ctx.store.tx() as tx:
+        waiting = [r.id for r in tx.requests(statuses=("pending_approval",))
+                   if r.decision_id and tx.decision(r.decision_id).decided_at <= now - after]
+    for rid in waiting:
+        resolve_pending(ctx, rid, approve=True, actor="demo operator", reason="reviewed the evidence")
+    if waiting:
+        relay(ctx.store, lambda m: send(m.task, m.payload, _queue(m.task), m.priority), now)
+
+
+def _queue(task: str) -> str:
+    from retrain.queues import ROUTES
+
+    return ROUTES[task]
 
 
 _SHOWN = {"request", "decision", "version", "validation", "promotion", "rollback", "approval", "bypass"}

@@ -7,7 +7,7 @@ a budget or exceed a daily limit.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from retrain.context import Context
@@ -66,6 +66,27 @@ def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, policy: Policy, now
     )
 
 
+def _with_measured_gap(tx: Tx, ctx: Context, req: RetrainRequest, now: datetime) -> RetrainRequest:
+    """Give the value model the production version's live accuracy vs its validated baseline
+    when the trigger did not (schedule, manual): a healthy model has nothing to recover."""
+    ev = req.evidence or {}
+    if ev.get("baseline_accuracy") is not None and ev.get("current_accuracy") is not None:
+        return req
+    prod = tx.alias(req.model, "production")
+    version = tx.version(req.model, prod) if prod else None
+    baseline = ((version.metrics or {}).get("baseline") or {}).get("accuracy") if version else None
+    if baseline is None:
+        return req
+    cfg = ctx.config.model(req.model)
+    rows = tx.buckets(req.model, prod, now - timedelta(minutes=cfg.thresholds.window_minutes))
+    n = sum(r.n for r in rows)
+    if n < cfg.thresholds.min_samples:
+        return req
+    current = sum(r.tp + r.tn for r in rows) / n
+    return replace(req, evidence={**ev, "baseline_accuracy": baseline, "current_accuracy": current,
+                                  "measured_on": n})
+
+
 def decide_request(ctx: Context, request_id: str, resources: ResourceReading | None = None) -> DecideResult:
     now = ctx.now()
     with ctx.store.tx() as tx:
@@ -76,7 +97,15 @@ def decide_request(ctx: Context, request_id: str, resources: ResourceReading | N
         if row.status not in ("open", "deferred"):
             # A redelivered or repeated message: the request was decided already.
             return DecideResult(request_id, None, f"already {row.status}", skipped=True)
-        req = tx.to_request(row)
+        fired_on = (row.evidence or {}).get("version")
+        prod = tx.alias(row.model, "production")
+        if fired_on and prod and fired_on != prod:
+            # The trigger judged a version that no longer serves: its evidence is stale.
+            tx.close_request(row, "superseded")
+            tx.audit(now, "decision", "policy", f"{row.trigger} request for {row.model} superseded: it fired on "
+                     f"{fired_on}, production is now {prod}", model=row.model, subject=row.id)
+            return DecideResult(request_id, "superseded", f"fired on {fired_on}; production is {prod}")
+        req = _with_measured_gap(tx, ctx, tx.to_request(row), now)
         policy = policy_for(ctx, req.model)
         snapshot = load_snapshot(tx, ctx, req, policy, now, resources)
         decision = decide(req, snapshot, policy, now)

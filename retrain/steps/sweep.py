@@ -115,7 +115,8 @@ def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, now: datetime,
     rows = tx.buckets(cfg.name, prod, since, now + timedelta(minutes=1))
     firing = detect_emergency_from_buckets(bucket_counts(rows), [r.minute for r in rows], now, cfg.emergency)
     if firing is not None:
-        _open(tx, ctx, _request(cfg.name, firing, now), result, now)
+        req = _request(cfg.name, firing, now)
+        _open(tx, ctx, replace(req, evidence={**req.evidence, "version": prod}), result, now)
 
 
 def _drift(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, version, now: datetime, result: SweepResult) -> None:
@@ -139,7 +140,7 @@ def _drift(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, version, now: date
         reason = (f"{len(report.drifted_features)} of {len(report.features)} features drifted "
                   f"({', '.join(report.drifted_features[:5])}) at alpha {cfg.drift.alpha} with {cfg.drift.correction} "
                   f"correction, on {len(X)} live rows")
-        evidence = {"drifted": list(report.drifted_features), "rows": len(X),
+        evidence = {"drifted": list(report.drifted_features), "rows": len(X), "version": prod,
                     "worst": [{"feature": f.name, "statistic": f.statistic, "p_adjusted": f.p_adjusted,
                                "effect": f.effect_size} for f in worst]}
         firing = TriggerFiring(kind=TriggerKind.DRIFT, reason=reason, evidence=evidence, severity=None)

@@ -12,7 +12,7 @@ import os
 import subprocess
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import numpy as np
 
 from retrain.config import ModelConfig, resolve_callable
 from retrain.context import Context
-from retrain.costs import CostRates, ResourceMeter, price
+from retrain.costs import CostRates, Opportunity, ResourceMeter, price
 from retrain.errors import StaleLeaseError, TrainingError
 from retrain.storage.repo import Tx
 from retrain.versioning import SemVer, VersionSpec, decide_bump, fingerprint_array
@@ -180,7 +180,7 @@ def train_run(ctx: Context, run_id: str, progress: Progress | None = None) -> Tr
         return TrainResult(run_id, "failed", detail=str(exc))
 
     usage = meter.usage
-    cost = price(usage, CostRates())
+    cost = _price(ctx, cfg, usage, run_id)
     spec = VersionSpec(list(cfg.features), cfg.entry_point, cfg.training_fingerprint(),
                        fingerprint_array(X[:cut], y[:cut]))
     finished = ctx.now()
@@ -223,6 +223,26 @@ def train_run(ctx: Context, run_id: str, progress: Progress | None = None) -> Tr
                                                        "rows": int(cut), "usage": asdict(usage), "cost": asdict(cost)})
         tx.enqueue("retrain.validate", {"v": 1, "run_id": run.id}, finished, priority=run.priority)
     return TrainResult(run_id, "registered", str(v))
+
+
+def _price(ctx: Context, cfg: ModelConfig, usage, run_id: str):
+    """Measured usage priced by the configured rates, plus the opportunity cost of the gap
+    the model was running with while it trained (value lost per prediction served)."""
+    c = ctx.config.costs
+    rates = CostRates(usd_per_cpu_second=c.usd_per_cpu_second, usd_per_gb_hour=c.usd_per_gb_hour,
+                      usd_per_slot_hour=c.usd_per_slot_hour,
+                      value_per_accuracy_point_usd=ctx.config.policy_for(cfg.name).value_per_accuracy_point_usd)
+    billed = replace(usage, wall_seconds=max(usage.wall_seconds, c.min_billed_seconds))
+    with ctx.store.tx() as tx:
+        run = tx.run(run_id)
+        req = tx.request(run.request_id)
+        ev = (req.evidence or {}) if req else {}
+        recent = tx.buckets(cfg.name, None, ctx.now() - timedelta(days=1))
+    per_s = sum(b.n + b.unlabelled for b in recent) / 86400.0
+    gap = 0.0
+    if ev.get("baseline_accuracy") is not None and ev.get("current_accuracy") is not None:
+        gap = max(0.0, (ev["baseline_accuracy"] - ev["current_accuracy"]) * 100)
+    return price(billed, rates, Opportunity(accuracy_gap_points=gap, predictions_per_second=per_s))
 
 
 def _dt(epoch: float) -> datetime:

@@ -1,0 +1,1 @@
+"""Benchmarks that need real Celery workers and services; each module has run() -> dict."""
