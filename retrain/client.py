@@ -27,7 +27,7 @@ from typing import Any
 
 from retrain.clock import Clock, SystemClock, monotonic
 
-__all__ = ["RetrainClient", "ClientStats", "Sender"]
+__all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender"]
 
 log = logging.getLogger("retrain.client")
 
