@@ -11,8 +11,29 @@ Reliability choices, and why:
   ``RETRAIN_MAX_ATTEMPTS`` so a task that kills its worker cannot loop forever.
 * ``worker_prefetch_multiplier = 1``: a worker holds one message at a time, so an
   emergency queued behind a backlog is the next one taken.
+* Time limits per task kind (``TIME_LIMITS``, soft then hard; other tasks get
+  ``task_soft_time_limit``/``task_time_limit``). A training's soft limit marks its
+  run failed ("timed out") and gives its slot back; the hard limit kills the child,
+  and the attempt cap ends a run that keeps doing that. Limits are enforced by the
+  prefork pool only: training workers run ``-P prefork``.
 * The Redis visibility timeout must exceed the longest hard time limit, or Redis
-  hands a still-running training to a second worker (checked in Settings).
+  hands a still-running task to a second worker. Checked here at import (and by
+  tests/unit/test_celeryconfig.py); even then the run's lease stops the duplicate.
+* Connection retries without limit (``broker_connection_max_retries = None``,
+  ``broker_connection_retry``): a worker outlives a broker restart and reconnects;
+  what the restart lost, the reconciler sends again (retrain.steps.reconcile).
+* The database side: engines are created after the fork (``worker_process_init``
+  resets the runtime), pooled connections are pre-pinged, so workers outlive a
+  Postgres restart too; a step that finds it down retries with backoff.
+* Refused messages are kept: ``worker_consumer`` is our consumer, which refuses
+  bodies above ``RETRAIN_MAX_MESSAGE_BYTES`` before decoding them and writes a
+  dead letter for undecodable messages; unknown task names and disallowed content
+  (pickle) are dead-lettered by the ``task_unknown``/``task_rejected`` signals.
+* Shutdown loses nothing. SIGTERM is a warm shutdown: no new message is taken and
+  the running ones finish and are acknowledged. SIGQUIT is a cold shutdown preceded
+  by a soft one: running tasks get ``worker_soft_shutdown_timeout`` to finish, then
+  they are cancelled and their messages go back to the queue (a cancelled training
+  keeps its lease until it expires; the reconciler sends it again).
 * Priorities: 0 is the highest on Redis and the lowest on RabbitMQ; ``broker_priority``
   maps our scale (9 = emergency … 1 = schedule) onto the broker's.
 """
@@ -55,10 +76,31 @@ broker_connection_max_retries = None  # outlive a broker restart
 task_default_queue = "monitoring"
 task_create_missing_queues = False
 worker_hijack_root_logger = False
+worker_consumer = "workers.app:RetrainConsumer"
+worker_soft_shutdown_timeout = _settings.soft_shutdown_timeout_s
+broker_connection_retry = True
+
+# (soft, hard) time limits in seconds per task kind; the rest get the two defaults below.
+TIME_LIMITS: dict[str, tuple[int, int]] = {
+    "retrain.train": (_settings.train_soft_time_limit_s, _settings.train_time_limit_s),
+    "retrain.validate": (600, 900),
+    "retrain.sweep": (240, 300),
+    "retrain.evaluate_rollouts": (240, 300),
+    "retrain.retention": (600, 900),
+}
+task_soft_time_limit = 300
+task_time_limit = 360
+LONGEST_HARD_LIMIT_S = max([task_time_limit, *(hard for _, hard in TIME_LIMITS.values())])
 
 task_queues = _q.kombu_queues(broker_url)
 task_routes = {name: {"queue": q, "routing_key": q} for name, q in ROUTES.items()}
 broker_transport_options = _q.transport_options(broker_url, _settings.visibility_timeout_s)
+if (_q.is_redis(broker_url) and _settings.visibility_timeout_s <= LONGEST_HARD_LIMIT_S
+        and not _settings.allow_short_visibility_timeout):
+    from retrain.errors import ConfigError
+
+    raise ConfigError(f"RETRAIN_VISIBILITY_TIMEOUT_S={_settings.visibility_timeout_s} must exceed the longest hard "
+                      f"time limit ({LONGEST_HARD_LIMIT_S} s), or Redis redelivers tasks that are still running")
 
 timezone = _settings.timezone
 enable_utc = True
@@ -74,6 +116,11 @@ def _beat_schedule() -> dict:
         "retrain-relay": {"task": "retrain.relay", "schedule": _settings.relay_interval_s, "args": [{"v": 1}]},
         "retrain-reconcile": {"task": "retrain.reconcile", "schedule": _settings.reconcile_interval_s,
                               "args": [{"v": 1}]},
+        "retrain-retention": {"task": "retrain.retention", "schedule": _settings.retention_interval_s,
+                              "args": [{"v": 1}]},
+        # Shadows and canaries are judged as often as the live metrics are swept.
+        "retrain-evaluate-rollouts": {"task": "retrain.evaluate_rollouts", "schedule": _settings.sweep_interval_s,
+                                      "args": [{"v": 1}]},
     }
     config = load_config(_settings.config_path())
     for name, model in sorted(config.models.items()):

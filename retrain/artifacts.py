@@ -256,21 +256,43 @@ class ArtifactStore:
 
         Returns the sorted digests of the artifacts removed.
         """
+        removed = [ref.sha256 for ref in self.find_orphans(referenced, older_than_s, now_ts) if self.delete(ref.sha256)]
+        self.collect_temp(older_than_s, now_ts)
+        return removed
+
+    def find_orphans(self, referenced: Iterable[str], older_than_s: float, now_ts: float) -> list[ArtifactRef]:
+        """The artifacts :meth:`collect_orphans` would remove now, with their sizes; removes nothing."""
         if older_than_s < 0:
             raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
         keep = {_check_digest(d) for d in referenced}
         cutoff = now_ts - older_than_s
-        removed: list[str] = []
+        found: list[ArtifactRef] = []
         for path, digest in self._iter_artifact_paths():
             if digest in keep or not self._mtime_at_or_before(path, cutoff):
                 continue
-            if self.delete(digest):
-                removed.append(digest)
+            with contextlib.suppress(FileNotFoundError):
+                found.append(ArtifactRef(sha256=digest, size=path.stat().st_size, path=path))
+        return found
+
+    def collect_temp(self, older_than_s: float, now_ts: float) -> int:
+        """Remove temp files of writes that never finished, older than the grace period; return how many."""
+        if older_than_s < 0:
+            raise ValueError(f"older_than_s must be >= 0, got {older_than_s}")
+        cutoff = now_ts - older_than_s
+        n = 0
         for path in self._iter_temp_paths():
             if self._mtime_at_or_before(path, cutoff):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        return removed
+                    n += 1
+        return n
+
+    def size(self, sha256: str) -> int | None:
+        """Size in bytes of the stored file (not verified), or None when there is none."""
+        try:
+            return self.path_for(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
 
     def disk_usage(self) -> DiskUsage:
         """Count and size the stored artifacts and the leftover temp files."""

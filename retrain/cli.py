@@ -54,144 +54,7 @@ def cmd_status(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
-    from retrain.payloads import ManualRequestPayload
-    from retrain.steps.requests import request_retraining, sync_models
-
-    ctx = _ctx()
-    sync_models(ctx)
-    res = request_retraining(ctx, ManualRequestPayload(model=args.model, reason=args.reason, requested_by=args.actor,
-                                                       override_budget=args.override_budget))
-    _publish_outbox(ctx)
-    print(f"request {res.request_id}: {res.detail}")
-    return 0
-
-
-def cmd_resolve(args, approve: bool) -> int:
-    from retrain.steps.decide import resolve_pending
-
-    ctx = _ctx()
-    res = resolve_pending(ctx, args.id, approve=approve, actor=args.actor, reason=args.reason or "")
-    _publish_outbox(ctx)
-    print(f"{res.summary}" + (f"; run {res.run_id}" if res.run_id else ""))
-    return 0
-
-
-def cmd_decisions(args) -> int:
-    from retrain.report import table
-
-    ctx = _ctx()
-    with ctx.store.tx() as tx:
-        rows = tx.decisions(args.model, limit=args.limit)
-    data = [{"id": d.id, "at": d.decided_at, "trigger": d.trigger, "verdict": d.verdict, "rules": d.rules,
-             "defer_until": d.defer_until, "estimated_cost_usd": d.estimated_cost_usd, "detail": d.detail}
-            for d in rows]
-    lines = []
-    for d in data:
-        lines.append(f"{d['at']:%Y-%m-%d %H:%M}  {d['trigger']:<11} {d['verdict'].upper()}"
-                     + (f" until {d['defer_until']:%Y-%m-%d %H:%M}" if d["defer_until"] else "") + f"  ({d['id'][:8]})")
-        lines.append(table([[r["rule"], "bypassed" if r.get("bypassed") else ("ok" if r["passed"] else "FAIL"),
-                             _short(r.get("value")), _short(r.get("limit")), (r.get("detail") or "")[:80]]
-                            for r in d["rules"]], ["rule", "verdict", "value", "limit", "detail"]))
-        lines.append("")
-    _out(args, data, "\n".join(lines) or "no decisions")
-    return 0
-
-
-def cmd_audit(args) -> int:
-    ctx = _ctx()
-    with ctx.store.tx() as tx:
-        rows = tx.audit_events(args.model, limit=args.limit, kind=args.kind)
-    data = [{"id": e.id, "at": e.at, "model": e.model, "kind": e.kind, "actor": e.actor, "subject": e.subject,
-             "message": e.message, "data": e.data} for e in rows]
-    text = "\n".join(f"{e['at']:%Y-%m-%d %H:%M:%S}  {e['kind']:<10} {e['actor']:<12} {e['message']}" for e in data)
-    _out(args, data, text or "no events")
-    return 0
-
-
-def cmd_versions(args) -> int:
-    from retrain.report import table
-
-    ctx = _ctx()
-    with ctx.store.tx() as tx:
-        aliases = {a.version: a.alias for a in tx.aliases(args.model).values() if a.version}
-        rows = tx.versions(args.model)
-    data = [{"version": v.version, "status": "deleted" if v.deleted_at else v.status, "alias": aliases.get(v.version),
-             "created_at": v.created_at, "sha256": v.artifact_sha256, "size": v.artifact_size,
-             "bump": v.bump_kind, "reason": v.bump_reason, "metrics": v.metrics.get("holdout"),
-             "cost_usd": v.cost_usd, "parent": v.parent_version} for v in rows]
-    _out(args, data, table([[d["version"], d["alias"] or "", d["status"], f"{d['created_at']:%Y-%m-%d %H:%M}",
-                             _short((d["metrics"] or {}).get("accuracy")), d["sha256"][:12], d["reason"][:60]]
-                            for d in data], ["version", "alias", "status", "created", "holdout acc", "sha256", "why"]))
-    return 0
-
-
-def cmd_show(args) -> int:
-    from retrain.report import to_json
-
-    model, _, version = args.ref.partition("@")
-    ctx = _ctx()
-    with ctx.store.tx() as tx:
-        v = tx.version(model, version) if version else tx.version(model, tx.alias(model, "production") or "")
-        if v is None:
-            raise RetrainError(f"no version {args.ref}")
-        data = {c.name: getattr(v, c.name) for c in v.__table__.columns}
-    print(to_json(data))
-    return 0
-
-
-def cmd_history(args) -> int:
-    ctx = _ctx()
-    with ctx.store.tx() as tx:
-        rows = tx.alias_history(args.model, limit=args.limit)
-    data = [{"at": h.at, "alias": h.alias, "from": h.from_version, "to": h.to_version, "actor": h.actor,
-             "reason": h.reason} for h in rows]
-    text = "\n".join(f"{h['at']:%Y-%m-%d %H:%M:%S}  {h['alias']:<10} {h['from'] or '-':>7} -> {h['to'] or '-':<7} "
-                     f"{h['actor']:<12} {h['reason']}" for h in data)
-    _out(args, data, text or "no alias moves")
-    return 0
-
-
-def cmd_rollback(args) -> int:
-    from retrain.steps.promote import rollback
-
-    ctx = _ctx()
-    res = rollback(ctx, args.model, args.version, actor=args.actor, reason=args.reason)
-    print(f"{args.model}: production {res.previous} -> {res.version}")
-    return 0
-
-
-def cmd_pause(args, paused: bool) -> int:
-    ctx = _ctx()
-    with ctx.store.tx() as tx:
-        tx.set_paused(None if args.all else args.model, paused, args.actor, args.reason, ctx.now())
-    print(("paused" if paused else "resumed") + f" automatic retraining for {'all models' if args.all else args.model}")
-    return 0
-
-
-def cmd_costs(args) -> int:
-    from retrain.report import table
-
-    ctx = _ctx()
-    now = ctx.now()
-    policy_cfg = ctx.config.policy
-    with ctx.store.tx() as tx:
-        rows = tx.cost_rows(since_month=(now - timedelta(days=62)).strftime("%Y-%m"))
-    by_day: dict[tuple[str, str], float] = {}
-    for r in rows:
-        by_day[(r.day, r.model)] = by_day.get((r.day, r.model), 0.0) + r.amount_usd
-    day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
-    today = sum(r.amount_usd for r in rows if r.day == day)
-    this_month = sum(r.amount_usd for r in rows if r.month == month)
-    data = {"today_usd": today, "month_usd": this_month,
-            "daily_cap_usd": policy_cfg.get("daily_budget_usd", 10.0),
-            "monthly_cap_usd": policy_cfg.get("monthly_budget_usd", 100.0),
-            "by_day": [{"day": d, "model": m, "usd": v} for (d, m), v in sorted(by_day.items())]}
-    text = table([[d["day"], d["model"], f"{d['usd']:.4f}"] for d in data["by_day"]], ["day", "model", "usd"])
-    text += (f"\n\ntoday ${today:.4f} of ${data['daily_cap_usd']:.2f}; "
-             f"this month ${this_month:.4f} of ${data['monthly_cap_usd']:.2f}")
-    _out(args, data, text)
-    return 0
+# train, approve, reject, decisions, audit, pause, resume, costs: retrain.commands.admin
 
 
 def cmd_drift(args) -> int:
@@ -262,54 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_json(sub.add_parser("status", help="models, production versions, metrics, requests, runs, spend")).set_defaults(fn=cmd_status)
 
-    tr = sub.add_parser("train", help="ask for a retraining now (manual trigger; every rule still applies)")
-    tr.add_argument("model")
-    tr.add_argument("--reason", default="manual request")
-    tr.add_argument("--actor", default="operator")
-    tr.add_argument("--override-budget", action="store_true")
-    tr.set_defaults(fn=cmd_train)
-
-    for name, approve in (("approve", True), ("reject", False)):
-        sp = sub.add_parser(name, help=f"{name} a decision waiting for approval (request or decision id)")
-        sp.add_argument("id")
-        sp.add_argument("--reason", required=not approve)
-        sp.add_argument("--actor", default="operator")
-        sp.set_defaults(fn=lambda a, ap=approve: cmd_resolve(a, ap))
-
-    for name, fn in (("decisions", cmd_decisions), ("audit", cmd_audit)):
-        sp = with_json(sub.add_parser(name))
-        sp.add_argument("model", nargs="?")
-        sp.add_argument("--limit", type=int, default=50)
-        if name == "audit":
-            sp.add_argument("--kind")
-        sp.set_defaults(fn=fn)
-
-    for name, fn in (("versions", cmd_versions), ("history", cmd_history), ("drift", cmd_drift)):
+    for name, fn in (("drift", cmd_drift),):
         sp = with_json(sub.add_parser(name))
         sp.add_argument("model")
         sp.add_argument("--limit", type=int, default=200)
         sp.set_defaults(fn=fn)
 
-    sh = sub.add_parser("show", help="one version's full record: MODEL@VERSION")
-    sh.add_argument("ref")
-    sh.set_defaults(fn=cmd_show)
+    # versions, show, history, rollback and gc: retrain.commands.registry
 
-    rb = sub.add_parser("rollback", help="point production at a previous version (default: 'previous')")
-    rb.add_argument("model")
-    rb.add_argument("version", nargs="?")
-    rb.add_argument("--reason", default="manual rollback")
-    rb.add_argument("--actor", default="operator")
-    rb.set_defaults(fn=cmd_rollback)
-
-    for name, paused in (("pause", True), ("resume", False)):
-        sp = sub.add_parser(name, help=f"{name} automatic retraining for a model or --all")
-        sp.add_argument("model", nargs="?")
-        sp.add_argument("--all", action="store_true")
-        sp.add_argument("--reason", default="operator decision")
-        sp.add_argument("--actor", default="operator")
-        sp.set_defaults(fn=lambda a, pz=paused: cmd_pause(a, pz))
-
-    with_json(sub.add_parser("costs", help="spend per day and model against the caps")).set_defaults(fn=cmd_costs)
+    # train, approve, reject, decisions, audit, pause, resume, costs: retrain.commands.admin
 
     b = with_json(sub.add_parser("bench", help="run a benchmark and print its figures"))
     b.add_argument("name")

@@ -12,6 +12,7 @@
     features = ["f0", "f1"]
     [models.direction.thresholds]    # performance trigger
     [models.direction.schedule]      # daily = "02:00", weekly = "sun 02:00", monthly = "1 02:00"
+    [models.direction.retention]     # max_versions = 10, max_age_days = 30
     [models.direction.policy]        # per-model overrides of [policy]
 
 Invalid files fail at start-up with a ConfigError naming the field.
@@ -42,6 +43,7 @@ __all__ = [
     "RolloutSettings",
     "ScheduleSettings",
     "SampleSettings",
+    "RetentionSettings",
     "CostSettings",
     "load_config",
     "parse_config",
@@ -90,8 +92,12 @@ class EmergencySettings(_Strict):
 
 
 class ValidationSettings(_Strict):
+    """Offline holdout check, then shadow on live traffic (ADAPT-016); see retrain.rollout."""
+
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     min_improvement: float = Field(0.02, ge=0)
+    # false: a candidate that passes the holdout check goes straight to the canary stages.
+    shadow_enabled: bool = True
     shadow_min_hours: float = Field(24.0, ge=0)
     shadow_max_hours: float = Field(48.0, ge=0)
     shadow_min_rows: int = Field(1000, ge=0)
@@ -105,11 +111,30 @@ class ValidationSettings(_Strict):
 
 
 class RolloutSettings(_Strict):
+    """Canary stages with automatic rollback (ADAPT-016); see retrain.rollout."""
+
+    # false (with shadow off too): a validated candidate becomes production at once.
+    enabled: bool = True
     stages: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)
     stage_min_minutes: float = Field(60.0, ge=0)
     stage_min_samples: int = Field(500, ge=0)
+    # A stage that has not gathered its evidence by then ends the rollout as inconclusive.
+    stage_max_minutes: float = Field(1440.0, gt=0)
     rollback_degradation: float = Field(0.10, gt=0, lt=1)
     manual_gate: bool = False
+
+    @field_validator("stages")
+    @classmethod
+    def _increasing_to_100(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < s <= 100 for s in v) or list(v) != sorted(set(v)) or v[-1] != 100:
+            raise ValueError(f"stages must be increasing percentages in (0, 100] ending at 100, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _max_after_min(self):
+        if self.stage_max_minutes < self.stage_min_minutes:
+            raise ValueError("stage_max_minutes must be >= stage_min_minutes")
+        return self
 
 
 class ScheduleSettings(_Strict):
@@ -168,10 +193,24 @@ class ScheduleSettings(_Strict):
 
 
 class SampleSettings(_Strict):
-    """The bounded sample of live feature rows kept per model."""
+    """The bounded sample of live feature rows kept per model.
+
+    Each labelled row is kept with probability ``rate``, and at most ``max_per_minute``
+    rows of one minute are kept by each ingest worker (0: no cap), so that at a high
+    outcome rate the sample still spans hours instead of the last few minutes; the
+    sweep prunes it to the newest ``max_rows``.
+    """
 
     rate: float = Field(0.1, gt=0, le=1)
     max_rows: int = Field(50_000, ge=100)
+    max_per_minute: int = Field(200, ge=0)
+
+
+class RetentionSettings(_Strict):
+    """How many versions of a model to keep (ADAPT-014); see retrain.retention for the rule."""
+
+    max_versions: int = Field(10, ge=1)
+    max_age_days: float = Field(30.0, gt=0)
 
 
 class ModelConfig(_Strict):
@@ -190,6 +229,7 @@ class ModelConfig(_Strict):
     rollout: RolloutSettings = RolloutSettings()
     schedule: ScheduleSettings = ScheduleSettings()
     sample: SampleSettings = SampleSettings()
+    retention: RetentionSettings = RetentionSettings()
     policy: dict[str, Any] = Field(default_factory=dict)
     # Cost estimate for a model's first run, before any run has been measured.
     first_run_cost_usd: float = Field(0.05, ge=0)

@@ -21,6 +21,7 @@ __all__ = [
     "DecidePayload",
     "RunPayload",
     "ManualRequestPayload",
+    "RollbackPayload",
     "parse_payload",
 ]
 
@@ -45,11 +46,16 @@ class IngestBatch(_Payload):
     model: str = Field(min_length=1, max_length=128)
     id: list[str]
     version: list[str]
-    ts: list[float]
-    x: list[list[Any] | None]
+    # ts, x and ret come as JSON numbers, or packed (retrain.columns: base64 of little-endian
+    # float64, NaN for a missing return). Without n_features, x holds one list (or null) per
+    # row; with it, x is flat, row-major: n_features numbers per row, as a list or packed.
+    # Rows are checked one by one in the ingest step, not here.
+    ts: list[float] | str
+    x: list[list[Any] | None] | list[float | None] | str
     prediction: list[int | None]
     label: list[int | None]
-    ret: list[float | None]
+    ret: list[float | None] | str
+    n_features: int | None = Field(None, ge=1, le=100_000)
     # Rows the client had to drop since its last successful send (broker down, buffer full).
     client_dropped: int = Field(0, ge=0)
 
@@ -58,10 +64,29 @@ class IngestBatch(_Payload):
         n = len(self.id)
         if n > MAX_BATCH_ROWS:
             raise ValueError(f"batch has {n} rows; at most {MAX_BATCH_ROWS}")
-        for name in ("version", "ts", "x", "prediction", "label", "ret"):
+        for name in ("version", "prediction", "label"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"column {name!r} has {len(getattr(self, name))} values, 'id' has {n}")
+        for name in ("ts", "ret"):
+            _check_numbers(name, getattr(self, name), n)
+        if self.n_features is not None:
+            if self.x and isinstance(self.x, list) and isinstance(self.x[0], list):
+                raise ValueError("with 'n_features', 'x' is flat: n_features numbers per row, not one list per row")
+            _check_numbers("x", self.x, n * self.n_features)
+        elif isinstance(self.x, str) or any(v is not None and not isinstance(v, list) for v in self.x[:1]):
+            raise ValueError("a flat or packed 'x' needs 'n_features'")
+        elif len(self.x) != n:
+            raise ValueError(f"column 'x' has {len(self.x)} rows, 'id' has {n}")
         return self
+
+
+def _check_numbers(name: str, col: list | str, count: int) -> None:
+    if isinstance(col, str):
+        # Base64 of count float64 values has exactly this many characters.
+        if len(col) != 4 * ((count * 8 + 2) // 3):
+            raise ValueError(f"packed column {name!r} does not hold {count} float64 values")
+    elif len(col) != count:
+        raise ValueError(f"column {name!r} has {len(col)} values, expected {count}")
 
 
 class SweepPayload(_Payload):
@@ -90,6 +115,21 @@ class ManualRequestPayload(_Payload):
     approved_by: str | None = Field(None, max_length=128)
     override_budget: bool = False
     override_reason: str | None = Field(None, max_length=2000)
+
+
+class RollbackPayload(_Payload):
+    """``retrain.rollback``: serve a retained version again (rules: retrain.registry.rollback).
+
+    ``version`` None means the ``previous`` alias, or withdrawing a canary in progress.
+    ``from_version`` (the version taken out of service) makes a redelivered message
+    harmless: once that version is out, a repeat does nothing.
+    """
+
+    model: str = Field(min_length=1, max_length=128)
+    version: str | None = Field(None, pattern=r"^\d+\.\d+\.\d+$")
+    from_version: str | None = Field(None, pattern=r"^\d+\.\d+\.\d+$")
+    reason: str = Field(min_length=1, max_length=2000)
+    actor: str = Field("api", min_length=1, max_length=128)
 
 
 P = TypeVar("P", bound=BaseModel)

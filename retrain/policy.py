@@ -79,9 +79,9 @@ Value model (ROI)
 ::
 
     gap_points      = evidence["expected_recovery_points"]              if given
-                    = (baseline_accuracy - current_accuracy) x 100      if both given
-                                                                        (fractions; values > 1
-                                                                         are taken as percent)
+                    = (target - current_accuracy) x 100                 if current is given
+                      where target = max(baseline_accuracy,             (fractions; values > 1
+                                         accuracy_floor)                 are taken as percent)
                     = policy.default_gap_points                         otherwise
     gap_points      = clamp(gap_points, 0, policy.max_gap_points)
     recovery_points = gap_points x policy.recovery_factor
@@ -91,8 +91,12 @@ Value model (ROI)
 
 ``value_per_accuracy_point_usd`` is the value of one accuracy point on one
 prediction; ``value_horizon_days`` how long the recovered model is expected to
-serve before the next retraining. Inputs and result are in the ``roi`` rule and
-in ``Decision.detail["value_model"]``.
+serve before the next retraining. The target is the version's validated
+baseline, or the accuracy floor (the requirement's 55 %) when that is higher: a
+model serving under the floor is worth bringing back to it even when its own
+baseline was poor. ``recovery_factor`` discounts the gap for what a retraining
+is expected to win back. Inputs and result are in the ``roi`` rule and in
+``Decision.detail["value_model"]``.
 
 Example
 -------
@@ -414,12 +418,22 @@ def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy) -
         else:
             base = ev.get("baseline_accuracy")
             cur = ev.get("current_accuracy")
-            if isinstance(base, (int, float)) and isinstance(cur, (int, float)):
+            floor = ev.get("accuracy_floor")
+            has_base = isinstance(base, (int, float))
+            has_floor = isinstance(floor, (int, float))
+            if isinstance(cur, (int, float)) and (has_base or has_floor):
                 # Accuracies are fractions in the metrics windows; a value > 1
                 # can only be a percentage, so it is not scaled again.
-                scale = 1.0 if (base > 1.0 or cur > 1.0) else 100.0
-                gap = (base - cur) * scale
-                source = "evidence.baseline_accuracy-current_accuracy"
+                pct = cur > 1.0 or (has_base and base > 1.0)
+                scale = 1.0 if pct else 100.0
+                if has_floor and pct and floor <= 1.0:
+                    floor = floor * 100.0
+                if has_floor and (not has_base or floor > base):
+                    gap = (floor - cur) * scale
+                    source = "evidence.accuracy_floor-current_accuracy"
+                else:
+                    gap = (base - cur) * scale
+                    source = "evidence.baseline_accuracy-current_accuracy"
     if not math.isfinite(gap) or gap < 0.0:
         gap = 0.0
     elif gap > policy.max_gap_points:
@@ -666,9 +680,11 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
     roi = vm["roi"]
     min_roi = policy.min_roi
     roi_ok = roi is None or roi >= min_roi
-    roi_detail = (f"{'no cost estimate' if roi is None else f'roi {roi:.3g}'}: benefit {vm['benefit_usd']:.2f} = "
-                  f"{vm['value_per_accuracy_point_usd']:g} x {vm['recovery_points']:.3g} pt x "
-                  f"{vm['predictions_per_day'] * vm['horizon_days']:.4g} predictions, cost {cost:.2f}")
+    verdict_s = "no cost estimate" if roi is None else f"{roi:.3g} {'>=' if roi_ok else '<'} {min_roi:g}"
+    roi_detail = (f"{verdict_s}"
+                  f": benefit ${vm['benefit_usd']:.2f} = {vm['value_per_accuracy_point_usd']:g} x "
+                  f"{vm['recovery_points']:.3g} pt x {vm['predictions_per_day'] * vm['horizon_days']:.4g} predictions"
+                  f"; estimate ${cost:.2f}")
     if override is not None:
         add(RuleResult("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
     elif not state.has_production:

@@ -24,6 +24,7 @@ ROUTES: dict[str, str] = {
     "retrain.decide": "decision",
     "retrain.train": "training",
     "retrain.validate": "validation",
+    "retrain.evaluate_rollouts": "validation",
     "retrain.promote": "promotion",
     "retrain.rollback": "promotion",
 }

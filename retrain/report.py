@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
+from retrain import slots
 from retrain.context import Context
 from retrain.windows import Counts
 
-__all__ = ["status_data", "render_status", "timeline_data", "print_timeline", "table", "to_json"]
+__all__ = ["status_data", "render_status", "timeline_data", "print_timeline", "table", "to_json", "run_note"]
 
 
 def to_json(obj: Any) -> str:
@@ -55,7 +56,13 @@ def status_data(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
                                 "stage": r.stage, "progress": r.progress, "attempt": r.attempt,
                                 "candidate": r.candidate_version, "created_at": r.created_at,
                                 "blocked_on": r.blocked_on, "error": r.error,
-                                "cost_usd": (r.usage or {}).get("total_usd")})
+                                "cost_usd": (r.usage or {}).get("total_usd"),
+                                "lease_owner": r.lease_owner, "lease_expires_at": r.lease_expires_at,
+                                "heartbeat_at": r.heartbeat_at, "note": run_note(r.state, r.blocked_on, r.error)})
+        limit = ctx.settings.training_slots
+        out["training_slots"] = {"limit": limit, "held": [
+            {"slot": h.slot, "run_id": h.run_id, "attempt": h.attempt, "owner": h.owner,
+             "lease_expires_at": h.lease_expires_at} for h in slots.holders(tx, now, limit)]}
         for q in tx.requests(statuses=("open", "deferred", "pending_approval"), limit=50):
             d = tx.decision(q.decision_id) if q.decision_id else None
             out["requests"].append({"id": q.id, "model": q.model, "trigger": q.trigger, "status": q.status,
@@ -65,6 +72,18 @@ def status_data(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         out["spend"] = {"today_usd": round(tx.spend(day=day), 4), "month_usd": round(tx.spend(month=month), 4)}
         out["pause_all"] = bool((tx.control("pause_all") or {}).get("paused"))
     return out
+
+
+def run_note(state: str, blocked_on: str | None, error: str | None) -> str:
+    """What an operator needs to know about a run in one phrase: what it waits for, or
+    why it ended (a dead run's reason names the attempts it used)."""
+    if state == "queued" and blocked_on:
+        return f"waits for {blocked_on}"
+    if state in ("dead", "failed", "rejected", "cancelled") and error:
+        return f"{state}: {error}"
+    if state in ("queued", "training") and error:
+        return f"retrying after: {error}"
+    return ""
 
 
 def _latest_minute(tx, model: str) -> datetime:
@@ -96,9 +115,16 @@ def render_status(data: dict[str, Any]) -> str:
     parts.append("\nRecent runs")
     parts.append(table([[r["id"][:8], r["model"], r["trigger"], r["state"], f"{r['progress']:.0%}", r["attempt"],
                          r["candidate"] or "", f"{r['created_at']:%m-%d %H:%M}", _f(r["cost_usd"], ".4f"),
-                         (r["error"] or r["blocked_on"] or "")[:50]] for r in data["runs"]],
-                       ["id", "model", "trigger", "state", "progress", "attempt", "version", "created", "cost $", "note"])
+                         r["stage"] or "", (r.get("note") or r["error"] or r["blocked_on"] or "")[:80]]
+                        for r in data["runs"]],
+                       ["id", "model", "trigger", "state", "progress", "attempt", "version", "created", "cost $",
+                        "stage", "note"])
                  if data["runs"] else "  none")
+    if "training_slots" in data:
+        ts = data["training_slots"]
+        held = ", ".join(f"slot {h['slot']}: run {h['run_id'][:8]} attempt {h['attempt']} on {h['owner']}"
+                         for h in ts["held"])
+        parts.append(f"\nTraining slots: {len(ts['held'])} of {ts['limit']} in use" + (f" ({held})" if held else ""))
     parts.append(f"\nSpend: ${data['spend']['today_usd']:.4f} today, ${data['spend']['month_usd']:.4f} this month")
     return "\n".join(parts)
 

@@ -38,6 +38,18 @@ class Settings(BaseSettings):
     train_time_limit_s: int = Field(default=2100, gt=0)
     visibility_timeout_s: int = Field(default=7200, gt=0)
     worker_id: str = ""
+    # Orchestration (issue 6): a queued, validating or promoting run, or an open request,
+    # with no sign of life for this long has its message sent again (it may have been
+    # lost with a broker that restarted without persistence); duplicates are harmless.
+    requeue_after_s: float = Field(default=120.0, gt=0)
+    # Bodies above this are refused before they are decoded, and kept as dead letters.
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # On a cold shutdown (SIGQUIT), running tasks get this long to finish before they are
+    # cancelled and handed back to the broker (Celery's soft shutdown).
+    soft_shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    # Fault tests only: allow a visibility timeout below the training hard limit, so Redis
+    # hands a running training to a second worker (the lease must stop it).
+    allow_short_visibility_timeout: bool = False
 
     @field_validator("timezone")
     @classmethod
@@ -58,7 +70,7 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{(home / 'broker.db').as_posix()}"
         if self.artifact_root is None:
             self.artifact_root = home / "artifacts"
-        if self.visibility_timeout_s <= self.train_time_limit_s:
+        if self.visibility_timeout_s <= self.train_time_limit_s and not self.allow_short_visibility_timeout:
             raise ValueError(
                 "RETRAIN_VISIBILITY_TIMEOUT_S must exceed RETRAIN_TRAIN_TIME_LIMIT_S, "
                 "or Redis redelivers a training that is still running"

@@ -4,6 +4,11 @@ A task body gets a validated payload and the runtime context; it calls one core 
 After it returns, the outbox rows the step committed are published. Errors follow
 their class (retrain.errors): a permanent error (bad payload, unknown model) is kept
 in the dead-letter table and never retried; a transient one retries with backoff.
+
+Every task acknowledges late and is rejected back to the broker if its worker dies
+(``acks_late``, ``reject_on_worker_lost``): delivery is at least once, which the
+steps make safe (batch ids, run states under row locks, fencing tokens, attempt
+caps). Time limits come from ``celeryconfig.TIME_LIMITS`` unless a task names its own.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from workers import runtime
 
 log = logging.getLogger("retrain.tasks")
 
-__all__ = ["retrain_task", "publish", "relay_now"]
+__all__ = ["retrain_task", "publish", "relay_now", "relay_quietly", "dead_letter", "progress_reporter"]
 
 
 def publish(msg: OutboxMessage) -> None:
@@ -42,11 +47,44 @@ def relay_now() -> int:
     return relay(ctx.store, publish, ctx.now())
 
 
-def _dead_letter(name: str, reason: str, payload: Any) -> None:
+def relay_quietly() -> int:
+    """Publish what the step left in the outbox; if the broker or database is out of reach,
+    leave it there for the periodic relay (``retrain.relay`` on beat) instead of failing a
+    task whose work is committed."""
+    try:
+        return relay_now()
+    except Exception as exc:  # noqa: BLE001 - the outbox keeps the rows; the beat relay retries
+        log.warning("outbox relay after the task failed (%s); the periodic relay will publish", exc)
+        return 0
+
+
+def progress_reporter(task: Task, run_id: str) -> Callable[[str, float], None]:
+    """A thread-safe ``progress(stage, pct)`` for a task: Celery state PROGRESS (read by
+    ``AsyncResult`` when a result backend is set) and a ``task-progress`` event (Flower).
+
+    The ids are captured now, because the training's heartbeat thread calls it and
+    Celery's request context is per thread.
+    """
+    task_id, hostname = task.request.id, task.request.hostname
+
+    def report(stage: str, pct: float) -> None:
+        if not task_id:
+            return
+        meta = {"run_id": run_id, "stage": stage, "progress": round(float(pct), 3)}
+        task.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+        with task.app.events.default_dispatcher(hostname=hostname) as dispatcher:
+            dispatcher.send("task-progress", uuid=task_id, **meta)
+
+    return report
+
+
+def dead_letter(name: str, reason: str, payload: Any) -> None:
+    """Keep a refused message (or its evidence, when it is huge) with the reason."""
     ctx = runtime.context()
     body = payload if isinstance(payload, dict) else {"raw": repr(payload)[:10_000]}
-    if len(repr(body)) > 100_000:  # keep the evidence, not a 5 MB blob, in the table
-        body = {"truncated": repr(body)[:10_000], "size": len(repr(body))}
+    size = len(repr(body))
+    if size > 100_000:  # keep the evidence, not a 5 MB blob, in the table
+        body = {"truncated": repr(body)[:10_000], "size": size}
     model = body.get("model") if isinstance(body.get("model"), str) else None
     with ctx.store.tx() as tx:
         tx.dead_letter(ctx.now(), name, reason, body, model)
@@ -56,6 +94,11 @@ def _dead_letter(name: str, reason: str, payload: Any) -> None:
 def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_limit: int | None = None,
                  time_limit: int | None = None, max_retries: int = 10, bind: bool = False) -> Callable:
     """Declare a task: ``fn(ctx, payload[, task])`` with ``payload`` validated against ``schema``."""
+    import celeryconfig
+
+    default_soft, default_hard = celeryconfig.TIME_LIMITS.get(name, (None, None))
+    soft_time_limit = soft_time_limit if soft_time_limit is not None else default_soft
+    time_limit = time_limit if time_limit is not None else default_hard
 
     def wrap(fn: Callable) -> Task:
         @app.task(name=name, queue=queue, bind=True, acks_late=True, reject_on_worker_lost=True,
@@ -69,7 +112,8 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
                 ctx = runtime.context()
                 result = fn(ctx, body, self) if bind else fn(ctx, body)
             except (PayloadError, StaleLeaseError) as exc:
-                _dead_letter(name, str(exc), payload)
+                dead_letter(name, str(exc), payload)
+                relay_quietly()  # a stale attempt may have freed a slot and woken a waiting run
                 return {"rejected": str(exc)}
             except TransientError as exc:
                 raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries))
@@ -79,11 +123,11 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
                 # Late acks would otherwise drop the message silently: keep it, then fail loudly.
                 log.exception("%s failed", name)
                 try:
-                    _dead_letter(name, f"{type(exc).__name__}: {exc}", payload)
+                    dead_letter(name, f"{type(exc).__name__}: {exc}", payload)
                 except Exception:
                     log.exception("%s: could not write the dead letter", name)
                 raise
-            relay_now()
+            relay_quietly()
             return result
 
         return task

@@ -1,12 +1,30 @@
-"""How fast the pure decision is: :func:`retrain.policy.decide` over realistic, varied states.
+"""How fast the decision is: the pure policy, and the whole decision step on Postgres.
 
-The requirement claims 0.1 ms per decision and sets 100 ms as the target; we
-aim for a p99 under 50 us. Inputs are generated up front from a seeded RNG
-(triggers in a plausible mix, run histories, spend near and over the caps,
-resource readings, young and old deployments, active runs, pauses, overrides)
-so that only ``decide`` itself is timed, one call at a time, with
-``time.perf_counter_ns``. The garbage collector stays on: a production
-decision pays for it too.
+``retrain bench decision [--json]`` prints both (:func:`run`):
+
+``decide_p50_us``, ``decide_p99_us`` (:func:`run_pure`)
+    :func:`retrain.policy.decide` over realistic, varied states. The
+    requirement claims 0.1 ms per decision and sets 100 ms as the target; we
+    aim for a p99 under 50 us. Inputs are generated up front from a seeded RNG
+    (triggers in a plausible mix, run histories, spend near and over the caps,
+    resource readings, young and old deployments, active runs, pauses,
+    overrides) so that only ``decide`` itself is timed, one call at a time,
+    with ``time.perf_counter_ns``. The garbage collector stays on: a
+    production decision pays for it too.
+``task_p50_ms``, ``task_p99_ms`` (:func:`run_task`)
+    :func:`retrain.steps.decide.decide_request`, the body of the
+    ``retrain.decide`` task, against a real Postgres: take the lock, load the
+    snapshot, decide, record the decision and its audit events, reserve the
+    estimate, create the run and leave ``retrain.train`` in the outbox, commit.
+    Target p99 under 10 ms. The database is a throwaway one created for the
+    run (``RETRAIN_BENCH_PG_ADMIN_URL``, default the local ``postgres``
+    superuser) and dropped at the end. It is seeded like a month of
+    production: 7 models, a production version each, three days of per-minute
+    metric buckets (5 predictions/s), a month of runs and ledger rows. The
+    simulated clock moves about 7 minutes between requests, so cooldowns
+    expire, days and budgets roll over and verdicts vary; an approved run
+    finishes 10-40 simulated minutes later (its reservation replaced by a
+    measured cost), and requests for its model meanwhile are coalesced.
 
 Run ``python -m retrain.benchmarks.decision`` to print the figures as JSON.
 """
@@ -15,16 +33,25 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
+import tempfile
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from retrain.domain import RetrainRequest, Severity, TriggerKind
 from retrain.policy import Policy, ResourceReading, StateSnapshot, decide
 
-__all__ = ["run_pure", "make_cases"]
+__all__ = ["run", "run_pure", "run_task", "make_cases", "throwaway_database", "PG_ADMIN_URL"]
+
+PG_ADMIN_URL = os.environ.get("RETRAIN_BENCH_PG_ADMIN_URL",
+                              "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
 
 _TRIGGERS = (TriggerKind.PERFORMANCE, TriggerKind.DRIFT, TriggerKind.SCHEDULE, TriggerKind.MANUAL,
              TriggerKind.EMERGENCY)
@@ -119,5 +146,186 @@ def run_pure(n: int = 20000, seed: int = 0) -> dict[str, Any]:
     return out
 
 
+# -- the whole step on Postgres ------------------------------------------------------------
+
+
+@contextmanager
+def throwaway_database(admin_url: str = PG_ADMIN_URL) -> Iterator[str]:
+    """A new, migrated Postgres database for one run; dropped afterwards whatever happens."""
+    from sqlalchemy import create_engine, text
+
+    from retrain.storage.db import make_engine
+    from retrain.storage.schema import upgrade
+
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"retrain_bench_{uuid.uuid4().hex[:10]}"
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        with admin.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+        engine = make_engine(url)
+        upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as c:
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"), {"n": name})
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+def _bench_config(n_models: int):
+    from retrain.config import parse_config
+
+    model = {
+        "entry_point": "retrain.examples.direction:train",
+        "data_source": "retrain.examples.direction:history",
+        "features": [f"f{i}" for i in range(8)],
+        "first_run_cost_usd": 0.4,
+    }
+    models = {f"m{i}": dict(model) for i in range(n_models)}
+    models["m1"]["policy"] = {"cooldown_hours": 2.0, "max_runs_per_model_per_day": 4}
+    return parse_config({"policy": {"value_per_accuracy_point_usd": 1e-5, "max_runs_global_per_day": 12,
+                                    "model_monthly_budget_usd": 30.0},
+                         "models": models}, source="<bench>")
+
+
+def _seed(ctx, now: datetime, rng: random.Random) -> None:
+    """A month of history for every model (see the module docstring)."""
+    from retrain.steps.requests import sync_models
+    from retrain.storage.models import CostRow, RunRow
+
+    sync_models(ctx)
+    with ctx.store.tx() as tx:
+        for i, name in enumerate(sorted(ctx.config.models)):
+            tx.model_row(name).deployed_at = now - timedelta(days=3 if i == 0 else 90)
+            tx.add_version(model=name, version="1.0.0", major=1, minor=0, patch=0, status="production",
+                           created_at=now - timedelta(days=40), deleted_at=None, artifact_sha256="0" * 64,
+                           artifact_size=1, bump_kind="initial", bump_reason="bench", parent_version=None,
+                           data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
+                           params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
+                           decision_id=None, run_id=None, cost_usd=0.0)
+            tx.move_alias(name, "production", "1.0.0", actor="bench", reason="seed", now=now - timedelta(days=40))
+            start = now.replace(second=0, microsecond=0) - timedelta(days=1)
+            acc = rng.uniform(0.55, 0.60)
+            buckets = []
+            for m in range(3 * 24 * 60):  # a day, and the two the run goes on to simulate
+                n = 300
+                correct = int(n * acc)
+                buckets.append({"model": name, "version": "1.0.0", "minute": start + timedelta(minutes=m), "n": n,
+                                "tp": correct // 2, "tn": correct - correct // 2, "fp": (n - correct) // 2,
+                                "fn": n - correct - (n - correct) // 2, "ret_sum": 0.0, "ret_sq_sum": 0.0,
+                                "unlabelled": 0})
+            tx.add_buckets(buckets)
+            runs, costs = [], []
+            for k in range(12):
+                at = now - timedelta(days=30) + timedelta(days=2.4 * k, minutes=rng.randrange(600))
+                rid = str(uuid.uuid4())
+                runs.append({"id": rid, "model": name, "request_id": str(uuid.uuid4()),
+                             "decision_id": str(uuid.uuid4()), "trigger": "performance", "priority": 7,
+                             "state": "done", "attempt": 1, "created_at": at, "started_at": at,
+                             "finished_at": at + timedelta(minutes=5), "stage": "done", "progress": 1.0,
+                             "usage": {}})
+                est, actual = 0.4, rng.uniform(0.2, 0.8)
+                for kind, amount in (("reservation", est), ("release", -est), ("actual", actual)):
+                    costs.append({"run_id": rid, "model": name, "kind": kind, "amount_usd": amount, "at": at,
+                                  "day": at.strftime("%Y-%m-%d"), "month": at.strftime("%Y-%m"), "detail": {}})
+            tx.s.execute(RunRow.__table__.insert(), runs)
+            tx.s.execute(CostRow.__table__.insert(), costs)
+
+
+def _new_request(ctx, rng: random.Random, now: datetime) -> str:
+    from retrain.domain import TRIGGER_PRIORITY
+    from retrain.storage.models import RequestRow
+
+    trig = rng.choices(_TRIGGERS, _WEIGHTS)[0]
+    evidence: dict[str, Any] = {}
+    if trig in (TriggerKind.PERFORMANCE, TriggerKind.EMERGENCY):
+        evidence = {"baseline_accuracy": 0.60, "current_accuracy": rng.uniform(0.50, 0.58), "version": "1.0.0"}
+    rid = str(uuid.uuid4())
+    with ctx.store.tx() as tx:
+        tx.s.add(RequestRow(id=rid, model=f"m{rng.randrange(len(ctx.config.models))}", trigger=trig.value,
+                            priority=TRIGGER_PRIORITY[trig], status="open", reason="bench", evidence=evidence,
+                            severity="HIGH" if trig is TriggerKind.EMERGENCY else None, requested_by="bench",
+                            override_budget=False, created_at=now, updated_at=now, open_key=None))
+    return rid
+
+
+def _finish(ctx, run_id: str, rng: random.Random) -> None:
+    """What the training step does at the end: the reservation becomes the measured cost."""
+    with ctx.store.tx() as tx:
+        run = tx.run(run_id, for_update=True)
+        run.state, run.finished_at = "done", ctx.now()
+        held = tx.held_reservation(run_id)
+        tx.add_cost(run_id, run.model, "release", -held, ctx.now(), {"reason": "replaced by actual cost"})
+        tx.add_cost(run_id, run.model, "actual", held * rng.uniform(0.5, 1.5), ctx.now(), {})
+
+
+def run_task(n: int = 400, seed: int = 0, admin_url: str = PG_ADMIN_URL) -> dict[str, Any]:
+    """Time ``n`` whole decision steps against a throwaway Postgres; figures in milliseconds."""
+    from retrain.artifacts import ArtifactStore
+    from retrain.clock import SimClock
+    from retrain.context import Context
+    from retrain.settings import Settings
+    from retrain.steps.decide import decide_request, resolve_pending
+    from retrain.storage.db import Database
+    from retrain.storage.repo import Store
+
+    rng = random.Random(seed)
+    start = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
+    clock = SimClock(start)
+    reading = ResourceReading(free_memory_mb=8000.0, cpu_load_pct=30.0, free_disk_mb=50_000.0)
+    with throwaway_database(admin_url) as url, tempfile.TemporaryDirectory(prefix="retrain-bench-") as tmp:
+        settings = Settings(home=Path(tmp), database_url=url, broker_url="memory://",
+                            artifact_root=Path(tmp) / "artifacts")
+        ctx = Context(store=Store(Database(url)), config=_bench_config(7), clock=clock,
+                      artifacts=ArtifactStore(settings.artifact_root), settings=settings, worker_id="bench")
+        try:
+            _seed(ctx, start, rng)
+            timings: list[int] = []
+            verdicts: Counter[str] = Counter()
+            clock_ns = time.perf_counter_ns
+            warmup = 20
+            training: list[tuple[datetime, str]] = []  # (finishes at, run id)
+            for i in range(n + warmup):
+                clock.advance(timedelta(seconds=rng.expovariate(1 / 420.0)))
+                for done in [t for t in training if t[0] <= clock.now()]:
+                    _finish(ctx, done[1], rng)
+                    training.remove(done)
+                rid = _new_request(ctx, rng, clock.now())
+                t0 = clock_ns()
+                res = decide_request(ctx, rid, reading)
+                dt = clock_ns() - t0
+                if res.verdict == "pending_approval" and rng.random() < 0.5:
+                    resolve_pending(ctx, rid, approve=True, actor="bench", reason="bench")
+                    t0 = clock_ns()
+                    res = decide_request(ctx, rid, reading)
+                    dt = clock_ns() - t0
+                if i >= warmup:
+                    timings.append(dt)
+                    verdicts[res.verdict or "skipped"] += 1
+                if res.verdict == "approve" and res.run_id:
+                    # A training takes 10-40 minutes; requests meanwhile join it (coalesced).
+                    training.append((clock.now() + timedelta(minutes=rng.uniform(10, 40)), res.run_id))
+        finally:
+            ctx.store.db.dispose()
+            if ctx.store.db._engine is not None:
+                ctx.store.db._engine.dispose()
+    timings.sort()
+    return {
+        "task_n": len(timings),
+        "task_p50_ms": round(_pct(timings, 0.50) / 1000.0, 3),
+        "task_p99_ms": round(_pct(timings, 0.99) / 1000.0, 3),
+        "task_mean_ms": round(sum(timings) / len(timings) / 1e6, 3),
+        "task_max_ms": round(timings[-1] / 1e6, 3),
+        "task_verdicts": dict(sorted(verdicts.items())),
+    }
+
+
+def run() -> dict[str, Any]:
+    """Both benchmarks: the pure ``decide`` (us) and the whole step on Postgres (ms)."""
+    return {**run_pure(), **run_task()}
+
+
 if __name__ == "__main__":
-    print(json.dumps(run_pure(), indent=2))
+    print(json.dumps(run(), indent=2))

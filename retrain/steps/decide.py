@@ -1,25 +1,61 @@
 """Decide: load the state snapshot, apply the pure policy, record and act on the verdict.
 
-The snapshot, the decision, the cost reservation, the run and the outbox message
-commit in one transaction under a lock, so concurrent decisions cannot overspend
-a budget or exceed a daily limit.
+One transaction does all of it, under one lock:
+
+1. ``tx.lock(DECISION_LOCK)``: on Postgres a transaction-scoped advisory lock
+   (``pg_advisory_xact_lock``), released by the commit. Every decision and every
+   approval takes it first, so read-check-reserve is serial across processes and
+   machines: the spend and run counts read below include every reservation and
+   run committed by the decision before. Postgres reads in READ COMMITTED take a
+   fresh snapshot per statement, so reads after the lock see that commit.
+   On SQLite (the embedded default, one process) the lock is a write to the
+   ``controls`` table, which takes SQLite's database write lock for the rest of
+   the transaction; other processes wait on ``busy_timeout``. That serialises
+   writers on one machine but SQLite is not meant for several worker machines.
+2. ``now`` is read *after* the lock, so a decision that waited decides in the present.
+3. The snapshot: the model's runs, spend (one aggregate over this month's
+   ledger), traffic, approvals, pauses, resource readings.
+4. :func:`retrain.policy.decide`, pure.
+5. The decision row with every rule result, the audit events (decision, bypass,
+   run), and for an approval: the run, the cost reservation and the outbox
+   message to ``retrain.train``, all in the same commit.
+
+Only requests in status ``open`` are decided: a redelivered message for a request
+decided already is a no-op. The sweep reopens deferred requests when they are due;
+an operator's approval reopens a pending one (:func:`resolve_pending`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 
+from retrain.config import ModelConfig
 from retrain.context import Context
 from retrain.costs import estimate_cost
-from retrain.domain import Decision, RetrainRequest, Verdict
+from retrain.domain import Decision, RetrainRequest, RuleResult, Verdict
 from retrain.errors import PayloadError
 from retrain.policy import Policy, ResourceReading, StateSnapshot, decide
-from retrain.storage.repo import Tx
+from retrain.storage.models import RequestRow
+from retrain.storage.repo import DecisionState, Tx
 
-__all__ = ["DecideResult", "decide_request", "resolve_pending", "policy_for", "load_snapshot"]
+__all__ = [
+    "DECISION_LOCK",
+    "RESOURCE_REPORT_MAX_AGE",
+    "DecideResult",
+    "decide_request",
+    "resolve_pending",
+    "policy_for",
+    "load_snapshot",
+    "start_run",
+]
 
 DECISION_LOCK = "retrain:decision"
+# A training node's reading older than this says nothing about it any more.
+RESOURCE_REPORT_MAX_AGE = timedelta(minutes=10)
+_HISTORY = timedelta(days=31)
+_DAY = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -33,96 +69,138 @@ class DecideResult:
 
 
 def policy_for(ctx: Context, model: str) -> Policy:
+    """The model's policy, built once per process ([policy] with the model's overrides)."""
     key = f"policy:{model}"
     if key not in ctx.cache:
         ctx.cache[key] = ctx.config.policy_for(model)
     return ctx.cache[key]
 
 
-def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, policy: Policy, now: datetime,
-                  resources: ResourceReading | None) -> StateSnapshot:
-    model = tx.model_row(req.model)
-    day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
-    active = tx.active_run(req.model)
-    recent = tx.buckets(req.model, None, now - timedelta(days=1))
-    predictions_per_day = float(sum(b.n + b.unlabelled for b in recent))
-    global_pause = bool((tx.control("pause_all") or {}).get("paused", False))
-    return StateSnapshot(
-        model=req.model,
-        deployed_at=model.deployed_at if model else None,
-        recent_run_starts=tuple(tx.run_starts(req.model, now - timedelta(days=31))),
-        runs_today_global=tx.runs_started_since(now.replace(hour=0, minute=0, second=0, microsecond=0)),
-        active_run_id=active.id if active else None,
-        spend_today_usd=tx.spend(day=day),
-        spend_month_usd=tx.spend(month=month),
-        model_spend_today_usd=tx.spend(day=day, model=req.model),
-        model_spend_month_usd=tx.spend(month=month, model=req.model),
-        estimated_cost_usd=estimate_cost(tx.run_costs(req.model), ctx.config.model(req.model).first_run_cost_usd),
-        predictions_per_day=predictions_per_day,
-        paused=bool(model.paused if model else False),
-        globally_paused=global_pause,
-        has_production=tx.alias(req.model, "production") is not None,
-        resources=resources,
-    )
+def _resources(reports: list[dict], fallback: ResourceReading | None) -> tuple[ResourceReading | None, str]:
+    """The roomiest fresh reading reported by a training node, else ``fallback`` (the caller's own node).
+
+    The run goes to whichever training node takes it first, so one node with room is enough.
+    """
+    best: ResourceReading | None = None
+    node = ""
+    for r in reports:
+        try:
+            reading = ResourceReading(float(r["free_memory_mb"]), float(r["cpu_load_pct"]), float(r["free_disk_mb"]))
+        except (KeyError, TypeError, ValueError):
+            continue  # a malformed report must not stop decisions
+        if best is None or (reading.free_memory_mb, -reading.cpu_load_pct) > (best.free_memory_mb, -best.cpu_load_pct):
+            best, node = reading, r.get("node", "")
+    if best is not None:
+        return best, f"reported by {node}"
+    return fallback, "read locally" if fallback is not None else "none"
 
 
-def _with_measured_gap(tx: Tx, ctx: Context, req: RetrainRequest, now: datetime) -> RetrainRequest:
-    """Give the value model the production version's live accuracy vs its validated baseline
-    when the trigger did not (schedule, manual): a healthy model has nothing to recover."""
-    ev = req.evidence or {}
-    if ev.get("baseline_accuracy") is not None and ev.get("current_accuracy") is not None:
-        return req
-    prod = tx.alias(req.model, "production")
-    version = tx.version(req.model, prod) if prod else None
-    baseline = ((version.metrics or {}).get("baseline") or {}).get("accuracy") if version else None
-    if baseline is None:
-        return req
+def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, now: datetime,
+                  resources: ResourceReading | None = None) -> tuple[RetrainRequest, StateSnapshot, dict[str, Any]]:
+    """Everything :func:`decide` needs to know, read in two statements.
+
+    Returns the request with the measured accuracy gap added to its evidence
+    (see :func:`_with_measured_gap`), the snapshot, and what the estimate and
+    the resource reading were made of, for the decision record.
+    """
     cfg = ctx.config.model(req.model)
-    rows = tx.buckets(req.model, prod, now - timedelta(minutes=cfg.thresholds.window_minutes))
-    n = sum(r.n for r in rows)
-    if n < cfg.thresholds.min_samples:
-        return req
-    current = sum(r.tp + r.tn for r in rows) / n
-    return replace(req, evidence={**ev, "baseline_accuracy": baseline, "current_accuracy": current,
-                                  "measured_on": n})
+    st = tx.decision_snapshot(req.model, now=now, history=_HISTORY,
+                              window=timedelta(minutes=cfg.thresholds.window_minutes),
+                              report_max_age=RESOURCE_REPORT_MAX_AGE)
+    estimate = estimate_cost(st.actual_costs, cfg.first_run_cost_usd)
+    reading, reading_source = _resources(st.resource_reports, resources)
+    snapshot = StateSnapshot(
+        model=req.model,
+        deployed_at=st.deployed_at,
+        recent_run_starts=tuple(st.run_starts),
+        runs_today_global=st.runs_today,
+        active_run_id=st.active_run,
+        spend_today_usd=st.spend_today,
+        spend_month_usd=st.spend_month,
+        model_spend_today_usd=st.model_spend_today,
+        model_spend_month_usd=st.model_spend_month,
+        estimated_cost_usd=estimate,
+        predictions_per_day=float(st.predictions_day),
+        paused=st.paused,
+        globally_paused=st.globally_paused,
+        has_production=st.production is not None,
+        resources=reading,
+    )
+    record = {
+        "estimate": {"usd": estimate, "source": f"moving average of {len(st.actual_costs)} measured run(s)"
+                     if st.actual_costs else "first_run_cost_usd (no measured run yet)",
+                     "past_usd": st.actual_costs},
+        "resources": reading_source,
+        "production": st.production,
+    }
+    return _with_measured_gap(req, st, cfg), snapshot, record
+
+
+def _with_measured_gap(req: RetrainRequest, st: DecisionState, cfg: ModelConfig) -> RetrainRequest:
+    """Give the value model the production version's live accuracy, its validated baseline and
+    the model's accuracy floor when the trigger did not (schedule, manual, drift, emergency):
+    a healthy model has little to recover, one under the floor has that much at least."""
+    ev = dict(req.evidence or {})
+    ev.setdefault("accuracy_floor", cfg.thresholds.accuracy_floor)
+    has_figures = ev.get("baseline_accuracy") is not None and ev.get("current_accuracy") is not None
+    if not has_figures and st.production_baseline is not None and st.window_n >= cfg.thresholds.min_samples:
+        ev.update(baseline_accuracy=st.production_baseline, current_accuracy=st.window_correct / st.window_n,
+                  measured_on=st.window_n)
+    return replace(req, evidence=ev)
 
 
 def decide_request(ctx: Context, request_id: str, resources: ResourceReading | None = None) -> DecideResult:
-    now = ctx.now()
+    """Decide one open request; ``resources`` is this node's reading, used when no training node reported."""
     with ctx.store.tx() as tx:
         tx.lock(DECISION_LOCK)
+        now = ctx.now()
         row = tx.request(request_id, for_update=True)
         if row is None:
             raise PayloadError(f"unknown request {request_id}")
-        if row.status not in ("open", "deferred"):
+        if row.status != "open":
             # A redelivered or repeated message: the request was decided already.
             return DecideResult(request_id, None, f"already {row.status}", skipped=True)
+        req, snapshot, record = load_snapshot(tx, ctx, tx.to_request(row), now, resources)
+        prod = record["production"]
         fired_on = (row.evidence or {}).get("version")
-        prod = tx.alias(row.model, "production")
         if fired_on and prod and fired_on != prod:
             # The trigger judged a version that no longer serves: its evidence is stale.
             tx.close_request(row, "superseded")
             tx.audit(now, "decision", "policy", f"{row.trigger} request for {row.model} superseded: it fired on "
-                     f"{fired_on}, production is now {prod}", model=row.model, subject=row.id)
+                     f"{fired_on}, production is now {prod}", model=row.model, subject=row.id,
+                     data={"request_id": row.id, "verdict": "superseded"})
             return DecideResult(request_id, "superseded", f"fired on {fired_on}; production is {prod}")
-        req = _with_measured_gap(tx, ctx, tx.to_request(row), now)
-        policy = policy_for(ctx, req.model)
-        snapshot = load_snapshot(tx, ctx, req, policy, now, resources)
-        decision = decide(req, snapshot, policy, now)
-        return _apply(tx, ctx, row, req, decision, now, actor="policy")
+        decision = decide(req, snapshot, policy_for(ctx, req.model), now)
+        decision = replace(decision, detail={**decision.detail, **record})
+        return _apply(tx, row, req, decision, now, actor="policy")
 
 
-def _apply(tx: Tx, ctx: Context, row, req: RetrainRequest, decision: Decision, now: datetime, actor: str) -> DecideResult:
-    did = tx.record_decision(decision, req.trigger.value)
+def _rule_json(r: RuleResult) -> dict[str, Any]:
+    # RuleResult.to_json goes through dataclasses.asdict, which deep-copies: a third of
+    # the step's Python time. The values are JSON already (the policy builds them so).
+    return {"rule": r.rule, "passed": r.passed, "value": r.value, "limit": r.limit, "detail": r.detail,
+            "bypassed": r.bypassed, "retry_at": r.retry_at.isoformat() if r.retry_at else None}
+
+
+def _apply(tx: Tx, row: RequestRow, req: RetrainRequest, decision: Decision, now: datetime,
+           actor: str) -> DecideResult:
+    rules = [_rule_json(r) for r in decision.rules]
+    did = tx.add_decision(decision, req.trigger.value, rules)
     row.decision_id = did
-    rules = [r.to_json() for r in decision.rules]
-    bypassed = [r.rule for r in decision.rules if r.bypassed]
     tx.audit(now, "decision", actor, f"{req.trigger.value} request for {req.model}: {decision.summary}",
-             model=req.model, subject=did, data={"request_id": req.id, "verdict": decision.verdict.value,
-                                                  "rules": rules, "detail": decision.detail})
+             model=req.model, subject=did,
+             data={"request_id": req.id, "verdict": decision.verdict.value, "rules": rules,
+                   "defer_until": decision.defer_until.isoformat() if decision.defer_until else None,
+                   "estimated_cost_usd": decision.estimated_cost_usd, "detail": decision.detail})
+    bypassed = [r for r in decision.rules if r.bypassed]
     if bypassed:
-        tx.audit(now, "bypass", actor, f"{req.trigger.value} request bypassed: {', '.join(bypassed)}",
-                 model=req.model, subject=did, data={"rules": bypassed})
+        why = decision.detail.get("override") or ("emergency" if decision.detail.get("emergency") else "")
+        tx.audit(now, "bypass", req.requested_by if decision.detail.get("override") else actor,
+                 f"{req.trigger.value} request for {req.model} bypassed {', '.join(r.rule for r in bypassed)}"
+                 + (f" ({why})" if why else ""),
+                 model=req.model, subject=did,
+                 data={"request_id": req.id, "rules": [r.rule for r in bypassed], "why": why,
+                       "would_have_failed": [r.rule for r in bypassed if not r.passed]})
     run_id = None
     v = decision.verdict
     if v is Verdict.APPROVE:
@@ -133,49 +211,74 @@ def _apply(tx: Tx, ctx: Context, row, req: RetrainRequest, decision: Decision, n
         row.status = "pending_approval"
     elif v is Verdict.COALESCED:
         tx.close_request(row, "coalesced")
-        row.run_id = decision.detail.get("active_run_id")
+        row.run_id = run_id = decision.detail.get("coalesced_with")
     else:
         tx.close_request(row, "rejected")
     return DecideResult(req.id, v.value, decision.summary, did, run_id)
 
 
-def start_run(tx: Tx, row, req: RetrainRequest, decision_id: str, estimate: float, now: datetime) -> str:
+def start_run(tx: Tx, row: RequestRow, req: RetrainRequest, decision_id: str, estimate: float,
+              now: datetime) -> str:
+    """Create the run, reserve its estimate in the ledger and send it to training (one commit)."""
     run_id = tx.create_run(model=req.model, request_id=req.id, decision_id=decision_id, trigger=req.trigger.value,
                            priority=req.priority, now=now)
     tx.close_request(row, "approved")
     row.run_id = run_id
-    tx.add_cost(run_id, req.model, "reservation", estimate, now, {"estimate": True})
-    tx.audit(now, "run", "policy", f"training run queued for {req.model} (priority {req.priority})",
-             model=req.model, subject=run_id, data={"request_id": req.id, "estimate_usd": estimate})
+    tx.add_cost(run_id, req.model, "reservation", estimate, now, {"decision_id": decision_id, "estimate": True})
+    tx.audit(now, "run", "policy", f"training run queued for {req.model} (priority {req.priority}); "
+             f"${estimate:.4f} reserved", model=req.model, subject=run_id,
+             data={"request_id": req.id, "decision_id": decision_id, "estimate_usd": estimate,
+                   "trigger": req.trigger.value, "requested_by": req.requested_by})
     tx.enqueue("retrain.train", {"v": 1, "run_id": run_id}, now, priority=req.priority)
     return run_id
 
 
 def resolve_pending(ctx: Context, ident: str, *, approve: bool, actor: str, reason: str = "") -> DecideResult:
-    """An operator's answer to a decision waiting for approval (by decision or request id)."""
-    now = ctx.now()
+    """An operator's answer to a decision waiting for approval (by request or decision id, or a prefix).
+
+    An approval is written into the request's evidence (``approved_by``) and the
+    request is decided again: budgets, limits and pauses may have moved while it
+    waited, and only the approval rule is answered by the operator.
+    """
+    if not approve and not reason.strip():
+        raise PayloadError("a rejection needs a reason (--reason)")
     with ctx.store.tx() as tx:
         tx.lock(DECISION_LOCK)
-        row = tx.request(ident, for_update=True)
-        if row is None:
-            d = tx.decision(ident)
-            row = tx.request(d.request_id, for_update=True) if d else None
-        if row is None:
-            raise PayloadError(f"no request or decision with id {ident}")
-        if row.status != "pending_approval":
-            raise PayloadError(f"request {row.id} is {row.status}, not waiting for approval")
+        now = ctx.now()
+        row = _find_pending(tx, ident)
         req = tx.to_request(row)
-        d = tx.decision(row.decision_id)
-        d.resolved_by, d.resolved_at = actor, now
+        d = tx.decision(row.decision_id) if row.decision_id else None
+        if d is not None:
+            d.resolved_by, d.resolved_at = actor, now
+        subject = d.id if d is not None else row.id
+        data = {"request_id": row.id, "decision_id": d.id if d else None, "approved": approve, "reason": reason}
         if approve:
-            # The approval is recorded on the request and every other rule is checked again:
-            # budgets and limits may have moved while it waited.
             tx.audit(now, "approval", actor, f"approved retraining of {req.model}: {reason or 'no reason given'}",
-                     model=req.model, subject=d.id)
+                     model=req.model, subject=subject, data=data)
             row.evidence = {**(row.evidence or {}), "approved_by": actor}
             row.status = "open"
             tx.enqueue("retrain.decide", {"v": 1, "request_id": row.id}, now, priority=row.priority)
-            return DecideResult(req.id, "approve", f"approved by {actor}; sent back to the decision", d.id)
-        tx.audit(now, "approval", actor, f"rejected retraining of {req.model}: {reason}", model=req.model, subject=d.id)
+            return DecideResult(req.id, "approve", f"approved by {actor}; sent back to the decision", subject)
+        tx.audit(now, "approval", actor, f"rejected retraining of {req.model}: {reason}", model=req.model,
+                 subject=subject, data=data)
         tx.close_request(row, "rejected")
-        return DecideResult(req.id, "reject", f"rejected by {actor}: {reason}", d.id)
+        return DecideResult(req.id, "reject", f"rejected by {actor}: {reason}", subject)
+
+
+def _find_pending(tx: Tx, ident: str) -> RequestRow:
+    row = tx.request(ident, for_update=True)
+    if row is None:
+        d = tx.decision(ident)
+        row = tx.request(d.request_id, for_update=True) if d else None
+    if row is None and len(ident) >= 4:
+        # The CLI shows 8-character ids; accept a unique prefix of a waiting request or its decision.
+        hits = [r for r in tx.requests(statuses=("pending_approval",), limit=1000)
+                if r.id.startswith(ident) or (r.decision_id or "").startswith(ident)]
+        if len(hits) > 1:
+            raise PayloadError(f"{ident} matches {len(hits)} waiting requests; give more of the id")
+        row = tx.request(hits[0].id, for_update=True) if hits else None
+    if row is None:
+        raise PayloadError(f"no request or decision with id {ident}")
+    if row.status != "pending_approval":
+        raise PayloadError(f"request {row.id} is {row.status}, not waiting for approval")
+    return row

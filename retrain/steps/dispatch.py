@@ -34,6 +34,26 @@ def _steps() -> dict[str, tuple[type, Callable[[Context, Any], Any]]]:
         "retrain.train": (RunPayload, lambda ctx, p: train_run(ctx, p.run_id)),
         "retrain.validate": (RunPayload, lambda ctx, p: validate_run(ctx, p.run_id)),
         "retrain.promote": (RunPayload, lambda ctx, p: promote_run(ctx, p.run_id)),
+        **_registry_steps(),
+        **_rollout_steps(),
+    }
+
+
+def _rollout_steps() -> dict[str, tuple[type, Callable[[Context, Any], Any]]]:
+    from retrain.steps.rollout_step import evaluate_rollouts
+
+    return {"retrain.evaluate_rollouts": (SweepPayload, lambda ctx, p: evaluate_rollouts(ctx, p.models))}
+
+
+def _registry_steps() -> dict[str, tuple[type, Callable[[Context, Any], Any]]]:
+    from retrain.payloads import RollbackPayload
+    from retrain.steps.promote import rollback
+    from retrain.steps.retention import run_retention
+
+    return {
+        "retrain.rollback": (RollbackPayload, lambda ctx, p: rollback(
+            ctx, p.model, p.version, actor=p.actor, reason=p.reason, from_version=p.from_version)),
+        "retrain.retention": (SweepPayload, lambda ctx, p: run_retention(ctx, p.models)),
     }
 
 

@@ -1,13 +1,20 @@
 """Promote: move ``production`` to the validated candidate and keep the old one as
-``previous``, the rollback target. Every move is recorded in the alias history."""
+``previous``, the rollback target. Every move is recorded in the alias history.
+
+``promote_run`` is the immediate path (``retrain.promote``); the staged path
+(shadow, canary stages) ends in the same :func:`finish_promotion`, called by
+``retrain.steps.rollout_step`` when the last stage passes."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from retrain.context import Context
+from retrain.storage.models import RunRow
+from retrain.storage.repo import Tx
 
-__all__ = ["PromoteResult", "promote_run", "rollback"]
+__all__ = ["PromoteResult", "promote_run", "finish_promotion", "rollback"]
 
 
 @dataclass(frozen=True)
@@ -20,52 +27,72 @@ class PromoteResult:
 
 
 def promote_run(ctx: Context, run_id: str) -> PromoteResult:
+    """Promote a validated run at once: a model's first version, or a model with shadow and rollout off.
+
+    A run with a staged rollout is moved by ``retrain.evaluate_rollouts`` instead
+    (``retrain.steps.rollout_step``); a message for it here is answered 'skipped'.
+    """
     now = ctx.now()
     with ctx.store.tx() as tx:
         run = tx.run(run_id, for_update=True)
         if run is None or run.state != "rollout":
             return PromoteResult(run_id, "skipped", detail=f"run is {run.state if run else 'unknown'}")
+        if tx.rollout(run_id) is not None:
+            return PromoteResult(run_id, "skipped", detail="a staged rollout moves this run (retrain rollout MODEL)")
         tx.lock(f"retrain:aliases:{run.model}")
-        version = run.candidate_version
         reason = f"run {run.id[:8]} ({run.trigger}) validated"
-        old = tx.move_alias(run.model, "production", version, actor="promotion", reason=reason, now=now)
-        if old and old != version:
-            tx.move_alias(run.model, "previous", old, actor="promotion", reason=f"replaced by {version}", now=now)
-            old_row = tx.version(run.model, old)
-            if old_row is not None:
-                old_row.status = "retired"
-        tx.move_alias(run.model, "candidate", None, actor="promotion", reason=f"{version} promoted", now=now)
-        tx.version(run.model, version).status = "production"
-        model = tx.model_row(run.model)
-        if model is not None and model.deployed_at is None:
-            model.deployed_at = now
-        run.state, run.stage, run.finished_at = "done", "done", now
-        tx.audit(now, "promotion", "promotion", f"{run.model} {version} is production (previous: {old or 'none'})",
-                 model=run.model, subject=version, data={"run_id": run.id, "previous": old})
-        return PromoteResult(run_id, "promoted", version, old, reason)
+        old = finish_promotion(tx, run, now, reason)
+        return PromoteResult(run_id, "promoted", run.candidate_version, old, reason)
 
 
-def rollback(ctx: Context, model: str, version: str | None, *, actor: str, reason: str) -> PromoteResult:
-    """Point production at ``version`` (default: the ``previous`` alias); audited."""
-    now = ctx.now()
+def finish_promotion(tx: Tx, run: RunRow, now: datetime, reason: str) -> str | None:
+    """The run's candidate becomes ``production`` and the old one ``previous``; audited. Returns the old one.
+
+    Also clears ``candidate`` and ``canary``; called with the model's alias lock held.
+    """
+    model, version = run.model, run.candidate_version
+    old = tx.move_alias(model, "production", version, actor="promotion", reason=reason, now=now)
+    if old and old != version:
+        tx.move_alias(model, "previous", old, actor="promotion", reason=f"replaced by {version}", now=now)
+        old_row = tx.version(model, old)
+        if old_row is not None:
+            old_row.status = "retired"
+    for alias in ("candidate", "canary"):
+        if tx.alias(model, alias) is not None:
+            tx.move_alias(model, alias, None, actor="promotion", reason=f"{version} promoted", now=now)
+    tx.version(model, version).status = "production"
+    model_row = tx.model_row(model)
+    if model_row is not None and model_row.deployed_at is None:
+        model_row.deployed_at = now
+    run.state, run.stage, run.finished_at = "done", "done", now
+    tx.audit(now, "promotion", "promotion", f"{model} {version} is production (previous: {old or 'none'})",
+             model=model, subject=version, data={"run_id": run.id, "previous": old, "reason": reason})
+    return old
+
+
+def rollback(ctx: Context, model: str, version: str | None = None, *, actor: str, reason: str,
+             from_version: str | None = None) -> PromoteResult:
+    """Serve ``version`` as production again (default: ``previous``, or withdraw a running canary); audited.
+
+    The target's artifact is verified first: a missing or altered file is refused
+    (and audited) before any alias moves. A deleted version is refused with the date
+    and reason of its deletion. Rules: :func:`retrain.registry.rollback`.
+    """
+    from retrain.registry import rollback as registry_rollback
+    from retrain.registry import resolve_rollback, verify_artifact
+
+    target = version
     with ctx.store.tx() as tx:
-        tx.lock(f"retrain:aliases:{model}")
-        current = tx.alias(model, "production")
-        target = version or tx.alias(model, "previous")
-        if target is None:
-            raise ValueError(f"{model} has no previous version to roll back to")
-        row = tx.version(model, target)
-        if row is None:
-            raise ValueError(f"{model} has no version {target}")
-        if row.deleted_at is not None:
-            raise ValueError(f"{model} {target} was removed by retention on {row.deleted_at:%Y-%m-%d}; its artifact is gone")
-        tx.move_alias(model, "production", target, actor=actor, reason=f"rollback: {reason}", now=now)
-        if current and current != target:
-            tx.move_alias(model, "previous", current, actor=actor, reason=f"rolled back from {current}", now=now)
-            cur_row = tx.version(model, current)
-            if cur_row is not None:
-                cur_row.status = "rolled_back"
-        row.status = "production"
-        tx.audit(now, "rollback", actor, f"{model} rolled back from {current} to {target}: {reason}", model=model,
-                 subject=target, data={"from": current, "to": target})
-        return PromoteResult("", "rolled_back", target, current, reason)
+        # A repeated message (from_version already out of service) is answered 'skipped' below.
+        if from_version is None or from_version in (tx.alias(model, "production"), tx.alias(model, "canary")):
+            target = resolve_rollback(tx, model, version)
+            sha = tx.version(model, target).artifact_sha256
+            verify = True
+        else:
+            verify = False
+    if verify:
+        verify_artifact(ctx, sha, model=model, version=target, purpose="rollback", actor=actor)
+    with ctx.store.tx() as tx:
+        out = registry_rollback(tx, model, target, actor=actor, reason=reason, now=ctx.now(),
+                                from_version=from_version)
+    return PromoteResult("", out.status, out.production, out.replaced, out.detail)

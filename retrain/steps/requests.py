@@ -1,7 +1,10 @@
-"""Requests from outside the sweep: a person, a script, or a beat schedule entry."""
+"""Requests from outside the sweep: a person, a script, or a beat schedule entry; and the
+configuration's rows (``sync_models``), whose every change is audited."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 from retrain.context import Context
@@ -49,17 +52,49 @@ def request_retraining(ctx: Context, p: ManualRequestPayload) -> RequestResult:
             return RequestResult(None, False, f"slot {p.slot} of {p.model} already fired")
         rid, created = tx.open_request(req)
         if created:
-            tx.audit(now, "request", p.requested_by, f"{trigger.value} retraining of {p.model} requested: {p.reason}",
-                     model=p.model, subject=rid, data={"override_budget": p.override_budget, "slot": p.slot})
+            tx.audit(now, "request", p.requested_by, f"{trigger.value} retraining of {p.model} requested: {p.reason}"
+                     + (f" (budget override: {p.override_reason or 'no reason given'})" if p.override_budget else ""),
+                     model=p.model, subject=rid,
+                     data={"request_id": rid, "trigger": trigger.value, "override_budget": p.override_budget,
+                           "override_reason": p.override_reason, "approved_by": p.approved_by, "slot": p.slot})
             tx.enqueue("retrain.decide", {"v": 1, "request_id": rid}, now, priority=req.priority)
         return RequestResult(rid, created, "opened" if created else "joined the open request")
 
 
+CONFIG_CONTROL = "config"
+
+
 def sync_models(ctx: Context) -> list[str]:
-    """Make sure every configured model has its row; configuration changes are audited."""
+    """Make sure every configured model has its row; configuration changes are audited.
+
+    A model's own table is fingerprinted per model (``Tx.ensure_model``); the
+    global part (``[settings]``, ``[policy]``, ``[costs]``) is fingerprinted here
+    and kept in the ``controls`` table, so that a change of a global cap or price
+    is in the audit trail too. Workers call this at start-up, several at once:
+    the lock makes the first one record a change and the others see it done.
+    """
     now = ctx.now()
     added = []
+    cfg_all = ctx.config
+    # Through JSON once: TOML times and dates become strings, as they will be in the controls row.
+    global_part = json.loads(json.dumps({"settings": cfg_all.settings.model_dump(mode="json"),
+                                         "policy": dict(cfg_all.policy),
+                                         "costs": cfg_all.costs.model_dump(mode="json")}, default=str))
+    fingerprint = hashlib.sha256(json.dumps(global_part, sort_keys=True).encode()).hexdigest()
     with ctx.store.tx() as tx:
+        tx.lock("retrain:config")
+        old = tx.control(CONFIG_CONTROL) or {}
+        if old.get("fingerprint") != fingerprint:
+            before = old.get("config") or {}
+            changed = sorted(f"{part}.{k}" for part in global_part
+                             for k in set(global_part[part]) | set(before.get(part) or {})
+                             if global_part[part].get(k) != (before.get(part) or {}).get(k))
+            what = "recorded" if not old else f"changed: {', '.join(changed) or 'no field'}"
+            tx.audit(now, "config", "system", f"global configuration {what} (from {cfg_all.source})",
+                     data={"from": old.get("fingerprint"), "to": fingerprint, "changed": changed,
+                           "config": global_part})
+            tx.set_control(CONFIG_CONTROL, {"fingerprint": fingerprint, "config": global_part,
+                                            "source": cfg_all.source}, "system", now)
         for name, cfg in sorted(ctx.config.models.items()):
             if tx.ensure_model(name, cfg.description, cfg.model_dump(mode="json"), cfg.fingerprint(), now):
                 added.append(name)

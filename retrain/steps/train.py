@@ -4,11 +4,21 @@ store the artifact and register the next semantic version.
 The attempt counter is committed before any work starts and doubles as a fencing
 token: the version is registered only if this attempt still holds the lease, so a
 stale duplicate (a redelivered message, a worker that came back) has no effect.
+
+A claim also needs one of the global training slots (retrain.slots) and no
+unfinished run of a model this one depends on (retrain.waiting); otherwise the run
+stays queued with ``blocked_on`` saying what it waits for, and is woken when that
+is over. A heartbeat renews the run's lease and its slot's while the model's own
+code runs, and moves the progress along. An attempt that fails in the model's own
+code is retried until ``RETRAIN_MAX_ATTEMPTS`` are used, then the run is ``dead``
+with the reason.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import statistics
 import subprocess
 import threading
 from collections.abc import Callable
@@ -21,14 +31,23 @@ import numpy as np
 from retrain.config import ModelConfig, resolve_callable
 from retrain.context import Context
 from retrain.costs import CostRates, Opportunity, ResourceMeter, price
-from retrain.errors import StaleLeaseError, TrainingError
+from retrain import slots
+from retrain.clock import monotonic
+from retrain.errors import ConfigError, StaleLeaseError, TrainingError, TransientError
+from retrain.lifecycle import finish
+from retrain.slots import SLOT_LOCK
+from retrain.waiting import dependency_blocker, describe_dependency, slot_wait, wake
 from retrain.storage.repo import Tx
-from retrain.versioning import SemVer, VersionSpec, decide_bump, fingerprint_array
+from retrain.registry import NewVersion, register_version, versions_lock
+from retrain.versioning import VersionSpec, fingerprint_array
 
 __all__ = ["TrainResult", "train_run", "fail_run", "load_training_data", "SLOT_LOCK"]
 
-SLOT_LOCK = "retrain:training-slots"
 REFERENCE_ROWS = 5000
+
+# Runs this process is fitting right now (several under a threads pool): a live lease
+# owned by this process for a run not in here belongs to an attempt that is gone.
+_ACTIVE_RUNS: set[str] = set()
 
 Progress = Callable[[str, float], None]
 
@@ -36,7 +55,7 @@ Progress = Callable[[str, float], None]
 @dataclass(frozen=True)
 class TrainResult:
     run_id: str
-    status: str  # registered | skipped | busy | dead
+    status: str  # registered | skipped | busy | blocked | failed | retrying | dead
     version: str | None = None
     detail: str = ""
 
@@ -71,69 +90,155 @@ def load_training_data(ctx: Context, cfg: ModelConfig, now: datetime) -> tuple[n
     return X[order], y[order], ts[order]
 
 
+def _deps(ctx: Context) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(m.depends_on) for name, m in ctx.config.models.items()}
+
+
+def _end(tx: Tx, ctx: Context, run, state: str, reason: str, now: datetime, actor: str = "system") -> None:
+    """End the run (retrain.lifecycle.finish) and hand what it freed to the runs that wait."""
+    if finish(tx, run, state, reason, now, actor=actor):
+        wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=now)
+
+
+def _hold(tx: Tx, run, reason: str, now: datetime) -> None:
+    """Keep the run queued, saying what it waits for: Postgres remembers it, not the broker."""
+    if run.state == "training":  # an attempt whose lease expired: back in line
+        run.state, run.lease_owner, run.lease_expires_at = "queued", None, None
+    if run.blocked_on != reason:
+        tx.audit(now, "run", "orchestrator", f"run of {run.model} waits for {reason}", model=run.model,
+                 subject=run.id, data={"blocked_on": reason})
+    run.blocked_on, run.stage = reason, "waiting"
+
+
 def _claim(ctx: Context, run_id: str, now: datetime) -> tuple[str, int | None, str]:
     """Take the run's lease and a training slot. Returns (status, attempt, detail)."""
     s = ctx.settings
+    lease_until = now + timedelta(seconds=s.lease_s)
     with ctx.store.tx() as tx:
-        tx.lock(SLOT_LOCK)
+        if not tx.pg:
+            tx.lock(SLOT_LOCK)  # SQLite has no row locks: claims go one at a time
         run = tx.run(run_id, for_update=True)
         if run is None:
             return "skipped", None, "unknown run"
         if run.state not in ("queued", "training"):
             return "skipped", None, f"run is {run.state}"
         if run.state == "training" and run.lease_expires_at and run.lease_expires_at > now:
-            return "skipped", None, f"run is held by {run.lease_owner} until {run.lease_expires_at.isoformat()}"
+            # A live lease means a duplicate message, unless this very process holds it and no
+            # longer runs it (a Celery retry after a transient error): then it takes it over.
+            if run.lease_owner != ctx.worker_id or run_id in _ACTIVE_RUNS:
+                return "skipped", None, f"run is held by {run.lease_owner} until {run.lease_expires_at.isoformat()}"
         if run.attempt >= s.max_attempts:
-            _finish_failed(tx, run, "dead", f"gave up after {run.attempt} attempts", now)
-            return "dead", None, f"gave up after {run.attempt} attempts"
-        if tx.count_training(now) >= s.training_slots:
-            run.blocked_on = f"a free training slot ({s.training_slots} in use)"
+            reason = (f"gave up after {run.attempt} of {s.max_attempts} attempts (RETRAIN_MAX_ATTEMPTS)"
+                      + (f"; last: {run.error}" if run.error else ""))
+            _end(tx, ctx, run, "dead", reason, now)
+            return "dead", None, reason
+        cfg = ctx.config.models.get(run.model)
+        if cfg is None:
+            reason = f"model {run.model!r} is no longer in the model file"
+            _end(tx, ctx, run, "failed", reason, now)
+            return "failed", None, reason
+        blocker = dependency_blocker(tx, run, cfg.depends_on)
+        if blocker is not None:
+            _hold(tx, run, describe_dependency(blocker), now)
+            return "blocked", None, run.blocked_on
+        slot = slots.claim(tx, run_id=run.id, attempt=run.attempt + 1, owner=ctx.worker_id,
+                           limit=s.training_slots, now=now, lease_until=lease_until)
+        if slot is None:
+            _hold(tx, run, slot_wait(s.training_slots), now)
             return "busy", None, run.blocked_on
         run.attempt += 1
         run.state, run.stage, run.progress, run.blocked_on = "training", "loading data", 0.05, None
-        run.lease_owner, run.lease_expires_at = ctx.worker_id, now + timedelta(seconds=s.lease_s)
+        run.lease_owner, run.lease_expires_at, run.heartbeat_at = ctx.worker_id, lease_until, now
         run.started_at = run.started_at or now
-        tx.audit(now, "training", ctx.worker_id, f"training of {run.model} started (attempt {run.attempt})",
-                 model=run.model, subject=run.id, data={"attempt": run.attempt})
+        tx.audit(now, "training", ctx.worker_id,
+                 f"training of {run.model} started (attempt {run.attempt} of {s.max_attempts}, slot {slot})",
+                 model=run.model, subject=run.id, data={"attempt": run.attempt, "slot": slot})
         return "claimed", run.attempt, ""
 
 
-def _finish_failed(tx: Tx, run, state: str, reason: str, now: datetime) -> None:
-    run.state, run.error, run.finished_at, run.lease_owner, run.lease_expires_at = state, reason, now, None, None
-    reserved = tx.held_reservation(run.id)
-    if reserved:
-        tx.add_cost(run.id, run.model, "release", -reserved, now, {"reason": reason})
-    tx.audit(now, "run", "system", f"run of {run.model} {state}: {reason}", model=run.model, subject=run.id)
+def _renew(tx: Tx, ctx: Context, run_id: str, attempt: int):
+    """Extend this attempt's lease, on the run and on its slot; None if the attempt lost it."""
+    run = tx.run(run_id, for_update=True)
+    if run is None or run.attempt != attempt or run.lease_owner != ctx.worker_id or run.state != "training":
+        return None
+    now = ctx.now()
+    until = now + timedelta(seconds=ctx.settings.lease_s)
+    run.lease_expires_at, run.heartbeat_at = until, now
+    if not slots.renew(tx, run_id, attempt, until):
+        # The slot's lease ran out (the database was out of reach longer than a lease) and
+        # may have gone to another run: take a free one back if there is one.
+        slots.claim(tx, run_id=run_id, attempt=attempt, owner=ctx.worker_id, limit=ctx.settings.training_slots,
+                    now=now, lease_until=until)
+    return run
+
+
+def _report(progress: Progress | None, stage: str, pct: float) -> None:
+    if progress is None:
+        return
+    try:
+        progress(stage, pct)
+    except Exception:  # progress is for people watching; it must never fail a training
+        pass
 
 
 def _set_progress(ctx: Context, run_id: str, attempt: int, stage: str, pct: float, progress: Progress | None) -> None:
+    """Record the stage on the run (renewing the lease); stop at once if this attempt lost it."""
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
-        if run is not None and run.attempt == attempt and run.lease_owner == ctx.worker_id:
-            run.stage, run.progress = stage, pct
-            run.lease_expires_at = ctx.now() + timedelta(seconds=ctx.settings.lease_s)
-    if progress:
-        progress(stage, pct)
+        run = _renew(tx, ctx, run_id, attempt)
+        if run is None:
+            raise StaleLeaseError(f"run {run_id} attempt {attempt} lost its lease before '{stage}'; stopped")
+        run.stage, run.progress = stage, pct
+    _report(progress, stage, pct)
+
+
+def _expected_fit_s(tx: Tx, model: str) -> float | None:
+    """The median fit time of the model's last runs: the yardstick of the fitting progress."""
+    walls = [float(r.usage["wall_seconds"]) for r in tx.runs(model, limit=10)
+             if r.usage and r.usage.get("wall_seconds")]
+    return statistics.median(walls[:5]) if walls else None
 
 
 class _Heartbeat:
-    """Renews the lease while the model's own code runs, so a long fit keeps its slot."""
+    """Renews the lease (run and slot) while the model's own code runs, so a long fit keeps
+    its slot, and moves the fitting progress along against the model's usual fit time."""
 
-    def __init__(self, ctx: Context, run_id: str, attempt: int) -> None:
+    def __init__(self, ctx: Context, run_id: str, attempt: int, progress: Progress | None = None,
+                 expected_s: float | None = None) -> None:
         self.ctx, self.run_id, self.attempt = ctx, run_id, attempt
+        self.progress, self.expected_s = progress, expected_s
+        self.lost = False
+        self._fit_started: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"lease-{run_id[:8]}", daemon=True)
 
+    def fitting(self) -> None:
+        self._fit_started = monotonic()
+
+    def fitted(self) -> None:
+        self._fit_started = None
+
+    def _fit_pct(self) -> float | None:
+        if self._fit_started is None:
+            return None
+        elapsed = monotonic() - self._fit_started
+        frac = min(0.95, elapsed / self.expected_s) if self.expected_s else 1 - math.exp(-elapsed / 120.0)
+        return round(0.3 + 0.5 * frac, 3)
+
     def _loop(self) -> None:
-        every = max(1.0, self.ctx.settings.lease_s / 3)
+        every = max(0.5, self.ctx.settings.lease_s / 3)
         while not self._stop.wait(every):
             try:
+                pct = self._fit_pct()
                 with self.ctx.store.tx() as tx:
-                    run = tx.run(self.run_id, for_update=True)
-                    if run is None or run.attempt != self.attempt or run.lease_owner != self.ctx.worker_id:
+                    run = _renew(tx, self.ctx, self.run_id, self.attempt)
+                    if run is None:
+                        self.lost = True  # the registration's fencing check will refuse this attempt
                         return
-                    run.lease_expires_at = self.ctx.now() + timedelta(seconds=self.ctx.settings.lease_s)
-            except Exception:  # a missed renewal is retried next beat; the lease is generous
+                    if pct is not None:
+                        run.progress = pct
+                if pct is not None:
+                    _report(self.progress, "fitting", pct)
+            except Exception:  # a missed renewal is retried next beat; the lease covers three
                 continue
 
     def __enter__(self):
@@ -145,25 +250,71 @@ class _Heartbeat:
         self._thread.join(timeout=5)
 
 
-def train_run(ctx: Context, run_id: str, progress: Progress | None = None) -> TrainResult:
+def _release_slot(ctx: Context, run_id: str, attempt: int) -> None:
+    """The fit is over: give the slot back and wake the best waiting run."""
+    with ctx.store.tx() as tx:
+        if slots.release(tx, run_id, attempt):
+            wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=ctx.now())
+
+
+def _retry_or_die(ctx: Context, run_id: str, attempt: int, error: str) -> TrainResult:
+    """The model's own code failed on this attempt: queue the run again, or end it ``dead``
+    once its attempts are used up, with the error as the reason."""
+    now = ctx.now()
+    with ctx.store.tx() as tx:
+        run = tx.run(run_id, for_update=True)
+        if run is None or run.attempt != attempt or run.state != "training":
+            return TrainResult(run_id, "skipped", detail=f"attempt {attempt} was superseded; its error: {error}")
+        if attempt >= ctx.settings.max_attempts:
+            reason = f"attempt {attempt} of {ctx.settings.max_attempts} failed: {error}"
+            _end(tx, ctx, run, "dead", reason, now)
+            return TrainResult(run_id, "dead", detail=reason)
+        run.error = f"attempt {attempt} failed: {error}"
+        run.state, run.stage, run.blocked_on = "queued", "retrying", None
+        run.lease_owner, run.lease_expires_at, run.dispatched_at = None, None, now
+        slots.release(tx, run_id, attempt)
+        tx.audit(now, "run", ctx.worker_id, f"attempt {attempt} of {run.model} failed, retrying: {error}",
+                 model=run.model, subject=run.id, data={"attempt": attempt, "error": error})
+        tx.enqueue("retrain.train", {"v": 1, "run_id": run_id}, now, priority=run.priority)
+        wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=now)
+    return TrainResult(run_id, "retrying", detail=error)
+
+
+def train_run(ctx: Context, run_id: str, progress: Progress | None = None, *,
+              passthrough: tuple[type[BaseException], ...] = ()) -> TrainResult:
+    """Claim the run and train it. ``passthrough`` are exceptions the caller uses to stop
+    the work (a worker's soft time limit): they leave untouched, for the caller to handle."""
     now = ctx.now()
     status, attempt, detail = _claim(ctx, run_id, now)
     if status != "claimed":
         return TrainResult(run_id, status, detail=detail)
     assert attempt is not None
+    _ACTIVE_RUNS.add(run_id)
+    try:
+        return _train_claimed(ctx, run_id, attempt, now, progress, passthrough)
+    finally:
+        _ACTIVE_RUNS.discard(run_id)
+
+
+def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progress: Progress | None,
+                   passthrough: tuple[type[BaseException], ...]) -> TrainResult:
     with ctx.store.tx() as tx:
         run = tx.run(run_id)
         cfg = ctx.config.model(run.model)
+        expected = _expected_fit_s(tx, cfg.name)
+    _report(progress, "loading data", 0.05)
     try:
-        with _Heartbeat(ctx, run_id, attempt):
+        with _Heartbeat(ctx, run_id, attempt, progress, expected) as beat:
             X, y, ts = load_training_data(ctx, cfg, now)
             if len(y) < 50 or len(np.unique(y)) < 2:
                 raise TrainingError(f"not enough labelled data to train {cfg.name}: {len(y)} rows")
             cut = int(len(y) * (1 - cfg.validation.holdout_fraction))
             _set_progress(ctx, run_id, attempt, "fitting", 0.3, progress)
             fit = resolve_callable(cfg.entry_point, f"models.{cfg.name}.entry_point")
+            beat.fitting()
             with ResourceMeter() as meter:
                 estimator = fit(X[:cut], y[:cut], dict(cfg.params))
+            beat.fitted()
             if estimator is None or not hasattr(estimator, "predict"):
                 raise TrainingError(f"{cfg.entry_point} returned {type(estimator).__name__}, not a fitted model")
             _set_progress(ctx, run_id, attempt, "saving artifact", 0.8, progress)
@@ -172,12 +323,18 @@ def train_run(ctx: Context, run_id: str, progress: Progress | None = None) -> Tr
             ref_idx = np.sort(rng.choice(cut, size=min(cut, REFERENCE_ROWS), replace=False))
             reference = ctx.artifacts.put_object(X[:cut][ref_idx])
             holdout = ctx.artifacts.put_object({"X": X[cut:], "y": y[cut:], "ts": ts[cut:]})
-    except TrainingError as exc:
+    except (TrainingError, ConfigError) as exc:
+        # Deterministic: the same data and code would fail again. The run fails now.
         with ctx.store.tx() as tx:
             run = tx.run(run_id, for_update=True)
-            if run.attempt == attempt:
-                _finish_failed(tx, run, "failed", str(exc), ctx.now())
+            if run.attempt == attempt and run.state == "training":
+                _end(tx, ctx, run, "failed", str(exc), ctx.now())
         return TrainResult(run_id, "failed", detail=str(exc))
+    except (StaleLeaseError, TransientError, *passthrough):
+        raise
+    except Exception as exc:  # the model's own code or its data source raised: retry the run
+        return _retry_or_die(ctx, run_id, attempt, f"{type(exc).__name__}: {exc}")
+    _release_slot(ctx, run_id, attempt)
 
     usage = meter.usage
     cost = _price(ctx, cfg, usage, run_id)
@@ -185,30 +342,23 @@ def train_run(ctx: Context, run_id: str, progress: Progress | None = None) -> Tr
                        fingerprint_array(X[:cut], y[:cut]))
     finished = ctx.now()
     with ctx.store.tx() as tx:
-        tx.lock(f"retrain:versions:{cfg.name}")
+        tx.lock(versions_lock(cfg.name))
         run = tx.run(run_id, for_update=True)
         if run.attempt != attempt or run.lease_owner != ctx.worker_id or run.state != "training":
             raise StaleLeaseError(f"run {run_id} attempt {attempt} lost its lease (now attempt {run.attempt}, "
                                   f"owner {run.lease_owner}, state {run.state}); nothing registered")
-        prod = tx.alias(cfg.name, "production")
-        parent_row = tx.version(cfg.name, prod) if prod else None
-        latest_row = tx.latest_version(cfg.name)
-        parent_spec = VersionSpec.from_json(parent_row.params["spec"]) if parent_row else None
-        bump = decide_bump(parent_spec, spec, parent_version=SemVer.parse(prod) if prod else None,
-                           latest=SemVer.parse(latest_row.version) if latest_row else None)
-        v = bump.version
-        tx.add_version(
-            model=cfg.name, version=str(v), major=v.major, minor=v.minor, patch=v.patch, status="registered",
-            created_at=finished, deleted_at=None, artifact_sha256=artifact.sha256, artifact_size=artifact.size,
-            bump_kind=bump.kind, bump_reason=bump.reason, parent_version=prod,
-            data_start=_dt(ts[0]), data_end=_dt(ts[-1]), data_rows=int(cut), data_fingerprint=spec.data_fingerprint,
-            feature_schema=list(cfg.features),
-            params={"params": dict(cfg.params), "spec": spec.to_json(), "lookback_hours": cfg.lookback_hours},
-            metrics={"reference_sha256": reference.sha256, "holdout_sha256": holdout.sha256,
-                     "holdout_rows": int(len(y) - cut)},
+        # The training window is what the fit saw; the holdout (the newest rows) is recorded apart.
+        v = register_version(tx, NewVersion(
+            model=cfg.name, spec=spec, artifact=artifact, reference_sha256=reference.sha256,
+            holdout_sha256=holdout.sha256, data_start=_dt(ts[0]), data_end=_dt(ts[cut - 1]), data_rows=int(cut),
+            params=dict(cfg.params), settings={"lookback_hours": cfg.lookback_hours},
+            metrics={"holdout_rows": int(len(y) - cut), "holdout_start": _dt(ts[cut]).isoformat() if cut < len(ts)
+                     else None, "holdout_end": _dt(ts[-1]).isoformat()},
             git_commit=_git_commit(cfg.entry_point), request_id=run.request_id, decision_id=run.decision_id,
             run_id=run.id, cost_usd=cost.total_usd,
-        )
+        ), now=finished, actor=ctx.worker_id, artifacts=ctx.artifacts,
+            note=f"; fit {usage.wall_seconds:.2f}s, cost ${cost.total_usd:.4f}",
+            audit_data={"rows": int(cut), "usage": asdict(usage), "cost": asdict(cost)}).version
         run.state, run.stage, run.progress = "validating", "validating", 1.0
         run.candidate_version = str(v)
         run.lease_owner, run.lease_expires_at = None, None
@@ -217,10 +367,6 @@ def train_run(ctx: Context, run_id: str, progress: Progress | None = None) -> Tr
         if reserved:
             tx.add_cost(run.id, cfg.name, "release", -reserved, finished, {"reason": "replaced by actual cost"})
         tx.add_cost(run.id, cfg.name, "actual", cost.total_usd, finished, asdict(cost))
-        tx.audit(finished, "version", ctx.worker_id,
-                 f"{cfg.name} {v} registered ({bump.reason}); fit {usage.wall_seconds:.2f}s, cost ${cost.total_usd:.4f}",
-                 model=cfg.name, subject=str(v), data={"run_id": run.id, "sha256": artifact.sha256,
-                                                       "rows": int(cut), "usage": asdict(usage), "cost": asdict(cost)})
         tx.enqueue("retrain.validate", {"v": 1, "run_id": run.id}, finished, priority=run.priority)
     return TrainResult(run_id, "registered", str(v))
 
@@ -251,9 +397,15 @@ def _dt(epoch: float) -> datetime:
     return datetime.fromtimestamp(float(epoch), tz=timezone.utc)
 
 
-def fail_run(ctx: Context, run_id: str, reason: str) -> None:
-    """Mark a run failed from outside the fit (e.g. its time limit), freeing its slot."""
+def fail_run(ctx: Context, run_id: str, reason: str) -> bool:
+    """Mark a run failed from outside the fit (e.g. its soft time limit), freeing its slot.
+
+    Only the attempt this process holds is failed: a stale duplicate's timeout leaves
+    the live attempt alone. Returns True if the run was failed.
+    """
     with ctx.store.tx() as tx:
         run = tx.run(run_id, for_update=True)
-        if run is not None and run.state == "training":
-            _finish_failed(tx, run, "failed", reason, ctx.now())
+        if run is None or run.state != "training" or run.lease_owner != ctx.worker_id:
+            return False
+        _end(tx, ctx, run, "failed", reason, ctx.now())
+        return True

@@ -1,11 +1,17 @@
 """Validate: compare the candidate with production on the same held-out rows.
 
 The holdout is the newest slice of the training window, never seen by the fit.
-A candidate is promoted when there is no production version yet, or when it beats
+A candidate passes when there is no production version yet, or when it beats
 production on the model's primary metric by the configured relative margin
 (default 2 %); otherwise it is rejected with the figures. Its holdout metrics
 become the version's validated baseline, which the performance trigger compares
 live results against.
+
+A candidate that passes against a production version then has to prove itself on
+live traffic: shadow, then the canary stages (``retrain.steps.rollout_step``). The
+first version of a model, or one whose model file turns both off
+(``validation.shadow_enabled = false`` and ``rollout.enabled = false``), is promoted
+at once by ``retrain.promote``.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from dataclasses import dataclass
 
 from retrain.context import Context
 from retrain.metrics import score
+from retrain.steps.rollout_step import begin_rollout
 
 __all__ = ["ValidateResult", "validate_run"]
 
@@ -21,7 +28,7 @@ __all__ = ["ValidateResult", "validate_run"]
 @dataclass(frozen=True)
 class ValidateResult:
     run_id: str
-    status: str  # promote | rejected | skipped
+    status: str  # promote | shadow | canary | rejected | skipped
     detail: str
     candidate: dict | None = None
     production: dict | None = None
@@ -62,11 +69,16 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
         cand.metrics = {**cand.metrics, "holdout": cand_m, "production_holdout": prod_m,
                         "baseline": {k: v for k, v in cand_m.items() if k != "n"}}
         if ok:
-            run.state, run.stage = "rollout", "promoting"
             cand.status = "candidate"
-            tx.move_alias(run.model, "candidate", cand.version, actor="validation", reason=detail, now=now)
             tx.audit(now, "validation", "validation", f"{run.model} {cand.version} passed: {detail}",
                      model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m})
+            live = cfg.validation.shadow_enabled or cfg.rollout.enabled
+            if prod_name is not None and live:
+                # Proven on live traffic next: shadow, then the canary stages (retrain.steps.rollout_step).
+                status = begin_rollout(tx, ctx, run, cfg, prod_name, now, detail)
+                return ValidateResult(run_id, status, detail, cand_m, prod_m)
+            run.state, run.stage = "rollout", "promoting"
+            tx.move_alias(run.model, "candidate", cand.version, actor="validation", reason=detail, now=now)
             tx.enqueue("retrain.promote", {"v": 1, "run_id": run.id}, now, priority=run.priority)
         else:
             run.state, run.stage, run.finished_at, run.error = "rejected", "rejected", now, detail

@@ -43,6 +43,8 @@ __all__ = [
     "OutboxRow",
     "ScheduleSlotRow",
     "ControlRow",
+    "RolloutRow",
+    "TrainingSlotRow",
 ]
 
 
@@ -104,7 +106,9 @@ class VersionRow(Base):
     patch: Mapped[int]
     status: Mapped[str] = mapped_column(String(16), default="registered")
     created_at: Mapped[datetime]
+    # A deleted version is a tombstone: status 'deleted', its artifact gone, the row kept.
     deleted_at: Mapped[datetime | None]
+    deleted_reason: Mapped[str | None] = mapped_column(Text)
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     artifact_size: Mapped[int] = mapped_column(BigInteger)
     bump_kind: Mapped[str] = mapped_column(String(8))
@@ -224,7 +228,8 @@ class DecisionRow(Base):
 
 class RunRow(Base):
     __tablename__ = "training_runs"
-    __table_args__ = (Index("ix_training_runs_model_state", "model", "state"),)
+    __table_args__ = (Index("ix_training_runs_model_state", "model", "state"),
+                      Index("ix_training_runs_model_created", "model", "created_at"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     model: Mapped[str] = mapped_column(String(128))
     request_id: Mapped[str] = mapped_column(String(36))
@@ -244,11 +249,20 @@ class RunRow(Base):
     candidate_version: Mapped[str | None] = mapped_column(String(32))
     blocked_on: Mapped[str | None] = mapped_column(String(160))
     usage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Orchestration (migration 0002): the last renewal of the lease by the holder's
+    # heartbeat, and the last time a message for the run's current step was (re)sent
+    # by the reconciler or a freed slot; both tell a lost message from a slow step.
+    heartbeat_at: Mapped[datetime | None]
+    dispatched_at: Mapped[datetime | None]
 
 
 class CostRow(Base):
+    """Append-only (a trigger refuses UPDATE/DELETE, migration 0005): a reservation is
+    never edited, it is cancelled by a negative 'release' row booked to the same day."""
+
     __tablename__ = "cost_ledger"
-    __table_args__ = (Index("ix_cost_ledger_day", "day"), Index("ix_cost_ledger_run", "run_id"))
+    __table_args__ = (Index("ix_cost_ledger_day", "day"), Index("ix_cost_ledger_run", "run_id"),
+                      Index("ix_cost_ledger_month_model", "month", "model"))
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(36))
     model: Mapped[str] = mapped_column(String(128))
@@ -262,7 +276,8 @@ class CostRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only: nothing in the code updates or deletes these rows."""
+    """Append-only: nothing in the code updates or deletes these rows, and a trigger
+    (migration 0005) makes the database refuse it."""
 
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_events_model_at", "model", "at"),)
@@ -328,3 +343,56 @@ class ControlRow(Base):
     value: Mapped[dict[str, Any]]
     updated_at: Mapped[datetime]
     updated_by: Mapped[str] = mapped_column(String(128))
+
+
+class TrainingSlotRow(Base):
+    """One row per global training slot (migration 0002 seeds 3): a run trains only
+    while it holds one, claimed under a lease with ``FOR UPDATE SKIP LOCKED``.
+
+    A slot is free when ``run_id`` is empty or its lease has expired, so a killed
+    holder gives its slot back after the lease without anyone cleaning up.
+    """
+
+    __tablename__ = "training_slots"
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    run_id: Mapped[str | None] = mapped_column(String(36))
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    owner: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+
+
+class RolloutRow(Base):
+    """A candidate's way from shadow through the canary stages to production (migration 0003).
+
+    One row per run that entered shadow or a canary; the pure state machine and its
+    rules live in ``retrain.rollout``. ``paired`` accumulates the shadow's paired counts
+    (rows up to ``scored_until``, a ``feature_samples`` id), ``figures`` holds the
+    latest evaluation, ``history`` one entry per finished phase or stage.
+    """
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_model_phase", "model", "phase"),)
+    run_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    candidate_version: Mapped[str] = mapped_column(String(32))
+    # Production when shadow started: the version the candidate is compared with.
+    baseline_version: Mapped[str | None] = mapped_column(String(32))
+    phase: Mapped[str] = mapped_column(String(16))
+    # The canary shares of this rollout (fixed when it starts) and the index of the current one (-1: shadow).
+    stages: Mapped[list[Any]] = mapped_column(default=list)
+    stage: Mapped[int] = mapped_column(Integer, default=-1)
+    share_pct: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime]
+    stage_started_at: Mapped[datetime]
+    canary_started_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    # None, 'waiting' (criteria met, a person must confirm) or 'confirmed'.
+    gate: Mapped[str | None] = mapped_column(String(16))
+    gate_by: Mapped[str | None] = mapped_column(String(128))
+    scored_until: Mapped[int] = mapped_column(BigInteger, default=0)
+    paired: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    figures: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    history: Mapped[list[Any]] = mapped_column(default=list)
+    outcome: Mapped[str] = mapped_column(Text, default="")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, case, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -36,12 +36,13 @@ from retrain.storage.models import (
     ModelRow,
     OutboxRow,
     RequestRow,
+    RolloutRow,
     RunRow,
     ScheduleSlotRow,
     VersionRow,
 )
 
-__all__ = ["Store", "Tx", "new_id", "OutboxMessage"]
+__all__ = ["Store", "Tx", "new_id", "OutboxMessage", "DecisionState"]
 
 ACTIVE_RUN_STATES = ("queued", "training", "validating", "shadow", "rollout")
 
@@ -247,7 +248,9 @@ class Tx:
         key = f"{req.model}:{req.trigger.value}"
         row = self.s.scalars(select(RequestRow).where(RequestRow.open_key == key).with_for_update()).first()
         if row is not None:
-            row.evidence, row.reason, row.updated_at = req.evidence, req.reason, req.created_at
+            # An operator's approval or override reason outlives a refresh of the trigger's evidence.
+            kept = {k: v for k, v in (row.evidence or {}).items() if k in ("approved_by", "override_reason")}
+            row.evidence, row.reason, row.updated_at = {**req.evidence, **kept}, req.reason, req.created_at
             if req.severity is not None:
                 row.severity = req.severity.value
             return row.id, False
@@ -363,8 +366,17 @@ class Tx:
 
     # ----------------------------------------------------------------- costs
     def add_cost(self, run_id: str, model: str, kind: str, amount: float, at: datetime, detail: dict | None = None) -> None:
+        """Append a ledger row. A run's release and actual rows are booked to the day and month
+        of its reservation (``at`` keeps when they happened): the reservation *becomes* the
+        actual cost in the period whose budget admitted it, so a run that finishes after
+        midnight neither leaves yesterday overstated nor today negative."""
+        day, month = at.strftime("%Y-%m-%d"), at.strftime("%Y-%m")
+        if kind in ("release", "actual"):
+            booked = self.reservation_period(run_id)
+            if booked is not None:
+                day, month = booked
         self.s.add(CostRow(run_id=run_id, model=model, kind=kind, amount_usd=float(amount), at=at,
-                           day=at.strftime("%Y-%m-%d"), month=at.strftime("%Y-%m"), detail=detail or {}))
+                           day=day, month=month, detail=detail or {}))
 
     def spend(self, *, day: str | None = None, month: str | None = None, model: str | None = None) -> float:
         q = select(func.coalesce(func.sum(CostRow.amount_usd), 0.0))
@@ -458,3 +470,328 @@ class Tx:
                              .values(model=model, slot=slot, fired_at=now, request_id=None)
                              .on_conflict_do_nothing(index_elements=["model", "slot"]))
         return (res.rowcount or 0) == 1
+
+    # ----------------------------------------------------------------- registry (retrain.registry)
+    def version_models(self) -> list[str]:
+        """Every model that has at least one version row, tombstones included."""
+        return list(self.s.scalars(select(VersionRow.model).distinct().order_by(VersionRow.model)))
+
+    def live_version_refs(self) -> list[tuple[str, str, str, dict]]:
+        """(model, version, artifact sha256, metrics) of every version not deleted, all models."""
+        q = select(VersionRow.model, VersionRow.version, VersionRow.artifact_sha256, VersionRow.metrics).where(
+            VersionRow.deleted_at.is_(None))
+        return [(m, v, sha, metrics or {}) for m, v, sha, metrics in self.s.execute(q)]
+
+    def alias_set_at(self, model: str, alias: str, at: datetime) -> AliasHistoryRow | None:
+        """The last move of ``alias`` at or before ``at``: what it pointed to then (None: never set yet)."""
+        return self.s.scalars(select(AliasHistoryRow).where(
+            AliasHistoryRow.model == model, AliasHistoryRow.alias == alias, AliasHistoryRow.at <= at)
+            .order_by(AliasHistoryRow.at.desc(), AliasHistoryRow.id.desc()).limit(1)).first()
+
+    def alias_names(self, model: str) -> list[str]:
+        """Every alias a model has or ever had."""
+        q = select(AliasHistoryRow.alias).where(AliasHistoryRow.model == model).union(
+            select(AliasRow.alias).where(AliasRow.model == model))
+        return sorted(self.s.scalars(q))
+
+    def alias_moves(self, model: str, *, alias: str | None = None, until: datetime | None = None,
+                    limit: int = 200) -> list[AliasHistoryRow]:
+        """The newest ``limit`` alias moves (up to ``until``), oldest first."""
+        q = select(AliasHistoryRow).where(AliasHistoryRow.model == model)
+        if alias is not None:
+            q = q.where(AliasHistoryRow.alias == alias)
+        if until is not None:
+            q = q.where(AliasHistoryRow.at <= until)
+        rows = self.s.scalars(q.order_by(AliasHistoryRow.at.desc(), AliasHistoryRow.id.desc()).limit(limit))
+        return list(reversed(rows.all()))
+
+    def active_run_versions(self, model: str) -> dict[str, str]:
+        """Candidate version -> run id, for the model's runs still in flight (validating, shadow, rollout)."""
+        q = select(RunRow.candidate_version, RunRow.id).where(
+            RunRow.model == model, RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.candidate_version.is_not(None))
+        return {v: rid for v, rid in self.s.execute(q)}
+
+    # ----------------------------------------------------------------- decision state & ledger (retrain.steps.decide)
+    def spend_summary(self, *, day: str, month: str, model: str) -> tuple[float, float, float, float]:
+        """(spend today, this month, the model's today, the model's this month) in one aggregate.
+
+        Reservations of runs still in flight count as spent: that is what keeps
+        concurrent decisions from overspending.
+        """
+        c = CostRow
+        in_day, is_model = c.day == day, c.model == model
+        zero = literal(0.0)
+        q = select(
+            func.coalesce(func.sum(case((in_day, c.amount_usd), else_=zero)), zero),
+            func.coalesce(func.sum(c.amount_usd), zero),
+            func.coalesce(func.sum(case((and_(in_day, is_model), c.amount_usd), else_=zero)), zero),
+            func.coalesce(func.sum(case((is_model, c.amount_usd), else_=zero)), zero),
+        ).where(c.month == month)
+        today, this_month, model_today, model_month = self.s.execute(q).one()
+        return float(today), float(this_month), float(model_today), float(model_month)
+
+    def actual_costs(self, model: str, limit: int = 10) -> list[float]:
+        """The model's last ``limit`` measured run costs from the ledger, oldest first (the estimate's input)."""
+        q = (select(CostRow.amount_usd).where(CostRow.model == model, CostRow.kind == "actual")
+             .order_by(CostRow.id.desc()).limit(limit))
+        return [float(v) for v in reversed(self.s.scalars(q).all())]
+
+    def run_window(self, model: str, since: datetime, day_start: datetime) -> tuple[list[datetime], str | None, int]:
+        """(the model's run starts since ``since``, its oldest active run id, runs started by all models
+        since ``day_start``); cancelled runs never count. Two queries."""
+        r = RunRow
+        q = (select(r.id, r.created_at, r.state).where(
+            r.model == model, or_(r.created_at >= since, r.state.in_(ACTIVE_RUN_STATES)))
+            .order_by(r.created_at))
+        starts: list[datetime] = []
+        active: str | None = None
+        for rid, created, state in self.s.execute(q):
+            if state == "cancelled":
+                continue
+            if created >= since:
+                starts.append(created)
+            if active is None and state in ACTIVE_RUN_STATES:
+                active = rid
+        today = self.s.scalar(select(func.count()).select_from(r).where(
+            r.created_at >= day_start, r.state != "cancelled")) or 0
+        return starts, active, int(today)
+
+    def traffic_since(self, model: str, since: datetime, version: str | None = None) -> tuple[int, int, int]:
+        """(labelled results, correct ones, unlabelled predictions) in the metric buckets since ``since``."""
+        b = MetricBucketRow
+        q = select(func.coalesce(func.sum(b.n), 0), func.coalesce(func.sum(b.tp + b.tn), 0),
+                   func.coalesce(func.sum(b.unlabelled), 0)).where(b.model == model, b.minute >= since)
+        if version is not None:
+            q = q.where(b.version == version)
+        n, correct, unlabelled = self.s.execute(q).one()
+        return int(n), int(correct), int(unlabelled)
+
+    def release_reservation(self, run_id: str, reason: str, now: datetime) -> float:
+        """Release what a run still holds in reservations (a cancelled or failed run); returns the amount."""
+        held = self.held_reservation(run_id)
+        if held:
+            model = self.s.scalar(select(CostRow.model).where(CostRow.run_id == run_id).limit(1))
+            self.add_cost(run_id, model or "", "release", -held, now, {"reason": reason})
+        return held
+
+    def reservation_period(self, run_id: str) -> tuple[str, str] | None:
+        """(day, month) the run's reservation was booked to, if it has one."""
+        row = self.s.execute(select(CostRow.day, CostRow.month).where(
+            CostRow.run_id == run_id, CostRow.kind == "reservation").order_by(CostRow.id).limit(1)).first()
+        return (row[0], row[1]) if row else None
+
+    def ledger_totals(self, since_month: str) -> list[tuple[str, str, str, float, int]]:
+        """(day, model, kind, sum, rows) of the ledger since the start of ``since_month``."""
+        c = CostRow
+        q = (select(c.day, c.model, c.kind, func.sum(c.amount_usd), func.count()).where(c.month >= since_month)
+             .group_by(c.day, c.model, c.kind).order_by(c.day, c.model, c.kind))
+        return [(d, m, k, float(v or 0.0), int(n)) for d, m, k, v, n in self.s.execute(q)]
+
+    def audit_log(self, *, model: str | None = None, kinds: Sequence[str] | None = None,
+                  actor: str | None = None, subject: str | None = None, since: datetime | None = None,
+                  limit: int = 200) -> list[AuditRow]:
+        """The newest ``limit`` audit events matching every given filter, oldest first."""
+        q = select(AuditRow)
+        if model:
+            q = q.where(AuditRow.model == model)
+        if kinds:
+            q = q.where(AuditRow.kind.in_(list(kinds)))
+        if actor:
+            q = q.where(AuditRow.actor == actor)
+        if subject:
+            q = q.where(AuditRow.subject.startswith(subject))
+        if since is not None:
+            q = q.where(AuditRow.at >= since)
+        return list(reversed(self.s.scalars(q.order_by(AuditRow.id.desc()).limit(limit)).all()))
+
+    def report_resources(self, node: str, reading: dict, now: datetime) -> None:
+        """A training node's free memory, CPU load and free disk, for the decision's resource rule."""
+        self.set_control(f"resources:{node}", {**reading, "at": now.isoformat()}, node, now)
+
+    def resource_reports(self, since: datetime) -> list[dict]:
+        """Readings reported by training nodes since ``since``, each with its ``node``."""
+        q = select(ControlRow).where(ControlRow.key.startswith("resources:"), ControlRow.updated_at >= since)
+        return [{**r.value, "node": r.key.partition(":")[2]} for r in self.s.scalars(q)]
+
+    def add_decision(self, d: Decision, trigger: str, rules: list[dict]) -> str:
+        """Record a decision whose rules the caller has serialised already (it audits the same list)."""
+        did = new_id()
+        self.s.add(DecisionRow(
+            id=did, request_id=d.request_id, model=d.model, trigger=trigger, verdict=d.verdict.value,
+            decided_at=d.decided_at, rules=rules, summary=d.summary, defer_until=d.defer_until,
+            estimated_cost_usd=d.estimated_cost_usd, detail=d.detail,
+        ))
+        return did
+
+    def decision_snapshot(self, model: str, *, now: datetime, history: timedelta, window: timedelta,
+                          report_max_age: timedelta) -> "DecisionState":
+        """Everything the decision reads about one model and the world, in two statements.
+
+        The statements are built once per process (``_decision_sql``) with bind
+        parameters, so a decision pays neither for building nor for compiling
+        them; the decision step runs under its lock, so every round trip saved
+        is throughput across all workers.
+        """
+        one, many = _decision_sql()
+        midnight = datetime(now.year, now.month, now.day, tzinfo=now.tzinfo)
+        params = {"model": model, "since": now - history, "midnight": midnight, "day_ago": now - timedelta(days=1),
+                  "now": now,
+                  "window": now - window, "day": now.strftime("%Y-%m-%d"), "month": now.strftime("%Y-%m"),
+                  "reports": now - report_max_age}
+        r = self.s.execute(one, params).one()
+        starts: list[datetime] = []
+        active: str | None = None
+        costs: list[float] = []
+        reports: list[dict] = []
+        for tag, key, at, state, amount, value in self.s.execute(many, params):
+            if tag == "run":
+                if state == "cancelled":
+                    continue
+                if at >= params["since"]:
+                    starts.append(at)
+                if active is None and state in ACTIVE_RUN_STATES:
+                    active = key
+            elif tag == "cost":
+                costs.append(float(amount))
+            elif value is not None:
+                reports.append({**(value if isinstance(value, dict) else {}), "node": key.partition(":")[2]})
+        costs.reverse()  # newest first from the query; the estimate wants oldest first
+        baseline = ((r.production_metrics or {}).get("baseline") or {}).get("accuracy")
+        return DecisionState(
+            paused=bool(r.paused), deployed_at=r.deployed_at, known_model=r.known_model is not None,
+            globally_paused=bool((r.pause_all or {}).get("paused", False)), production=r.production,
+            production_baseline=baseline, runs_today=int(r.runs_today or 0),
+            spend_today=float(r.spend_today), spend_month=float(r.spend_month),
+            model_spend_today=float(r.model_spend_today), model_spend_month=float(r.model_spend_month),
+            predictions_day=int(r.day_n) + int(r.day_unlabelled), window_n=int(r.win_n),
+            window_correct=int(r.win_correct), run_starts=starts, active_run=active, actual_costs=costs,
+            resource_reports=reports)
+
+    # ----------------------------------------------------------------- rollouts (retrain.steps.rollout_step)
+    def add_rollout(self, **fields: Any) -> RolloutRow:
+        row = RolloutRow(**fields)
+        self.s.add(row)
+        self.s.flush()
+        return row
+
+    def rollout(self, run_id: str, for_update: bool = False) -> RolloutRow | None:
+        q = select(RolloutRow).where(RolloutRow.run_id == run_id)
+        if for_update:
+            q = q.with_for_update()
+        return self.s.scalars(q).first()
+
+    def active_rollouts(self, model: str | None = None) -> list[RolloutRow]:
+        """Rollouts still in shadow or in a canary stage, oldest first."""
+        q = select(RolloutRow).where(RolloutRow.phase.in_(("shadow", "canary")))
+        if model is not None:
+            q = q.where(RolloutRow.model == model)
+        return list(self.s.scalars(q.order_by(RolloutRow.started_at)))
+
+    def rollouts(self, model: str, limit: int = 20) -> list[RolloutRow]:
+        """The model's rollouts, newest first."""
+        return list(self.s.scalars(select(RolloutRow).where(RolloutRow.model == model)
+                                   .order_by(RolloutRow.started_at.desc()).limit(limit)))
+
+    def shadow_rows(self, model: str, version: str, since: datetime, after_id: int,
+                    limit: int) -> list[tuple[int, list, int, int, float | None]]:
+        """(id, features, label, prediction, return) of labelled sample rows served by ``version`` at or
+        after ``since`` with an id above ``after_id``, in id order: what a shadow has not scored yet."""
+        f = FeatureSampleRow
+        q = (select(f.id, f.features, f.label, f.prediction, f.ret)
+             .where(f.model == model, f.version == version, f.ts >= since, f.id > after_id, f.label.is_not(None))
+             .order_by(f.id).limit(limit))
+        return [tuple(r) for r in self.s.execute(q)]
+
+    def serving_routes(self, model: str) -> dict[str, tuple[str, float, str]]:
+        """alias -> (version, share in percent, artifact sha256) for the aliases the router serves."""
+        a, v = AliasRow, VersionRow
+        q = (select(a.alias, a.version, a.share_pct, v.artifact_sha256)
+             .join(v, and_(v.model == a.model, v.version == a.version))
+             .where(a.model == model, a.alias.in_(("production", "canary")), a.version.is_not(None)))
+        return {alias: (version, float(share or 0.0), sha) for alias, version, share, sha in self.s.execute(q)}
+
+
+@dataclass(frozen=True)
+class DecisionState:
+    """What :meth:`Tx.decision_snapshot` read; the decision step turns it into a StateSnapshot."""
+
+    paused: bool
+    deployed_at: datetime | None
+    known_model: bool
+    globally_paused: bool
+    production: str | None
+    production_baseline: float | None
+    runs_today: int
+    spend_today: float
+    spend_month: float
+    model_spend_today: float
+    model_spend_month: float
+    predictions_day: int
+    window_n: int
+    window_correct: int
+    run_starts: list[datetime]
+    active_run: str | None
+    actual_costs: list[float]
+    resource_reports: list[dict]
+
+
+_DECISION_SQL: list[Any] = []
+
+
+def _decision_sql() -> tuple[Any, Any]:
+    """The decision's two reads, built once: one row of scalars and aggregates, and the lists."""
+    if _DECISION_SQL:
+        return _DECISION_SQL[0], _DECISION_SQL[1]
+    from sqlalchemy import Float, String, bindparam, cast, null, true, union_all
+
+    model = bindparam("model", type_=String)
+    since, midnight = bindparam("since", type_=RunRow.created_at.type), bindparam("midnight", type_=RunRow.created_at.type)
+    minute_t = MetricBucketRow.minute.type
+    day_ago, window, now = bindparam("day_ago", type_=minute_t), bindparam("window", type_=minute_t), bindparam("now", type_=minute_t)
+    day, month = bindparam("day", type_=String), bindparam("month", type_=String)
+    zero = literal(0.0)
+    c, b = CostRow, MetricBucketRow
+    prod_alias = (select(AliasRow.version).where(AliasRow.model == model, AliasRow.alias == "production")
+                  .scalar_subquery())
+    in_day, is_model = c.day == day, c.model == model
+    spend = select(
+        func.coalesce(func.sum(case((in_day, c.amount_usd), else_=zero)), zero).label("spend_today"),
+        func.coalesce(func.sum(c.amount_usd), zero).label("spend_month"),
+        func.coalesce(func.sum(case((and_(in_day, is_model), c.amount_usd), else_=zero)), zero)
+        .label("model_spend_today"),
+        func.coalesce(func.sum(case((is_model, c.amount_usd), else_=zero)), zero).label("model_spend_month"),
+    ).where(c.month == month).subquery("spend")
+    traffic_day = select(func.coalesce(func.sum(b.n), 0).label("day_n"),
+                         func.coalesce(func.sum(b.unlabelled), 0).label("day_unlabelled")
+                         ).where(b.model == model, b.minute >= day_ago, b.minute <= now).subquery("traffic_day")
+    traffic_win = select(func.coalesce(func.sum(b.n), 0).label("win_n"),
+                         func.coalesce(func.sum(b.tp + b.tn), 0).label("win_correct")
+                         ).where(b.model == model, b.version == prod_alias, b.minute >= window, b.minute <= now
+                                 ).subquery("traffic_win")
+    one = select(
+        select(ModelRow.name).where(ModelRow.name == model).scalar_subquery().label("known_model"),
+        select(ModelRow.paused).where(ModelRow.name == model).scalar_subquery().label("paused"),
+        select(ModelRow.deployed_at).where(ModelRow.name == model).scalar_subquery().label("deployed_at"),
+        select(ControlRow.value).where(ControlRow.key == "pause_all").scalar_subquery().label("pause_all"),
+        prod_alias.label("production"),
+        select(VersionRow.metrics).where(VersionRow.model == model, VersionRow.version == prod_alias)
+        .scalar_subquery().label("production_metrics"),
+        select(func.count()).select_from(RunRow).where(RunRow.created_at >= midnight, RunRow.state != "cancelled")
+        .scalar_subquery().label("runs_today"),
+        spend.c.spend_today, spend.c.spend_month, spend.c.model_spend_today, spend.c.model_spend_month,
+        traffic_day.c.day_n, traffic_day.c.day_unlabelled, traffic_win.c.win_n, traffic_win.c.win_correct,
+    ).select_from(spend.join(traffic_day, true()).join(traffic_win, true()))
+    runs = select(literal("run").label("tag"), RunRow.id.label("key"), RunRow.created_at.label("at"),
+                  RunRow.state.label("state"), cast(null(), Float).label("amount"),
+                  cast(null(), ControlRow.value.type).label("value")
+                  ).where(RunRow.model == model, or_(RunRow.created_at >= since, RunRow.state.in_(ACTIVE_RUN_STATES)))
+    last_costs = (select(c.id, c.run_id, c.at, c.amount_usd).where(c.model == model, c.kind == "actual")
+                  .order_by(c.id.desc()).limit(10).subquery("last_costs"))
+    costs = select(literal("cost"), last_costs.c.run_id, last_costs.c.at, literal("actual"),
+                   last_costs.c.amount_usd, cast(null(), ControlRow.value.type))
+    reports = select(literal("res"), ControlRow.key, ControlRow.updated_at, literal(""), cast(null(), Float),
+                     ControlRow.value).where(ControlRow.key.startswith("resources:"),
+                                             ControlRow.updated_at >= bindparam("reports", type_=ControlRow.updated_at.type))
+    many = union_all(runs, costs, reports)
+    _DECISION_SQL.extend((one, many))
+    return one, many

@@ -35,12 +35,12 @@ def test_compose_describes_the_deployment():
     assert services["beat"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
-def _argv(service: str, flower_port: int) -> list[str]:
+def _argv(service: str, flower_port: int, tmp: Path) -> list[str]:
     import sys
 
     cmd = list(COMPOSE["services"][service]["command"])
     cmd = [c.replace("${FLOWER_BASIC_AUTH:?set FLOWER_BASIC_AUTH=user:password}", "ops:s3cret")
-           .replace("--port=5555", f"--port={flower_port}").replace("/tmp/celerybeat-schedule", "celerybeat-schedule")
+           .replace("--port=5555", f"--port={flower_port}").replace("/tmp/celerybeat-schedule", str(tmp / "celerybeat-schedule"))
            for c in cmd]
     if cmd[0] == "celery":
         return [sys.executable, "-m", "celery"] + cmd[1:]
@@ -55,9 +55,9 @@ def test_every_service_command_runs_as_a_process(pg_url, redis_url, tmp_path):
                       RETRAIN_ARTIFACT_ROOT=str(tmp_path / "artifacts"), RETRAIN_CONFIG=str(EXAMPLE_CONFIG),
                       RETRAIN_HOME=str(tmp_path))
     port = free_port()
-    migrate = Proc("migrate", _argv("migrate", port), env, tmp_path)
+    migrate = Proc("migrate", _argv("migrate", port, tmp_path), env, tmp_path)
     assert migrate.p.wait(60) == 0, migrate.log()
-    procs = [Proc(s, _argv(s, port), env, tmp_path) for s in RETRAIN_SERVICES[1:]]
+    procs = [Proc(s, _argv(s, port, tmp_path), env, tmp_path) for s in RETRAIN_SERVICES[1:]]
     try:
         for p in procs:
             if p.name.startswith("worker"):

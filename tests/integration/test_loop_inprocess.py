@@ -19,6 +19,7 @@ import pytest
 from retrain.clock import SimClock
 from retrain.config import parse_config
 from retrain.examples.direction import market_from_params
+from retrain.serving import StoreRoutingReader, routes_to_canary
 from retrain.steps.dispatch import STEPS, drain, run_step
 from retrain.steps.requests import sync_models
 from tests.conftest import EXAMPLE_CONFIG, T0, make_context
@@ -34,17 +35,23 @@ def _config():
 
 def _tick(ctx, market, cfg, step):
     now = ctx.now()
-    with ctx.store.tx() as tx:
-        prod = tx.alias("direction", "production")
-        sha = tx.version("direction", prod).artifact_sha256 if prod else None
+    # The trading app's split, as retrain.serving.ModelRouter does it: production, and the
+    # canary for the keys its share routes to it.
+    route = StoreRoutingReader(ctx.store)("direction")
     rows = market.rows(now, now + step)
     ctx.clock.advance(step)
-    if sha is None:
+    if route.production is None:
         return None
-    pred = ctx.artifacts.load_object(sha).predict(rows.X)
+    ids = [f"{int(t)}-{i}" for i, t in enumerate(rows.ts)]
+    pred = ctx.artifacts.load_object(route.production_sha256).predict(rows.X)
+    versions = [route.production] * len(rows)
+    if route.canary is not None:
+        to_canary = np.array([routes_to_canary(k, route.share_pct) for k in ids])
+        pred = np.where(to_canary, ctx.artifacts.load_object(route.canary_sha256).predict(rows.X), pred)
+        versions = [route.canary if c else route.production for c in to_canary]
     run_step(ctx, "retrain.ingest", {
         "v": 1, "batch_id": uuid.uuid4().hex, "model": "direction",
-        "id": [f"{int(t)}-{i}" for i, t in enumerate(rows.ts)], "version": [prod] * len(rows),
+        "id": ids, "version": versions,
         "ts": rows.ts.astype(float).tolist(), "x": rows.X.tolist(), "prediction": pred.astype(int).tolist(),
         "label": rows.y.astype(int).tolist(), "ret": rows.ret.astype(float).tolist()})
     return float(np.mean(pred == rows.y))

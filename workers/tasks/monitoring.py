@@ -34,3 +34,10 @@ def reconcile(ctx, _p):
     from retrain.steps.reconcile import reconcile as reconcile_step
 
     return asdict(reconcile_step(ctx))
+
+
+@retrain_task(app, name="retrain.retention", schema=SweepPayload, queue="monitoring", soft_time_limit=540, time_limit=600)
+def retention(ctx, p: SweepPayload):
+    from retrain.steps.retention import run_retention
+
+    return run_retention(ctx, p.models).to_json()

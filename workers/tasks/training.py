@@ -1,4 +1,9 @@
-"""Queue ``training``: runs on dedicated nodes (``celery worker -Q training``)."""
+"""Queue ``training``: runs on dedicated nodes (``celery worker -Q training -P prefork -c 1``).
+
+Prefork, because time limits are enforced only there: the soft limit fails the run
+(its slot goes back at once), the hard limit kills the child and the attempt cap
+ends the run ``dead`` if it keeps happening.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +12,19 @@ from dataclasses import asdict
 from celery.exceptions import SoftTimeLimitExceeded
 
 from retrain.payloads import RunPayload
-from retrain.settings import load_settings
-from retrain.steps.train import train_run
+from retrain.steps.train import fail_run, train_run
 from workers.app import app
-from workers.base import retrain_task
-
-_s = load_settings()
+from workers.base import progress_reporter, relay_quietly, retrain_task
 
 
-@retrain_task(app, name="retrain.train", schema=RunPayload, queue="training", bind=True,
-              soft_time_limit=_s.train_soft_time_limit_s, time_limit=_s.train_time_limit_s)
+@retrain_task(app, name="retrain.train", schema=RunPayload, queue="training", bind=True)
 def train(ctx, p: RunPayload, task):
-    def progress(stage: str, pct: float) -> None:
-        if task.request.id:  # visible in Flower and to AsyncResult
-            task.update_state(state="PROGRESS", meta={"run_id": p.run_id, "stage": stage, "progress": pct})
-
     try:
-        result = train_run(ctx, p.run_id, progress)
+        result = train_run(ctx, p.run_id, progress_reporter(task, p.run_id), passthrough=(SoftTimeLimitExceeded,))
     except SoftTimeLimitExceeded:
-        from retrain.steps.train import fail_run
-
-        fail_run(ctx, p.run_id, "timed out (soft time limit)")
+        fail_run(ctx, p.run_id, f"timed out: soft time limit of {task.soft_time_limit} s")
+        relay_quietly()  # the freed slot's wake-up message
         raise
-    if result.status == "busy":
-        # Every training slot is taken: wait and try again (the run stays queued).
-        raise task.retry(countdown=5, max_retries=None)
+    # 'busy' and 'blocked' runs stay queued in Postgres with what they wait for; the message is
+    # done with: a freed slot or the reconciler sends the run again when it may start.
     return asdict(result)

@@ -1,11 +1,11 @@
-"""registry (reserved; filled in by the work that needs it)
+"""registry: why a version was deleted (the tombstone keeps the reason)
 
 Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-26
 """
-from alembic import op  # noqa: F401
-import sqlalchemy as sa  # noqa: F401
+from alembic import op
+import sqlalchemy as sa
 
 
 revision = '0004'
@@ -15,8 +15,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    with op.batch_alter_table('model_versions', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('deleted_reason', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
-    pass
+    with op.batch_alter_table('model_versions', schema=None) as batch_op:
+        batch_op.drop_column('deleted_reason')

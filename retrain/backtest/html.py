@@ -1,0 +1,2 @@
+def write_html(report, out):
+    return out / "report.html"

@@ -1,0 +1,276 @@
+"""Run one or several policies over the same rows and assemble the report.
+
+Each policy replays in its own fresh SQLite database and artifact store, in a
+temporary directory removed afterwards (``keep_state`` keeps them under
+``OUT/state/<policy>`` so that ``RETRAIN_HOME=... retrain status`` can inspect one).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from retrain.backtest.data import ReplayData, load_data
+from retrain.backtest.durations import format_duration, parse_duration
+from retrain.backtest.policies import DEFAULT_MODEL, PolicySpec, default_config, parse_policies, parse_policy
+from retrain.backtest.replay import ReplayOptions, replay
+from retrain.backtest.summary import data_drift, policy_report, timeline_width
+from retrain.clock import monotonic
+from retrain.config import RetrainConfig, load_config
+from retrain.errors import ConfigError
+
+__all__ = ["BacktestSettings", "run_backtest", "run_comparison", "summary_text", "write_report", "ProgressBar",
+           "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BacktestSettings:
+    """Everything a backtest needs besides the rows; durations as text or timedelta."""
+
+    policies: Sequence[str] = ("auto",)
+    config: str | Path | RetrainConfig | None = None
+    label_delay: str | timedelta = "0s"
+    warmup: str | timedelta | None = None
+    period: str | timedelta = "1d"
+    sweep_every: str | timedelta | None = None  # None: see default_sweep
+    approve_after: str | timedelta | None = "30m"
+    keep_state: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve(data: ReplayData, s: BacktestSettings) -> tuple[RetrainConfig, str, ReplayOptions, list[PolicySpec]]:
+    delay = parse_duration(s.label_delay, "--label-delay")
+    if s.warmup is None:
+        # One day, or a quarter of the history when it is shorter than four days.
+        warmup = min(timedelta(days=1), timedelta(minutes=max(1, int(data.span.total_seconds() / 240))))
+    else:
+        warmup = parse_duration(s.warmup, "--warmup")
+    if warmup <= timedelta(0) or warmup >= data.span:
+        raise ConfigError(f"--warmup: {format_duration(warmup)} must be positive and shorter than the data's span "
+                          f"({format_duration(timedelta(seconds=round(data.span.total_seconds())))})")
+    sweep = None if s.sweep_every in (None, "auto") else parse_duration(s.sweep_every, "--sweep-every")
+    if sweep is not None and sweep < timedelta(seconds=1):
+        raise ConfigError("--sweep-every: must be at least 1s")
+    period = parse_duration(s.period, "--period")
+    if period < timedelta(minutes=1):
+        raise ConfigError("--period: must be at least 1m")
+    approve = None if s.approve_after in (None, "never") else parse_duration(s.approve_after, "--approve-after")
+    if s.config is None:
+        config = default_config(data.features, data.rows_per_minute, warmup)
+        model = DEFAULT_MODEL
+    else:
+        config = s.config if isinstance(s.config, RetrainConfig) else load_config(s.config)
+        if not config.models:
+            raise ConfigError(f"{config.source}: no model configured")
+        model = next(iter(config.models))
+        cfg = config.model(model)
+        if tuple(cfg.features) != tuple(data.features):
+            raise ConfigError(f"--features: model {model} of {config.source} expects {', '.join(cfg.features)}; "
+                              f"the data gives {', '.join(data.features)}")
+    if sweep is None:
+        sweep = default_sweep(config.model(model).thresholds.window_minutes)
+    opts = ReplayOptions(label_delay=delay, warmup=warmup, sweep_every=sweep, approve_after=approve, period=period)
+    specs: list[PolicySpec] = []
+    for p in s.policies:
+        spec = parse_policy(p)
+        if spec.label not in {x.label for x in specs}:
+            specs.append(spec)
+    if not specs:
+        raise ConfigError("--policy: no policy to run")
+    return config, model, opts, specs
+
+
+def default_sweep(window_minutes: int) -> timedelta:
+    """Sweep about 100 times per performance window: every 5 minutes on the default 240-minute window,
+    less often on the wider windows of slow streams (detection there takes hours anyway)."""
+    minutes = 5 * math.ceil(window_minutes / 96 / 5)
+    return timedelta(minutes=min(60, max(5, minutes)))
+
+
+class ProgressBar:
+    """A one-line text bar on stderr, redrawn each percent (a line per 10 % when not a terminal)."""
+
+    def __init__(self, total_policies: int, out: TextIO | None = None, width: int = 30) -> None:
+        self.total = max(total_policies, 1)
+        self.out = out or sys.stderr
+        self.width = width
+        self.index = 0
+        self.tty = bool(getattr(self.out, "isatty", lambda: False)())
+        self._last = -1
+
+    def next_policy(self) -> None:
+        self.index += 1
+        self._last = -1
+
+    def __call__(self, label: str, fraction: float, now, trainings: int) -> None:
+        overall = ((self.index - 1) + fraction) / self.total
+        pct = int(overall * 100)
+        if pct == self._last or (not self.tty and pct % 10 and fraction < 1.0):
+            return
+        self._last = pct
+        filled = int(self.width * overall)
+        line = (f"[{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  {label:<12} {now:%Y-%m-%d %H:%M}  "
+                f"{trainings} training(s)")
+        if self.tty:
+            self.out.write("\r" + line)
+            if overall >= 1.0:
+                self.out.write("\n")
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty and 0 <= self._last < 100:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def run_backtest(data: ReplayData | str | Path, settings: BacktestSettings, *, out: str | Path | None = None,
+                 progress: bool | ProgressBar = False, time: str = "time", label: str = "label",
+                 ret: str | None = None, features: Sequence[str] | None = None) -> dict[str, Any]:
+    """Replay every policy of ``settings`` over ``data``; write ``out`` (report.json, report.html) if given.
+
+    ``data`` is a :class:`ReplayData` or a CSV/Parquet path read with the column names given.
+    Returns the report (see :mod:`retrain.backtest` for its schema). A Ctrl-C stops the
+    replay in progress: the report then holds what was replayed and says ``partial``.
+    """
+    if not isinstance(data, ReplayData):
+        data = load_data(data, time=time, label=label, ret=ret, features=features)
+    config, model, opts, specs = _resolve(data, settings)
+    bar = progress if isinstance(progress, ProgressBar) else (ProgressBar(len(specs)) if progress else None)
+    out_dir = Path(out) if out is not None else None
+    t0 = monotonic()
+    policies: dict[str, dict[str, Any]] = {}
+    partial = False
+    cfg_json: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="retrain-backtest-") as tmp:
+        workroot = Path(tmp)
+        from retrain.backtest.replay import _template
+
+        template = _template(workroot)
+        for spec in specs:
+            if bar is not None:
+                bar.next_policy()
+            workdir = workroot / spec.label.replace(":", "-")
+            outcome = None
+            try:
+                outcome = replay(data, config, model, spec, opts, workdir, template, bar)
+                policies[spec.label] = policy_report(data, outcome, opts)
+                cfg_json.setdefault(spec.label, _effective(outcome.config, model))
+            except KeyboardInterrupt:
+                # Interrupted while reading back: report what there is, nothing more.
+                partial = True
+                if outcome is not None and spec.label not in policies:
+                    policies[spec.label] = {"policy": spec.label, "partial": True, "rows": len(data)}
+            finally:
+                if outcome is not None:
+                    outcome.ctx.store.db.dispose()
+            if outcome is not None and outcome.partial:
+                partial = True
+            if partial:
+                break
+            if settings.keep_state and out_dir is not None:
+                dest = out_dir / "state" / spec.label.replace(":", "-")
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.copytree(workdir, dest)
+    if bar is not None:
+        bar.close()
+    primary = specs[0].label
+    warm_end = data.start + opts.warmup
+    report: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "partial": partial,
+        "policies_requested": [s.label for s in specs],
+        "data": data.describe(),
+        "settings": {"model": model, "config": str(config.source), "label_delay": format_duration(opts.label_delay),
+                     "warmup": format_duration(opts.warmup), "warmup_end": warm_end.isoformat(),
+                     "period": format_duration(opts.period), "sweep_every": format_duration(opts.sweep_every),
+                     "approve_after": None if opts.approve_after is None else format_duration(opts.approve_after),
+                     **settings.extra},
+        "model_config": cfg_json.get(primary) or next(iter(cfg_json.values()), {}),
+        "data_drift": data_drift(data, warm_end, timeline_width(data)),
+        **(policies.get(primary) or {"policy": primary, "partial": True, "rows": len(data)}),
+        "policies": policies,
+        "elapsed_s": round(monotonic() - t0, 3),
+    }
+    # The top level's partial says whether the whole run finished, not only the primary policy.
+    report["partial"] = partial or any(p.get("partial") for p in policies.values())
+    if out_dir is not None:
+        write_report(report, out_dir)
+    return report
+
+
+def _effective(config: RetrainConfig, model: str) -> dict[str, Any]:
+    from retrain.backtest.source import PARAM
+
+    cfg = config.model(model).model_dump(mode="json")
+    cfg.get("params", {}).pop(PARAM, None)
+    pol = config.policy_for(model)
+    policy = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in
+              ((f, getattr(pol, f)) for f in pol.__dataclass_fields__ if not f.startswith("_"))}
+    return {"model": cfg, "policy": policy, "costs": config.costs.model_dump(mode="json")}
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> Path:
+    """Write ``report.json``, ``report.html`` and the PNG plots into ``out``; returns the HTML path."""
+    from retrain.backtest.html import write_html
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    return write_html(report, out)
+
+
+def summary_text(report: dict[str, Any]) -> str:
+    """A few lines comparing the policies, for a terminal."""
+    from retrain.report import table
+
+    rows = []
+    for label, p in report["policies"].items():
+        acc = p.get("accuracy")
+        sh = p.get("sharpe")
+        rows.append([label + (" (partial)" if p.get("partial") else ""),
+                     "-" if acc is None else f"{acc:.4f}", "-" if sh is None else f"{sh:.4f}",
+                     p.get("retrainings", "-"), p.get("promotions", "-"), p.get("rollbacks", "-"),
+                     "-" if p.get("cost_usd") is None else f"${p['cost_usd']:.4f}",
+                     ", ".join(f"{k} {v}" for k, v in (p.get("triggers") or {}).items() if v) or "-"])
+    d = report["data"]
+    head = (f"backtest of {d['rows']} rows ({d['start'][:16]} .. {d['end'][:16]}), warm-up "
+            f"{report['settings']['warmup']}, label delay {report['settings']['label_delay']}"
+            + ("  [PARTIAL: interrupted]" if report.get("partial") else ""))
+    body = table(rows, ["policy", "accuracy", "sharpe", "retrainings", "promotions", "rollbacks", "cost",
+                        "requests by trigger"])
+    return f"{head}\n{body}"
+
+
+def run_comparison(data: ReplayData | str | Path | None = None, *, policies: Sequence[str] = ("auto", "never",
+                   "every:1d"), out: str | Path | None = None, progress: bool = False,
+                   **settings: Any) -> tuple[dict[str, Any], str]:
+    """Compare policies on ``data`` (default: 4 days of the example's synthetic market, regime shifts at
+    +36 h and +84 h); returns ``(report, summary text)``. For the demo's closing comparison::
+
+        report, text = run_comparison(out="retrain-demo/backtest")
+        print(text)
+
+    Keyword arguments are :class:`BacktestSettings` fields (``label_delay``, ``warmup``, ...)
+    or the column names of a CSV (``time``, ``label``, ``ret``, ``features``).
+    """
+    from retrain.backtest.data import market_data
+
+    columns = {k: settings.pop(k) for k in ("time", "label", "ret", "features") if k in settings}
+    if data is None:
+        data = market_data(days=4.0, rows_per_minute=4)
+        settings.setdefault("label_delay", "1m")
+    s = BacktestSettings(policies=tuple(policies), **settings)
+    report = run_backtest(data, s, out=out, progress=progress, **columns)
+    return report, summary_text(report)

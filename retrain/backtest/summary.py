@@ -1,0 +1,210 @@
+"""From a finished replay to its part of ``report.json``: accuracy, Sharpe, trainings, costs, decisions.
+
+Accuracy and Sharpe are computed from the replay's own per-row predictions
+against the rows' labels, over every prediction after the warm-up. Everything
+else is read back from the replay's store, where the real steps wrote it:
+requests (trigger counts), decisions with their rules, versions, the alias
+history (promotions, rollbacks), the cost ledger's ``actual`` rows (measured
+CPU and memory of each training, priced as in production), drift reports.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import numpy as np
+
+from retrain.backtest.data import ReplayData
+from retrain.backtest.replay import ReplayOptions, ReplayOutcome
+from retrain.domain import TriggerKind
+
+__all__ = ["policy_report", "data_drift", "bins", "timeline_width", "INITIAL_REASON"]
+
+INITIAL_REASON = "initial model"
+_NICE = [timedelta(minutes=m) for m in (1, 5, 10, 15, 30, 60, 120, 180, 360, 720)] + \
+        [timedelta(days=d) for d in (1, 2, 7, 14, 28)]
+
+
+def _iso(t: datetime | float | None) -> str | None:
+    if t is None:
+        return None
+    if not isinstance(t, datetime):
+        t = datetime.fromtimestamp(float(t), tz=timezone.utc)
+    return t.astimezone(timezone.utc).isoformat()
+
+
+def _num(x: float | None, digits: int = 6) -> float | None:
+    if x is None or not math.isfinite(x):
+        return None
+    return round(float(x), digits)
+
+
+def timeline_width(data: ReplayData, max_bins: int = 150, min_rows: int = 40) -> timedelta:
+    """A round bin width giving at most ~``max_bins`` bins of at least ~``min_rows`` rows each."""
+    span = max(data.span.total_seconds(), 60.0)
+    need = max(span / max_bins, min_rows / max(data.rows_per_minute, 1e-9) * 60.0)
+    for w in _NICE:
+        if w.total_seconds() >= need:
+            return w
+    return timedelta(seconds=need)
+
+
+def bins(data: ReplayData, width: timedelta, first: float | None = None) -> list[tuple[float, float, int, int]]:
+    """``(start, end, lo, hi)`` of consecutive bins of ``width`` aligned on the epoch, covering the rows."""
+    w = width.total_seconds()
+    start = (float(data.ts[0] if first is None else first) // w) * w
+    out = []
+    t = start
+    while t <= data.ts[-1]:
+        lo = int(np.searchsorted(data.ts, t, side="left"))
+        hi = int(np.searchsorted(data.ts, t + w, side="left"))
+        out.append((t, t + w, lo, hi))
+        t += w
+    return out
+
+
+def _accuracy_bins(data: ReplayData, hit: np.ndarray, used: np.ndarray, width: timedelta) -> list[dict]:
+    out = []
+    for start, end, lo, hi in bins(data, width):
+        n = int(used[lo:hi].sum())
+        acc = float(hit[lo:hi][used[lo:hi]].mean()) if n else None
+        out.append({"start": _iso(start), "end": _iso(end), "accuracy": _num(acc), "n": n})
+    return out
+
+
+def _reasons(rules: list[dict], verdict: str) -> list[str]:
+    failed = [f"{r['rule']}: {r.get('detail') or ''}".rstrip(": ") for r in rules
+              if not r.get("passed") and not r.get("bypassed")]
+    if failed:
+        return failed
+    bypassed = [r["rule"] for r in rules if r.get("bypassed")]
+    return ["all rules passed" + (f" (bypassed: {', '.join(bypassed)})" if bypassed else "")]
+
+
+def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions) -> dict[str, Any]:
+    """One policy's object of ``report.json`` (see the schema in :mod:`retrain.backtest`)."""
+    from sqlalchemy import select
+
+    from retrain.storage.models import DriftReportRow
+
+    model = outcome.model
+    pred = outcome.pred
+    used = (pred >= 0) & (data.ts >= outcome.warm_end.timestamp())
+    hit = pred == data.y
+    n = int(used.sum())
+    accuracy = float(hit[used].mean()) if n else None
+    sharpe = None
+    if data.ret is not None and n > 1:
+        strat = np.where(pred[used] == 1, data.ret[used], -data.ret[used])
+        sd = float(np.std(strat, ddof=1))
+        sharpe = float(np.mean(strat) / sd) if sd > 0 else 0.0
+
+    with outcome.ctx.store.tx() as tx:
+        requests = tx.requests(model, limit=1_000_000)
+        req_by_id = {r.id: r for r in requests}
+        decisions = sorted(tx.decisions(model, limit=1_000_000), key=lambda d: (d.decided_at, d.id))
+        versions = tx.versions(model)
+        history = tx.alias_history(model, limit=1_000_000)
+        runs = tx.runs(model, limit=1_000_000)
+        actual = [c for c in tx.cost_rows() if c.kind == "actual" and c.model == model]
+        drift_rows = list(tx.s.scalars(select(DriftReportRow).where(DriftReportRow.model == model)
+                                       .order_by(DriftReportRow.at, DriftReportRow.id)))
+        drift = [_drift_entry(r.at, r.version, r.report) for r in drift_rows]
+
+        triggers = {k.value: 0 for k in TriggerKind}
+        for r in requests:
+            triggers[r.trigger] = triggers.get(r.trigger, 0) + 1
+
+        decision_list = []
+        for d in decisions:
+            req = req_by_id.get(d.request_id)
+            decision_list.append({
+                "time": _iso(d.decided_at), "trigger": d.trigger, "verdict": d.verdict,
+                "reasons": _reasons(d.rules or [], d.verdict),
+                "request": req.reason if req is not None else None,
+                "defer_until": _iso(d.defer_until), "resolved_by": d.resolved_by,
+            })
+
+        started = [r for r in runs if r.started_at is not None]
+        initial = [r for r in started if (req_by_id.get(r.request_id) is not None
+                                          and req_by_id[r.request_id].reason.startswith(INITIAL_REASON))]
+        run_by_id = {r.id: r for r in runs}
+        version_list = []
+        promotions = rollbacks = 0
+        for v in versions:
+            promoted = next((h.at for h in history if h.alias == "production" and h.to_version == v.version), None)
+            rolled = next((h.at for h in history if h.from_version == v.version and "rollback" in (h.reason or "").lower()), None)
+            if rolled is None and v.status == "rolled_back":
+                rolled = v.created_at
+            run = run_by_id.get(v.run_id) if v.run_id else None
+            holdout = (v.metrics or {}).get("holdout") or {}
+            promotions += promoted is not None
+            rollbacks += rolled is not None
+            version_list.append({
+                "version": v.version, "trained_at": _iso(v.created_at), "promoted_at": _iso(promoted),
+                "rejected": v.status == "rejected", "rolled_back": rolled is not None, "rolled_back_at": _iso(rolled),
+                "status": v.status, "trigger": run.trigger if run else None, "cost_usd": _num(v.cost_usd, 8),
+                "holdout_accuracy": _num(holdout.get("accuracy")), "data_rows": v.data_rows,
+                "data_end": _iso(v.data_end),
+                "validation": (run.error if run is not None and run.state == "rejected" else None),
+            })
+
+    width = timeline_width(data)
+    return {
+        "policy": outcome.spec.label,
+        "partial": outcome.partial,
+        "replayed_until": _iso(outcome.replayed_until),
+        "rows": len(data),
+        "predictions": n,
+        "accuracy": _num(accuracy),
+        "accuracy_by_period": _accuracy_bins(data, hit, used, opts.period),
+        "sharpe": _num(sharpe),
+        "retrainings": len(started) - len(initial),
+        "trainings": len(started),
+        "promotions": promotions,
+        "rollbacks": rollbacks,
+        "cost_usd": _num(sum(c.amount_usd for c in actual), 8),
+        "triggers": triggers,
+        "approvals": outcome.approvals,
+        "decisions": decision_list,
+        "versions": version_list,
+        "drift": drift,
+        "timeline": _accuracy_bins(data, hit, used, width),
+        "timeline_width_s": width.total_seconds(),
+        "elapsed_s": round(outcome.elapsed_s, 3),
+        "notes": list(outcome.notes),
+    }
+
+
+def _drift_entry(at: datetime, version: str | None, report: dict) -> dict[str, Any]:
+    feats = report.get("features") or []
+    stats = [f["statistic"] for f in feats if f.get("statistic") is not None and f.get("test") == "ks"]
+    if not stats:
+        stats = [f["statistic"] for f in feats if f.get("statistic") is not None]
+    return {"time": _iso(at), "version": version, "drifted": bool(report.get("drifted_features")),
+            "share_drifted": _num(report.get("share_drifted")), "drifted_features": report.get("drifted_features", []),
+            "mean_statistic": _num(float(np.mean(stats)) if stats else None),
+            "max_statistic": _num(max(stats) if stats else None), "rows": report.get("n_current")}
+
+
+def data_drift(data: ReplayData, warm_end: datetime, width: timedelta, alpha: float = 0.05) -> list[dict[str, Any]]:
+    """The data's drift after the warm-up, bin by bin, against the warm-up rows (same for every policy)."""
+    from retrain.drift import detect_drift
+
+    cut = int(np.searchsorted(data.ts, warm_end.timestamp(), side="left"))
+    if cut < 20:
+        return []
+    ref = data.X[:cut]
+    out = []
+    for start, end, lo, hi in bins(data, width, first=warm_end.timestamp()):
+        lo = max(lo, cut)
+        if hi - lo < 20:
+            continue
+        rep = detect_drift(ref, data.X[lo:hi], list(data.features), alpha=alpha)
+        entry = _drift_entry(datetime.fromtimestamp(start, tz=timezone.utc), None, rep.to_json())
+        entry.update({"start": _iso(start), "end": _iso(end)})
+        del entry["time"], entry["version"]
+        out.append(entry)
+    return out

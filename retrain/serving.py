@@ -1,0 +1,296 @@
+"""Serving in the trading app's process: route each prediction to production or the canary.
+
+:class:`ModelRouter` holds the verified artifacts of the model's ``production``
+version and, during a staged rollout, of its ``canary``, and sends each prediction
+to one of them by a stable hash of a routing key (an instrument, an account): with
+the canary at 25 %, the same quarter of the keys sees the canary in every process,
+and a key that saw the canary at 10 % keeps seeing it at 25 % and 50 %.
+
+``predict`` never waits for I/O: a background thread polls the aliases (about once
+a second, one small query) and, when they change, loads the new artifacts (sha256
+verified by :class:`~retrain.artifacts.ArtifactStore`) before swapping them in with
+one reference assignment. A rollback (canary cleared) needs no load, so the router
+serves production alone at the next poll. A failed read or load keeps the last good
+models, is logged and counted (``stats``), and is tried again at the next poll.
+
+Example
+-------
+>>> from retrain.client import RetrainClient                      # doctest: +SKIP
+>>> client = RetrainClient("redis://127.0.0.1:6379/0")            # doctest: +SKIP
+>>> router = ModelRouter.connect("direction", database_url="postgresql://retrain@db/retrain",
+...                              artifact_root="/srv/retrain/artifacts", client=client)  # doctest: +SKIP
+>>> prediction, version = router.predict(features, key="ES-H27", prediction_id=order_id)  # doctest: +SKIP
+>>> client.report_outcome("direction", order_id, label=1, ret=0.0012)                   # doctest: +SKIP
+>>> router.close(); client.close()                                                      # doctest: +SKIP
+
+The routing decision alone is :func:`routes_to_canary`, for an app that serves the
+models itself (the backtester does):
+
+>>> routes_to_canary("ES-H27", 100.0), routes_to_canary("ES-H27", 0.0)
+(True, False)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrain.errors import RetrainError
+
+__all__ = ["ROUTING_BUCKETS", "routing_bucket", "routes_to_canary", "Routing", "RoutingReader",
+           "StoreRoutingReader", "RouterStats", "ModelRouter"]
+
+log = logging.getLogger("retrain.serving")
+
+#: Keys hash into this many buckets: shares are honoured to 0.01 %.
+ROUTING_BUCKETS = 10_000
+
+
+def routing_bucket(key: str) -> int:
+    """The key's bucket in ``[0, ROUTING_BUCKETS)``: CRC-32 of its UTF-8 bytes, the same in every process."""
+    return zlib.crc32(key.encode()) % ROUTING_BUCKETS
+
+
+def routes_to_canary(key: str, share_pct: float) -> bool:
+    """Whether the prediction for ``key`` goes to the canary when it has ``share_pct`` % of the traffic.
+
+    Stable (no per-process hash seed) and monotone in the share: a key routed to the
+    canary at 10 % is routed to it at every larger share.
+
+    >>> sum(routes_to_canary(f"acct-{i}", 25.0) for i in range(10_000)) / 10_000
+    0.2486
+    """
+    return zlib.crc32(key.encode()) % ROUTING_BUCKETS < share_pct * 100.0
+
+
+@dataclass(frozen=True)
+class Routing:
+    """What a model serves: production, and a canary with its share of the traffic (0 when none)."""
+
+    production: str | None = None
+    production_sha256: str | None = None
+    canary: str | None = None
+    canary_sha256: str | None = None
+    share_pct: float = 0.0
+
+
+#: ``reader(model) -> Routing``: the router's only view of the database (injected).
+RoutingReader = Callable[[str], Routing]
+
+
+class StoreRoutingReader:
+    """Reads ``production`` and ``canary`` (with the canary's share) from the retrain database: one query."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    @classmethod
+    def from_url(cls, database_url: str) -> "StoreRoutingReader":
+        from retrain.storage.db import Database
+        from retrain.storage.repo import Store
+
+        return cls(Store(Database(database_url)))
+
+    def __call__(self, model: str) -> Routing:
+        with self.store.tx() as tx:
+            routes = tx.serving_routes(model)
+        prod, canary = routes.get("production"), routes.get("canary")
+        if canary is not None and canary[1] <= 0:
+            canary = None
+        return Routing(prod[0] if prod else None, prod[2] if prod else None, canary[0] if canary else None,
+                       canary[2] if canary else None, canary[1] if canary else 0.0)
+
+
+@dataclass(frozen=True)
+class RouterStats:
+    production: str | None
+    canary: str | None
+    share_pct: float
+    refreshes: int
+    changes: int
+    errors: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class _Active:
+    # One immutable snapshot, swapped by a single assignment: predict reads it once.
+    routing: Routing
+    production: Any
+    canary: Any
+
+
+class ModelRouter:
+    """Routes one model's predictions between production and the canary, and reports them.
+
+    Parameters
+    ----------
+    model: the model's name in the model file.
+    reader: ``reader(model) -> Routing``, e.g. :class:`StoreRoutingReader` (see :meth:`connect`).
+    artifacts: an :class:`~retrain.artifacts.ArtifactStore` (verifies sha256 on load), or any
+        ``load(sha256) -> estimator``.
+    client: a :class:`~retrain.client.RetrainClient`; each prediction is reported with the
+        version that made it. None: no reporting.
+    refresh_s: seconds between polls of the aliases.
+    start: start the background refresh (tests call :meth:`refresh` themselves).
+    """
+
+    def __init__(self, model: str, *, reader: RoutingReader, artifacts: Any, client: Any = None,
+                 refresh_s: float = 1.0, start: bool = True) -> None:
+        self.model = model
+        self.refresh_s = refresh_s
+        self._reader = reader
+        self._load: Callable[[str], Any] = getattr(artifacts, "load_object", artifacts)
+        self._client = client
+        self._active: _Active | None = None
+        self._wanted: Routing | None = None
+        self._cache: dict[str, Any] = {}
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._refreshes = self._changes = self._errors = 0
+        self._last_error: str | None = None
+        self._seq = itertools.count()
+        self._prefix = f"{model}-{os.getpid()}-{id(self) & 0xFFFFFF:x}-"
+        self.refresh()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name=f"retrain-router-{model}", daemon=True)
+            self._thread.start()
+
+    @classmethod
+    def connect(cls, model: str, *, database_url: str, artifact_root: str | Path, client: Any = None,
+                refresh_s: float = 1.0, start: bool = True) -> "ModelRouter":
+        """A router reading the retrain database and artifact store directly (read-only use)."""
+        from retrain.artifacts import ArtifactStore
+
+        return cls(model, reader=StoreRoutingReader.from_url(database_url), artifacts=ArtifactStore(Path(artifact_root)),
+                   client=client, refresh_s=refresh_s, start=start)
+
+    # ------------------------------------------------------------------ hot path
+    def predict(self, features: Any, key: str, *, prediction_id: str | None = None,
+                ts: float | None = None) -> tuple[int, str]:
+        """Predict one row with the version ``key`` routes to; returns ``(prediction, version)``.
+
+        ``features`` is one row (a sequence, a 1-D array or a ``(1, n)`` array). The
+        prediction is reported through the client under ``prediction_id`` (pass the id
+        you will report the outcome with; a generated one otherwise).
+        """
+        a = self._active
+        if a is None:
+            raise RetrainError(f"{self.model}: no production version loaded yet ({self._last_error or 'none in the database'})")
+        r = a.routing
+        if a.canary is not None and routes_to_canary(key, r.share_pct):
+            version, est = r.canary, a.canary
+        else:
+            version, est = r.production, a.production
+        x = features if isinstance(features, np.ndarray) and features.ndim == 2 else \
+            np.asarray(features, dtype=np.float64).reshape(1, -1)
+        pred = int(est.predict(x)[0])
+        if self._client is not None:
+            pid = prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}"
+            # A copy: the app may reuse its feature buffer before the client sends the row.
+            self._client.report_prediction(self.model, pid, x[0].tolist(), pred, version, ts)
+        return pred, version
+
+    def report_outcome(self, prediction_id: str, label: int, ret: float | None = None) -> None:
+        """The realised label (and return) of an earlier :meth:`predict`, through the client."""
+        if self._client is not None:
+            self._client.report_outcome(self.model, prediction_id, label, ret)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def routing(self) -> Routing:
+        """What is being served now (a canary that failed to load is not in it)."""
+        a = self._active
+        return a.routing if a is not None else Routing()
+
+    @property
+    def stats(self) -> RouterStats:
+        r = self.routing
+        return RouterStats(r.production, r.canary, r.share_pct, self._refreshes, self._changes, self._errors,
+                           self._last_error)
+
+    def refresh(self) -> bool:
+        """Poll the aliases once and load what changed; True if what is served changed."""
+        with self._refresh_lock:
+            self._refreshes += 1
+            try:
+                wanted = self._reader(self.model)
+            except Exception as exc:  # the database may be down: keep serving what we have
+                self._fail("reading the aliases", exc)
+                return False
+            active = self._active
+            if active is not None and wanted == self._wanted and active.routing == wanted:
+                return False
+            self._wanted = wanted
+            if wanted.production is None:
+                if active is None:
+                    self._last_error = self._last_error or "no production version"
+                return False  # never stop serving because an alias was cleared
+            try:
+                prod = self._get(wanted.production_sha256)
+            except Exception as exc:
+                self._fail(f"loading production {wanted.production}", exc)
+                return False
+            canary, routing = None, wanted
+            if wanted.canary is not None and wanted.share_pct > 0:
+                try:
+                    canary = self._get(wanted.canary_sha256)
+                except Exception as exc:
+                    self._fail(f"loading canary {wanted.canary}", exc)
+                    routing = Routing(wanted.production, wanted.production_sha256)
+            else:
+                routing = Routing(wanted.production, wanted.production_sha256)
+            if active is not None and active.routing == routing:
+                return False
+            self._active = _Active(routing, prod, canary)
+            self._changes += 1
+            keep = {routing.production_sha256, routing.canary_sha256}
+            for sha in [s for s in self._cache if s not in keep]:
+                del self._cache[sha]
+            log.info("%s: serving production %s%s", self.model, routing.production,
+                     f", canary {routing.canary} at {routing.share_pct:g}%" if routing.canary else "")
+            return True
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "ModelRouter":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+    def _get(self, sha256: str | None) -> Any:
+        if sha256 is None:
+            raise RetrainError("the version has no artifact digest")
+        est = self._cache.get(sha256)
+        if est is None:
+            est = self._cache[sha256] = self._load(sha256)
+        return est
+
+    def _fail(self, what: str, exc: Exception) -> None:
+        self._errors += 1
+        message = f"{what}: {type(exc).__name__}: {exc}"
+        if message != self._last_error or self._errors % 60 == 0:
+            log.error("%s router: %s (keeping the last good models; error %d)", self.model, message, self._errors)
+        self._last_error = message
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_s):
+            try:
+                self.refresh()
+            except Exception:  # the refresher must outlive any one bad poll
+                log.exception("%s router: refresh failed", self.model)

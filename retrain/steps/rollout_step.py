@@ -1,0 +1,360 @@
+"""Shadow and canary steps: begin a rollout, evaluate it periodically, confirm a gate, describe it.
+
+``begin_rollout`` is called by the validate step when the holdout check passes and a
+production version exists. ``evaluate_rollouts`` (task ``retrain.evaluate_rollouts``
+on the ``validation`` queue, run periodically by beat, the demo and the backtester)
+looks at every rollout in progress: it scores a shadow on the live rows logged
+since the last evaluation, or compares the canary's labelled outcomes with
+production's over the current stage, asks the pure rules in :mod:`retrain.rollout`
+what to do, and applies the answer in one transaction with the alias moves and the
+audit event:
+
+========== ==========================================================================
+action     effect
+========== ==========================================================================
+wait/hold  the figures and what is still needed are stored (``retrain rollout MODEL``)
+gate       waits for ``retrain promote MODEL --confirm`` (rollout.manual_gate)
+pass       shadow passed: ``candidate`` cleared, ``canary`` at the first share
+advance    ``canary`` share moves to the next stage
+complete   ``production`` = the candidate, ``previous`` = the old one, ``canary`` cleared
+rollback   ``canary`` cleared at once (production never moved), audited with the figures
+reject     shadow showed it worse (or unable to reach the required improvement)
+inconclusive / stall   shadow or a stage ran out of time; production unchanged
+abort      production or the canary was moved by someone else (e.g. ``retrain rollback``)
+========== ==========================================================================
+
+The trading app's :class:`retrain.serving.ModelRouter` follows the aliases it reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from retrain.config import ModelConfig
+from retrain.context import Context
+from retrain.emergency import EmergencyConfig
+from retrain.errors import ArtifactError, RetrainError
+from retrain.rollout import PairedCounts, Phase, RolloutState, ShadowVerdict, StageVerdict, canary_emergency, \
+    judge_shadow, judge_stage
+from retrain.steps.promote import finish_promotion
+from retrain.storage.models import RolloutRow, RunRow
+from retrain.storage.repo import Tx
+from retrain.windows import Counts
+
+__all__ = ["RolloutResult", "EvaluateResult", "begin_rollout", "evaluate_rollouts", "evaluate_rollout",
+           "confirm_rollout", "describe_rollout"]
+
+ACTOR = "rollout"
+
+
+@dataclass(frozen=True)
+class RolloutResult:
+    run_id: str
+    model: str
+    action: str
+    phase: str
+    share_pct: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class EvaluateResult:
+    results: list[RolloutResult] = field(default_factory=list)
+
+    @property
+    def actions(self) -> dict[str, str]:
+        return {r.model: r.action for r in self.results}
+
+
+def _lock(tx: Tx, model: str) -> None:
+    # Same lock as every alias move (retrain.registry): one writer of a model's aliases at a time.
+    tx.lock(f"retrain:aliases:{model}")
+
+
+def _minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def _state(ro: RolloutRow, cfg: ModelConfig) -> RolloutState:
+    stages = tuple(float(x) for x in ro.stages) if ro.stages else tuple(cfg.rollout.stages)
+    return RolloutState(Phase(ro.phase), stages, ro.stage, ro.started_at, ro.stage_started_at, ro.finished_at)
+
+
+# ---------------------------------------------------------------------------- begin
+def begin_rollout(tx: Tx, ctx: Context, run: RunRow, cfg: ModelConfig, production: str, now: datetime,
+                  holdout_detail: str) -> str:
+    """Start shadow (or, with shadow off, the first canary stage) for a candidate that passed the holdout."""
+    version = run.candidate_version
+    stages = tuple(float(s) for s in cfg.rollout.stages)
+    state = RolloutState.begin(stages, now, shadow=cfg.validation.shadow_enabled)
+    ro = tx.add_rollout(run_id=run.id, model=run.model, candidate_version=version, baseline_version=production,
+                        phase=state.phase.value, stages=list(stages), stage=state.stage, share_pct=state.share_pct, started_at=now,
+                        stage_started_at=now, canary_started_at=None if state.phase is Phase.SHADOW else now,
+                        updated_at=now, finished_at=None, gate=None, gate_by=None, scored_until=0, paired={},
+                        figures={}, history=[], outcome="")
+    if state.phase is Phase.SHADOW:
+        v = cfg.validation
+        tx.move_alias(run.model, "candidate", version, actor="validation", reason=holdout_detail, now=now)
+        run.state, run.stage = "shadow", "shadow"
+        tx.version(run.model, version).status = "candidate"
+        tx.audit(now, "validation", "validation",
+                 f"{run.model} {version} enters shadow against production {production}: "
+                 f"{v.shadow_min_hours:g}-{v.shadow_max_hours:g} h, >= {v.shadow_min_rows} labelled live rows, "
+                 f">= +{v.min_improvement:.0%} {cfg.primary_metric} at {v.confidence:.0%} confidence",
+                 model=run.model, subject=version, data={"run_id": run.id, "production": production})
+        return "shadow"
+    _enter_canary(tx, run, ro, cfg, now, f"holdout passed ({holdout_detail}); shadow is disabled")
+    return "canary"
+
+
+def _enter_canary(tx: Tx, run: RunRow, ro: RolloutRow, cfg: ModelConfig, now: datetime, why: str) -> None:
+    share = ro.share_pct
+    if tx.alias(run.model, "candidate") == ro.candidate_version:
+        tx.move_alias(run.model, "candidate", None, actor=ACTOR, reason=f"{ro.candidate_version} enters canary", now=now)
+    tx.move_alias(run.model, "canary", ro.candidate_version, actor=ACTOR, reason=f"canary at {share:g}%: {why}",
+                  now=now, share_pct=share)
+    tx.version(run.model, ro.candidate_version).status = "canary"
+    run.state, run.stage = "rollout", f"canary {share:g}%"
+    tx.audit(now, "rollout", ACTOR, f"{run.model} {ro.candidate_version} canary at {share:g}% of traffic "
+             f"(stage 1 of {len(_state(ro, cfg).stages)}): {why}", model=run.model, subject=ro.candidate_version,
+             data={"run_id": run.id, "share_pct": share, "stage": 1})
+
+
+# ---------------------------------------------------------------------------- evaluate
+def evaluate_rollouts(ctx: Context, models: list[str] | None = None) -> EvaluateResult:
+    """Evaluate every rollout in progress (of ``models``, default all)."""
+    with ctx.store.tx() as tx:
+        ids = [r.run_id for r in tx.active_rollouts() if models is None or r.model in models]
+    out = EvaluateResult()
+    for run_id in ids:
+        out.results.append(evaluate_rollout(ctx, run_id))
+    return out
+
+
+def evaluate_rollout(ctx: Context, run_id: str) -> RolloutResult:
+    with ctx.store.tx() as tx:
+        ro = tx.rollout(run_id)
+        if ro is None or Phase(ro.phase).is_final:
+            return RolloutResult(run_id, ro.model if ro else "", "skipped", ro.phase if ro else "unknown")
+        model, phase, scored_until = ro.model, ro.phase, ro.scored_until
+        baseline, started = ro.baseline_version, ro.started_at
+        cand_row = tx.version(model, ro.candidate_version)
+        cand_sha = cand_row.artifact_sha256 if cand_row else None
+    cfg = ctx.config.models.get(model)
+    if cfg is None:
+        return RolloutResult(run_id, model, "skipped", phase, detail=f"{model} is not configured")
+
+    batch = None
+    refused = None
+    if phase == Phase.SHADOW.value and baseline and cand_sha:
+        from retrain.steps.shadow import score_new_rows
+
+        try:
+            batch = score_new_rows(ctx, model=model, candidate_sha256=cand_sha, baseline=baseline, since=started,
+                                   after_id=scored_until)
+        except ArtifactError as exc:
+            refused = f"the candidate's artifact was refused: {exc}"
+
+    now = ctx.now()
+    with ctx.store.tx() as tx:
+        _lock(tx, model)
+        ro = tx.rollout(run_id, for_update=True)
+        run = tx.run(run_id, for_update=True)
+        if ro.phase != phase or (batch is not None and ro.scored_until != scored_until):
+            # Another evaluation got here first; its result stands.
+            return RolloutResult(run_id, model, "skipped", ro.phase, ro.share_pct, "evaluated concurrently")
+        moved = _moved_by_someone_else(tx, ro)
+        if refused or moved:
+            return _apply(tx, cfg, run, ro, "abort", refused or moved, dict(ro.figures), (), now)
+        if phase == Phase.SHADOW.value:
+            paired = PairedCounts.from_json(ro.paired) + (batch.paired if batch else PairedCounts())
+            ro.paired = paired.to_json()
+            if batch is not None:
+                ro.scored_until = batch.last_id
+            verdict: ShadowVerdict | StageVerdict = _judge_shadow(cfg, ro, paired, now)
+        else:
+            verdict = _judge_canary(tx, cfg, ro, now)
+        return _apply(tx, cfg, run, ro, verdict.action, verdict.reason, verdict.figures, verdict.needs, now)
+
+
+def _moved_by_someone_else(tx: Tx, ro: RolloutRow) -> str | None:
+    prod = tx.alias(ro.model, "production")
+    if prod != ro.baseline_version:
+        return f"production moved from {ro.baseline_version} to {prod or 'none'} outside the rollout"
+    if ro.phase == Phase.CANARY.value and tx.alias(ro.model, "canary") != ro.candidate_version:
+        return f"the canary alias no longer points at {ro.candidate_version} (withdrawn outside the rollout)"
+    return None
+
+
+def _judge_shadow(cfg: ModelConfig, ro: RolloutRow, paired: PairedCounts, now: datetime) -> ShadowVerdict:
+    return judge_shadow(paired, now - ro.started_at, cfg.validation, metric=cfg.primary_metric,
+                        manual_gate=cfg.rollout.manual_gate and cfg.rollout.enabled, confirmed=ro.gate == "confirmed")
+
+
+def _counts(rows) -> Counts:
+    return sum((Counts(n=r.n, tp=r.tp, fp=r.fp, tn=r.tn, fn=r.fn, ret_sum=r.ret_sum, ret_sq_sum=r.ret_sq_sum)
+                for r in rows), Counts())
+
+
+def _judge_canary(tx: Tx, cfg: ModelConfig, ro: RolloutRow, now: datetime) -> StageVerdict:
+    """The current stage's labelled outcomes: the canary's against production's over the same minutes.
+
+    At 100 % production serves nothing in the stage, so its reference is what it
+    served during the earlier stages of this rollout.
+    """
+    state = _state(ro, cfg)
+    since = _minute(ro.stage_started_at)
+    canary = _counts(tx.buckets(ro.model, ro.candidate_version, since))
+    if state.share_pct >= 100.0:
+        production = _counts(tx.buckets(ro.model, ro.baseline_version, _minute(ro.canary_started_at or ro.started_at),
+                                        since))
+    else:
+        production = _counts(tx.buckets(ro.model, ro.baseline_version, since))
+    firing = None
+    e = cfg.emergency
+    if e.enabled:
+        ecfg = EmergencyConfig.from_sigma(e.sigma, history_buckets=e.history_buckets, bucket_minutes=e.bucket_minutes)
+        window = now - timedelta(minutes=e.bucket_minutes) * (ecfg.history_buckets + ecfg.consecutive)
+        pick = lambda version, start: [(r.minute, _counts([r])) for r in tx.buckets(ro.model, version, start)]  # noqa: E731
+        firing = canary_emergency(pick(ro.baseline_version, window),
+                                  pick(ro.candidate_version, max(window, since)), now, ecfg)
+    return judge_stage(canary, production, share=state.share_pct, stage=state.stage, n_stages=len(state.stages),
+                       elapsed=now - ro.stage_started_at, settings=cfg.rollout, confidence=cfg.validation.confidence,
+                       metric=cfg.primary_metric, emergency=firing, confirmed=ro.gate == "confirmed")
+
+
+# ---------------------------------------------------------------------------- apply
+def _apply(tx: Tx, cfg: ModelConfig, run: RunRow, ro: RolloutRow, action: str, reason: str, figures: dict,
+           needs: tuple[str, ...], now: datetime) -> RolloutResult:
+    model, version = ro.model, ro.candidate_version
+    state = _state(ro, cfg)
+    ro.updated_at = now
+    ro.figures = {**figures, "action": action, "reason": reason,
+                  "needs": list(needs), "at": now.isoformat()}
+    if action in ("wait", "hold"):
+        return RolloutResult(run.id, model, action, ro.phase, ro.share_pct, reason)
+    if action == "gate":
+        if ro.gate is None:
+            ro.gate = "waiting"
+            tx.audit(now, "rollout", ACTOR, f"{model} {version} waits for confirmation "
+                     f"(retrain promote {model} --confirm): {reason}", model=model, subject=version,
+                     data={"run_id": run.id, "figures": figures})
+        return RolloutResult(run.id, model, action, ro.phase, ro.share_pct, reason)
+
+    ro.history = [*ro.history, {"phase": ro.phase, "share_pct": ro.share_pct, "stage": ro.stage + 1,
+                                "started_at": ro.stage_started_at.isoformat(), "ended_at": now.isoformat(),
+                                "action": action, "figures": figures}]
+    if action == "pass":
+        tx.audit(now, "validation", "validation", f"{model} {version} passed shadow: {reason}", model=model,
+                 subject=version, data={"run_id": run.id, "figures": figures})
+        if cfg.rollout.enabled:
+            nxt = state.next("pass", now)
+            ro.phase, ro.stage, ro.share_pct = nxt.phase.value, nxt.stage, nxt.share_pct
+            ro.stage_started_at = ro.canary_started_at = now
+            ro.gate = ro.gate_by = None
+            _enter_canary(tx, run, ro, cfg, now, "shadow passed")
+            return RolloutResult(run.id, model, action, ro.phase, ro.share_pct, reason)
+        action = "complete"  # no staged rollout configured: production at once
+    if action == "advance":
+        nxt = state.next("advance", now)
+        old_share = ro.share_pct
+        ro.stage, ro.share_pct, ro.stage_started_at = nxt.stage, nxt.share_pct, now
+        ro.gate = ro.gate_by = None
+        tx.move_alias(model, "canary", version, actor=ACTOR, reason=f"stage {nxt.stage + 1}: {nxt.share_pct:g}%",
+                      now=now, share_pct=nxt.share_pct)
+        run.stage = f"canary {nxt.share_pct:g}%"
+        tx.audit(now, "rollout", ACTOR, f"{model} {version} canary {old_share:g}% -> {nxt.share_pct:g}% "
+                 f"(stage {nxt.stage + 1} of {len(state.stages)}): {reason}", model=model, subject=version,
+                 data={"run_id": run.id, "share_pct": nxt.share_pct, "figures": figures})
+        return RolloutResult(run.id, model, action, ro.phase, ro.share_pct, reason)
+    if action == "complete":
+        ro.phase, ro.finished_at, ro.share_pct, ro.outcome = Phase.PROMOTED.value, now, 0.0, reason
+        old = finish_promotion(tx, run, now, f"run {run.id[:8]} ({run.trigger}) passed its rollout: {reason}")
+        return RolloutResult(run.id, model, "complete", ro.phase, 0.0, f"{version} is production (previous: {old})")
+
+    # Every other action ends the rollout with production unchanged.
+    final = state.next(action, now).phase
+    was_share = ro.share_pct
+    ro.phase, ro.finished_at, ro.share_pct, ro.outcome = final.value, now, 0.0, reason
+    if tx.alias(model, "canary") == version:
+        tx.move_alias(model, "canary", None, actor=ACTOR, reason=f"{action}: {reason}"[:2000], now=now)
+    if tx.alias(model, "candidate") == version:
+        tx.move_alias(model, "candidate", None, actor=ACTOR, reason=f"{action}: {reason}"[:2000], now=now)
+    row = tx.version(model, version)
+    status = {"rollback": "rolled_back", "reject": "rejected"}.get(action, "withdrawn")
+    if row is not None and row.status in ("candidate", "canary"):
+        row.status = status
+    run.state, run.finished_at, run.error = "rejected", now, reason
+    run.stage = {"rollback": "rolled_back", "reject": "shadow_rejected", "abort": "aborted"}.get(action, "inconclusive")
+    data = {"run_id": run.id, "figures": figures, "share_pct": was_share, "production": ro.baseline_version}
+    if action == "rollback":
+        tx.audit(now, "rollback", ACTOR, f"{model} canary {version} rolled back automatically at {was_share:g}% "
+                 f"(production {ro.baseline_version} serves all traffic): {reason}", model=model, subject=version,
+                 data=data)
+    elif action in ("reject", "inconclusive") and was_share == 0:
+        tx.audit(now, "validation", "validation", f"{model} {version} {'rejected in' if action == 'reject' else 'ended'}"
+                 f" shadow{'' if action == 'reject' else ' inconclusive'}; production {ro.baseline_version} "
+                 f"unchanged: {reason}", model=model, subject=version, data=data)
+    else:
+        tx.audit(now, "rollout", ACTOR, f"{model} {version} rollout ended ({final.value}) at {was_share:g}%; "
+                 f"production {ro.baseline_version} unchanged: {reason}", model=model, subject=version, data=data)
+    return RolloutResult(run.id, model, action, final.value, 0.0, reason)
+
+
+# ---------------------------------------------------------------------------- operators
+def confirm_rollout(ctx: Context, model: str, *, actor: str, reason: str = "") -> RolloutResult:
+    """``retrain promote MODEL --confirm``: let the rollout take its next step, now if it is due.
+
+    A confirmation given before the stage's criteria are met stands for that stage:
+    the step is taken at the first evaluation that finds them met.
+    """
+    now = ctx.now()
+    with ctx.store.tx() as tx:
+        active = tx.active_rollouts(model)
+        if not active:
+            raise RetrainError(f"{model} has no rollout in progress (see: retrain rollout {model})")
+        _lock(tx, model)
+        ro = tx.rollout(active[0].run_id, for_update=True)
+        run_id, was = ro.run_id, ro.gate
+        if was != "confirmed":
+            ro.gate, ro.gate_by = "confirmed", actor
+            where = "shadow" if ro.phase == Phase.SHADOW.value else f"canary {ro.share_pct:g}%"
+            tx.audit(now, "approval", actor, f"{model} {ro.candidate_version}: next rollout step confirmed at {where}"
+                     + (f": {reason}" if reason else ""), model=model, subject=ro.candidate_version,
+                     data={"run_id": run_id, "gate_was": was})
+    return evaluate_rollout(ctx, run_id)
+
+
+def describe_rollout(ctx: Context, model: str) -> dict[str, Any] | None:
+    """The rollout in progress (else the latest one): stage, figures so far, and what the next step needs."""
+    now = ctx.now()
+    with ctx.store.tx() as tx:
+        rows = tx.active_rollouts(model) or tx.rollouts(model, limit=1)
+        if not rows:
+            return None
+        ro = rows[0]
+        cfg = ctx.config.models.get(model)
+        verdict = None
+        if cfg is not None and ro.phase == Phase.SHADOW.value:
+            verdict = _judge_shadow(cfg, ro, PairedCounts.from_json(ro.paired), now)
+        elif cfg is not None and ro.phase == Phase.CANARY.value:
+            verdict = _judge_canary(tx, cfg, ro, now)
+        figures = verdict.figures if verdict else dict(ro.figures)
+        nxt = {"wait": "wait", "hold": "wait for evidence", "gate": "confirmation (retrain promote --confirm)",
+               "pass": "enter the canary", "advance": "advance", "complete": "become production",
+               "rollback": "roll back", "reject": "reject", "inconclusive": "end inconclusive",
+               "stall": "end inconclusive"}
+        return {
+            "model": model, "run_id": ro.run_id, "candidate": ro.candidate_version, "production": ro.baseline_version,
+            "phase": ro.phase, "stage": ro.stage + 1 if ro.phase == Phase.CANARY.value else None,
+            "stages_pct": list(ro.stages),
+            "share_pct": ro.share_pct, "started_at": ro.started_at, "stage_started_at": ro.stage_started_at,
+            "finished_at": ro.finished_at, "gate": ro.gate, "gate_by": ro.gate_by,
+            "figures": figures, "needs": list(verdict.needs) if verdict else [],
+            "next": nxt.get(verdict.action, verdict.action) if verdict else None,
+            "reason": verdict.reason if verdict else ro.outcome,
+            "manual_gate": bool(cfg and cfg.rollout.manual_gate),
+            "history": ro.history, "outcome": ro.outcome,
+        }

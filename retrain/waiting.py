@@ -1,0 +1,87 @@
+"""What a queued run waits for, and waking the runs that may start now.
+
+A queued run can be held back by two things:
+
+* a dependency: model B lists model A in ``depends_on`` (B uses A's outputs), so
+  B's run waits while A has an active run (queued, training, validating, in shadow
+  or in rollout) that was created before it. Only earlier runs count, so the
+  waits-for graph always points back in time and can never form a cycle, whatever
+  the model file says;
+* a training slot: all ``RETRAIN_TRAINING_SLOTS`` are held (retrain.slots).
+
+A held-back run stays ``queued`` with ``blocked_on`` saying what it waits for, and
+its message is acknowledged: Postgres, not the broker, remembers that it waits.
+:func:`wake` sends ``retrain.train`` again (through the outbox) for the waiting runs
+that may start now, highest priority first; a training that gives its slot back
+calls it at once, and the reconciler calls it every interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+from sqlalchemy import and_, or_, select
+
+from retrain import slots
+from retrain.storage.models import RunRow
+from retrain.storage.repo import ACTIVE_RUN_STATES, Tx
+
+__all__ = ["dependency_blocker", "describe_dependency", "slot_wait", "wake"]
+
+SLOT_WAIT_PREFIX = "a free training slot"
+
+
+def dependency_blocker(tx: Tx, run: RunRow, depends_on: Iterable[str]) -> RunRow | None:
+    """The oldest active run of one of ``depends_on`` created before ``run``, if any."""
+    deps = [m for m in depends_on if m != run.model]
+    if not deps:
+        return None
+    earlier = or_(RunRow.created_at < run.created_at, and_(RunRow.created_at == run.created_at, RunRow.id < run.id))
+    q = (select(RunRow).where(RunRow.model.in_(deps), RunRow.state.in_(ACTIVE_RUN_STATES), earlier)
+         .order_by(RunRow.created_at, RunRow.id).limit(1))
+    return tx.s.scalars(q).first()
+
+
+def describe_dependency(blocker: RunRow) -> str:
+    return f"{blocker.model} run {blocker.id[:8]} ({blocker.state}) to finish"
+
+
+def slot_wait(limit: int) -> str:
+    return f"{SLOT_WAIT_PREFIX} ({limit} of {limit} in use)"
+
+
+def wake(tx: Tx, *, depends_on: dict[str, tuple[str, ...]], limit: int, now: datetime,
+         skip_dispatched_after: datetime | None = None, scan: int = 200) -> list[str]:
+    """Send ``retrain.train`` for the best waiting runs, as many as there are free slots.
+
+    Candidates are queued runs that tried and were held back (``blocked_on`` set),
+    by priority then age; a run still waiting for a dependency is skipped (and its
+    ``blocked_on`` refreshed). ``skip_dispatched_after`` leaves alone runs that were
+    sent again recently and whose message may still be on its way. Returns the ids sent.
+    """
+    free = slots.free_count(tx, limit, now)
+    q = (select(RunRow).where(RunRow.state == "queued", RunRow.blocked_on.is_not(None))
+         .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id).limit(scan))
+    if tx.pg:
+        q = q.with_for_update(skip_locked=True)  # a run being claimed right now is in good hands
+    sent: list[str] = []
+    taken = 0
+    for run in tx.s.scalars(q):
+        blocker = dependency_blocker(tx, run, depends_on.get(run.model, ()))
+        if blocker is not None:
+            text = describe_dependency(blocker)
+            if run.blocked_on != text:
+                run.blocked_on = text
+            continue
+        if taken >= free:
+            if not run.blocked_on.startswith(SLOT_WAIT_PREFIX):
+                run.blocked_on = slot_wait(limit)
+            continue
+        taken += 1
+        if skip_dispatched_after is not None and run.dispatched_at and run.dispatched_at > skip_dispatched_after:
+            continue  # sent again a moment ago and on its way: it still counts against the free slots
+        tx.enqueue("retrain.train", {"v": 1, "run_id": run.id}, now, priority=run.priority)
+        run.dispatched_at = now
+        sent.append(run.id)
+    return sent
