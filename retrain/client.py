@@ -328,38 +328,88 @@ class RetrainClient:
             self._send_waiting()
 
     def _gather(self, expire_all: bool) -> None:
-        open_batches: dict[tuple[str, bool], _Batch] = {}
+        # Rows are first joined into one tuple layout, ("l", model, id, x, prediction, version,
+        # ts, label, ret), grouped by model; then each group goes into batches column by column.
         now_ts = self._clock.now().timestamp()
-        buf, pending, add = self._buffer, self._pending, self._add
-        while buf:
-            item = buf.popleft()
+        buf, pending = self._buffer, self._pending
+        popleft = buf.popleft
+        items = [popleft() for _ in range(len(buf))]
+        groups: dict[str, list[tuple]] = {}
+        for item in items:
             kind = item[0]
             if kind == "l":
-                _, model, pid, x, pred, version, ts, label, ret = item
-                add(open_batches, model, pid, version, now_ts if ts is None else ts, x, pred, label, ret)
+                rows = groups.get(item[1])
+                if rows is None:
+                    rows = groups[item[1]] = []
+                rows.append(item)
             elif kind == "p":
                 _, model, pid, x, pred, version, ts = item
                 pending[pid] = (model, x, pred, version, now_ts if ts is None else ts)
                 if len(pending) > self.max_pending_predictions:
                     old_id, old = pending.popitem(last=False)
-                    add(open_batches, old[0], old_id, old[3], old[4], old[1], old[2], None, None)
+                    groups.setdefault(old[0], []).append(("l", old[0], old_id, old[1], old[2], old[3], old[4],
+                                                          None, None))
             else:
                 _, model, pid, label, ret = item
                 hit = pending.pop(pid, None)
                 if hit is None:
-                    add(open_batches, model, pid, "", now_ts, None, None, label, ret)
+                    row = ("l", model, pid, None, None, "", now_ts, label, ret)
                 else:
-                    add(open_batches, hit[0], pid, hit[3], hit[4], hit[1], hit[2], label, ret)
+                    row = ("l", hit[0], pid, hit[1], hit[2], hit[3], hit[4], label, ret)
+                groups.setdefault(row[1], []).append(row)
         cutoff = now_ts - self.prediction_ttl_s
         while pending:
             pid, p = next(iter(pending.items()))
             if not expire_all and p[4] > cutoff:
                 break
             pending.popitem(last=False)
-            add(open_batches, p[0], pid, p[3], p[4], p[1], p[2], None, None)
-        for b in open_batches.values():
-            if len(b):
+            groups.setdefault(p[0], []).append(("l", p[0], pid, p[1], p[2], p[3], p[4], None, None))
+        for model, rows in groups.items():
+            open_batches: dict[tuple[str, bool], _Batch] = {}
+            for start in range(0, len(rows), self.batch_size):
+                self._add_rows(open_batches, model, rows[start:start + self.batch_size], now_ts)
+            for b in open_batches.values():
+                if len(b):
+                    self._queue_batch(b)
+
+    def _add_rows(self, open_batches: dict, model: str, rows: list[tuple], now_ts: float) -> None:
+        """Add rows of one model column by column; any surprise sends them one by one instead."""
+        xs = [r[3] for r in rows]
+        width = self._width.get(model) or (len(xs[0]) if xs[0] is not None else 0)
+        try:
+            if not width or None in xs or set(map(len, xs)) != {width}:
+                raise ValueError("rows of another width")
+            x = array("d", [v for row in xs for v in row])
+            pids, preds, versions, tss, labels, rets = ([r[i] for r in rows] for i in (2, 4, 5, 6, 7, 8))
+            ts = array("d", [now_ts if t is None else t for t in tss] if None in tss else tss)
+            ret = array("d", [_NAN if r is None else r for r in rets] if None in rets else rets)
+            pred = list(map(int, preds))
+            label = list(map(int, labels)) if None not in labels else [None if v is None else int(v) for v in labels]
+            ids = list(map(str, pids))
+        except (TypeError, ValueError):
+            for r in rows:
+                self._add(open_batches, model, r[2], r[5], now_ts if r[6] is None else r[6], r[3], r[4], r[7], r[8])
+            return
+        key = (model, True)
+        b = open_batches.get(key)
+        if b is None or b.n_features != width:
+            if b is not None and len(b):
                 self._queue_batch(b)
+            b = open_batches[key] = _Batch(model, width)
+        room = self.batch_size - len(b)
+        for lo in range(0, len(ids), room or 1):
+            hi = lo + room
+            b.id.extend(ids[lo:hi])
+            b.version.extend(versions[lo:hi])
+            b.ts.extend(ts[lo:hi])
+            b.x.extend(x[lo * width:hi * width])
+            b.prediction.extend(pred[lo:hi])
+            b.label.extend(label[lo:hi])
+            b.ret.extend(ret[lo:hi])
+            if len(b) >= self.batch_size:
+                self._queue_batch(b)
+                b = open_batches[key] = _Batch(model, width)
+            room = self.batch_size - len(b)
 
     def _add(self, open_batches: dict, model: str, pid: Any, version: str, ts: Any, x: Any, pred: Any,
              label: Any, ret: Any) -> None:

@@ -58,13 +58,23 @@ class _Strict(BaseModel):
 
 
 class Thresholds(_Strict):
-    """Performance trigger (ADAPT-009)."""
+    """Performance trigger (ADAPT-009); the rules are in retrain.triggers.
+
+    Every metric in ``metrics`` is watched for a ``relative_drop`` against the version's
+    validated baseline (a bank of Bernoulli CUSUM charts, or a Sharpe bound); accuracy is
+    also held to ``accuracy_floor`` (0 turns the floor off). Nothing fires before
+    ``min_samples`` outcomes in the last ``window_minutes``. ``arl0`` is the average number
+    of outcomes between false alarms of a model that holds its baseline: raise it with the
+    outcome rate. ``confidence`` is that of the floor and Sharpe bounds.
+    """
 
     metrics: tuple[str, ...] = ("accuracy",)
     relative_drop: float = Field(0.05, gt=0, lt=1)
-    accuracy_floor: float = Field(0.55, ge=0, le=1)
+    accuracy_floor: float = Field(0.55, ge=0, lt=1)
     min_samples: int = Field(2000, ge=1)
     window_minutes: int = Field(240, ge=1)
+    arl0: float = Field(10_000_000.0, gt=1)
+    confidence: float = Field(0.99, gt=0.5, lt=1)
 
     @field_validator("metrics")
     @classmethod
@@ -76,19 +86,45 @@ class Thresholds(_Strict):
 
 
 class DriftSettings(_Strict):
+    """Data drift (ADAPT-011); the tests are in retrain.drift.
+
+    The live sample of the last ``current_minutes`` (at most its newest ``max_rows``
+    rows, and at least ``min_rows``) is compared with the training sample of the
+    production version, every ``check_every_minutes`` (0: at every sweep), so that a
+    sweep a minute does not re-test an almost identical window 60 times an hour. A
+    feature drifts when its adjusted p-value is below ``alpha`` and its effect size
+    (KS D, or total variation) is at least ``min_effect`` (and PSI at least ``min_psi``
+    if set).
+    """
+
     enabled: bool = True
     alpha: float = Field(0.05, gt=0, lt=1)
     correction: Literal["bh", "bonferroni", "none"] = "bh"
     min_rows: int = Field(500, ge=10)
+    max_rows: int = Field(20_000, ge=10)
     current_minutes: int = Field(240, ge=1)
+    check_every_minutes: int = Field(60, ge=0)
+    min_effect: float = Field(0.05, ge=0, le=1)
+    min_psi: float | None = Field(None, ge=0)
     categorical: tuple[str, ...] = ()
 
 
 class EmergencySettings(_Strict):
+    """Emergency (ADAPT-012); the detector is in retrain.emergency.
+
+    Per ``bucket_minutes`` bucket, accuracy and mean strategy return are compared with
+    the ``history_buckets`` before; ``sigma`` standard deviations below the history is
+    LOW, sigma + 1 MEDIUM, sigma + 2 HIGH, sigma + 3 CRITICAL (one level more for three
+    bad buckets in a row or a cliff). Only firings at ``min_severity`` or above become
+    requests: a 3-sigma LOW fires on noise about once in 770 checks.
+    """
+
     enabled: bool = True
     sigma: float = Field(3.0, gt=0)
     history_buckets: int = Field(120, ge=10)
     bucket_minutes: int = Field(5, ge=1)
+    min_samples: int = Field(20, ge=1)
+    min_severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = "LOW"
 
 
 class ValidationSettings(_Strict):

@@ -246,7 +246,11 @@ class Policy:
     offpeak_end: time | str | None = time(5, 0)
     timezone: str = "UTC"
     min_free_memory_mb: float = 1024.0
-    max_cpu_load_pct: float = 85.0
+    # The 1-minute load average per CPU, in percent (retrain.costs.read_resources):
+    # 100 is every core busy. A node busy with its own trainings is the training
+    # slots' business; this rule defers only on an overloaded node, with twice
+    # as many runnable processes as cores.
+    max_cpu_load_pct: float = 200.0
     min_free_disk_mb: float = 2048.0
     resource_retry_minutes: float = 5.0
     approval_days: float = 7.0
@@ -457,6 +461,11 @@ def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy) -
     }
 
 
+def _usd(x: float) -> str:
+    # Cents for dollars; a training of a few seconds costs a fraction of a cent, and "$0.00" would hide it.
+    return f"${x:,.2f}" if x == 0.0 or abs(x) >= 0.995 else f"${x:.4f}"
+
+
 def _month_start_after(now: datetime) -> datetime:
     if now.month == 12:
         return datetime(now.year + 1, 1, 1, tzinfo=_UTC)
@@ -476,13 +485,13 @@ def _cap(
         # value and limit already say it; no float formatting on the common path.
         return RuleResult(rule, True, projected, cap, "within cap", bypass is not None)
     if bypass is not None:
-        return RuleResult(rule, False, projected, cap, f"{spent:.2f} spent + {cost:.2f} estimate > {cap:.2f}; "
+        return RuleResult(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}; "
                           f"bypassed ({bypass})", True)
     if cost > cap:
         rejects.append(rule)
-        return RuleResult(rule, False, projected, cap, f"estimate {cost:.2f} alone exceeds the cap {cap:.2f}")
+        return RuleResult(rule, False, projected, cap, f"estimate {_usd(cost)} alone exceeds the cap {_usd(cap)}")
     defers.append(reset_at)
-    return RuleResult(rule, False, projected, cap, f"{spent:.2f} spent + {cost:.2f} estimate > {cap:.2f}",
+    return RuleResult(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}",
                       False, reset_at)
 
 
@@ -682,9 +691,9 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
     roi_ok = roi is None or roi >= min_roi
     verdict_s = "no cost estimate" if roi is None else f"{roi:.3g} {'>=' if roi_ok else '<'} {min_roi:g}"
     roi_detail = (f"{verdict_s}"
-                  f": benefit ${vm['benefit_usd']:.2f} = {vm['value_per_accuracy_point_usd']:g} x "
+                  f": benefit {_usd(vm['benefit_usd'])} = {vm['value_per_accuracy_point_usd']:g} x "
                   f"{vm['recovery_points']:.3g} pt x {vm['predictions_per_day'] * vm['horizon_days']:.4g} predictions"
-                  f"; estimate ${cost:.2f}")
+                  f"; estimate {_usd(cost)}")
     if override is not None:
         add(RuleResult("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
     elif not state.has_production:

@@ -215,7 +215,8 @@ def _live_row(tx: Tx, model: str, version: str) -> VersionRow:
     if row is None:
         live = [r.version for r in tx.versions(model, include_deleted=False)]
         raise VersionUnavailableError(
-            f"{model} has no version {version}; live versions: {', '.join(live) or 'none'} (see: retrain versions {model})")
+            f"{model} has no version {version}; live versions: {', '.join(live) or 'none'} "
+            f"(see: retrain versions {model})")
     if row.deleted_at is not None:
         raise VersionUnavailableError(
             f"{model} {version} was deleted by retention on {row.deleted_at:%Y-%m-%d %H:%M} UTC "

@@ -8,7 +8,9 @@ neither kept nor deleted again. Among the live versions:
 
 1. A *protected* version is always kept. Protected means an alias points to it:
    production, candidate, canary, and the previous version (the rollback target).
-   The caller builds that set; names that match no live version are ignored.
+   The caller builds that set (``retrain.registry.protected_versions`` also adds the
+   versions of runs still validating or rolling out); names that match no live
+   version are ignored.
 2. Protected versions use up slots: ``slots = max(0, max_versions - P)`` where P
    is the number of live protected versions.
 3. An unprotected version is deleted when it is **older than** ``max_age``

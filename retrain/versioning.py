@@ -18,6 +18,11 @@ patch      otherwise: only the configuration (hyperparameters) changed, or
 
 The highest applicable kind wins; the reason lists every field that changed.
 
+The parent is the version in production when the new one is registered (before
+any promotion: the highest version issued); ``retrain.registry.register_version``
+applies this rule and stores ``bump_kind``, ``bump_reason`` and the parent with the
+version, so ``retrain show MODEL@VERSION`` explains every number.
+
 The bump is applied to the *highest version already issued* (``latest``) when it is
 above the parent, not to the parent alone. After a rollback to 1.0.0 while 1.1.0
 exists, a retrain on new data gives 1.2.0, never a second 1.1.0: a version number

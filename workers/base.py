@@ -29,6 +29,10 @@ from workers import runtime
 
 log = logging.getLogger("retrain.tasks")
 
+# Tasks beat sends on an interval: a run that meets an outage is simply replaced by the next.
+PERIODIC = frozenset({"retrain.relay", "retrain.reconcile", "retrain.sweep", "retrain.retention",
+                      "retrain.evaluate_rollouts"})
+
 __all__ = ["retrain_task", "publish", "relay_now", "relay_quietly", "dead_letter", "progress_reporter"]
 
 
@@ -116,7 +120,13 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
                 relay_quietly()  # a stale attempt may have freed a slot and woken a waiting run
                 return {"rejected": str(exc)}
             except TransientError as exc:
-                raise self.retry(exc=exc, countdown=min(60, 2 ** self.request.retries))
+                if name in PERIODIC:
+                    # The next beat tick does this job again: no retry piling up behind an outage.
+                    log.warning("%s: %s; the next periodic run will do it", name, exc)
+                    return {"skipped": str(exc)}
+                # Never give up on a transient error (the message would be lost with it); back
+                # off to at most 15 s, so work resumes within seconds of the service's return.
+                raise self.retry(exc=exc, countdown=min(15, 1 + 2 * self.request.retries), max_retries=None)
             except (Retry, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:

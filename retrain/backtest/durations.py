@@ -5,8 +5,8 @@ A bare number is seconds. Used by every backtest option that takes a duration
 
 >>> parse_duration("1h30m")
 datetime.timedelta(seconds=5400)
->>> format_duration(parse_duration("1d"))
-'1d'
+>>> format_duration(parse_duration("1d")), format_duration(parse_duration("1249m"))
+('1d', '20h49m')
 """
 
 from __future__ import annotations
@@ -48,12 +48,15 @@ def parse_duration(text: str | float | int | timedelta, what: str = "duration") 
 
 
 def format_duration(d: timedelta) -> str:
-    """The shortest exact spelling: ``1d``, ``6h``, ``90m``, ``45s`` (``0s`` for zero)."""
+    """A compact exact spelling: ``1d``, ``6h``, ``20h49m``, ``45s`` (``0s`` for zero)."""
     secs = d.total_seconds()
     if secs == 0:
         return "0s"
+    if not float(secs).is_integer():
+        return f"{secs:g}s"
+    rest, parts = int(secs), []
     for unit in ("w", "d", "h", "m", "s"):
-        n = secs / _UNITS[unit]
-        if n >= 1 and float(n).is_integer():
-            return f"{int(n)}{unit}"
-    return f"{secs:g}s"
+        n, rest = divmod(rest, _UNITS[unit])
+        if n:
+            parts.append(f"{n}{unit}")
+    return "".join(parts)

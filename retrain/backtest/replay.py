@@ -46,7 +46,7 @@ from retrain.config import RetrainConfig
 from retrain.context import Context
 from retrain.errors import PayloadError
 
-__all__ = ["ReplayOptions", "ReplayOutcome", "replay", "Progress", "OPERATOR"]
+__all__ = ["ReplayOptions", "ReplayOutcome", "replay", "template_database", "Progress", "OPERATOR"]
 
 OPERATOR = "backtest operator"
 _RECONCILE_EVERY = timedelta(hours=1)
@@ -85,7 +85,7 @@ class ReplayOutcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _template(workroot: Path) -> Path:
+def template_database(workroot: Path) -> Path:
     """A migrated SQLite file, made once per backtest and copied for each policy."""
     from retrain.storage.db import Database
     from retrain.storage.schema import upgrade

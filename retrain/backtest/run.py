@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from retrain.backtest.data import ReplayData, load_data
 from retrain.backtest.durations import format_duration, parse_duration
 from retrain.backtest.policies import DEFAULT_MODEL, PolicySpec, default_config, parse_policies, parse_policy
-from retrain.backtest.replay import ReplayOptions, replay
+from retrain.backtest.replay import ReplayOptions, replay, template_database
 from retrain.backtest.summary import data_drift, policy_report, timeline_width
 from retrain.clock import monotonic
 from retrain.config import RetrainConfig, load_config
@@ -91,9 +91,9 @@ def _resolve(data: ReplayData, s: BacktestSettings) -> tuple[RetrainConfig, str,
 
 
 def default_sweep(window_minutes: int) -> timedelta:
-    """Sweep about 100 times per performance window: every 5 minutes on the default 240-minute window,
+    """Sweep about 50 times per performance window: every 5 minutes on the default 240-minute window,
     less often on the wider windows of slow streams (detection there takes hours anyway)."""
-    minutes = 5 * math.ceil(window_minutes / 96 / 5)
+    minutes = 5 * math.ceil(window_minutes / 48 / 5)
     return timedelta(minutes=min(60, max(5, minutes)))
 
 
@@ -155,9 +155,7 @@ def run_backtest(data: ReplayData | str | Path, settings: BacktestSettings, *, o
     cfg_json: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="retrain-backtest-") as tmp:
         workroot = Path(tmp)
-        from retrain.backtest.replay import _template
-
-        template = _template(workroot)
+        template = template_database(workroot)
         for spec in specs:
             if bar is not None:
                 bar.next_policy()
@@ -198,7 +196,7 @@ def run_backtest(data: ReplayData | str | Path, settings: BacktestSettings, *, o
                      "approve_after": None if opts.approve_after is None else format_duration(opts.approve_after),
                      **settings.extra},
         "model_config": cfg_json.get(primary) or next(iter(cfg_json.values()), {}),
-        "data_drift": data_drift(data, warm_end, timeline_width(data)),
+        "data_drift": data_drift(data, warm_end, timeline_width(data, max_bins=60, min_rows=500)),
         **(policies.get(primary) or {"policy": primary, "partial": True, "rows": len(data)}),
         "policies": policies,
         "elapsed_s": round(monotonic() - t0, 3),

@@ -104,7 +104,7 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
     with outcome.ctx.store.tx() as tx:
         requests = tx.requests(model, limit=1_000_000)
         req_by_id = {r.id: r for r in requests}
-        decisions = sorted(tx.decisions(model, limit=1_000_000), key=lambda d: (d.decided_at, d.id))
+        decisions = tx.decisions(model, limit=1_000_000)
         versions = tx.versions(model)
         history = tx.alias_history(model, limit=1_000_000)
         runs = tx.runs(model, limit=1_000_000)
@@ -118,7 +118,8 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
             triggers[r.trigger] = triggers.get(r.trigger, 0) + 1
 
         decision_list = []
-        for d in decisions:
+        # Ids are random: order by what was decided, so that the same replay lists them the same way.
+        for d in sorted(decisions, key=lambda d: (d.decided_at, d.trigger, d.verdict, d.summary or "")):
             req = req_by_id.get(d.request_id)
             decision_list.append({
                 "time": _iso(d.decided_at), "trigger": d.trigger, "verdict": d.verdict,
@@ -144,7 +145,7 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
             rollbacks += rolled is not None
             version_list.append({
                 "version": v.version, "trained_at": _iso(v.created_at), "promoted_at": _iso(promoted),
-                "rejected": v.status == "rejected", "rolled_back": rolled is not None, "rolled_back_at": _iso(rolled),
+                "rejected": v.status in ("rejected", "withdrawn"), "rolled_back": rolled is not None, "rolled_back_at": _iso(rolled),
                 "status": v.status, "trigger": run.trigger if run else None, "cost_usd": _num(v.cost_usd, 8),
                 "holdout_accuracy": _num(holdout.get("accuracy")), "data_rows": v.data_rows,
                 "data_end": _iso(v.data_end),
@@ -200,7 +201,7 @@ def data_drift(data: ReplayData, warm_end: datetime, width: timedelta, alpha: fl
     out = []
     for start, end, lo, hi in bins(data, width, first=warm_end.timestamp()):
         lo = max(lo, cut)
-        if hi - lo < 20:
+        if hi - lo < 100:
             continue
         rep = detect_drift(ref, data.X[lo:hi], list(data.features), alpha=alpha)
         entry = _drift_entry(datetime.fromtimestamp(start, tz=timezone.utc), None, rep.to_json())

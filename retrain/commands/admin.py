@@ -35,7 +35,10 @@ def _clip(text: str | None, width: int) -> str:
 
 
 def _money(v: Any) -> str:
-    return f"${v:,.2f}" if isinstance(v, (int, float)) else "-"
+    if not isinstance(v, (int, float)):
+        return "-"
+    # A few seconds of training cost a fraction of a cent: "$0.00" would hide it.
+    return f"${v:,.2f}" if v == 0 or abs(v) >= 0.995 else f"${v:.4f}"
 
 
 def _num(v: float) -> str:
@@ -109,7 +112,7 @@ def format_value(rule: str, v: Any) -> str:
     if rule == "approval":
         return f"{v:.2f} d" if isinstance(v, (int, float)) else str(v)
     if rule in _HOURS:
-        return f"{v:.2f} h since last" if isinstance(v, (int, float)) else str(v)
+        return f"{v:.1f} h since last" if isinstance(v, (int, float)) else str(v)
     if rule in _MONEY:
         return _money(v) + " projected"
     if rule == "roi":
@@ -141,8 +144,8 @@ def format_limit(rule: str, v: Any) -> str:
     if rule in ("paused", "budget_override") and isinstance(v, bool):
         return "-"
     if rule == "resources" and isinstance(v, dict):
-        return (f"mem >= {v.get('min_free_memory_mb', 0):.0f} MB, cpu <= {v.get('max_cpu_load_pct', 0):.0f} %, "
-                f"disk >= {v.get('min_free_disk_mb', 0) / 1024:.1f} GB")
+        return (f">= {v.get('min_free_memory_mb', 0):.0f} MB, <= {v.get('max_cpu_load_pct', 0):.0f} %, "
+                f">= {v.get('min_free_disk_mb', 0) / 1024:.1f} GB")
     return str(v)
 
 
@@ -185,13 +188,12 @@ def render_decision(d: dict) -> str:
     lines.append(f"  decision {d['id']}  request {d['request_id']}  estimate {_money(d['estimated_cost_usd'])}"
                  + (f" ({est.get('source')})" if est.get("source") else ""))
     rows = [[r["rule"], _rule_verdict(r), format_value(r["rule"], r.get("value")),
-             format_limit(r["rule"], r.get("limit")), _clip(r.get("detail"), 90)] for r in d["rules"]]
+             format_limit(r["rule"], r.get("limit")), _clip(r.get("detail"), 80)] for r in d["rules"]]
     lines.extend("  " + line for line in table(rows, ["rule", "verdict", "value", "limit", "detail"]).splitlines())
     if detail.get("value_model"):
         lines.append("  " + _value_model_line(detail["value_model"]))
-    for key, label in (("coalesced_with", "joined run"), ("override", "override")):
-        if detail.get(key):
-            lines.append(f"  {label}: {detail[key]}")
+    if detail.get("override"):
+        lines.append(f"  {detail['override']}")
     return "\n".join(lines)
 
 
@@ -322,7 +324,9 @@ def render_costs(data: dict[str, Any]) -> str:
 
 def cmd_costs(args) -> int:
     ctx = _ctx()
-    data = costs_data(ctx, ctx.now(), args.days)
+    # --until a past day shows that day's figures as they stand now (e.g. a demo's simulated January).
+    now = ctx.now() if not args.until else _since(args.until) + timedelta(hours=23, minutes=59)
+    data = costs_data(ctx, now, args.days)
     _out(args, data, render_costs(data))
     return 0
 
@@ -373,6 +377,7 @@ def register(sub) -> None:
 
     c = with_json(sub.add_parser("costs", help="spend per day and month, per model, against the caps"))
     c.add_argument("--days", type=int, default=14, help="how many days to list (default 14)")
+    c.add_argument("--until", help="the last day to list, ISO date (default today, UTC)")
     c.set_defaults(fn=cmd_costs)
 
     a = with_json(sub.add_parser("audit", help="the append-only audit log, oldest first"))

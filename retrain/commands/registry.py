@@ -33,7 +33,8 @@ def _parse_time(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise PayloadError(f"--at: not an ISO time (e.g. 2026-01-06T12:00 or 2026-01-06T12:00+00:00): {text!r}") from None
+        raise PayloadError(f"--at: not an ISO time (e.g. 2026-01-06T12:00 or 2026-01-06T12:00+00:00): "
+                           f"{text!r}") from None
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
@@ -59,7 +60,8 @@ def render_versions(model: str, records: list, policy: Any, primary: str) -> str
                         "cost $", "size", "sha256", "why this number"])
     live = sum(1 for r in records if not r.deleted)
     text += (f"\n\n{len(records)} version(s) of {model}: {live} live, {len(records) - live} deleted (record kept)."
-             f"\nRetention keeps at most {policy.max_versions} versions and {policy.max_age / timedelta(days=1):g} days;"
+             f"\nRetention keeps at most {policy.max_versions} versions and "
+             f"{policy.max_age / timedelta(days=1):g} days;"
              " it never deletes a version an alias points to or the rollback target.")
     return text
 
@@ -84,10 +86,10 @@ def cmd_versions(args) -> int:
 # ---------------------------------------------------------------- show
 def render_show(r) -> str:
     def kv(items: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={_short(v)}" for k, v in items.items()) or "-"
+        return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items.items()) or "-"
 
     lines = [f"{r.model} {r.version}" + (f"  ({', '.join(r.aliases)})" if r.aliases else "")]
-    add = lambda k, v: lines.append(f"  {k:<17} {v}")  # noqa: E731
+    add = lambda k, v: lines.append(f"  {k:<18} {v}")  # noqa: E731
     add("status", r.status + (f" since {_when(r.deleted_at)} UTC: {r.deleted_reason}" if r.deleted else ""))
     add("created", f"{_when(r.created_at, '%Y-%m-%d %H:%M:%S')} UTC")
     add("why this number", r.bump_reason or r.bump_kind)
@@ -102,8 +104,8 @@ def render_show(r) -> str:
     if r.settings:
         add("settings", kv(r.settings))
     add("config fingerprint", r.config_fingerprint or "-")
-    add("validation", (kv({k: v for k, v in r.validation.items()}) + (f" on {r.holdout_rows:,} held-out rows"
-                                                                      if r.holdout_rows else ""))
+    add("validation", (kv({k: v for k, v in r.validation.items() if k != "n"})
+                       + (f" on {r.holdout_rows:,} held-out rows" if r.holdout_rows else ""))
         if r.validation else "not validated yet")
     add("drift reference", r.reference_sha256 or "-")
     add("holdout sample", r.holdout_sha256 or "-")
@@ -233,7 +235,8 @@ def register(sub) -> None:
     rb.add_argument("--actor", default="operator")
     rb.set_defaults(fn=cmd_rollback)
 
-    gc = with_json(sub.add_parser("gc", help="apply retention now and remove orphan artifacts; reports what it removed"))
+    gc = with_json(sub.add_parser("gc", help="apply retention now and remove orphan artifacts; "
+                                             "reports what it removed"))
     gc.add_argument("models", nargs="*", metavar="MODEL", help="only these models (default: all)")
     gc.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
     gc.add_argument("--no-orphans", action="store_true", help="do not collect unreferenced artifact files")

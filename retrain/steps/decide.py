@@ -152,11 +152,17 @@ def _with_measured_gap(req: RetrainRequest, st: DecisionState, cfg: ModelConfig)
 def decide_request(ctx: Context, request_id: str, resources: ResourceReading | None = None) -> DecideResult:
     """Decide one open request; ``resources`` is this node's reading, used when no training node reported."""
     with ctx.store.tx() as tx:
+        # A redelivered message for a decided request is answered without queueing for the
+        # lock: a request leaves 'open' only under the lock, and whatever reopens it sends
+        # a fresh message. Whether it is still open is checked again under the lock.
+        status = tx.request_status(request_id)
+        if status is None:
+            raise PayloadError(f"unknown request {request_id}")
+        if status != "open":
+            return DecideResult(request_id, None, f"already {status}", skipped=True)
         tx.lock(DECISION_LOCK)
         now = ctx.now()
         row = tx.request(request_id, for_update=True)
-        if row is None:
-            raise PayloadError(f"unknown request {request_id}")
         if row.status != "open":
             # A redelivered or repeated message: the request was decided already.
             return DecideResult(request_id, None, f"already {row.status}", skipped=True)

@@ -1,11 +1,19 @@
 """Sweep: look at every model's recent live results and turn what is wrong into requests.
 
 Per model, against its production version: the performance trigger over the
-windowed metric buckets, the emergency detector over per-bucket accuracy and
-returns, and the drift check of the live feature sample against the version's
-training reference. A firing trigger opens (or refreshes) one request per model
-and trigger kind; a new one is sent to the decision. Deferred requests whose time
-has come are sent back to the decision. The sample is pruned to its bound.
+windowed metric buckets (:mod:`retrain.triggers`), the emergency detector over
+per-bucket accuracy and returns (:mod:`retrain.emergency`), and, every
+``drift.check_every_minutes``, the drift check of the live feature sample
+against the version's training reference (:mod:`retrain.drift`). A firing
+trigger opens (or refreshes, with its new evidence) one request per model and
+trigger kind; a new one is sent to the decision with the trigger's priority.
+Deferred requests whose time has come are sent back to the decision. The
+sample is pruned to its bound.
+
+Cost per model is flat in the number of models: one short transaction per model
+reads one range of its buckets (as plain tuples) for both the performance and
+the emergency window; thresholds, policies and drift references are cached per
+process.
 """
 
 from __future__ import annotations
@@ -17,12 +25,15 @@ import numpy as np
 
 from retrain.config import ModelConfig
 from retrain.context import Context
-from retrain.domain import RetrainRequest, TriggerKind
+from retrain.domain import RetrainRequest, Severity, TriggerKind
 from retrain.storage.repo import Tx, new_id
 from retrain.triggers import PerformanceTriggerConfig, TriggerFiring, evaluate_performance
 from retrain.windows import Counts
 
-__all__ = ["SweepResult", "sweep", "bucket_counts"]
+__all__ = ["SweepResult", "sweep", "bucket_counts", "performance_config", "emergency_config"]
+
+_SEVERITY_RANK = {s: i for i, s in enumerate((Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL))}
+_REFERENCE_CACHE = 16
 
 
 @dataclass
@@ -32,16 +43,35 @@ class SweepResult:
     requests_opened: list[str] = field(default_factory=list)
     requests_refreshed: list[str] = field(default_factory=list)
     redecided: list[str] = field(default_factory=list)
+    drift_checks: int = 0
 
 
 def bucket_counts(rows) -> list[Counts]:
     return [Counts(n=r.n, tp=r.tp, fp=r.fp, tn=r.tn, fn=r.fn, ret_sum=r.ret_sum, ret_sq_sum=r.ret_sq_sum) for r in rows]
 
 
-def _perf_config(cfg: ModelConfig, metric: str) -> PerformanceTriggerConfig:
+def performance_config(cfg: ModelConfig, metric: str) -> PerformanceTriggerConfig:
+    """The performance trigger of one metric of a model, from its ``thresholds`` table."""
     t = cfg.thresholds
-    return PerformanceTriggerConfig(metric=metric, relative_drop=t.relative_drop, floor=t.accuracy_floor,
-                                    min_samples=t.min_samples)
+    return PerformanceTriggerConfig(metric=metric, relative_drop=t.relative_drop, floor=t.accuracy_floor or None,
+                                    min_samples=t.min_samples, arl0=t.arl0, confidence=t.confidence)
+
+
+def emergency_config(cfg: ModelConfig):
+    """The emergency detector's settings of a model, from its ``emergency`` table."""
+    from retrain.emergency import EmergencyConfig
+
+    e = cfg.emergency
+    return EmergencyConfig.from_sigma(e.sigma, history_buckets=e.history_buckets, bucket_minutes=e.bucket_minutes,
+                                      min_samples=e.min_samples)
+
+
+def _cached(ctx: Context, key: str, cfg: ModelConfig, build):
+    # Keyed by the settings object itself: a reloaded model file builds afresh.
+    hit = ctx.cache.get(key)
+    if hit is None or hit[0] is not cfg:
+        hit = ctx.cache[key] = (cfg, build())
+    return hit[1]
 
 
 def _request(model: str, firing: TriggerFiring, now: datetime) -> RetrainRequest:
@@ -49,13 +79,13 @@ def _request(model: str, firing: TriggerFiring, now: datetime) -> RetrainRequest
                           evidence=firing.evidence, severity=firing.severity)
 
 
-def _open(tx: Tx, ctx: Context, req: RetrainRequest, result: SweepResult, now: datetime) -> None:
+def _open(tx: Tx, req: RetrainRequest, result: SweepResult, now: datetime) -> None:
     rid, created = tx.open_request(req)
     result.firings.append({"model": req.model, "trigger": req.trigger.value, "reason": req.reason})
     if created:
         result.requests_opened.append(rid)
         tx.audit(now, "request", "sweep", f"{req.trigger.value} trigger fired for {req.model}: {req.reason}",
-                 model=req.model, subject=rid, data={"evidence": req.evidence,
+                 model=req.model, subject=rid, data={"evidence": req.evidence, "priority": req.priority,
                                                      "severity": req.severity.value if req.severity else None})
         tx.enqueue("retrain.decide", {"v": 1, "request_id": rid}, now, priority=req.priority)
     else:
@@ -87,61 +117,93 @@ def _sweep_model(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime, result: 
     if prod is None:
         return
     version = tx.version(cfg.name, prod)
-    baseline = (version.metrics or {}).get("baseline", {}) if version else {}
-    since = now - timedelta(minutes=cfg.thresholds.window_minutes)
-    rows = tx.buckets(cfg.name, prod, since, now + timedelta(minutes=1))
-    counts = bucket_counts(rows)
-    total = sum(counts, Counts())
+    metrics = (version.metrics or {}) if version else {}
+    perf_since = now - timedelta(minutes=cfg.thresholds.window_minutes)
+    e = cfg.emergency
+    since = perf_since
+    if e.enabled:
+        # The emergency's buckets are grouped back from now: history, the recent run, and the latest.
+        since = min(since, now - timedelta(minutes=e.bucket_minutes * (e.history_buckets + 4)))
+    series = tx.bucket_series(cfg.name, prod, since, now + timedelta(minutes=1))
+    minutes = [r[0] for r in series]
+    counts = [Counts(*r[1:]) for r in series]
+    first_perf = next((i for i, m in enumerate(minutes) if m >= perf_since), len(minutes))
+    _performance(tx, ctx, cfg, prod, metrics.get("baseline") or {}, counts[first_perf:], now, result)
+    if e.enabled:
+        _emergency(tx, ctx, cfg, prod, counts, minutes, now, result)
+    if cfg.drift.enabled and metrics.get("reference_sha256"):
+        _drift(tx, ctx, cfg, prod, metrics["reference_sha256"], now, result)
+
+
+def _performance(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, baseline: dict, counts: list[Counts],
+                 now: datetime, result: SweepResult) -> None:
+    fired: list[TriggerFiring] = []
     for metric in cfg.thresholds.metrics:
-        firing = evaluate_performance(counts, baseline, _perf_config(cfg, metric))
+        pcfg = _cached(ctx, f"sweep:perf:{cfg.name}:{metric}", cfg, lambda: performance_config(cfg, metric))
+        firing = evaluate_performance(counts, baseline, pcfg)
         if firing is not None:
-            req = _request(cfg.name, firing, now)
-            # The decision's value model reads these two to size the expected recovery.
-            evidence = {**req.evidence, "baseline_accuracy": baseline.get("accuracy"),
-                        "current_accuracy": total.accuracy if total.n else None, "version": prod}
-            _open(tx, ctx, replace(req, evidence=evidence), result, now)
-            break
-    _emergency(tx, ctx, cfg, prod, now, result)
-    _drift(tx, ctx, cfg, prod, version, now, result)
-
-
-def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, now: datetime, result: SweepResult) -> None:
-    if not cfg.emergency.enabled:
+            fired.append(firing)
+    if not fired:
         return
+    total = sum(counts, Counts())
+    first = fired[0]
+    evidence = {**first.evidence, "metrics_fired": [f.evidence.get("metric") for f in fired],
+                # The decision's value model reads these two to size the expected recovery.
+                "baseline_accuracy": baseline.get("accuracy"),
+                "current_accuracy": total.accuracy if total.n else None, "version": prod}
+    if len(fired) > 1:
+        evidence["also"] = [{"metric": f.evidence.get("metric"), "reason": f.reason} for f in fired[1:]]
+    _open(tx, replace(_request(cfg.name, first, now), evidence=evidence), result, now)
+
+
+def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, counts: list[Counts], minutes: list[datetime],
+               now: datetime, result: SweepResult) -> None:
     from retrain.emergency import detect_emergency_from_buckets
 
-    width = timedelta(minutes=cfg.emergency.bucket_minutes)
-    since = now - width * (cfg.emergency.history_buckets + 1)
-    rows = tx.buckets(cfg.name, prod, since, now + timedelta(minutes=1))
-    firing = detect_emergency_from_buckets(bucket_counts(rows), [r.minute for r in rows], now, cfg.emergency)
-    if firing is not None:
-        req = _request(cfg.name, firing, now)
-        _open(tx, ctx, replace(req, evidence={**req.evidence, "version": prod}), result, now)
-
-
-def _drift(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, version, now: datetime, result: SweepResult) -> None:
-    if not cfg.drift.enabled or version is None:
+    ecfg = _cached(ctx, f"sweep:emergency:{cfg.name}", cfg, lambda: emergency_config(cfg))
+    firing = detect_emergency_from_buckets(counts, minutes, now, ecfg)
+    if firing is None or _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(cfg.emergency.min_severity)]:
         return
-    ref_sha = (version.metrics or {}).get("reference_sha256")
-    if not ref_sha:
+    req = _request(cfg.name, firing, now)
+    _open(tx, replace(req, evidence={**req.evidence, "version": prod}), result, now)
+
+
+def _reference(ctx: Context, sha: str) -> np.ndarray:
+    key = f"sweep:reference:{sha}"
+    hit = ctx.cache.get(key)
+    if hit is None:
+        refs = [k for k in ctx.cache if k.startswith("sweep:reference:")]
+        for k in refs[: max(0, len(refs) - _REFERENCE_CACHE + 1)]:
+            del ctx.cache[k]
+        hit = ctx.cache[key] = np.asarray(ctx.artifacts.load_object(sha), dtype=np.float64)
+    return hit
+
+
+def _drift(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, ref_sha: str, now: datetime,
+           result: SweepResult) -> None:
+    d = cfg.drift
+    last = tx.last_drift_check(cfg.name)
+    if last is not None and now - last < timedelta(minutes=d.check_every_minutes):
+        return
+    rows = tx.sample_features(cfg.name, now - timedelta(minutes=d.current_minutes), d.max_rows)
+    if len(rows) < d.min_rows:
         return
     from retrain.drift import detect_drift
 
-    current = tx.samples(cfg.name, since=now - timedelta(minutes=cfg.drift.current_minutes), labelled=False)
-    if len(current) < cfg.drift.min_rows:
-        return
-    reference = np.asarray(ctx.artifacts.load_object(ref_sha), dtype=np.float64)
-    X = np.asarray([r.features for r in current], dtype=np.float64)
-    report = detect_drift(reference, X, list(cfg.features), categorical=cfg.drift.categorical,
-                          alpha=cfg.drift.alpha, correction=cfg.drift.correction)
+    X = np.asarray(rows, dtype=np.float64)
+    report = detect_drift(_reference(ctx, ref_sha), X, list(cfg.features), categorical=d.categorical,
+                          alpha=d.alpha, correction=d.correction, min_effect=d.min_effect, min_psi=d.min_psi)
     tx.add_drift_report(cfg.name, prod, now, bool(report.drifted_features), report.to_json())
-    if report.drifted_features:
-        worst = sorted(report.features, key=lambda f: f.p_adjusted)[:5]
-        reason = (f"{len(report.drifted_features)} of {len(report.features)} features drifted "
-                  f"({', '.join(report.drifted_features[:5])}) at alpha {cfg.drift.alpha} with {cfg.drift.correction} "
-                  f"correction, on {len(X)} live rows")
-        evidence = {"drifted": list(report.drifted_features), "rows": len(X), "version": prod,
-                    "worst": [{"feature": f.name, "statistic": f.statistic, "p_adjusted": f.p_adjusted,
-                               "effect": f.effect_size} for f in worst]}
-        firing = TriggerFiring(kind=TriggerKind.DRIFT, reason=reason, evidence=evidence, severity=None)
-        _open(tx, ctx, _request(cfg.name, firing, now), result, now)
+    result.drift_checks += 1
+    if not report.drifted_features:
+        return
+    worst = sorted((f for f in report.features if f.drifted), key=lambda f: f.p_adjusted)[:5]
+    reason = (f"{len(report.drifted_features)} of {len(report.features)} features drifted "
+              f"({', '.join(report.drifted_features[:5])}) at alpha {d.alpha} with {d.correction} correction "
+              f"and effect >= {d.min_effect}, on {len(X)} live rows against {report.n_reference} training rows")
+    evidence = {"drifted": list(report.drifted_features), "rows": len(X), "reference_rows": report.n_reference,
+                "version": prod, "alpha": d.alpha, "correction": d.correction, "min_effect": d.min_effect,
+                "worst": [{"feature": f.name, "test": f.test, "statistic": f.statistic, "p_value": f.p_value,
+                           "p_adjusted": f.p_adjusted, "effect": f.effect_size, "psi": f.psi} for f in worst]}
+    firing = TriggerFiring(kind=TriggerKind.DRIFT, reason=reason, evidence=evidence, severity=None)
+    _open(tx, _request(cfg.name, firing, now), result, now)

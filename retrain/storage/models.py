@@ -168,7 +168,9 @@ class MetricBucketRow(Base):
 
 class FeatureSampleRow(Base):
     __tablename__ = "feature_samples"
-    __table_args__ = (Index("ix_feature_samples_model_ts", "model", "ts"),)
+    # model+id: the sweep prunes to the newest rows and reads the newest first (0006).
+    __table_args__ = (Index("ix_feature_samples_model_ts", "model", "ts"),
+                      Index("ix_feature_samples_model_id", "model", "id"))
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     model: Mapped[str] = mapped_column(String(128))
     version: Mapped[str] = mapped_column(String(32))

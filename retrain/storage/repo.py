@@ -613,6 +613,10 @@ class Tx:
         q = select(ControlRow).where(ControlRow.key.startswith("resources:"), ControlRow.updated_at >= since)
         return [{**r.value, "node": r.key.partition(":")[2]} for r in self.s.scalars(q)]
 
+    def request_status(self, request_id: str) -> str | None:
+        """A request's status, without locking anything (None: no such request)."""
+        return self.s.scalar(select(RequestRow.status).where(RequestRow.id == request_id))
+
     def add_decision(self, d: Decision, trigger: str, rules: list[dict]) -> str:
         """Record a decision whose rules the caller has serialised already (it audits the same list)."""
         did = new_id()
@@ -709,6 +713,57 @@ class Tx:
              .join(v, and_(v.model == a.model, v.version == a.version))
              .where(a.model == model, a.alias.in_(("production", "canary")), a.version.is_not(None)))
         return {alias: (version, float(share or 0.0), sha) for alias, version, share, sha in self.s.execute(q)}
+
+    # ----------------------------------------------------------------- monitoring (retrain.steps.sweep, workers.beat)
+    def bucket_series(self, model: str, version: str, since: datetime,
+                      until: datetime) -> list[tuple[datetime, int, int, int, int, int, float, float]]:
+        """(minute, n, tp, fp, tn, fn, ret_sum, ret_sq_sum) of one version's buckets in [since, until),
+        oldest first, as plain tuples: the sweep reads hundreds per model, ORM objects would dominate it."""
+        b = MetricBucketRow
+        q = (select(b.minute, b.n, b.tp, b.fp, b.tn, b.fn, b.ret_sum, b.ret_sq_sum)
+             .where(b.model == model, b.version == version, b.minute >= since, b.minute < until)
+             .order_by(b.minute))
+        return [tuple(r) for r in self.s.execute(q)]
+
+    def sample_features(self, model: str, since: datetime, limit: int) -> list[list[float]]:
+        """Features of the newest ``limit`` sample rows of a model at or after ``since``."""
+        f = FeatureSampleRow
+        q = select(f.features).where(f.model == model, f.ts >= since).order_by(f.id.desc()).limit(limit)
+        return list(self.s.scalars(q))
+
+    def last_drift_check(self, model: str) -> datetime | None:
+        return self.s.scalar(select(func.max(DriftReportRow.at)).where(DriftReportRow.model == model))
+
+    def hold_lease(self, name: str, holder: str, now: datetime, ttl_s: float) -> bool:
+        """Take or renew the lease ``name`` for ``holder``; False while another holder's lease runs.
+
+        The lease lives in ``controls`` (key ``lease:NAME``): ``updated_by`` is the holder and
+        ``updated_at`` the last renewal, so it expires ``ttl_s`` after it; one conditional
+        UPDATE decides between two contenders on either backend.
+        """
+        key = f"lease:{name}"
+        self.s.execute(self._insert(ControlRow.__table__)
+                       .values(key=key, value={}, updated_at=now - timedelta(seconds=2 * ttl_s), updated_by="")
+                       .on_conflict_do_nothing(index_elements=["key"]))
+        c = ControlRow
+        res = self.s.execute(update(c).where(c.key == key, or_(c.updated_by == holder,
+                                                               c.updated_at < now - timedelta(seconds=ttl_s)))
+                             .values(updated_at=now, updated_by=holder, value={"holder": holder, "ttl_s": ttl_s})
+                             .execution_options(synchronize_session=False))
+        return (res.rowcount or 0) == 1
+
+    def release_lease(self, name: str, holder: str) -> None:
+        c = ControlRow
+        self.s.execute(update(c).where(c.key == f"lease:{name}", c.updated_by == holder)
+                       .values(updated_by="", value={}, updated_at=datetime(2000, 1, 1).astimezone())
+                       .execution_options(synchronize_session=False))
+
+    def lease_holder(self, name: str, now: datetime) -> str | None:
+        row = self.s.get(ControlRow, f"lease:{name}")
+        if row is None or not row.updated_by:
+            return None
+        ttl = float((row.value or {}).get("ttl_s", 0))
+        return row.updated_by if row.updated_at >= now - timedelta(seconds=ttl) else None
 
 
 @dataclass(frozen=True)

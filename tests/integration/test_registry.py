@@ -1,5 +1,6 @@
-"""The model registry against real Postgres: version records, aliases and history,
-rollback, retention with tombstones, tampered artifacts, and the CLI over all of it."""
+"""The model registry on Postgres and on the embedded SQLite default: version records,
+aliases and history, rollback, retention with tombstones, tampered artifacts, and the
+CLI over all of it. Concurrency and crashes: test_registry_concurrency.py."""
 
 from __future__ import annotations
 
@@ -77,9 +78,9 @@ def _tamper(path) -> None:
 
 
 # ---------------------------------------------------------------------------- versions
-def test_versions_are_numbered_by_the_semver_rule_and_explain_their_number(pg_url, tmp_path):
+def test_versions_are_numbered_by_the_semver_rule_and_explain_their_number(any_db_url, tmp_path):
     # Given a model in production at 1.0.0
-    ctx = make_context(pg_url, tmp_path, clock=SimClock(T0))
+    ctx = make_context(any_db_url, tmp_path, clock=SimClock(T0))
     assert _register(ctx, "jan") == "1.0.0"
     _promote(ctx, "m", "1.0.0")
     # When it is retrained on new data, then with a new feature schema
@@ -106,9 +107,9 @@ def _loop_config():
     return parse_config(raw, "direction.toml (test)")
 
 
-def test_a_trained_version_records_everything_that_produced_it(pg_url, tmp_path):
+def test_a_trained_version_records_everything_that_produced_it(any_db_url, tmp_path):
     # Given the example model and its real training step
-    ctx = make_context(pg_url, tmp_path, config=_loop_config(), clock=SimClock(T0 + timedelta(hours=12)))
+    ctx = make_context(any_db_url, tmp_path, config=_loop_config(), clock=SimClock(T0 + timedelta(hours=12)))
     from retrain.steps.dispatch import drain
     from retrain.steps.requests import sync_models
 
@@ -135,10 +136,10 @@ def test_a_trained_version_records_everything_that_produced_it(pg_url, tmp_path)
 
 
 # ---------------------------------------------------------------------------- aliases and history
-def test_history_answers_which_version_served_at_any_time(pg_url, tmp_path):
+def test_history_answers_which_version_served_at_any_time(any_db_url, tmp_path):
     # Given three promotions an hour apart and a rollback
     clock = SimClock(T0)
-    ctx = make_context(pg_url, tmp_path, clock=clock)
+    ctx = make_context(any_db_url, tmp_path, clock=clock)
     for tag in ("a", "b", "c"):
         _promote(ctx, "m", _register(ctx, tag))
         clock.advance(timedelta(hours=1))
@@ -156,8 +157,8 @@ def test_history_answers_which_version_served_at_any_time(pg_url, tmp_path):
     assert state["previous"].version == "1.2.0"
 
 
-def test_aliases_refuse_unknown_names_and_deleted_versions(pg_url, tmp_path):
-    ctx = make_context(pg_url, tmp_path)
+def test_aliases_refuse_unknown_names_and_deleted_versions(any_db_url, tmp_path):
+    ctx = make_context(any_db_url, tmp_path)
     v = _register(ctx, "a")
     with ctx.store.tx() as tx:
         with pytest.raises(Exception, match="unknown alias"):
@@ -167,10 +168,10 @@ def test_aliases_refuse_unknown_names_and_deleted_versions(pg_url, tmp_path):
 
 
 # ---------------------------------------------------------------------------- rollback
-def test_rollback_goes_to_previous_by_default_and_to_any_retained_version(pg_url, tmp_path):
+def test_rollback_goes_to_previous_by_default_and_to_any_retained_version(any_db_url, tmp_path):
     # Given 1.0.0 -> 1.1.0 -> 1.2.0 promoted in turn
     clock = SimClock(T0)
-    ctx = make_context(pg_url, tmp_path, clock=clock)
+    ctx = make_context(any_db_url, tmp_path, clock=clock)
     for tag in ("a", "b", "c"):
         _promote(ctx, "m", _register(ctx, tag))
         clock.advance(timedelta(minutes=5))
@@ -198,9 +199,9 @@ def test_rollback_goes_to_previous_by_default_and_to_any_retained_version(pg_url
     assert statuses == {"1.0.0": "production", "1.1.0": "rolled_back", "1.2.0": "rolled_back"}
 
 
-def test_rollback_during_a_canary_withdraws_the_canary(pg_url, tmp_path):
+def test_rollback_during_a_canary_withdraws_the_canary(any_db_url, tmp_path):
     # Given 1.0.0 in production and 1.1.0 on a 10 % canary
-    ctx = make_context(pg_url, tmp_path)
+    ctx = make_context(any_db_url, tmp_path)
     _promote(ctx, "m", _register(ctx, "a"))
     canary = _register(ctx, "b")
     with ctx.store.tx() as tx:
@@ -215,8 +216,8 @@ def test_rollback_during_a_canary_withdraws_the_canary(pg_url, tmp_path):
         assert tx.version("m", canary).status == "rolled_back"
 
 
-def test_rollback_refuses_a_deleted_version_or_a_missing_target_with_a_clear_error(pg_url, tmp_path):
-    ctx = make_context(pg_url, tmp_path)
+def test_rollback_refuses_a_deleted_version_or_a_missing_target_with_a_clear_error(any_db_url, tmp_path):
+    ctx = make_context(any_db_url, tmp_path)
     from retrain.steps.promote import rollback as rollback_step
 
     first = _register(ctx, "a")
@@ -234,9 +235,9 @@ def test_rollback_refuses_a_deleted_version_or_a_missing_target_with_a_clear_err
     assert _aliases(ctx) == {"production": first}
 
 
-def test_a_tampered_artifact_is_refused_audited_and_never_loaded(pg_url, tmp_path):
+def test_a_tampered_artifact_is_refused_audited_and_never_loaded(any_db_url, tmp_path):
     # Given 1.0.0 -> 1.1.0 in production, and someone alters 1.0.0's artifact on disk
-    ctx = make_context(pg_url, tmp_path)
+    ctx = make_context(any_db_url, tmp_path)
     v0 = _register(ctx, "a")
     _promote(ctx, "m", v0)
     _promote(ctx, "m", _register(ctx, "b"))
@@ -253,15 +254,16 @@ def test_a_tampered_artifact_is_refused_audited_and_never_loaded(pg_url, tmp_pat
         rollback_step(ctx, "m", None, actor="op", reason="try the old one")
     assert _aliases(ctx)["production"] == "1.1.0"
     events = _audit(ctx, "artifact")
-    assert [(e.actor, e.subject, e.data["purpose"]) for e in events] == [("router", v0, "serving"), ("op", v0, "rollback")]
+    assert [(e.actor, e.subject, e.data["purpose"]) for e in events] == [("router", v0, "serving"),
+                                                                         ("op", v0, "rollback")]
     assert all(e.data["sha256"] == sha for e in events)
 
 
 # ---------------------------------------------------------------------------- retention
-def test_retention_keeps_ten_and_thirty_days_never_protected_ones_and_leaves_tombstones(pg_url, tmp_path):
+def test_retention_keeps_ten_and_thirty_days_never_protected_ones_and_leaves_tombstones(any_db_url, tmp_path):
     # Given 14 versions, one every 4 days; production is an old one, previous older still
     clock = SimClock(T0)
-    ctx = make_context(pg_url, tmp_path, clock=clock)
+    ctx = make_context(any_db_url, tmp_path, clock=clock)
     versions = []
     for i in range(14):
         versions.append(_register(ctx, f"d{i}"))
@@ -301,11 +303,11 @@ def test_retention_keeps_ten_and_thirty_days_never_protected_ones_and_leaves_tom
     assert run_retention(ctx, orphans=False).deleted_versions == []
 
 
-def test_retention_is_configurable_per_model_and_respects_shared_files(pg_url, tmp_path):
+def test_retention_is_configurable_per_model_and_respects_shared_files(any_db_url, tmp_path):
     # Given the model file keeps 3 versions of 'direction', and two versions share one holdout file
     raw = tomllib.loads(EXAMPLE_CONFIG.read_text())
     raw["models"]["direction"]["retention"] = {"max_versions": 3, "max_age_days": 365}
-    ctx = make_context(pg_url, tmp_path, config=parse_config(raw, "test"))
+    ctx = make_context(any_db_url, tmp_path, config=parse_config(raw, "test"))
     shared = ctx.artifacts.put_object({"holdout": "shared"}).sha256
     versions = [_register(ctx, f"x{i}", model="direction", holdout_sha=shared if i in (0, 5) else None)
                 for i in range(6)]
@@ -323,8 +325,8 @@ def test_retention_is_configurable_per_model_and_respects_shared_files(pg_url, t
     assert shared not in {f.sha256 for f in report.files}
 
 
-def test_a_protected_version_cannot_be_deleted(pg_url, tmp_path):
-    ctx = make_context(pg_url, tmp_path)
+def test_a_protected_version_cannot_be_deleted(any_db_url, tmp_path):
+    ctx = make_context(any_db_url, tmp_path)
     v0 = _register(ctx, "a")
     _promote(ctx, "m", v0)
     _promote(ctx, "m", _register(ctx, "b"))
@@ -349,10 +351,10 @@ def _cli(monkeypatch, capsys, ctx, *argv) -> str:
     return out.out
 
 
-def test_cli_versions_show_history_rollback_and_gc(pg_url, tmp_path, monkeypatch, capsys):
+def test_cli_versions_show_history_rollback_and_gc(any_db_url, tmp_path, monkeypatch, capsys):
     # Given three versions a day apart, two promoted, and the first 40 days old by now
     clock = SimClock(T0)
-    ctx = make_context(pg_url, tmp_path, clock=clock)
+    ctx = make_context(any_db_url, tmp_path, clock=clock)
     for tag in ("a", "b", "c"):
         v = _register(ctx, tag)
         if tag != "c":

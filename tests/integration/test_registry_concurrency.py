@@ -15,7 +15,6 @@ import textwrap
 import threading
 import tomllib
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select

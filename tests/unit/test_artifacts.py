@@ -325,3 +325,37 @@ def test_delete_iter_and_disk_usage(store: ArtifactStore) -> None:
 def test_collect_orphans_refuses_a_negative_grace_period(store: ArtifactStore) -> None:
     with pytest.raises(ValueError):
         store.collect_orphans(set(), older_than_s=-1, now_ts=0.0)
+
+
+def test_find_orphans_lists_what_collect_would_remove_with_sizes_and_removes_nothing(store: ArtifactStore) -> None:
+    # Given an old orphan, an old referenced artifact and a young orphan
+    t0 = 1_700_000_000.0
+    orphan, kept, young = store.put_bytes(b"orphan!"), store.put_bytes(b"kept"), store.put_bytes(b"young")
+    for ref, t in ((orphan, t0), (kept, t0), (young, t0 + 7200)):
+        os.utime(ref.path, (t, t))
+
+    # When the orphans are listed (a dry run)
+    found = store.find_orphans({kept.sha256}, older_than_s=3600, now_ts=t0 + 7200)
+
+    # Then only the old orphan is named, with its size, and it is still there
+    assert found == [ArtifactRef(orphan.sha256, len(b"orphan!"), orphan.path)]
+    assert store.exists(orphan.sha256)
+    assert store.size(orphan.sha256) == 7 and store.size("0" * 64) is None
+
+
+def test_collect_temp_removes_only_stale_unfinished_writes(store: ArtifactStore) -> None:
+    # Given a stale and a fresh temp file of unfinished writes, beside a finished artifact
+    ref = store.put_bytes(b"done")
+    stale, fresh = ref.path.parent / f"{TEMP_PREFIX}a", ref.path.parent / f"{TEMP_PREFIX}b"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")
+    os.utime(stale, (1_000.0, 1_000.0))
+    os.utime(fresh, (9_000.0, 9_000.0))
+
+    # When temp files older than an hour are collected
+    n = store.collect_temp(older_than_s=3600, now_ts=9_000.0)
+
+    # Then the stale one is gone; the fresh one and the artifact stay
+    assert n == 1 and not stale.exists() and fresh.exists() and store.exists(ref.sha256)
+    with pytest.raises(ValueError):
+        store.collect_temp(older_than_s=-1, now_ts=0.0)

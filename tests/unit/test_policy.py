@@ -335,7 +335,7 @@ def test_a_scheduled_deferral_for_another_reason_still_lands_inside_the_window()
     "reading",
     [
         ResourceReading(free_memory_mb=500.0, cpu_load_pct=20.0, free_disk_mb=100_000.0),
-        ResourceReading(free_memory_mb=8000.0, cpu_load_pct=95.0, free_disk_mb=100_000.0),
+        ResourceReading(free_memory_mb=8000.0, cpu_load_pct=250.0, free_disk_mb=100_000.0),
         ResourceReading(free_memory_mb=8000.0, cpu_load_pct=20.0, free_disk_mb=1000.0),
     ],
 )
@@ -344,7 +344,7 @@ def test_short_resources_defer_by_the_retry_interval(reading: ResourceReading) -
     assert d.verdict is Verdict.DEFER
     assert d.defer_until == NOW + timedelta(minutes=5)
     assert rule(d, "resources").value["free_memory_mb"] == reading.free_memory_mb
-    assert rule(d, "resources").limit["max_cpu_load_pct"] == 85.0
+    assert rule(d, "resources").limit["max_cpu_load_pct"] == 200.0
 
 
 def test_unknown_resources_pass_with_no_reading() -> None:
