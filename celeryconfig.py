@@ -102,8 +102,24 @@ if (_q.is_redis(broker_url) and _settings.visibility_timeout_s <= LONGEST_HARD_L
     raise ConfigError(f"RETRAIN_VISIBILITY_TIMEOUT_S={_settings.visibility_timeout_s} must exceed the longest hard "
                       f"time limit ({LONGEST_HARD_LIMIT_S} s), or Redis redelivers tasks that are still running")
 
-timezone = _settings.timezone
 enable_utc = True
+# One beat sends at a time (a lease in the database), and crontab slots are keyed by their instant.
+beat_scheduler = "workers.beat:LockedScheduler"
+
+
+def _zone() -> str:
+    """Crontab entries, the off-peak window and slot keys share the model file's time zone."""
+    from retrain.config import load_config
+    from retrain.errors import ConfigError
+
+    zone = load_config(_settings.config_path()).settings.timezone
+    if "timezone" in _settings.model_fields_set and _settings.timezone != zone:
+        raise ConfigError(f"RETRAIN_TIMEZONE={_settings.timezone} differs from the model file's [settings] "
+                          f"timezone = {zone!r}; schedules and the off-peak window need one zone: set one of them")
+    return zone
+
+
+timezone = _zone()
 
 
 def _beat_schedule() -> dict:

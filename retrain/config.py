@@ -269,6 +269,9 @@ class ModelConfig(_Strict):
     policy: dict[str, Any] = Field(default_factory=dict)
     # Cost estimate for a model's first run, before any run has been measured.
     first_run_cost_usd: float = Field(0.05, ge=0)
+    # A trigger whose last request was rejected asks again only after this long (an emergency
+    # that got more severe asks at once); see retrain.steps.sweep.
+    refire_minutes: float = Field(60.0, ge=0)
     depends_on: tuple[str, ...] = ()
 
     @field_validator("entry_point")

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     relay_interval_s: float = Field(default=10.0, gt=0)
     reconcile_interval_s: float = Field(default=60.0, gt=0)
     retention_interval_s: float = Field(default=3600.0, gt=0)
+    beat_lease_s: float = Field(default=30.0, gt=0, description="One beat sends at a time: its lease (workers.beat)")
     timezone: str = "UTC"
     training_slots: int = Field(default=2, ge=1, le=3)
     max_attempts: int = Field(default=3, ge=1)

@@ -25,7 +25,7 @@ from tests.conftest import T0
 
 MODEL = "direction"
 FEATURES = [f"f{i}" for i in range(8)]
-WEIGHTS = {"A": np.eye(8)[0], "B": np.eye(8)[1], "anti-B": -np.eye(8)[1]}
+WEIGHTS = {"A": np.eye(8)[0], "B": np.eye(8)[1], "anti-A": -np.eye(8)[0], "anti-B": -np.eye(8)[1]}
 
 
 def config(validation: dict | None = None, rollout: dict | None = None, **model):
@@ -46,45 +46,60 @@ def market(schedule: list[tuple[timedelta, str]], rows_per_minute: int = 30, see
                            regimes=[Regime(T0 + off, WEIGHTS[name]) for off, name in schedule])
 
 
+def draw(regime: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` live rows of ``regime`` (X, y, ret), as the synthetic market makes them, at any rate."""
+    X = rng.standard_normal((n, 8))
+    ret = 0.001 * (X @ WEIGHTS[regime] + 3.0 * rng.standard_normal(n))
+    return X, (ret > 0).astype(np.int8), ret
+
+
 @functools.lru_cache(maxsize=8)
-def fitted(regime: str):
+def fitted(regime: str, seed: int = 99):
     """A model of ``regime`` fitted on 4 h of it, with a holdout of 1 h of it."""
-    m = SyntheticMarket(seed=99, rows_per_minute=60, start=T0 - timedelta(days=3),
+    m = SyntheticMarket(seed=seed, rows_per_minute=60, start=T0 - timedelta(days=3),
                         regimes=[Regime(T0 - timedelta(days=3), WEIGHTS[regime])])
     fit_rows = m.rows(T0 - timedelta(days=2), T0 - timedelta(days=2) + timedelta(hours=4))
     hold = m.rows(T0 - timedelta(days=1), T0 - timedelta(days=1) + timedelta(hours=1))
     return train(fit_rows.X, fit_rows.y, {}), {"X": hold.X, "y": hold.y}
 
 
-def add_version(ctx, version: str, regime: str) -> str:
+def add_version(ctx, version: str, regime: str, seed: int = 99, *, store=None, artifacts=None, now=None) -> str:
     """Register a version fitted on ``regime``; its holdout is that regime too."""
-    est, holdout = fitted(regime)
-    art = ctx.artifacts.put_object(est)
-    hold = ctx.artifacts.put_object(holdout)
+    store, artifacts, now = store or ctx.store, artifacts or ctx.artifacts, now or ctx.now()
+    est, holdout = fitted(regime, seed)
+    art = artifacts.put_object(est)
+    hold = artifacts.put_object(holdout)
     major, minor, patch = (int(p) for p in version.split("."))
-    with ctx.store.tx() as tx:
+    with store.tx() as tx:
         tx.add_version(model=MODEL, version=version, major=major, minor=minor, patch=patch, status="registered",
-                       created_at=ctx.now(), deleted_at=None, artifact_sha256=art.sha256, artifact_size=art.size,
+                       created_at=now, deleted_at=None, artifact_sha256=art.sha256, artifact_size=art.size,
                        bump_kind="minor", bump_reason="test", parent_version=None, feature_schema=FEATURES,
                        params={}, metrics={"holdout_sha256": hold.sha256, "holdout_rows": len(holdout["y"])})
     return art.sha256
 
 
-def make_production(ctx, version: str) -> None:
-    with ctx.store.tx() as tx:
-        tx.move_alias(MODEL, "production", version, actor="test", reason="given", now=ctx.now())
+def make_production(ctx, version: str, *, store=None, now=None) -> None:
+    store, now = store or ctx.store, now or ctx.now()
+    with store.tx() as tx:
+        tx.move_alias(MODEL, "production", version, actor="test", reason="given", now=now)
         tx.version(MODEL, version).status = "production"
 
 
-def start_candidate(ctx, version: str) -> str:
-    """A run whose candidate has just been trained: validate it (holdout, then shadow)."""
-    with ctx.store.tx() as tx:
+def new_candidate_run(store, version: str, now: datetime) -> str:
+    """A run whose candidate has just been trained, with its ``retrain.validate`` message in the outbox."""
+    with store.tx() as tx:
         run_id = tx.create_run(model=MODEL, request_id=new_id(), decision_id=new_id(), trigger="manual", priority=3,
-                               now=ctx.now())
-    with ctx.store.tx() as tx:
+                               now=now)
+    with store.tx() as tx:
         run = tx.run(run_id)
         run.state, run.stage, run.candidate_version = "validating", "validating", version
-        tx.enqueue("retrain.validate", {"v": 1, "run_id": run_id}, ctx.now(), priority=3)
+        tx.enqueue("retrain.validate", {"v": 1, "run_id": run_id}, now, priority=3)
+    return run_id
+
+
+def start_candidate(ctx, version: str) -> str:
+    """Validate a new candidate in-process (holdout, then shadow)."""
+    run_id = new_candidate_run(ctx.store, version, ctx.now())
     drain(ctx)
     return run_id
 

@@ -236,36 +236,36 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
                             ret=data.ret[part].tolist() if data.ret is not None else [None] * len(part))
                         ingest(ctx, batch)
                     reported = upto
-                # 2. beat
-                if not has_model and T >= warm_end_s and (initial_at is None
-                                                          or T - initial_at >= _INITIAL_RETRY.total_seconds()):
-                    initial_at = T
-                    request("initial model: trained on the warm-up", "manual", approved_by=OPERATOR)
-                if next_every is not None and T >= next_every:
-                    while next_every <= T:
-                        next_every += spec.period.total_seconds()
-                    request(f"fixed schedule ({spec.label})", "schedule", slot=f"{spec.label}@{now:%Y-%m-%dT%H:%M}",
-                            approved_by=OPERATOR, override_budget=True,
-                            override_reason=f"backtest baseline: retrain {spec.label}, subject to nothing else")
-                for slot, cron in crons.items():
-                    if cron.fired(_dt(T - tick), now):
-                        request(f"scheduled {slot} retraining", "schedule", slot=slot)
-                # With every trigger off the sweep has only housekeeping left (deferred requests, the
-                # sample's bound): hourly is enough, and it is most of a tick's cost.
-                if watching or T - last_housekeeping >= _RECONCILE_EVERY.total_seconds():
-                    last_housekeeping = T
-                    step("retrain.sweep", {"v": 1})
-                if has_rollouts is None:
-                    has_rollouts = "retrain.evaluate_rollouts" in STEPS
-                if has_rollouts:
-                    try:
-                        step("retrain.evaluate_rollouts", {"v": 1})
-                    except PayloadError as exc:  # a payload contract we do not know yet: say so, go on
-                        has_rollouts = False
-                        out.notes.append(f"retrain.evaluate_rollouts refused {{'v': 1}}: {exc}; not run")
-                if T - last_reconcile >= _RECONCILE_EVERY.total_seconds():
-                    last_reconcile = T
-                    step("retrain.reconcile", {"v": 1})
+                # 2. beat: nothing runs before the warm-up is over (no model, nothing to watch)
+                if T >= warm_end_s:
+                    if not has_model and (initial_at is None or T - initial_at >= _INITIAL_RETRY.total_seconds()):
+                        initial_at = T
+                        request("initial model: trained on the warm-up", "manual", approved_by=OPERATOR)
+                    if next_every is not None and T >= next_every:
+                        while next_every <= T:
+                            next_every += spec.period.total_seconds()
+                        request(f"fixed schedule ({spec.label})", "schedule", slot=f"{spec.label}@{now:%Y-%m-%dT%H:%M}",
+                                approved_by=OPERATOR, override_budget=True,
+                                override_reason=f"backtest baseline: retrain {spec.label}, subject to nothing else")
+                    for slot, cron in crons.items():
+                        if cron.fired(_dt(T - tick), now):
+                            request(f"scheduled {slot} retraining", "schedule", slot=slot)
+                    # With every trigger off the sweep has only housekeeping left (deferred requests, the
+                    # sample's bound): hourly is enough, and it is most of a tick's cost.
+                    if watching or T - last_housekeeping >= _RECONCILE_EVERY.total_seconds():
+                        last_housekeeping = T
+                        step("retrain.sweep", {"v": 1})
+                    if has_rollouts is None:
+                        has_rollouts = "retrain.evaluate_rollouts" in STEPS
+                    if has_rollouts:
+                        try:
+                            step("retrain.evaluate_rollouts", {"v": 1})
+                        except PayloadError as exc:  # a payload contract we do not know yet: say so, go on
+                            has_rollouts = False
+                            out.notes.append(f"retrain.evaluate_rollouts refused {{'v': 1}}: {exc}; not run")
+                    if T - last_reconcile >= _RECONCILE_EVERY.total_seconds():
+                        last_reconcile = T
+                        step("retrain.reconcile", {"v": 1})
                 # 3. the operator
                 if opts.approve_after is not None and pending:
                     due = [rid for rid, at in pending.items() if at <= now - opts.approve_after]

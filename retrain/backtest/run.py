@@ -27,8 +27,8 @@ from retrain.clock import monotonic
 from retrain.config import RetrainConfig, load_config
 from retrain.errors import ConfigError
 
-__all__ = ["BacktestSettings", "run_backtest", "run_comparison", "summary_text", "write_report", "ProgressBar",
-           "SCHEMA_VERSION"]
+__all__ = ["BacktestSettings", "run_backtest", "run_comparison", "example_data", "summary_text", "write_report",
+           "ProgressBar", "SCHEMA_VERSION", "default_sweep"]
 
 SCHEMA_VERSION = 1
 
@@ -52,7 +52,7 @@ def _resolve(data: ReplayData, s: BacktestSettings) -> tuple[RetrainConfig, str,
     delay = parse_duration(s.label_delay, "--label-delay")
     if s.warmup is None:
         # One day, or a quarter of the history when it is shorter than four days.
-        warmup = min(timedelta(days=1), timedelta(minutes=max(1, int(data.span.total_seconds() / 240))))
+        warmup = min(timedelta(days=1), timedelta(minutes=max(1, round(data.span.total_seconds() / 240))))
     else:
         warmup = parse_duration(s.warmup, "--warmup")
     if warmup <= timedelta(0) or warmup >= data.span:
@@ -251,24 +251,48 @@ def summary_text(report: dict[str, Any]) -> str:
     return f"{head}\n{body}"
 
 
+def example_data(days: float = 5.0) -> tuple[ReplayData, RetrainConfig]:
+    """The market of the example model file (``retrain/examples/direction.toml``: regime shifts at
+    +36 h and +84 h, a feature drift at +60 h, a flash crash at +100 h) and that model file."""
+    from retrain.backtest.data import from_arrays
+    from retrain.examples.direction import market_from_params
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "direction.toml"
+    config = load_config(path)
+    params = dict(next(iter(config.models.values())).params)
+    market = market_from_params(params)
+    rows = market.rows(market.start, market.start + timedelta(days=days))
+    data = from_arrays(rows.ts, rows.X, rows.y, rows.ret, features=market.feature_names,
+                       source=f"example market ({path.name}, {days:g} days)",
+                       columns={"time": "time", "label": "label", "return": "ret"})
+    return data, config
+
+
 def run_comparison(data: ReplayData | str | Path | None = None, *, policies: Sequence[str] = ("auto", "never",
                    "every:1d"), out: str | Path | None = None, progress: bool = False,
                    **settings: Any) -> tuple[dict[str, Any], str]:
-    """Compare policies on ``data`` (default: 4 days of the example's synthetic market, regime shifts at
-    +36 h and +84 h); returns ``(report, summary text)``. For the demo's closing comparison::
+    """Compare policies on ``data``; returns ``(report, summary text)``.
+
+    Without ``data``: the example model file on its own synthetic market (:func:`example_data`,
+    ``days`` 5 by default, label delay 1 minute, warm-up 8 h, a sweep every 10 simulated minutes),
+    i.e. the demo's market. For the
+    demo's closing comparison::
 
         report, text = run_comparison(out="retrain-demo/backtest")
         print(text)
 
-    Keyword arguments are :class:`BacktestSettings` fields (``label_delay``, ``warmup``, ...)
-    or the column names of a CSV (``time``, ``label``, ``ret``, ``features``).
+    Keyword arguments are :class:`BacktestSettings` fields (``label_delay``, ``warmup``, ...),
+    the column names of a CSV (``time``, ``label``, ``ret``, ``features``), or ``days``.
     """
-    from retrain.backtest.data import market_data
-
     columns = {k: settings.pop(k) for k in ("time", "label", "ret", "features") if k in settings}
+    days = settings.pop("days", 5.0)
     if data is None:
-        data = market_data(days=4.0, rows_per_minute=4)
+        data, config = example_data(days)
+        settings.setdefault("config", config)
         settings.setdefault("label_delay", "1m")
+        settings.setdefault("warmup", "8h")
+        # 24 sweeps per 4-hour window: detection a few minutes later than beat's 60 s, in half the time.
+        settings.setdefault("sweep_every", "10m")
     s = BacktestSettings(policies=tuple(policies), **settings)
     report = run_backtest(data, s, out=out, progress=progress, **columns)
     return report, summary_text(report)

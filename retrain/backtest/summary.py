@@ -11,6 +11,7 @@ CPU and memory of each training, priced as in production), drift reports.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -74,11 +75,15 @@ def _accuracy_bins(data: ReplayData, hit: np.ndarray, used: np.ndarray, width: t
     return out
 
 
-def _reasons(rules: list[dict], verdict: str) -> list[str]:
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _reasons(rules: list[dict], verdict: str, names: dict[str, str]) -> list[str]:
     failed = [f"{r['rule']}: {r.get('detail') or ''}".rstrip(": ") for r in rules
               if not r.get("passed") and not r.get("bypassed")]
     if failed:
-        return failed
+        # Ids are random per replay: name a run by the version it trained instead.
+        return [_UUID.sub(lambda m: names.get(m.group(0), "(id)"), f) for f in failed]
     bypassed = [r["rule"] for r in rules if r.get("bypassed")]
     return ["all rules passed" + (f" (bypassed: {', '.join(bypassed)})" if bypassed else "")]
 
@@ -117,13 +122,15 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
         for r in requests:
             triggers[r.trigger] = triggers.get(r.trigger, 0) + 1
 
+        run_names = {r.id: f"({r.candidate_version})" if r.candidate_version else "(not trained yet)" for r in
+                     tx.runs(model, limit=1_000_000)}
         decision_list = []
         # Ids are random: order by what was decided, so that the same replay lists them the same way.
         for d in sorted(decisions, key=lambda d: (d.decided_at, d.trigger, d.verdict, d.summary or "")):
             req = req_by_id.get(d.request_id)
             decision_list.append({
                 "time": _iso(d.decided_at), "trigger": d.trigger, "verdict": d.verdict,
-                "reasons": _reasons(d.rules or [], d.verdict),
+                "reasons": _reasons(d.rules or [], d.verdict, run_names),
                 "request": req.reason if req is not None else None,
                 "defer_until": _iso(d.defer_until), "resolved_by": d.resolved_by,
             })

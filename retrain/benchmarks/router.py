@@ -130,7 +130,7 @@ class _Noop:
 _ZERO = np.zeros(1, dtype=np.int64)
 
 
-def overhead(seconds_per_round: float = 1.0, rounds: int = 6, rate: int = RATE_PER_S) -> dict[str, Any]:
+def overhead(seconds_per_round: float = 0.5, rounds: int = 16, rate: int = RATE_PER_S) -> dict[str, Any]:
     from retrain.artifacts import ArtifactStore
     from retrain.client import RetrainClient
     from retrain.serving import ModelRouter, StoreRoutingReader

@@ -17,6 +17,10 @@ Both receive the model's ``params`` table. Keys used here (all optional):
 ``label_delay`` (60)
     seconds (number or ``timedelta``) before a row's label is known: a row's
     return is realised over the minute after its timestamp.
+``drift_at_hours``, ``crash_at_hours`` (and ``drift_features``, ``drift_shift_sd``,
+``drift_hours``, ``crash_minutes``, ``crash_strength``)
+    optional market events, a feature drift and a flash crash, see
+    :func:`retrain.examples.market.events_from_params`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from retrain.clock import utc
-from retrain.examples.market import DEFAULT_START, SyntheticMarket
+from retrain.examples.market import DEFAULT_START, SyntheticMarket, events_from_params
 
 __all__ = ["train", "history", "market_from_params", "label_delay_from_params"]
 
@@ -95,11 +99,13 @@ def market_from_params(params: Mapping[str, Any]) -> SyntheticMarket:
         int(params.get("n_features", 8)),
         int(params.get("rows_per_minute", 10)),
         utc(start),
+        events_from_params(params, utc(start)),  # optional drift and flash crash (retrain.examples.market)
     )
 
 
 # Bounded: one market per distinct settings keeps its block cache warm across
 # the repeated history() calls of a controller or demo.
 @functools.lru_cache(maxsize=8)
-def _market(seed: int, n_features: int, rows_per_minute: int, start: datetime) -> SyntheticMarket:
-    return SyntheticMarket(seed=seed, n_features=n_features, rows_per_minute=rows_per_minute, start=start)
+def _market(seed: int, n_features: int, rows_per_minute: int, start: datetime, events: tuple = ()) -> SyntheticMarket:
+    return SyntheticMarket(seed=seed, n_features=n_features, rows_per_minute=rows_per_minute, start=start,
+                           events=events)

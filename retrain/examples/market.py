@@ -24,6 +24,20 @@ Default regimes (documented because the demo and tests rely on them): regime 0
 from ``start``, regime 1 from ``start + 36 h``, regime 2 from ``start + 84 h``.
 The stream extends before ``start`` (those times belong to the first regime),
 so a model can be trained on a full lookback window at ``start`` itself.
+
+Optional events (none by default; :func:`events_from_params` reads them from a
+model's ``params``), applied after the random draws so that the stream without
+them is unchanged and every stream stays a function of ``(seed, block)``:
+
+* :class:`FeatureShift`: from ``starts_at`` (until ``ends_at``, if any) some
+  features move by ``shift_sd`` standard deviations. Labels are computed from the
+  moved features with the regime's weights, so the label relation holds and a
+  model keeps its accuracy: it is data drift, not a performance drop.
+* :class:`FlashCrash`: from ``starts_at`` to ``ends_at`` returns turn against the
+  regime's signal, ``ret = RETURN_SCALE * (-strength * s + NOISE_RATIO * e)``, so
+  a model that reads the regime right is wrong about 9 times in 10 (strength 10:
+  ``1/2 - arctan(strength / NOISE_RATIO) / pi`` = 0.09) and its strategy loses
+  on almost every trade: per-bucket accuracy and returns collapse.
 """
 
 from __future__ import annotations
@@ -40,6 +54,9 @@ from retrain.clock import utc
 
 __all__ = [
     "Regime",
+    "FeatureShift",
+    "FlashCrash",
+    "events_from_params",
     "MarketRows",
     "SyntheticMarket",
     "DEFAULT_START",
@@ -84,6 +101,60 @@ class Regime:
 
 
 @dataclass(frozen=True)
+class FeatureShift:
+    """From ``starts_at`` (to ``ends_at``; None: for good) features ``features`` (indices) move by ``shift_sd``."""
+
+    starts_at: datetime
+    features: tuple[int, ...]
+    shift_sd: float = 0.5
+    ends_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class FlashCrash:
+    """From ``starts_at`` to ``ends_at`` returns are ``-strength`` times the regime's signal plus the usual noise."""
+
+    starts_at: datetime
+    ends_at: datetime
+    strength: float = 10.0
+
+
+def _hours(params, key: str) -> float | None:
+    v = params.get(key)
+    return None if v is None else float(v)
+
+
+def events_from_params(params, start: datetime) -> tuple[FeatureShift | FlashCrash, ...]:
+    """The events a model's ``params`` table asks for (all optional; times in hours after ``start``).
+
+    ``drift_at_hours``: when features ``drift_features`` (names ``f<i>`` or indices,
+    default f0, f1, f2) move by ``drift_shift_sd`` (default 0.5) standard deviations,
+    for ``drift_hours`` hours (default: for good). ``crash_at_hours``: when a flash
+    crash of ``crash_minutes`` minutes (default 45) and ``crash_strength`` (default
+    10) starts. Example (the demo's model file)::
+
+        [models.direction.params]
+        drift_at_hours = 60
+        crash_at_hours = 100
+    """
+    start = utc(start)
+    events: list[FeatureShift | FlashCrash] = []
+    at = _hours(params, "drift_at_hours")
+    if at is not None:
+        names = params.get("drift_features", ("f0", "f1", "f2"))
+        idx = tuple(sorted({int(str(f).lstrip("f")) for f in names}))
+        length = _hours(params, "drift_hours")
+        events.append(FeatureShift(start + timedelta(hours=at), idx, float(params.get("drift_shift_sd", 0.5)),
+                                   None if length is None else start + timedelta(hours=at + length)))
+    at = _hours(params, "crash_at_hours")
+    if at is not None:
+        minutes = float(params.get("crash_minutes", 45))
+        events.append(FlashCrash(start + timedelta(hours=at), start + timedelta(hours=at, minutes=minutes),
+                                 float(params.get("crash_strength", 10.0))))
+    return tuple(events)
+
+
+@dataclass(frozen=True)
 class MarketRows:
     """Rows of the stream, in time order.
 
@@ -116,6 +187,7 @@ class SyntheticMarket:
         rows_per_minute: int = 10,
         start: datetime = DEFAULT_START,
         regimes: Sequence[Regime] | None = None,
+        events: Sequence[FeatureShift | FlashCrash] = (),
     ) -> None:
         if n_features < 1:
             raise ValueError("n_features must be >= 1")
@@ -139,6 +211,10 @@ class SyntheticMarket:
             [utc(r.starts_at).timestamp() for r in ordered], dtype=np.float64
         )
         self._weights = np.stack([self._resolve_weights(r.weights) for r in ordered])
+        self.events: tuple[FeatureShift | FlashCrash, ...] = tuple(events)
+        for ev in self.events:
+            if isinstance(ev, FeatureShift) and any(not 0 <= j < self.n_features for j in ev.features):
+                raise ValueError(f"feature shift of features {ev.features}: the market has {self.n_features}")
         # Offsets of rows within a minute, shared by every block.
         self._row_offsets = (np.arange(rows_per_minute, dtype=np.int64) * 60) // rows_per_minute
         self._cache: OrderedDict[int, MarketRows] = OrderedDict()
@@ -253,9 +329,32 @@ class SyntheticMarket:
         regime = np.searchsorted(self._regime_starts, ts, side="right") - 1
         np.maximum(regime, 0, out=regime)
         regime = regime.astype(np.int16)
+        self._shift_features(ts, X)
         signal = np.einsum("ij,ij->i", X, self._weights[regime])
-        ret = RETURN_SCALE * (signal + NOISE_RATIO * noise)
+        ret = RETURN_SCALE * (self._crash(ts, signal) + NOISE_RATIO * noise)
         y = (ret > 0).astype(np.int8)
         for a in (ts, X, y, ret, regime):
             a.flags.writeable = False  # blocks are cached and shared
         return MarketRows(ts, X, y, ret, regime)
+
+    @staticmethod
+    def _span(ts: np.ndarray, starts_at: datetime, ends_at: datetime | None) -> np.ndarray:
+        mask = ts >= utc(starts_at).timestamp()
+        if ends_at is not None:
+            mask &= ts < utc(ends_at).timestamp()
+        return mask
+
+    def _shift_features(self, ts: np.ndarray, X: np.ndarray) -> None:
+        for ev in self.events:
+            if isinstance(ev, FeatureShift):
+                rows = self._span(ts, ev.starts_at, ev.ends_at)
+                if rows.any():
+                    X[np.ix_(rows, list(ev.features))] += ev.shift_sd
+
+    def _crash(self, ts: np.ndarray, signal: np.ndarray) -> np.ndarray:
+        for ev in self.events:
+            if isinstance(ev, FlashCrash):
+                rows = self._span(ts, ev.starts_at, ev.ends_at)
+                if rows.any():
+                    signal = np.where(rows, -ev.strength * signal, signal)
+        return signal

@@ -2,16 +2,18 @@
 
 One transaction does all of it, under one lock:
 
-1. ``tx.lock(DECISION_LOCK)``: on Postgres a transaction-scoped advisory lock
-   (``pg_advisory_xact_lock``), released by the commit. Every decision and every
-   approval takes it first, so read-check-reserve is serial across processes and
-   machines: the spend and run counts read below include every reservation and
-   run committed by the decision before. Postgres reads in READ COMMITTED take a
-   fresh snapshot per statement, so reads after the lock see that commit.
-   On SQLite (the embedded default, one process) the lock is a write to the
-   ``controls`` table, which takes SQLite's database write lock for the rest of
-   the transaction; other processes wait on ``busy_timeout``. That serialises
-   writers on one machine but SQLite is not meant for several worker machines.
+1. ``DECISION_LOCK`` (``Tx.open_request_locked``, ``Tx.lock``): on Postgres a
+   transaction-scoped advisory lock (``pg_advisory_xact_lock``), released by the
+   commit. Every decision and every approval takes it before reading anything it
+   decides on, so read-check-reserve is serial across processes and machines: the
+   spend and run counts read below include every reservation and run committed by
+   the decision before. Postgres reads in READ COMMITTED take a fresh snapshot per
+   statement, so reads after the lock see that commit.
+   On SQLite (the embedded default: one machine, normally one worker process) the
+   lock is a write to the ``controls`` table, which takes SQLite's database write
+   lock for the rest of the transaction; other connections and processes wait on
+   ``busy_timeout``. tests/integration/test_ledger_concurrency.py races four
+   processes on both. SQLite is not meant for workers on several machines.
 2. ``now`` is read *after* the lock, so a decision that waited decides in the present.
 3. The snapshot: the model's runs, spend (one aggregate over this month's
    ledger), traffic, approvals, pauses, resource readings.
@@ -154,18 +156,13 @@ def decide_request(ctx: Context, request_id: str, resources: ResourceReading | N
     with ctx.store.tx() as tx:
         # A redelivered message for a decided request is answered without queueing for the
         # lock: a request leaves 'open' only under the lock, and whatever reopens it sends
-        # a fresh message. Whether it is still open is checked again under the lock.
-        status = tx.request_status(request_id)
-        if status is None:
+        # a fresh message.
+        row, locked = tx.open_request_locked(request_id, DECISION_LOCK)
+        if row is None:
             raise PayloadError(f"unknown request {request_id}")
-        if status != "open":
-            return DecideResult(request_id, None, f"already {status}", skipped=True)
-        tx.lock(DECISION_LOCK)
-        now = ctx.now()
-        row = tx.request(request_id, for_update=True)
-        if row.status != "open":
-            # A redelivered or repeated message: the request was decided already.
+        if not locked or row.status != "open":
             return DecideResult(request_id, None, f"already {row.status}", skipped=True)
+        now = ctx.now()
         req, snapshot, record = load_snapshot(tx, ctx, tx.to_request(row), now, resources)
         prod = record["production"]
         fired_on = (row.evidence or {}).get("version")

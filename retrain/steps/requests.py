@@ -50,6 +50,8 @@ def request_retraining(ctx: Context, p: ManualRequestPayload) -> RequestResult:
     with ctx.store.tx() as tx:
         if p.slot is not None and not tx.claim_slot(p.model, p.slot, now):
             return RequestResult(None, False, f"slot {p.slot} of {p.model} already fired")
+        if p.override_budget or p.approved_by:
+            _supersede_open(tx, req, now)
         rid, created = tx.open_request(req)
         if created:
             tx.audit(now, "request", p.requested_by, f"{trigger.value} retraining of {p.model} requested: {p.reason}"
@@ -59,6 +61,25 @@ def request_retraining(ctx: Context, p: ManualRequestPayload) -> RequestResult:
                            "override_reason": p.override_reason, "approved_by": p.approved_by, "slot": p.slot})
             tx.enqueue("retrain.decide", {"v": 1, "request_id": rid}, now, priority=req.priority)
         return RequestResult(rid, created, "opened" if created else "joined the open request")
+
+
+def _supersede_open(tx, req: RetrainRequest, now) -> None:
+    """An operator's forced or pre-approved request replaces a waiting one of the same kind.
+
+    Joining it would lose what the operator adds: a deferred request keeps waiting for
+    its time and was decided without the override or the approval.
+    """
+    key = f"{req.model}:{req.trigger.value}"
+    for row in tx.requests(req.model, statuses=("open", "deferred", "pending_approval")):
+        if row.open_key != key:
+            continue
+        row = tx.request(row.id, for_update=True)  # a decision in flight finishes first
+        if row.status in ("open", "deferred", "pending_approval"):
+            was = row.status
+            tx.close_request(row, "superseded")
+            tx.audit(now, "request", req.requested_by, f"{was} {req.trigger.value} request for {req.model} "
+                     f"superseded by {req.requested_by}'s request {req.id}", model=req.model, subject=row.id,
+                     data={"request_id": row.id, "superseded_by": req.id})
 
 
 CONFIG_CONTROL = "config"

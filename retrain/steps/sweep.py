@@ -10,6 +10,13 @@ trigger kind; a new one is sent to the decision with the trigger's priority.
 Deferred requests whose time has come are sent back to the decision. The
 sample is pruned to its bound.
 
+Not flooding: one request per model and trigger kind is open at a time, and a
+firing refreshes it with its new evidence. Once that request is closed, a firing
+opens a new one except (a) while the run it started or joined is still active
+(that run will replace the version the trigger judged), and (b) within
+``refire_minutes`` (default 60) of its rejection, unless an emergency got more
+severe. Held-back firings are listed in the sweep's result, not audited.
+
 Cost per model is flat in the number of models: one short transaction per model
 reads one range of its buckets (as plain tuples) for both the performance and
 the emergency window; thresholds, policies and drift references are cached per
@@ -43,6 +50,7 @@ class SweepResult:
     requests_opened: list[str] = field(default_factory=list)
     requests_refreshed: list[str] = field(default_factory=list)
     redecided: list[str] = field(default_factory=list)
+    held_back: list[dict] = field(default_factory=list)
     drift_checks: int = 0
 
 
@@ -79,9 +87,31 @@ def _request(model: str, firing: TriggerFiring, now: datetime) -> RetrainRequest
                           evidence=firing.evidence, severity=firing.severity)
 
 
-def _open(tx: Tx, req: RetrainRequest, result: SweepResult, now: datetime) -> None:
-    rid, created = tx.open_request(req)
+def _held_back(tx: Tx, cfg: ModelConfig, req: RetrainRequest, now: datetime) -> str | None:
+    """Why a firing opens no new request, or None. See "Not flooding" in the module docstring."""
+    last = tx.latest_request(req.model, req.trigger.value)
+    if last is None or last.open_key is not None:
+        return None  # none yet, or one still open: open_request refreshes it
+    active = tx.active_run(req.model)
+    if active is not None and last.run_id == active.id:
+        return f"its last request already joined run {active.id}"
+    if last.status == "rejected" and last.decision_id:
+        decision = tx.decision(last.decision_id)
+        wait = timedelta(minutes=cfg.refire_minutes)
+        worse = (req.severity is not None and last.severity is not None
+                 and _SEVERITY_RANK[req.severity] > _SEVERITY_RANK[Severity(last.severity)])
+        if decision is not None and now - decision.decided_at < wait and not worse:
+            return f"its last request was rejected at {decision.decided_at:%Y-%m-%d %H:%M}; asks again after {wait}"
+    return None
+
+
+def _open(tx: Tx, cfg: ModelConfig, req: RetrainRequest, result: SweepResult, now: datetime) -> None:
     result.firings.append({"model": req.model, "trigger": req.trigger.value, "reason": req.reason})
+    why = _held_back(tx, cfg, req, now)
+    if why is not None:
+        result.held_back.append({"model": req.model, "trigger": req.trigger.value, "why": why})
+        return
+    rid, created = tx.open_request(req)
     if created:
         result.requests_opened.append(rid)
         tx.audit(now, "request", "sweep", f"{req.trigger.value} trigger fired for {req.model}: {req.reason}",
@@ -153,7 +183,7 @@ def _performance(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, baseline: di
                 "current_accuracy": total.accuracy if total.n else None, "version": prod}
     if len(fired) > 1:
         evidence["also"] = [{"metric": f.evidence.get("metric"), "reason": f.reason} for f in fired[1:]]
-    _open(tx, replace(_request(cfg.name, first, now), evidence=evidence), result, now)
+    _open(tx, cfg, replace(_request(cfg.name, first, now), evidence=evidence), result, now)
 
 
 def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, counts: list[Counts], minutes: list[datetime],
@@ -165,7 +195,7 @@ def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, counts: list[C
     if firing is None or _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(cfg.emergency.min_severity)]:
         return
     req = _request(cfg.name, firing, now)
-    _open(tx, replace(req, evidence={**req.evidence, "version": prod}), result, now)
+    _open(tx, cfg, replace(req, evidence={**req.evidence, "version": prod}), result, now)
 
 
 def _reference(ctx: Context, sha: str) -> np.ndarray:
@@ -206,4 +236,4 @@ def _drift(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, ref_sha: str, now:
                 "worst": [{"feature": f.name, "test": f.test, "statistic": f.statistic, "p_value": f.p_value,
                            "p_adjusted": f.p_adjusted, "effect": f.effect_size, "psi": f.psi} for f in worst]}
     firing = TriggerFiring(kind=TriggerKind.DRIFT, reason=reason, evidence=evidence, severity=None)
-    _open(tx, _request(cfg.name, firing, now), result, now)
+    _open(tx, cfg, _request(cfg.name, firing, now), result, now)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, func, literal, or_, select, text, update
+from sqlalchemy import Text, and_, case, cast, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -613,9 +613,32 @@ class Tx:
         q = select(ControlRow).where(ControlRow.key.startswith("resources:"), ControlRow.updated_at >= since)
         return [{**r.value, "node": r.key.partition(":")[2]} for r in self.s.scalars(q)]
 
-    def request_status(self, request_id: str) -> str | None:
-        """A request's status, without locking anything (None: no such request)."""
-        return self.s.scalar(select(RequestRow.status).where(RequestRow.id == request_id))
+    def open_request_locked(self, request_id: str, name: str) -> tuple[RequestRow | None, bool]:
+        """The request row, locked for update, and whether :meth:`lock` ``name`` was taken:
+        it is, only when the request is open.
+
+        On Postgres one statement does all of it (the CASE takes the advisory lock for
+        an open row only, before the row lock): the decision's lock costs no round
+        trip of its own, and a redelivered message for a request decided already
+        does not queue behind other decisions.
+        """
+        if self.pg:
+            is_open = RequestRow.status == "open"
+            lock = func.pg_advisory_xact_lock(zlib.crc32(name.encode()))
+            q = (select(RequestRow, case((is_open, cast(lock, Text)), else_=None))
+                 .where(RequestRow.id == request_id).with_for_update())
+            row = self.s.execute(q).first()
+            if row is None:
+                return None, False
+            return row[0], row[0].status == "open"
+        status = self.s.scalar(select(RequestRow.status).where(RequestRow.id == request_id))
+        if status is None:
+            return None, False
+        if status != "open":
+            return self.request(request_id), False
+        self.lock(name)
+        row = self.request(request_id, for_update=True)
+        return row, True
 
     def add_decision(self, d: Decision, trigger: str, rules: list[dict]) -> str:
         """Record a decision whose rules the caller has serialised already (it audits the same list)."""
@@ -730,6 +753,11 @@ class Tx:
         f = FeatureSampleRow
         q = select(f.features).where(f.model == model, f.ts >= since).order_by(f.id.desc()).limit(limit)
         return list(self.s.scalars(q))
+
+    def latest_request(self, model: str, trigger: str) -> RequestRow | None:
+        """The newest request of a model and trigger kind, whatever its status."""
+        return self.s.scalars(select(RequestRow).where(RequestRow.model == model, RequestRow.trigger == trigger)
+                              .order_by(RequestRow.created_at.desc()).limit(1)).first()
 
     def last_drift_check(self, model: str) -> datetime | None:
         return self.s.scalar(select(func.max(DriftReportRow.at)).where(DriftReportRow.model == model))

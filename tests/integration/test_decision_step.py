@@ -134,9 +134,9 @@ def test_an_approval_records_every_rule_reserves_the_estimate_and_enqueues_train
     assert decision_event.data["verdict"] == "approve"
 
 
-def test_a_repeated_message_is_decided_once(any_db_url, tmp_path):
+def test_a_repeated_message_is_decided_once(sqlite_url, tmp_path):
     # Given a request that was decided
-    ctx = _ctx(any_db_url, tmp_path)
+    ctx = _ctx(sqlite_url, tmp_path)
     rid = _request(ctx, trigger=TriggerKind.MANUAL)
     first = decide_request(ctx, rid, AMPLE)
     # When the same message arrives again
@@ -149,9 +149,9 @@ def test_a_repeated_message_is_decided_once(any_db_url, tmp_path):
         decide_request(ctx, "no-such-request")
 
 
-def test_the_estimate_is_the_moving_average_of_measured_runs(any_db_url, tmp_path):
+def test_the_estimate_is_the_moving_average_of_measured_runs(sqlite_url, tmp_path):
     # Given a model whose past runs cost $1, $2 and $4 (the ledger's actual rows)
-    ctx = _ctx(any_db_url, tmp_path)
+    ctx = _ctx(sqlite_url, tmp_path)
     for days, cost in ((20, 1.0), (10, 2.0), (5, 4.0)):
         _past_run(ctx, "alpha", timedelta(days=days), cost)
     # When a request is decided
@@ -200,9 +200,9 @@ def test_per_model_overrides_apply_to_their_model_only(sqlite_url, tmp_path):
     assert b.verdict.value == "defer" and _rule(b, "cooldown").limit == 12.0
 
 
-def test_the_global_daily_run_cap_counts_every_model(any_db_url, tmp_path):
+def test_the_global_daily_run_cap_counts_every_model(sqlite_url, tmp_path):
     # Given at most 2 runs a day across all models, and alpha and beta ran once each today
-    ctx = _ctx(any_db_url, tmp_path, _config({"max_runs_global_per_day": 2}))
+    ctx = _ctx(sqlite_url, tmp_path, _config({"max_runs_global_per_day": 2}))
     _past_run(ctx, "alpha", timedelta(hours=10))
     _past_run(ctx, "beta", timedelta(hours=9))
     # When alpha asks again
@@ -261,9 +261,9 @@ def test_a_scheduled_request_waits_for_the_off_peak_window_and_a_performance_one
     assert p.verdict == "approve"
 
 
-def test_resources_reported_by_a_training_node_win_over_the_local_reading(any_db_url, tmp_path):
+def test_resources_reported_by_a_training_node_win_over_the_local_reading(sqlite_url, tmp_path):
     # Given a training node that reported 300 MB free a minute ago (the deciding node has plenty)
-    ctx = _ctx(any_db_url, tmp_path)
+    ctx = _ctx(sqlite_url, tmp_path)
     with ctx.store.tx() as tx:
         tx.report_resources("train-1", {"free_memory_mb": 300.0, "cpu_load_pct": 10.0, "free_disk_mb": 50_000.0},
                             NOW - timedelta(minutes=1))
@@ -309,9 +309,9 @@ def test_a_young_deployment_waits_for_an_operator_who_approves_or_rejects(any_db
         resolve_pending(ctx, other.request_id, approve=True, actor="bob")
 
 
-def test_an_emergency_bypasses_approval_cooldown_and_limits_and_the_bypass_is_audited(any_db_url, tmp_path):
+def test_an_emergency_bypasses_approval_cooldown_and_limits_and_the_bypass_is_audited(sqlite_url, tmp_path):
     # Given a young deployment (first week) that ran an hour ago and twice today
-    ctx = _ctx(any_db_url, tmp_path, _config({"approval_days": 7}))
+    ctx = _ctx(sqlite_url, tmp_path, _config({"approval_days": 7}))
     _serve(ctx, "alpha", deployed_days=1, accuracy=0.45)
     _past_run(ctx, "alpha", timedelta(hours=1))
     _past_run(ctx, "alpha", timedelta(hours=3))
@@ -329,8 +329,8 @@ def test_an_emergency_bypasses_approval_cooldown_and_limits_and_the_bypass_is_au
     assert event.data["why"] == "emergency"
 
 
-def test_pause_one_model_or_all_rejects_with_reason_paused(any_db_url, tmp_path):
-    ctx = _ctx(any_db_url, tmp_path)
+def test_pause_one_model_or_all_rejects_with_reason_paused(sqlite_url, tmp_path):
+    ctx = _ctx(sqlite_url, tmp_path)
     with ctx.store.tx() as tx:
         tx.set_paused("alpha", True, "ops", "incident 42", NOW)
     a = _decision(ctx, decide_request(ctx, _request(ctx, "alpha", TriggerKind.EMERGENCY), AMPLE))
@@ -346,8 +346,8 @@ def test_pause_one_model_or_all_rejects_with_reason_paused(any_db_url, tmp_path)
     assert len(admin) == 3 and "incident 42" in admin[0] and "all models" in admin[2]
 
 
-def test_a_request_for_a_model_with_a_run_in_flight_joins_it(any_db_url, tmp_path):
-    ctx = _ctx(any_db_url, tmp_path)
+def test_a_request_for_a_model_with_a_run_in_flight_joins_it(sqlite_url, tmp_path):
+    ctx = _ctx(sqlite_url, tmp_path)
     first = decide_request(ctx, _request(ctx, "alpha", TriggerKind.MANUAL), AMPLE)
     second = decide_request(ctx, _request(ctx, "alpha", TriggerKind.DRIFT), AMPLE)
     assert second.verdict == "coalesced" and second.run_id == first.run_id

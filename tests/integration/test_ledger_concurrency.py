@@ -161,7 +161,9 @@ def _ledger(ctx) -> dict[str, float]:
     return dict(out)
 
 
-def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_limit(pg_url, tmp_path):
+def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_limit(any_db_url, tmp_path):
+    # (On SQLite too: the embedded default is meant for one machine, but the decision lock,
+    # a write that takes SQLite's database lock, serialises processes there as well.)
     # Given ten models and a day that has already used $4 of an $8.50 daily budget:
     #   m0 trained an hour ago (cooldown 6 h), m1 twice today (limit 2 a day),
     #   m2 spent $1 of its own $1.50 daily budget, m3 is paused, m4..m9 are free;
@@ -169,7 +171,7 @@ def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_
     config_data = {"policy": {"daily_budget_usd": 8.5, "approval_days": 0},
                    "models": {f"m{i}": _model(**({"model_daily_budget_usd": 1.5} if i == 2 else {}))
                               for i in range(10)}}
-    ctx = _context(pg_url, tmp_path, config_data)
+    ctx = _context(any_db_url, tmp_path, config_data)
     from retrain.steps.requests import sync_models
 
     sync_models(ctx)
@@ -182,7 +184,7 @@ def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_
     ids = _seed_requests(ctx, {f"m{i}": 10 for i in range(10)}, random.Random(7))
 
     # When four processes decide all 100 at once, each trying every one of them
-    attempts = _race(pg_url, tmp_path, config_data, ids, complete=False)
+    attempts = _race(any_db_url, tmp_path, config_data, ids, complete=False)
 
     # Then every request was decided exactly once
     verdicts = _check_every_request_decided_once(ctx, ids, attempts)

@@ -230,6 +230,29 @@ def test_a_collapse_is_an_emergency_that_skips_approval_and_queues_training_firs
     assert run.priority == 9 and run.trigger == "emergency"
     assert ("retrain.train", {"v": 1, "run_id": result.run_id}, 9) in _outbox(ctx)
 
+    # And while that run is in flight, the collapse seen again opens nothing new
+    again = sweep(ctx)
+    assert not again.requests_opened and len(_requests(ctx, "emergency")) == 1
+    assert any("already joined run" in h["why"] for h in again.held_back)
+
+
+def test_a_rejected_trigger_asks_again_only_after_refire_minutes(sqlite_url, tmp_path):
+    clock = SimClock(NOW)
+    ctx = make_context(sqlite_url, tmp_path, config=_config(), clock=clock)
+    _seed(ctx)
+    _buckets(ctx, [0.60] * 180 + [0.50] * 120, per_minute=100, end=NOW + timedelta(minutes=60))
+    # Given a performance request rejected because the model is paused
+    with ctx.store.tx() as tx:
+        tx.set_paused("direction", True, "ops", "maintenance", NOW)
+    [rid] = sweep(ctx).requests_opened
+    assert decide_request(ctx, rid).verdict == "reject"
+    # When the trigger keeps firing: held back for the next hour, then asked again
+    clock.advance(timedelta(minutes=30))
+    held = sweep(ctx)
+    assert not held.requests_opened and "rejected" in held.held_back[0]["why"]
+    clock.advance(timedelta(minutes=31))
+    assert len(sweep(ctx).requests_opened) == 1
+
 
 def test_min_severity_holds_back_weaker_emergencies(sqlite_url, tmp_path):
     cfg = _config(emergency={"enabled": True, "min_severity": "CRITICAL"})

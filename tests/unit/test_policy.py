@@ -646,3 +646,69 @@ def test_property_budgets_hold_at_their_edges(
         assert (d.verdict is Verdict.APPROVE) == fits_month
     else:
         assert (d.verdict is Verdict.APPROVE) == (fits_month and fits_day)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_cases())
+def test_property_no_approval_breaks_a_pause_a_cooldown_a_daily_limit_or_the_window(case: tuple) -> None:
+    # Given any state, When a non-emergency request is approved
+    req, s, p, now = case
+    d = decide(req, s, p, now)
+    if d.verdict is not Verdict.APPROVE:
+        return
+    # Then nothing is paused, no run is in flight, the cooldown has passed, the daily limit has room,
+    assert not (s.paused or s.globally_paused) and s.active_run_id is None
+    if req.trigger is TriggerKind.EMERGENCY:
+        return
+    assert all(now - t >= timedelta(hours=p.cooldown_hours) for t in s.recent_run_starts)
+    if p.daily_window == "rolling":
+        in_window = [t for t in s.recent_run_starts if t > now - timedelta(days=1)]
+    else:
+        in_window = [t for t in s.recent_run_starts if t.date() == now.date()]
+    assert len(in_window) < p.max_runs_per_model_per_day
+    if p.max_runs_global_per_day is not None:
+        assert s.runs_today_global < p.max_runs_global_per_day
+    # and a scheduled run starts inside the off-peak window
+    if req.trigger is TriggerKind.SCHEDULE:
+        assert p.in_offpeak(now)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_cases())
+def test_property_an_emergency_is_only_held_back_by_a_pause_money_resources_or_a_run_in_flight(case: tuple) -> None:
+    req, s, p, now = case
+    d = decide(replace(req, trigger=TriggerKind.EMERGENCY), s, p, now)
+    for name in ("approval", "cooldown", "daily_runs", "global_daily_runs", "offpeak"):
+        r = rule(d, name)
+        assert r.passed or r.bypassed, name
+    held = set(d.detail.get("defer_rules", ())) | set(d.detail.get("reject_rules", ()))
+    assert held <= {"paused", "resources", "budget_override", "budget_monthly", "model_budget_monthly", "roi",
+                    "budget_daily", "model_budget_daily"}
+    if p.emergency_bypasses_daily_budget:
+        assert not held & {"budget_daily", "model_budget_daily"}
+
+
+@settings(max_examples=100, deadline=None)
+@given(_cases(), st.floats(0.0, 50.0))
+def test_property_spending_more_never_turns_a_refusal_into_an_approval(case: tuple, extra: float) -> None:
+    # Given any decision that did not approve
+    req, s, p, now = case
+    d = decide(req, s, p, now)
+    if d.verdict is Verdict.APPROVE:
+        return
+    # When more money had been spent (today, this month, by the model)
+    richer = replace(s, spend_today_usd=s.spend_today_usd + extra, spend_month_usd=s.spend_month_usd + extra,
+                     model_spend_today_usd=s.model_spend_today_usd + extra,
+                     model_spend_month_usd=s.model_spend_month_usd + extra)
+    # Then it still does not approve
+    assert decide(req, richer, p, now).verdict is not Verdict.APPROVE
+
+
+@settings(max_examples=200, deadline=None)
+@given(_cases())
+def test_property_a_run_in_flight_always_coalesces_and_only_then(case: tuple) -> None:
+    req, s, p, now = case
+    d = decide(req, s, p, now)
+    assert (d.verdict is Verdict.COALESCED) == (s.active_run_id is not None)
+    if d.verdict is Verdict.COALESCED:
+        assert d.detail["coalesced_with"] == s.active_run_id

@@ -1,0 +1,86 @@
+"""`retrain backtest` on a CSV with no set-up, and the canary's share decided by the router's hash."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+
+from retrain.backtest import market_data, parse_policy, write_csv
+from retrain.backtest.replay import ReplayOptions, replay, template_database
+from retrain.cli import main
+from retrain.config import load_config, parse_config
+from retrain.examples.market import DEFAULT_START, Regime, SyntheticMarket
+from retrain.serving import routes_to_canary
+
+FAST = Path(__file__).resolve().parents[1] / "data" / "backtest_fast.toml"
+
+
+def test_the_command_backtests_a_plain_csv_with_the_default_model(tmp_path, capsys):
+    # Given a labelled CSV with a return column and nothing else set up
+    csv = write_csv(market_data(days=1.0, rows_per_minute=4, n_features=4), tmp_path / "history.csv")
+    out = tmp_path / "bt"
+    # When it is backtested with two policies compared to the default one
+    code = main(["backtest", str(csv), "--time", "time", "--label", "label", "--return", "ret",
+                 "--label-delay", "1m", "--compare", "never,every:12h", "--quiet", "--out", str(out)])
+    # Then it prints the comparison and writes the report, the page and its plots
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "every:12h" in text and "report.html" in text
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["policies"]) == ["auto", "never", "every:12h"]
+    assert report["data"]["features"] == ["f0", "f1", "f2", "f3"] and report["settings"]["warmup"] == "6h"
+    assert report["model_config"]["model"]["entry_point"] == "retrain.examples.direction:train"
+    assert report["policies"]["every:12h"]["retrainings"] == 1 and report["accuracy"] > 0.5
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "Decisions" in html
+    for name in ("accuracy.png", "cost.png", "drift.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_bad_column_is_a_clear_error(tmp_path, capsys):
+    csv = write_csv(market_data(days=0.1, rows_per_minute=2, n_features=2), tmp_path / "h.csv")
+    code = main(["backtest", str(csv), "--time", "time", "--label", "outcome", "--out", str(tmp_path / "o")])
+    assert code == 2 and "--label: no column 'outcome'" in capsys.readouterr().err
+
+
+def test_canary_rows_are_the_ones_the_router_hash_sends_there(tmp_path):
+    # Given a model file whose candidates skip shadow and go to a 50 % canary, and a regime change
+    raw = load_config(FAST).model_dump(mode="json", exclude={"source"})
+    raw["models"]["fast"]["validation"]["shadow_enabled"] = False
+    config = parse_config(raw, source="fast, no shadow")
+    w = SyntheticMarket(seed=7, n_features=8).weights
+    data = market_data(days=1.6, rows_per_minute=2, n_features=8,
+                       regimes=[Regime(DEFAULT_START, w[0]), Regime(DEFAULT_START + timedelta(hours=16), w[1])])
+    opts = ReplayOptions(label_delay=timedelta(minutes=1), warmup=timedelta(hours=8),
+                         sweep_every=timedelta(minutes=30))
+    # When auto replays it
+    with tempfile.TemporaryDirectory() as tmp:
+        out = replay(data, config, "fast", parse_policy("auto"), opts, Path(tmp) / "auto",
+                     template_database(Path(tmp)))
+        with out.ctx.store.tx() as tx:
+            history = tx.alias_history("fast")
+        out.ctx.store.db.dispose()
+    canaries = [h for h in history if h.alias == "canary" and h.to_version]
+    assert canaries, "no candidate reached the canary stage"
+    first = canaries[0]
+    version = first.to_version
+    promoted = next((h.at for h in history if h.alias == "production" and h.to_version == version), None)
+    ended = promoted or next(h.at for h in history if h.alias == "canary" and h.from_version == version)
+    in_window = (data.ts >= first.at.timestamp()) & (data.ts < ended.timestamp())
+    idx = np.flatnonzero(in_window)
+    by_canary = np.array([out.served_by[i] == version for i in idx])
+    routed = np.array([routes_to_canary(str(i), 50.0) for i in idx])
+    # Then production's rows in the window are never ones the hash sends to the canary
+    assert by_canary.any() and (~by_canary).any()
+    assert not routed[~by_canary].any()
+    # and during the 50 % stage (until the first canary row the hash would not route at 50 %, when
+    # the 100 % stage began) the canary served exactly the rows the hash routes there: about half
+    extra = np.flatnonzero(by_canary & ~routed)
+    stage1 = int(extra[0]) if extra.size else len(idx)
+    assert np.array_equal(by_canary[:stage1], routed[:stage1])
+    assert stage1 >= 40 and 0.35 < by_canary[:stage1].mean() < 0.65
+    assert by_canary[stage1:].all()
