@@ -54,7 +54,7 @@ from retrain.domain import Severity, TriggerKind
 from retrain.triggers import TriggerFiring
 from retrain.windows import Counts
 
-__all__ = ["EmergencyConfig", "detect_emergency", "detect_emergency_from_buckets"]
+__all__ = ["EmergencyConfig", "detect_emergency", "detect_emergency_from_buckets", "detect_emergency_from_arrays"]
 
 _LEVELS = (Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL)
 _MAD_TO_SD = 1.4826
@@ -153,7 +153,9 @@ def _series(items: Sequence[float | Counts], cfg: EmergencyConfig, pooled: tuple
 
 
 def _pooled(items: Sequence[Counts]) -> tuple[float, float]:
-    total = sum(items, Counts())
+    # Field by field: adding Counts objects one by one costs more than the whole test.
+    total = Counts(*(sum(getattr(c, f) for c in items) for f in ("n", "tp", "fp", "tn", "fn", "ret_sum",
+                                                                  "ret_sq_sum")))
     # Add-one smoothing keeps p(1-p) > 0 for a history that was always right.
     p = (total.hits + 1) / (total.n + 2)
     sd = total.std_return
@@ -286,24 +288,37 @@ def detect_emergency_from_buckets(
     ``history_buckets`` before them the history. Returns the more severe of the
     two firings (accuracy first on a tie), or None.
     """
+    matrix = np.array([(c.n, c.tp, c.fp, c.tn, c.fn, c.ret_sum, c.ret_sq_sum) for c in counts],
+                      dtype=float).reshape(-1, 7)
+    seconds = np.array([utc(t).timestamp() for t in starts], dtype=float)
+    return detect_emergency_from_arrays(seconds, matrix, now, cfg)
+
+
+def detect_emergency_from_arrays(
+    starts_s: np.ndarray,
+    matrix: np.ndarray,
+    now: datetime,
+    cfg: EmergencyConfig | Any = None,
+) -> TriggerFiring | None:
+    """:func:`detect_emergency_from_buckets` on arrays: minute starts in epoch seconds, and one row
+    ``(n, tp, fp, tn, fn, ret_sum, ret_sq_sum)`` per minute (the sweep reads them so)."""
     cfg = _as_config(cfg)
-    width = timedelta(minutes=cfg.bucket_minutes)
+    width = cfg.bucket_minutes * 60.0
     n_buckets = cfg.history_buckets + cfg.consecutive
-    grouped = [Counts() for _ in range(n_buckets)]
-    now = utc(now)
-    for c, start in zip(counts, starts):
-        age = now - utc(start)
-        if age < timedelta(0):
-            continue
-        k = int(age // width)
-        if k < n_buckets:
-            grouped[k] = grouped[k] + c
-    grouped.reverse()  # oldest first
-    history, recent = grouped[: cfg.history_buckets], grouped[cfg.history_buckets :]
-    history = [c for c in history if c.n > 0]
-    recent = [c for c in recent if c.n > 0]
-    if grouped[-1].n == 0:
+    age = utc(now).timestamp() - np.asarray(starts_s, dtype=float)
+    k = np.floor(age / width).astype(np.int64)
+    keep = (age >= 0) & (k < n_buckets)
+    grouped = np.zeros((n_buckets, 7))
+    np.add.at(grouped, k[keep], np.asarray(matrix, dtype=float).reshape(-1, 7)[keep])
+    grouped = grouped[::-1]  # oldest first
+    if grouped[-1, 0] == 0:
         return None  # nothing in the latest bucket: nothing to judge
+
+    def as_counts(rows: np.ndarray) -> list[Counts]:
+        return [Counts(int(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5]), float(r[6]))
+                for r in rows if r[0] > 0]
+
+    history, recent = as_counts(grouped[: cfg.history_buckets]), as_counts(grouped[cfg.history_buckets :])
     best = None
     for metric in ("accuracy", "mean_return"):
         firing = detect_emergency(history, recent, _with_metric(cfg, metric))

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from retrain.clock import monotonic
 from retrain.queues import is_redis
 
-__all__ = ["replaying_sender", "ReplayStats", "redis_run_id"]
+__all__ = ["replaying_sender", "ReplayStats", "redis_run_id", "redeclare_queues"]
 
 Sender = Callable[[str, dict, str, int], None]
 
@@ -54,14 +54,37 @@ def redis_run_id(broker_url: str, timeout_s: float = 2.0) -> Callable[[], str]:
     return lambda: str(client.info("server")["run_id"])
 
 
+def redeclare_queues(broker_url: str) -> Callable[[], None]:
+    """Declare our queues (and their bindings) again on a broker that forgot them.
+
+    kombu's Redis transport routes a message through the exchange's binding table, kept
+    in Redis itself: after a restart, until some consumer declares the queue again, a
+    publisher that believes it declared it already sends into kombu's undeliverable
+    list, and the message is silently gone.
+    """
+    from kombu import Connection
+
+    from retrain.queues import kombu_queues, transport_options
+
+    def declare() -> None:
+        with Connection(broker_url, transport_options=transport_options(broker_url)) as conn:
+            channel = conn.default_channel
+            for q in kombu_queues(broker_url):
+                q(channel).declare()
+
+    return declare
+
+
 def replaying_sender(send: Sender, broker_url: str, *, window_s: float = 120.0, max_messages: int = 200,
                      tasks: Collection[str] = ("retrain.ingest",), probe: Callable[[], str] | None = None,
-                     stats: ReplayStats | None = None) -> Sender:
+                     redeclare: Callable[[], None] | None = None, stats: ReplayStats | None = None) -> Sender:
     """Wrap ``send`` so that messages of ``tasks`` sent in the last ``window_s`` seconds are
-    sent again after the broker restarts. Thread-safe; ``stats`` counts what it did."""
+    sent again after the broker restarts (after declaring the queues again). Thread-safe;
+    ``stats`` counts what it did."""
     if probe is None and not is_redis(broker_url):
         return send
     probe = probe or redis_run_id(broker_url)
+    redeclare = redeclare or redeclare_queues(broker_url)
     stats = stats if stats is not None else ReplayStats()
     kept: collections.deque[tuple[float, str, dict, str, int]] = collections.deque()
     lock = threading.Lock()
@@ -72,6 +95,7 @@ def replaying_sender(send: Sender, broker_url: str, *, window_s: float = 120.0, 
             run_id = probe()  # raises while the broker is down: the caller keeps the message
             if seen["run_id"] is not None and run_id != seen["run_id"]:
                 stats.restarts_seen += 1
+                redeclare()
                 for _, t, p, q, pr in list(kept):
                     send(t, p, q, pr)  # a failure here leaves run_id unseen: the next send replays again
                     stats.replayed += 1

@@ -25,7 +25,8 @@ run length (ARL, outcomes between false alarms while the model holds its
 baseline) of a Bernoulli CUSUM is solved exactly on the chart's Markov chain
 (steps rounded to a common rational lattice, a banded linear system of a few
 thousand states, cached), and ``h`` is the smallest threshold whose ARL
-reaches ``arl0 * len(charts)``. False-alarm rates of the charts add at most,
+reaches ``arl0 * len(charts)``, solved at baselines on a 0.01 grid (the larger
+``h`` of the two grid points around the baseline: never a lower ARL). False-alarm rates of the charts add at most,
 so the bank's ARL is at least ``arl0`` (default 10,000,000 relevant outcomes:
 at a steady 10 outcomes/s, one false alarm in 11.6 days; ``h`` grows only with
 the logarithm of ``arl0``, so raise it with the outcome rate). Verified by
@@ -227,7 +228,7 @@ def bernoulli_cusum_arl(p: float, p0: float, p1: float, h: float, *, max_den: in
     return float(run[0])
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=4096)
 def _threshold(p0: float, p1: float, arl0: float) -> float:
     # Lorden: a CUSUM of log-likelihood ratios has ARL0 >= exp(h), so
     # h = ln(arl0) brackets the answer from above; log ARL is close to linear
@@ -312,6 +313,26 @@ class _Chart:
     h: float
 
 
+# Thresholds are solved at baselines on this grid (each solve takes tens of ms; a sweep of a
+# thousand models with a thousand baselines must not solve a thousand times).
+_H_GRID = 0.01
+
+
+def _grid_threshold(p0: float, p1: float, arl0: float) -> float:
+    """``h`` of the chart p0 -> p1, read at the grid baselines around p0 (same relative drop).
+
+    The larger of the two is taken. ``h`` grows with the baseline at a fixed relative
+    drop (8.3 nats at 0.1, 11.1 at 0.6, 12.7 at 0.95 for 5 %), so that is the threshold
+    of the grid point at or above p0, whose ARL is at least ``arl0``: a little more
+    conservative than the exact solve, and exact for baselines on the grid.
+    """
+    ratio = p1 / p0
+    k = p0 / _H_GRID
+    points = {min(max(round(math.floor(k + 1e-9) * _H_GRID, 6), _P_MIN), _P_MAX),
+              min(max(round(math.ceil(k - 1e-9) * _H_GRID, 6), _P_MIN), _P_MAX)}
+    return max(cusum_threshold(g, g * ratio, arl0) for g in points)
+
+
 def _charts(metric: str, baseline: float, cfg: PerformanceTriggerConfig) -> tuple[float, tuple[_Chart, ...]]:
     p0 = _to_rate(metric, baseline)
     drops = sorted({round(cfg.relative_drop * m, 9) for m in cfg.drop_multiples if cfg.relative_drop * m < 0.95})
@@ -321,7 +342,7 @@ def _charts(metric: str, baseline: float, cfg: PerformanceTriggerConfig) -> tupl
         if p1 >= p0:
             continue
         a, b = _steps(p0, p1)
-        h = cfg.cusum_h if cfg.cusum_h is not None else cusum_threshold(p0, p1, cfg.arl0 * len(drops))
+        h = cfg.cusum_h if cfg.cusum_h is not None else _grid_threshold(p0, p1, cfg.arl0 * len(drops))
         charts.append(_Chart(d, p1, a, b, h))
     return p0, tuple(charts)
 
@@ -395,14 +416,33 @@ def _sharpe_rule(total: Counts, baseline: float, cfg: PerformanceTriggerConfig) 
     }
 
 
+def _matrix(buckets: Sequence[Counts] | np.ndarray) -> np.ndarray:
+    """Buckets as rows ``(n, tp, fp, tn, fn, ret_sum, ret_sq_sum)``."""
+    if isinstance(buckets, np.ndarray):
+        return buckets.astype(float, copy=False).reshape(-1, 7)
+    return np.array([(c.n, c.tp, c.fp, c.tn, c.fn, c.ret_sum, c.ret_sq_sum) for c in buckets],
+                    dtype=float).reshape(-1, 7)
+
+
+def _trial_columns(metric: str, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Successes and trials per bucket for a Bernoulli metric (see :func:`_trials`)."""
+    n, tp, fp, tn, fn = m[:, 0], m[:, 1], m[:, 2], m[:, 3], m[:, 4]
+    if metric == "accuracy":
+        return tp + tn, n
+    if metric == "precision":
+        return tp, tp + fp
+    if metric == "recall":
+        return tp, tp + fn
+    return tp, tp + fp + fn
+
+
 def _cusum_rule(
-    buckets: Sequence[Counts], metric: str, baseline: float, cfg: PerformanceTriggerConfig
+    buckets: np.ndarray, metric: str, baseline: float, cfg: PerformanceTriggerConfig
 ) -> dict[str, Any] | None:
     p0, charts = _charts(metric, baseline, cfg)
     if not charts:
         return None
-    ks = np.fromiter((_trials(metric, c)[0] for c in buckets), dtype=float, count=len(buckets))
-    ns = np.fromiter((_trials(metric, c)[1] for c in buckets), dtype=float, count=len(buckets))
+    ks, ns = _trial_columns(metric, buckets)
     trials = int(ns.sum())
     if trials < cfg.min_samples:
         return None
@@ -496,19 +536,22 @@ def _build_firing(
 
 
 def evaluate_performance(
-    buckets: Sequence[Counts],
+    buckets: Sequence[Counts] | np.ndarray,
     baseline: Mapping[str, float] | float,
     cfg: PerformanceTriggerConfig = PerformanceTriggerConfig(),
 ) -> TriggerFiring | None:
     """Evaluate both rules over a sequence of per-bucket counts, oldest first.
 
-    Stateless: the CUSUM starts at 0 at the first bucket. ``baseline`` maps
-    metric names to the version's validated values (or is the configured
-    metric's value); with no baseline for the metric only the floor applies.
-    Returns None when nothing fires.
+    ``buckets`` are :class:`Counts`, or rows ``(n, tp, fp, tn, fn, ret_sum,
+    ret_sq_sum)`` of an array (what the sweep reads). Stateless: the CUSUM
+    starts at 0 at the first bucket. ``baseline`` maps metric names to the
+    version's validated values (or is the configured metric's value); with no
+    baseline for the metric only the floor applies. Returns None when nothing
+    fires.
     """
-    buckets = list(buckets)
-    total = sum(buckets, Counts())
+    buckets = _matrix(buckets)
+    t = buckets.sum(axis=0) if buckets.size else np.zeros(7)
+    total = Counts(int(t[0]), int(t[1]), int(t[2]), int(t[3]), int(t[4]), float(t[5]), float(t[6]))
     base = _baseline_value(baseline, cfg.metric)
     rel = None
     if base is not None:
@@ -519,7 +562,7 @@ def evaluate_performance(
     floor = _floor_rule(total, cfg)
     if rel is None and floor is None:
         return None
-    return _build_firing(total, len(buckets), base, cfg, rel, floor)
+    return _build_firing(total, buckets.shape[0], base, cfg, rel, floor)
 
 
 class PerformanceDetector:

@@ -71,8 +71,19 @@ def keep_refused(reason: str, message, name: str | None = None) -> None:
 
 
 class RetrainConsumer(Consumer):
-    """Celery's consumer, refusing oversized bodies before decoding and keeping the
-    undecodable ones as dead letters (Celery would log and drop them)."""
+    """Celery's consumer, refusing oversized bodies before decoding, keeping the
+    undecodable ones as dead letters (Celery would log and drop them), and surviving a
+    broker restart that kombu's clean-up trips on."""
+
+    def on_connection_error_after_connected(self, exc):
+        try:
+            super().on_connection_error_after_connected(exc)
+        except AttributeError as err:
+            # kombu 5.7 on Redis: closing the broken connection may try to hand the unacked
+            # messages back through a client that is already gone, and the AttributeError
+            # would kill the worker. The connection is dead either way: reconnect as usual
+            # (what the broker lost, the reconciler sends again).
+            log.warning("broker connection lost and could not be closed cleanly (%s); reconnecting", err)
 
     def on_decode_error(self, message, exc):
         keep_refused(f"undecodable message: {type(exc).__name__}: {exc}", message)

@@ -125,8 +125,8 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
                     log.warning("%s: %s; the next periodic run will do it", name, exc)
                     return {"skipped": str(exc)}
                 # Never give up on a transient error (the message would be lost with it); back
-                # off to at most 15 s, so work resumes within seconds of the service's return.
-                raise self.retry(exc=exc, countdown=min(15, 1 + 2 * self.request.retries), max_retries=None)
+                # off to at most 10 s, so work resumes within seconds of the service's return.
+                raise self.retry(exc=exc, countdown=min(10, 1 + self.request.retries), max_retries=None)
             except (Retry, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:

@@ -54,16 +54,29 @@ def _time(s: str | None) -> str:
 
 
 def fold_decisions(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Consecutive decisions with the same trigger, verdict and reasons become one row with a count."""
+    """Decisions with the same trigger, verdict and blocking rules in a row become one row with a count.
+
+    Requests coalesced into the same run fold together even when other triggers' requests,
+    coalesced into that run too, come in between: while a run is in flight every sweep
+    asks again, and the table would be nothing else.
+    """
     out: list[dict[str, Any]] = []
     for d in decisions:
         # The rules that stood in the way, not their figures (a cooldown's hours change every time).
         key = (d["trigger"], d["verdict"], tuple(r.split(":", 1)[0] for r in d["reasons"]))
-        if out and out[-1]["_key"] == key:
-            out[-1]["count"] += 1
-            out[-1]["last"] = d["time"]
+        joins = d["reasons"][0] if d["verdict"] == "coalesced" else None
+        target = None
+        for prev in reversed(out):
+            if prev["_key"] == key and (joins is None or prev["_joins"] == joins):
+                target = prev
+                break
+            if joins is None or prev["_joins"] != joins:
+                break  # only runs of decisions coalesced into the same run are looked through
+        if target is not None:
+            target["count"] += 1
+            target["last"] = d["time"]
             continue
-        out.append({**d, "_key": key, "count": 1, "last": d["time"]})
+        out.append({**d, "_key": key, "_joins": joins, "count": 1, "last": d["time"]})
     return out
 
 
@@ -136,9 +149,12 @@ def _versions_table(p: dict[str, Any]) -> str:
         return "<p class=meta>No version was trained.</p>"
     rows = []
     for v in vs:
+        status = v.get("status") or ""
         outcome = ("rolled back " + _time(v.get("rolled_back_at")) if v.get("rolled_back")
                    else "promoted " + _time(v.get("promoted_at")) if v.get("promoted_at")
-                   else "rejected" if v.get("rejected") else escape(v.get("status") or ""))
+                   else ("ended inconclusive" if status == "withdrawn" else "rejected") if v.get("rejected")
+                   else f"still in {'shadow' if status == 'candidate' else escape(status)} at the end"
+                   if status in ("candidate", "canary") else escape(status))
         rows.append(f"<tr><td>{escape(v['version'])}</td><td>{_time(v['trained_at'])}</td>"
                     f"<td>{escape(v.get('trigger') or '-')}</td><td class=num>{v.get('data_rows', '-')}</td>"
                     f"<td class=num>{_fmt(v.get('holdout_accuracy'))}</td>"

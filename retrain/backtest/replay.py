@@ -11,7 +11,7 @@ Per tick of ``sweep_every`` simulated time, at tick time ``T`` (the clock reads 
    (:mod:`retrain.backtest.cron`, slot keys by
    :func:`retrain.steps.requests.slot_key`), the fixed period of an
    ``every:`` policy, ``retrain.sweep``, ``retrain.evaluate_rollouts`` when that
-   step exists, and ``retrain.reconcile`` hourly. After each, the outbox is
+   step exists, and ``retrain.reconcile`` and ``retrain.retention`` hourly. After each, the outbox is
    drained in-process (:func:`retrain.steps.dispatch.drain`), so decide,
    train, validate and promote run exactly as on the workers.
 3. **Operator.** A simulated operator approves what has waited ``approve_after``
@@ -49,7 +49,7 @@ from retrain.errors import PayloadError
 __all__ = ["ReplayOptions", "ReplayOutcome", "replay", "template_database", "Progress", "OPERATOR"]
 
 OPERATOR = "backtest operator"
-_RECONCILE_EVERY = timedelta(hours=1)
+_HOURLY = timedelta(hours=1)
 _INITIAL_RETRY = timedelta(hours=1)
 
 # (policy label, fraction done of this policy, simulated time, trainings so far)
@@ -166,7 +166,7 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
     from retrain.payloads import IngestBatch
     from retrain.steps.dispatch import STEPS, drain, run_step
     from retrain.steps.ingest import ingest
-    from retrain.steps.requests import sync_models
+    from retrain.steps.requests import slot_key, sync_models
 
     tick = opts.sweep_every.total_seconds()
     delay = opts.label_delay.total_seconds()
@@ -248,11 +248,13 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
                                 approved_by=OPERATOR, override_budget=True,
                                 override_reason=f"backtest baseline: retrain {spec.label}, subject to nothing else")
                     for slot, cron in crons.items():
-                        if cron.fired(_dt(T - tick), now):
-                            request(f"scheduled {slot} retraining", "schedule", slot=slot)
+                        for at in cron.fired(_dt(T - tick), now):
+                            # Keyed by the instant the entry fired, as beat keys it, not by the tick's time.
+                            request(f"scheduled {slot} retraining", "schedule",
+                                    slot=slot_key(slot, at, config.settings.timezone))
                     # With every trigger off the sweep has only housekeeping left (deferred requests, the
                     # sample's bound): hourly is enough, and it is most of a tick's cost.
-                    if watching or T - last_housekeeping >= _RECONCILE_EVERY.total_seconds():
+                    if watching or T - last_housekeeping >= _HOURLY.total_seconds():
                         last_housekeeping = T
                         step("retrain.sweep", {"v": 1})
                     if has_rollouts is None:
@@ -263,9 +265,11 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
                         except PayloadError as exc:  # a payload contract we do not know yet: say so, go on
                             has_rollouts = False
                             out.notes.append(f"retrain.evaluate_rollouts refused {{'v': 1}}: {exc}; not run")
-                    if T - last_reconcile >= _RECONCILE_EVERY.total_seconds():
+                    if T - last_reconcile >= _HOURLY.total_seconds():
                         last_reconcile = T
                         step("retrain.reconcile", {"v": 1})
+                        if "retrain.retention" in STEPS:
+                            step("retrain.retention", {"v": 1})
                 # 3. the operator
                 if opts.approve_after is not None and pending:
                     due = [rid for rid, at in pending.items() if at <= now - opts.approve_after]

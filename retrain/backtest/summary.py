@@ -143,7 +143,8 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
         promotions = rollbacks = 0
         for v in versions:
             promoted = next((h.at for h in history if h.alias == "production" and h.to_version == v.version), None)
-            rolled = next((h.at for h in history if h.from_version == v.version and "rollback" in (h.reason or "").lower()), None)
+            rolled = next((h.at for h in history
+                           if h.from_version == v.version and "rollback" in (h.reason or "").lower()), None)
             if rolled is None and v.status == "rolled_back":
                 rolled = v.created_at
             run = run_by_id.get(v.run_id) if v.run_id else None
@@ -152,13 +153,20 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
             rollbacks += rolled is not None
             version_list.append({
                 "version": v.version, "trained_at": _iso(v.created_at), "promoted_at": _iso(promoted),
-                "rejected": v.status in ("rejected", "withdrawn"), "rolled_back": rolled is not None, "rolled_back_at": _iso(rolled),
+                "rejected": v.status in ("rejected", "withdrawn"), "rolled_back": rolled is not None,
+                "rolled_back_at": _iso(rolled),
                 "status": v.status, "trigger": run.trigger if run else None, "cost_usd": _num(v.cost_usd, 8),
                 "holdout_accuracy": _num(holdout.get("accuracy")), "data_rows": v.data_rows,
                 "data_end": _iso(v.data_end),
-                "validation": (run.error if run is not None and run.state == "rejected" else None),
+                # Why it went no further (holdout, shadow or a stage), when it did not.
+                "validation": (run.error if run is not None and run.error and promoted is None else None),
             })
 
+    notes = list(outcome.notes)
+    if promotions == 0:
+        failed = [r.error for r in started if r.error]
+        notes.append("no model ever served: " + (f"the training failed ({failed[0]})" if failed else
+                                                 "nothing was trained after the warm-up"))
     width = timeline_width(data)
     return {
         "policy": outcome.spec.label,
@@ -182,7 +190,7 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
         "timeline": _accuracy_bins(data, hit, used, width),
         "timeline_width_s": width.total_seconds(),
         "elapsed_s": round(outcome.elapsed_s, 3),
-        "notes": list(outcome.notes),
+        "notes": notes,
     }
 
 

@@ -28,6 +28,7 @@ The trading app's :class:`retrain.serving.ModelRouter` follows the aliases it re
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 from retrain.config import ModelConfig
 from retrain.context import Context
 from retrain.emergency import EmergencyConfig
-from retrain.errors import ArtifactError, RetrainError
+from retrain.errors import ArtifactError, RetrainError, TransientError
 from retrain.rollout import PairedCounts, Phase, RolloutState, ShadowVerdict, StageVerdict, canary_emergency, \
     judge_shadow, judge_stage
 from retrain.steps.promote import finish_promotion
@@ -46,7 +47,9 @@ from retrain.windows import Counts
 __all__ = ["RolloutResult", "EvaluateResult", "begin_rollout", "evaluate_rollouts", "evaluate_rollout",
            "confirm_rollout", "describe_rollout"]
 
+log = logging.getLogger("retrain.rollout")
 ACTOR = "rollout"
+_SEVERITIES = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,13 @@ def evaluate_rollouts(ctx: Context, models: list[str] | None = None) -> Evaluate
         ids = [r.run_id for r in tx.active_rollouts() if models is None or r.model in models]
     out = EvaluateResult()
     for run_id in ids:
-        out.results.append(evaluate_rollout(ctx, run_id))
+        try:
+            out.results.append(evaluate_rollout(ctx, run_id))
+        except TransientError:
+            raise  # the database is away: the task retries, and so will the next tick
+        except Exception as exc:  # one broken rollout must not stop the others' evaluation
+            log.exception("evaluating rollout of run %s failed", run_id)
+            out.results.append(RolloutResult(run_id, "", "error", "unknown", detail=f"{type(exc).__name__}: {exc}"))
     return out
 
 
@@ -215,11 +224,15 @@ def _judge_canary(tx: Tx, cfg: ModelConfig, ro: RolloutRow, now: datetime) -> St
     firing = None
     e = cfg.emergency
     if e.enabled:
-        ecfg = EmergencyConfig.from_sigma(e.sigma, history_buckets=e.history_buckets, bucket_minutes=e.bucket_minutes)
+        ecfg = EmergencyConfig.from_sigma(e.sigma, history_buckets=e.history_buckets, bucket_minutes=e.bucket_minutes,
+                                          min_samples=e.min_samples)
         window = now - timedelta(minutes=e.bucket_minutes) * (ecfg.history_buckets + ecfg.consecutive)
         pick = lambda version, start: [(r.minute, _counts([r])) for r in tx.buckets(ro.model, version, start)]  # noqa: E731
         firing = canary_emergency(pick(ro.baseline_version, window),
                                   pick(ro.candidate_version, max(window, since)), now, ecfg)
+        # The same bar as the sweep's: below min_severity an emergency is noise, not a reason to act.
+        if firing is not None and _SEVERITIES.index(firing.severity.value) < _SEVERITIES.index(e.min_severity):
+            firing = None
     return judge_stage(canary, production, share=state.share_pct, stage=state.stage, n_stages=len(state.stages),
                        elapsed=now - ro.stage_started_at, settings=cfg.rollout, confidence=cfg.validation.confidence,
                        metric=cfg.primary_metric, emergency=firing, confirmed=ro.gate == "confirmed")

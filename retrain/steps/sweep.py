@@ -35,10 +35,10 @@ from retrain.context import Context
 from retrain.domain import RetrainRequest, Severity, TriggerKind
 from retrain.storage.repo import Tx, new_id
 from retrain.triggers import PerformanceTriggerConfig, TriggerFiring, evaluate_performance
-from retrain.windows import Counts
 
-__all__ = ["SweepResult", "sweep", "bucket_counts", "performance_config", "emergency_config"]
+__all__ = ["SweepResult", "sweep", "performance_config", "emergency_config", "PRUNE_EVERY"]
 
+PRUNE_EVERY = timedelta(minutes=10)
 _SEVERITY_RANK = {s: i for i, s in enumerate((Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL))}
 _REFERENCE_CACHE = 16
 
@@ -52,10 +52,6 @@ class SweepResult:
     redecided: list[str] = field(default_factory=list)
     held_back: list[dict] = field(default_factory=list)
     drift_checks: int = 0
-
-
-def bucket_counts(rows) -> list[Counts]:
-    return [Counts(n=r.n, tp=r.tp, fp=r.fp, tn=r.tn, fn=r.fn, ret_sum=r.ret_sum, ret_sq_sum=r.ret_sq_sum) for r in rows]
 
 
 def performance_config(cfg: ModelConfig, metric: str) -> PerformanceTriggerConfig:
@@ -141,31 +137,38 @@ def sweep(ctx: Context, models: list[str] | None = None) -> SweepResult:
     return result
 
 
+def _prune(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime) -> None:
+    # Every PRUNE_EVERY per model and process: the sample grows by at most sample.max_per_minute
+    # rows a minute per ingest worker, so the bound overshoots by that much at most.
+    key = f"sweep:pruned:{cfg.name}"
+    last = ctx.cache.get(key)
+    if last is None or now - last >= PRUNE_EVERY or now < last:
+        tx.prune_samples(cfg.name, cfg.sample.max_rows)
+        ctx.cache[key] = now
+
+
 def _sweep_model(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime, result: SweepResult) -> None:
-    tx.prune_samples(cfg.name, cfg.sample.max_rows)
-    prod = tx.alias(cfg.name, "production")
+    _prune(tx, ctx, cfg, now)
+    prod, metrics = tx.production_metrics(cfg.name)
     if prod is None:
         return
-    version = tx.version(cfg.name, prod)
-    metrics = (version.metrics or {}) if version else {}
     perf_since = now - timedelta(minutes=cfg.thresholds.window_minutes)
     e = cfg.emergency
     since = perf_since
     if e.enabled:
         # The emergency's buckets are grouped back from now: history, the recent run, and the latest.
         since = min(since, now - timedelta(minutes=e.bucket_minutes * (e.history_buckets + 4)))
-    series = tx.bucket_series(cfg.name, prod, since, now + timedelta(minutes=1))
-    minutes = [r[0] for r in series]
-    counts = [Counts(*r[1:]) for r in series]
-    first_perf = next((i for i, m in enumerate(minutes) if m >= perf_since), len(minutes))
-    _performance(tx, ctx, cfg, prod, metrics.get("baseline") or {}, counts[first_perf:], now, result)
+    rows = np.asarray(tx.bucket_series(cfg.name, prod, since, now + timedelta(minutes=1)), dtype=float).reshape(-1, 8)
+    starts, counts = rows[:, 0], rows[:, 1:]
+    window = counts[starts >= perf_since.timestamp()]
+    _performance(tx, ctx, cfg, prod, metrics.get("baseline") or {}, window, now, result)
     if e.enabled:
-        _emergency(tx, ctx, cfg, prod, counts, minutes, now, result)
+        _emergency(tx, ctx, cfg, prod, starts, counts, now, result)
     if cfg.drift.enabled and metrics.get("reference_sha256"):
         _drift(tx, ctx, cfg, prod, metrics["reference_sha256"], now, result)
 
 
-def _performance(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, baseline: dict, counts: list[Counts],
+def _performance(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, baseline: dict, counts: np.ndarray,
                  now: datetime, result: SweepResult) -> None:
     fired: list[TriggerFiring] = []
     for metric in cfg.thresholds.metrics:
@@ -175,23 +178,23 @@ def _performance(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, baseline: di
             fired.append(firing)
     if not fired:
         return
-    total = sum(counts, Counts())
+    n, hits = counts[:, 0].sum(), counts[:, 1].sum() + counts[:, 3].sum()
     first = fired[0]
     evidence = {**first.evidence, "metrics_fired": [f.evidence.get("metric") for f in fired],
                 # The decision's value model reads these two to size the expected recovery.
                 "baseline_accuracy": baseline.get("accuracy"),
-                "current_accuracy": total.accuracy if total.n else None, "version": prod}
+                "current_accuracy": float(hits / n) if n else None, "version": prod}
     if len(fired) > 1:
         evidence["also"] = [{"metric": f.evidence.get("metric"), "reason": f.reason} for f in fired[1:]]
     _open(tx, cfg, replace(_request(cfg.name, first, now), evidence=evidence), result, now)
 
 
-def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, counts: list[Counts], minutes: list[datetime],
+def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, starts: np.ndarray, counts: np.ndarray,
                now: datetime, result: SweepResult) -> None:
-    from retrain.emergency import detect_emergency_from_buckets
+    from retrain.emergency import detect_emergency_from_arrays
 
     ecfg = _cached(ctx, f"sweep:emergency:{cfg.name}", cfg, lambda: emergency_config(cfg))
-    firing = detect_emergency_from_buckets(counts, minutes, now, ecfg)
+    firing = detect_emergency_from_arrays(starts, counts, now, ecfg)
     if firing is None or _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(cfg.emergency.min_severity)]:
         return
     req = _request(cfg.name, firing, now)

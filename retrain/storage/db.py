@@ -47,6 +47,34 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     raise ConfigError(f"RETRAIN_DATABASE_URL: unsupported database URL {url!r} (use postgresql:// or sqlite:///)")
 
 
+# Postgres SQLSTATE classes of a lost or refused connection: 08 (connection exception) and
+# 57P (the server is shutting down, crashed or starting up).
+_CONNECTION_SQLSTATES = ("08", "57P")
+# libpq reports a refused or broken connection without a SQLSTATE; these are its words.
+_CONNECTION_WORDS = ("could not connect", "connection refused", "server closed the connection",
+                     "connection to server", "terminating connection", "connection already closed",
+                     "the database system is", "no connection to the server", "ssl connection has been closed")
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """True when the error says the database is out of reach (worth retrying), not that the
+    statement is wrong."""
+    if exc.connection_invalidated:
+        return True
+    code = getattr(exc.orig, "pgcode", None)
+    if code:
+        return code.startswith(_CONNECTION_SQLSTATES)
+    text = str(exc.orig).lower()
+    return any(w in text for w in _CONNECTION_WORDS)
+
+
+def _rollback(session: Session) -> None:
+    try:
+        session.rollback()
+    except DBAPIError:  # the connection is gone: nothing to roll back on it
+        pass
+
+
 class Database:
     """A lazily created engine and session factory for one URL."""
 
@@ -76,13 +104,13 @@ class Database:
             yield session
             session.commit()
         except OperationalError as exc:
-            session.rollback()
-            if exc.connection_invalidated or "could not connect" in str(exc) or "server closed" in str(exc):
+            _rollback(session)
+            if _connection_lost(exc):
                 raise StoreUnavailableError(f"database unavailable: {exc.orig}") from exc
             raise
         except DBAPIError as exc:
-            session.rollback()
-            if exc.connection_invalidated:
+            _rollback(session)
+            if _connection_lost(exc):
                 raise StoreUnavailableError(f"database connection lost: {exc.orig}") from exc
             raise
         except BaseException:

@@ -739,14 +739,29 @@ class Tx:
 
     # ----------------------------------------------------------------- monitoring (retrain.steps.sweep, workers.beat)
     def bucket_series(self, model: str, version: str, since: datetime,
-                      until: datetime) -> list[tuple[datetime, int, int, int, int, int, float, float]]:
-        """(minute, n, tp, fp, tn, fn, ret_sum, ret_sq_sum) of one version's buckets in [since, until),
-        oldest first, as plain tuples: the sweep reads hundreds per model, ORM objects would dominate it."""
+                      until: datetime) -> list[tuple[float, ...]]:
+        """(minute as epoch seconds, n, tp, fp, tn, fn, ret_sum, ret_sq_sum) of one version's buckets in
+        [since, until), oldest first, all numbers: the sweep reads hundreds per model into one array."""
+        from sqlalchemy import Float
+
         b = MetricBucketRow
-        q = (select(b.minute, b.n, b.tp, b.fp, b.tn, b.fn, b.ret_sum, b.ret_sq_sum)
+        if self.pg:
+            epoch = cast(func.extract("epoch", b.minute), Float)
+        else:  # stored as 'YYYY-MM-DD HH:MM:SS[.ffffff]' in UTC
+            epoch = cast(func.strftime("%s", b.minute), Float)
+        q = (select(epoch, b.n, b.tp, b.fp, b.tn, b.fn, b.ret_sum, b.ret_sq_sum)
              .where(b.model == model, b.version == version, b.minute >= since, b.minute < until)
              .order_by(b.minute))
         return [tuple(r) for r in self.s.execute(q)]
+
+    def production_metrics(self, model: str) -> tuple[str | None, dict]:
+        """The production version of a model and its metrics (baseline, reference sample), in one read."""
+        a, v = AliasRow, VersionRow
+        row = self.s.execute(select(a.version, v.metrics).outerjoin(v, and_(v.model == a.model, v.version == a.version))
+                             .where(a.model == model, a.alias == "production")).first()
+        if row is None or row[0] is None:
+            return None, {}
+        return row[0], dict(row[1] or {})
 
     def sample_features(self, model: str, since: datetime, limit: int) -> list[list[float]]:
         """Features of the newest ``limit`` sample rows of a model at or after ``since``."""

@@ -46,6 +46,7 @@ min_samples = 100000000   # this test is about the rollout: keep the performance
 [models.direction.sample]
 rate = 1.0
 max_rows = 200000
+max_per_minute = 0   # every live row may be scored in shadow
 
 [models.direction.drift]
 enabled = false

@@ -41,6 +41,20 @@ def test_the_command_backtests_a_plain_csv_with_the_default_model(tmp_path, caps
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_command_takes_the_first_model_of_a_model_file(tmp_path, capsys):
+    # Given a CSV with more columns than the model file's features, and the model file
+    csv = write_csv(market_data(days=0.5, rows_per_minute=2, n_features=10), tmp_path / "history.csv")
+    # When it is backtested with --config (features default to the model's)
+    code = main(["backtest", str(csv), "--time", "time", "--label", "label", "--config", str(FAST),
+                 "--policy", "never", "--warmup", "3h", "--quiet", "--out", str(tmp_path / "bt")])
+    # Then the model's entry point, features and settings are the ones used
+    assert code == 0
+    report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    assert report["settings"]["model"] == "fast" and report["data"]["features"] == [f"f{i}" for i in range(8)]
+    assert report["model_config"]["model"]["lookback_hours"] == 8 and report["sharpe"] is None
+    assert report["policies"]["never"]["trainings"] == 1
+
+
 def test_a_bad_column_is_a_clear_error(tmp_path, capsys):
     csv = write_csv(market_data(days=0.1, rows_per_minute=2, n_features=2), tmp_path / "h.csv")
     code = main(["backtest", str(csv), "--time", "time", "--label", "outcome", "--out", str(tmp_path / "o")])
@@ -84,3 +98,16 @@ def test_canary_rows_are_the_ones_the_router_hash_sends_there(tmp_path):
     assert np.array_equal(by_canary[:stage1], routed[:stage1])
     assert stage1 >= 40 and 0.35 < by_canary[:stage1].mean() < 0.65
     assert by_canary[stage1:].all()
+
+
+def test_run_comparison_gives_the_demo_a_report_and_a_summary(tmp_path):
+    # Given nothing but a day's worth of the example's own market
+    from retrain.backtest import run_comparison
+
+    # When the demo asks for a comparison
+    report, text = run_comparison(policies=("never", "every:4h"), days=0.75, out=tmp_path / "bt")
+    # Then it gets the report and a few lines to print
+    assert list(report["policies"]) == ["never", "every:4h"] and report["settings"]["model"] == "direction"
+    assert report["policies"]["every:4h"]["retrainings"] >= 2
+    assert "every:4h" in text and len(text.splitlines()) == 5
+    assert (tmp_path / "bt" / "report.html").exists()

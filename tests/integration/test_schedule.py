@@ -197,3 +197,23 @@ def test_two_beats_one_sends_and_the_other_takes_over_when_it_dies(pg_url, redis
         a.stop()
         if b is not None:
             b.stop()
+
+
+def test_a_training_node_short_of_memory_defers_the_run(sqlite_url, tmp_path):
+    from retrain.policy import ResourceReading
+
+    # Given a scheduled request inside the off-peak window, and a node with 300 MB free
+    clock = SimClock(datetime(2026, 1, 5, 2, tzinfo=UTC))
+    cfg = _config()
+    cfg = cfg.model_copy(update={"policy": {**cfg.policy, "min_free_memory_mb": 1024}})
+    ctx = make_context(sqlite_url, tmp_path, config=cfg, clock=clock)
+    sync_models(ctx)
+    rid = request_retraining(ctx, _scheduled("daily")).request_id
+    result = decide_request(ctx, rid, ResourceReading(free_memory_mb=300, cpu_load_pct=20, free_disk_mb=50_000))
+    # Then the run is deferred by the resources rule, to be tried again a few minutes later
+    assert result.verdict == "defer", result.summary
+    with ctx.store.tx() as tx:
+        d = tx.decision(result.decision_id)
+    rule = next(r for r in d.rules if r["rule"] == "resources")
+    assert not rule["passed"] and "free memory 300 MB" in rule["detail"]
+    assert d.defer_until == clock.now() + timedelta(minutes=5)

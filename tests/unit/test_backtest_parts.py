@@ -88,8 +88,9 @@ def test_crontab_fires_the_minutes_of_its_fields_in_the_tick():
     weekly = Crontab.from_fields({"minute": "0", "hour": "2", "day_of_week": "sun"}, "UTC")
     every15 = Crontab.from_fields({"minute": "*/15"}, "UTC")
     # 2026-01-04 is a Sunday
-    assert daily.fired(datetime(2026, 1, 4, 1, 55, tzinfo=timezone.utc), datetime(2026, 1, 4, 2, 0, tzinfo=timezone.utc))
-    assert weekly.fired(datetime(2026, 1, 4, 1, 0, tzinfo=timezone.utc), datetime(2026, 1, 4, 3, 0, tzinfo=timezone.utc))
+    sunday = datetime(2026, 1, 4, tzinfo=timezone.utc)
+    assert daily.fired(sunday + timedelta(hours=1, minutes=55), sunday + timedelta(hours=2))
+    assert weekly.fired(sunday + timedelta(hours=1), sunday + timedelta(hours=3))
     assert not weekly.fired(T0, T0 + timedelta(hours=23))  # a Monday
     fired = every15.fired(T0, T0 + timedelta(hours=1))
     assert [t.minute for t in fired] == [15, 30, 45, 0] and fired[-1] == T0 + timedelta(hours=1)

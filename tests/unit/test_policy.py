@@ -454,6 +454,12 @@ def test_low_roi_rejects_with_the_value_model_in_the_audit() -> None:
         ({"baseline_accuracy": 0.60, "current_accuracy": 0.20}, 10.0),  # capped at max_gap_points
         ({"baseline_accuracy": 0.50, "current_accuracy": 0.60}, 0.0),  # an improvement recovers nothing
         ({}, 2.0),  # default for drift and schedules
+        # under the accuracy floor, the floor is the target when it is above the baseline
+        ({"baseline_accuracy": 0.50, "current_accuracy": 0.52, "accuracy_floor": 0.55}, 3.0),
+        ({"baseline_accuracy": 0.60, "current_accuracy": 0.52, "accuracy_floor": 0.55}, 8.0),
+        ({"current_accuracy": 0.50, "accuracy_floor": 0.55}, 5.0),
+        ({"baseline_accuracy": 50.0, "current_accuracy": 52.0, "accuracy_floor": 0.55}, 3.0),  # floor as fraction
+        ({"baseline_accuracy": 0.58, "current_accuracy": 0.59, "accuracy_floor": 0.55}, 0.0),  # healthy
     ],
 )
 def test_value_model_gap_sources(evidence: dict[str, float], gap: float) -> None:

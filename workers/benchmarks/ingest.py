@@ -141,6 +141,8 @@ def run(outcomes: int = 1_000_000, batch_size: int = 5000, timeout_s: float = 30
         client.flush(30)
         _wait(lambda: _stored(engine) >= batch_size, 60, worker, tmp)
         base = _stored(engine)
+        procs = {"worker": psutil.Process(worker.pid), "client": psutil.Process(), "redis": psutil.Process(redis_proc.pid)}
+        cpu0 = {k: sum(p.cpu_times()[:2]) for k, p in procs.items()}
 
         t0 = time.perf_counter()
         report = client.report
@@ -151,6 +153,7 @@ def run(outcomes: int = 1_000_000, batch_size: int = 5000, timeout_s: float = 30
         client.flush(timeout_s)
         _wait(lambda: _stored(engine) - base >= outcomes, timeout_s, worker, tmp, every=0.02)
         t1 = time.perf_counter()
+        cpu = {k: sum(p.cpu_times()[:2]) - cpu0[k] for k, p in procs.items()}
         stored = _stored(engine) - base
         rss = psutil.Process(worker.pid).memory_info().rss / 2**20
         stats = client.stats
@@ -162,6 +165,10 @@ def run(outcomes: int = 1_000_000, batch_size: int = 5000, timeout_s: float = 30
             "seconds": round(t1 - t0, 3),
             "worker_rss_mb": round(rss, 1),
             "report_call_mean_us_under_load": round((t_reported - t0) / outcomes * 1e6, 3),
+            # CPU per outcome of each process (Postgres' own backends are not counted)
+            "worker_cpu_us_per_outcome": round(cpu["worker"] / outcomes * 1e6, 3),
+            "client_cpu_us_per_outcome": round(cpu["client"] / outcomes * 1e6, 3),
+            "redis_cpu_us_per_outcome": round(cpu["redis"] / outcomes * 1e6, 3),
             "batch_size": batch_size,
             "batches": stats.sent_batches - 1,
             "pool": "solo",
