@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from retrain.backtest.data import ReplayData, load_data
 from retrain.backtest.durations import format_duration, parse_duration
-from retrain.backtest.policies import DEFAULT_MODEL, PolicySpec, default_config, parse_policies, parse_policy
+from retrain.backtest.policies import DEFAULT_MODEL, PolicySpec, default_config, parse_policy
 from retrain.backtest.replay import ReplayOptions, replay, template_database
 from retrain.backtest.summary import data_drift, policy_report, timeline_width
 from retrain.clock import monotonic

@@ -21,7 +21,8 @@ from tests.conftest import free_port, start_redis
 from tests.procs import retrain_env
 
 __all__ = ["RedisServer", "PrivatePostgres", "write_model_file", "fault_env", "queue_runs", "publish_outbox",
-           "runs", "FINAL_RUN", "FINAL_REQUEST", "SLOW", "PERMISSIVE_POLICY"]
+           "runs", "versions", "held_slots", "holder", "audit", "store_for", "FINAL_RUN", "FINAL_REQUEST", "SLOW",
+           "PERMISSIVE_POLICY"]
 
 FINAL_RUN = ("done", "rejected", "failed", "dead", "cancelled")
 FINAL_REQUEST = ("approved", "coalesced", "rejected", "superseded")
@@ -203,6 +204,16 @@ def held_slots(store) -> list:
 
     with store.tx() as tx:
         return slots.holders(tx, datetime.now(timezone.utc))
+
+
+def holder(store, run_id: str, workers: list):
+    """The worker process whose pool child holds the run's lease (the owner is 'host:pid')."""
+    import psutil
+
+    owner = runs(store, [run_id])[0].lease_owner
+    pid = int(owner.rsplit(":", 1)[1])
+    family = {pid, *(p.pid for p in psutil.Process(pid).parents())}
+    return next(w for w in workers if w.p.pid in family)
 
 
 def audit(store, model: str | None = None) -> list[str]:

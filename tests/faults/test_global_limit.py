@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 def test_ten_trainings_on_three_workers_never_exceed_two_at_once(pg_url, tmp_path):
     redis = RedisServer(tmp_path)
     log = tmp_path / "fits.log"
-    models = {f"m{i}": {"params": {"seconds": 1.5, "log": str(log)}} for i in range(10)}
+    models = {f"m{i}": {"params": {"seconds": 1.0, "log": str(log)}} for i in range(10)}
     config = write_model_file(tmp_path / "models.toml", models)
     env = fault_env(pg_url, redis.url, tmp_path, config, training_slots=2)
     procs = [start_worker("ops", "monitoring,decision,validation,promotion", env, tmp_path), start_beat(env, tmp_path)]

@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, RedisServer, audit, fault_env, held_slots, publish_outbox, queue_runs,
-                                  runs, store_for, versions, write_model_file)
+from tests.faults.harness import (FINAL_RUN, RedisServer, audit, fault_env, held_slots, holder, publish_outbox,
+                                  queue_runs, runs, store_for, versions, write_model_file)
 from tests.faults.slow_model import fit_intervals
 from tests.procs import start_beat, start_worker, wait_for
 
@@ -23,23 +23,23 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
 def test_kill_9_during_a_fit_retries_once_and_registers_one_version(pg_url, tmp_path):
     redis = RedisServer(tmp_path)
     log = tmp_path / "fits.log"
-    config = write_model_file(tmp_path / "models.toml", {"slow": {"params": {"seconds": 4, "log": str(log)}}})
+    config = write_model_file(tmp_path / "models.toml", {"slow": {"params": {"seconds": 3, "log": str(log)}}})
     env = fault_env(pg_url, redis.url, tmp_path, config)
     ops = start_worker("ops", "monitoring,decision,validation,promotion", env, tmp_path)
     beat = start_beat(env, tmp_path)
-    victim = start_worker("train1", "training", env, tmp_path, pool="prefork")
-    procs = [ops, beat, victim]
+    trainers = [start_worker(f"train{i}", "training", env, tmp_path, pool="prefork") for i in (1, 2)]
+    procs = [ops, beat, *trainers]
     store = store_for(pg_url)
     try:
-        # Given a run in the middle of its fit on the first training worker
+        # Given a run in the middle of its fit on one of two training workers
         (rid,) = queue_runs(store, [("slow", "manual", 3)])
         publish_outbox(store, redis.url)
         wait_for("the fit to start", lambda: log.exists() and "start" in log.read_text(), 40, procs)
         assert [h.run_id for h in held_slots(store)] == [rid]
         # When that worker is killed with SIGKILL (the worker and its pool child)
+        victim = holder(store, rid, trainers)
         victim.stop(signal.SIGKILL)
         procs.remove(victim)
-        procs.append(start_worker("train2", "training", env, tmp_path, pool="prefork"))
         # Then the run is retried once and ends done
         run = wait_for("the run to end", lambda: next((r for r in runs(store, [rid]) if r.state in FINAL_RUN), None),
                        60, procs)

@@ -14,11 +14,10 @@ from __future__ import annotations
 import signal
 import uuid
 
-import psutil
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, RedisServer, fault_env, publish_outbox, queue_runs, runs, store_for,
-                                  versions, write_model_file)
+from tests.faults.harness import (FINAL_RUN, RedisServer, fault_env, holder, publish_outbox, queue_runs, runs,
+                                  store_for, versions, write_model_file)
 from tests.faults.slow_model import fit_intervals
 from tests.procs import start_beat, start_worker, wait_for
 
@@ -49,22 +48,14 @@ def _send_batches(url: str) -> None:
                                 "ret": [0.001] * n}, "monitoring", 5)
 
 
-def _holder(store, run_id: str, workers: list):
-    """The worker whose pool child holds the run's lease (owner is 'host:pid' of the child)."""
-    owner = runs(store, [run_id])[0].lease_owner
-    pid = int(owner.rsplit(":", 1)[1])
-    parents = {pid, *(p.pid for p in psutil.Process(pid).parents())}
-    return next(w for w in workers if w.p.pid in parents)
-
-
 def test_sigterm_during_work_lets_every_effect_happen_exactly_once(pg_url, tmp_path):
     redis = RedisServer(tmp_path)
     log_a, log_b = tmp_path / "fits-a.log", tmp_path / "fits-b.log"
     config = write_model_file(tmp_path / "models.toml", {
-        "m": {}, "a": {"params": {"seconds": 3, "log": str(log_a)}}, "b": {"params": {"seconds": 5, "log": str(log_b)}}})
+        "m": {}, "a": {"params": {"seconds": 2.5, "log": str(log_a)}}, "b": {"params": {"seconds": 4, "log": str(log_b)}}})
     env = fault_env(pg_url, redis.url, tmp_path, config, soft_shutdown_timeout_s=1)
     ingest = [start_worker(f"ingest{i}", "monitoring", env, tmp_path) for i in (1, 2)]
-    trainers = [start_worker(f"train{i}", "training", env, tmp_path, pool="prefork") for i in (1, 2)]
+    trainers = [start_worker(f"train{i}", "training", env, tmp_path, pool="prefork") for i in (1, 2, 3)]
     procs = [start_worker("flow", "decision,validation,promotion", env, tmp_path), start_beat(env, tmp_path),
              *ingest, *trainers]
     store = store_for(pg_url)
@@ -76,7 +67,7 @@ def test_sigterm_during_work_lets_every_effect_happen_exactly_once(pg_url, tmp_p
         _send_batches(redis.url)
         wait_for("a few batches to be ingested", lambda: _ingested(store)[0] >= 3, 30, procs)
         # When the training's worker and one ingest worker receive SIGTERM (a deploy)
-        trainer = _holder(store, run_a, trainers)
+        trainer = holder(store, run_a, trainers)
         for p in (trainer, ingest[0]):
             p.p.send_signal(signal.SIGTERM)
         # Then both finish what they are doing and exit cleanly
@@ -91,13 +82,12 @@ def test_sigterm_during_work_lets_every_effect_happen_exactly_once(pg_url, tmp_p
                        40, procs)
         assert (run.state, run.attempt) == ("done", 1) and versions(store, "a") == ["1.0.0"]
 
-        # Given another training in the middle of its fit, and a second training worker
-        procs.append(start_worker("train3", "training", env, tmp_path, pool="prefork"))
+        # Given another training in the middle of its fit
         (run_b,) = queue_runs(store, [("b", "manual", 3)])
         publish_outbox(store, redis.url)
         wait_for("the second fit to start", lambda: log_b.exists() and "start" in log_b.read_text(), 40, procs)
         # When its worker gets SIGQUIT (a cold shutdown after a 1 s grace)
-        trainer = _holder(store, run_b, [p for p in procs if p.name.startswith("train")])
+        trainer = holder(store, run_b, [p for p in procs if p.name.startswith("train")])
         trainer.p.send_signal(signal.SIGQUIT)
         trainer.p.wait(30)
         procs.remove(trainer)

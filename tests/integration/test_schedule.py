@@ -170,32 +170,33 @@ def test_two_beats_one_sends_and_the_other_takes_over_when_it_dies(pg_url, redis
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     host = socket.gethostname()
-    a = start_beat(env, tmp_path / "a")
-    b = None
+    # Given two beats started side by side
+    beats = [start_beat(env, tmp_path / "a"), start_beat(env, tmp_path / "b")]
     try:
-        # Given one beat sending the sweep every half second
-        origin_a = f"gen{a.p.pid}@{host}"
-        wait_for("beat A's sweeps", lambda: _sweeps_by_origin(redis_url).get(origin_a, 0) >= 2, 30, [a])
-        # When a second beat starts beside it
-        b = start_beat(env, tmp_path / "b")
-        origin_b = f"gen{b.p.pid}@{host}"
-        wait_for("beat B to find the lease taken", lambda: "does not hold the beat lease" in b.log(), 30, [a, b])
-        time.sleep(2.0)
-        # Then only the first one sends
-        both = _sweeps_by_origin(redis_url)
-        assert set(both) == {origin_a} and both[origin_a] >= 4
-        # When the first one dies without a word (no release of the lease)
-        a.stop(signal.SIGKILL)
-        sent_by_a = _sweeps_by_origin(redis_url)[origin_a]
+        origin = {f"gen{b.p.pid}@{host}": b for b in beats}
+        # When both run: one takes the lease and sends, the other finds it taken and waits
+        wait_for("one beat's sweeps", lambda: max(_sweeps_by_origin(redis_url).values(), default=0) >= 2, 40, beats)
+        wait_for("the other beat to find the lease taken",
+                 lambda: any("does not hold the beat lease" in b.log() for b in beats), 30, beats)
+        time.sleep(1.5)  # several of the waiting beat's attempts
+        sent = _sweeps_by_origin(redis_url)
+        [holder_origin] = sent  # Then only one of them has sent anything
+        holder = origin[holder_origin]
+        [standby] = [b for b in beats if b is not holder]
+        standby_origin = f"gen{standby.p.pid}@{host}"
+        assert "does not hold the beat lease" in standby.log() and "holds the beat lease" in holder.log()
+        # When the holder dies without a word (no release of the lease)
+        holder.stop(signal.SIGKILL)
+        sent_by_holder = _sweeps_by_origin(redis_url)[holder_origin]
         killed = time.monotonic()
-        # Then the second takes over within about a lease, and the first sends nothing more
-        wait_for("beat B to take over", lambda: _sweeps_by_origin(redis_url).get(origin_b, 0) >= 2, 20, [b])
-        print(f"beat B took over {time.monotonic() - killed:.1f} s after beat A was killed (lease 3 s)")
-        assert _sweeps_by_origin(redis_url)[origin_a] == sent_by_a
-        assert "holds the beat lease" in b.log()
+        # Then the other takes over within about a lease, and the dead one sends nothing more
+        wait_for("the standby beat to take over",
+                 lambda: _sweeps_by_origin(redis_url).get(standby_origin, 0) >= 2, 20, [standby])
+        print(f"the standby beat took over {time.monotonic() - killed:.1f} s after the holder was killed (lease 3 s)")
+        assert _sweeps_by_origin(redis_url)[holder_origin] == sent_by_holder
+        assert "holds the beat lease" in standby.log()
     finally:
-        a.stop()
-        if b is not None:
+        for b in beats:
             b.stop()
 
 
