@@ -195,17 +195,19 @@ def _apply(tx: Tx, row: RequestRow, req: RetrainRequest, decision: Decision, now
              data={"request_id": req.id, "verdict": decision.verdict.value, "rules": rules,
                    "defer_until": decision.defer_until.isoformat() if decision.defer_until else None,
                    "estimated_cost_usd": decision.estimated_cost_usd, "detail": decision.detail})
-    bypassed = [r for r in decision.rules if r.bypassed]
-    if bypassed:
-        why = decision.detail.get("override") or ("emergency" if decision.detail.get("emergency") else "")
-        tx.audit(now, "bypass", req.requested_by if decision.detail.get("override") else actor,
-                 f"{req.trigger.value} request for {req.model} bypassed {', '.join(r.rule for r in bypassed)}"
-                 + (f" ({why})" if why else ""),
-                 model=req.model, subject=did,
-                 data={"request_id": req.id, "rules": [r.rule for r in bypassed], "why": why,
-                       "would_have_failed": [r.rule for r in bypassed if not r.passed]})
     run_id = None
     v = decision.verdict
+    # A bypass is recorded on its own when it let a run through: rules that failed and
+    # did not count. (Every rule's bypass flag is in the decision event either way.)
+    past = [r.rule for r in decision.rules if r.bypassed and not r.passed]
+    if past and v is Verdict.APPROVE:
+        override = decision.detail.get("override")
+        why = override or "emergency"
+        tx.audit(now, "bypass", req.requested_by if override else actor,
+                 f"{req.trigger.value} request for {req.model} approved past {', '.join(past)} ({why})",
+                 model=req.model, subject=did,
+                 data={"request_id": req.id, "would_have_failed": past, "why": why,
+                       "bypassed": [r.rule for r in decision.rules if r.bypassed]})
     if v is Verdict.APPROVE:
         run_id = start_run(tx, row, req, did, decision.estimated_cost_usd, now)
     elif v is Verdict.DEFER:

@@ -75,6 +75,8 @@ def drain(ctx: Context, *, limit: int = 10_000, on_result: Callable[[str, Any], 
             batch = tx.pending_outbox(limit=50)
             tx.mark_published([m.id for m in batch], ctx.now())
         if not batch:
+            if _wake_waiting(ctx):
+                continue  # a run held back by a dependency may start now (the reconciler's job on workers)
             return ran
         for msg in sorted(batch, key=lambda m: (-m.priority, m.id)):
             result = run_step(ctx, msg.task, msg.payload)
@@ -82,3 +84,11 @@ def drain(ctx: Context, *, limit: int = 10_000, on_result: Callable[[str, Any], 
                 on_result(msg.task, result)
             ran += 1
     raise RuntimeError(f"outbox still not empty after {limit} steps: a step keeps enqueuing work")
+
+
+def _wake_waiting(ctx: Context) -> bool:
+    from retrain.waiting import wake
+
+    with ctx.store.tx() as tx:
+        deps = {name: tuple(m.depends_on) for name, m in ctx.config.models.items()}
+        return bool(wake(tx, depends_on=deps, limit=ctx.settings.training_slots, now=ctx.now()))

@@ -55,13 +55,13 @@ enabled = false
 enabled = false
 
 [models.direction.validation]
-shadow_min_hours = 0.0015   # 5.4 s
+shadow_min_hours = 0.001    # 3.6 s
 shadow_max_hours = 0.05
 shadow_min_rows = 300
 
 [models.direction.rollout]
 stages = [10, 25, 50, 100]
-stage_min_minutes = 0.05    # 3 s
+stage_min_minutes = 0.04    # 2.4 s
 stage_min_samples = 40
 stage_max_minutes = 2
 """
@@ -122,7 +122,7 @@ def test_a_candidate_is_promoted_through_every_stage_and_a_later_one_rolled_back
     app = TradingApp(pg_url, redis_url, tmp_path / "artifacts")
     try:
         # Given production 1.0.0 serving regime B traffic, and a candidate fitted on B
-        app.serve(2)
+        app.serve(1)
         assert app.served == {"1.0.0": app.n}
         run1 = new_candidate_run(store, "1.1.0", datetime.now(timezone.utc))  # beat's relay sends retrain.validate
 

@@ -21,7 +21,7 @@ from tests.conftest import free_port, start_redis
 from tests.procs import retrain_env
 
 __all__ = ["RedisServer", "PrivatePostgres", "write_model_file", "fault_env", "queue_runs", "publish_outbox",
-           "runs", "versions", "held_slots", "holder", "audit", "store_for", "FINAL_RUN", "FINAL_REQUEST", "SLOW",
+           "runs", "versions", "held_slots", "holder", "audit", "store_for", "stop_all", "FINAL_RUN", "FINAL_REQUEST", "SLOW",
            "PERMISSIVE_POLICY"]
 
 FINAL_RUN = ("done", "rejected", "failed", "dead", "cancelled")
@@ -204,6 +204,12 @@ def held_slots(store) -> list:
 
     with store.tx() as tx:
         return slots.holders(tx, datetime.now(timezone.utc))
+
+
+def stop_all(procs: list) -> None:
+    """Tear down: kill outright (a graceful stop is what the shutdown test is about, not this)."""
+    for p in procs:
+        p.stop(signal.SIGKILL)
 
 
 def holder(store, run_id: str, workers: list):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, RedisServer, fault_env, held_slots, publish_outbox, queue_runs, runs,
-                                  store_for, write_model_file)
+from tests.faults.harness import (FINAL_RUN, fault_env, held_slots, publish_outbox, queue_runs, RedisServer, runs,
+                                  stop_all, store_for, write_model_file)
 from tests.faults.slow_model import fit_intervals, max_overlap
 from tests.procs import start_beat, start_worker, wait_for
 
@@ -57,6 +57,5 @@ def test_ten_trainings_on_three_workers_never_exceed_two_at_once(pg_url, tmp_pat
         assert held_slots(store) == []
     finally:
         stop.set()
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         redis.stop()

@@ -12,8 +12,8 @@ import signal
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, RedisServer, audit, fault_env, held_slots, holder, publish_outbox,
-                                  queue_runs, runs, store_for, versions, write_model_file)
+from tests.faults.harness import (FINAL_RUN, audit, fault_env, held_slots, holder, publish_outbox, queue_runs,
+                                  RedisServer, runs, stop_all, store_for, versions, write_model_file)
 from tests.faults.slow_model import fit_intervals
 from tests.procs import start_beat, start_worker, wait_for
 
@@ -51,6 +51,5 @@ def test_kill_9_during_a_fit_retries_once_and_registers_one_version(pg_url, tmp_
         assert held_slots(store) == []
         assert any("lease of attempt 1 expired" in m for m in audit(store, "slow"))
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         redis.stop()

@@ -18,8 +18,8 @@ import uuid
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, PrivatePostgres, RedisServer, fault_env, publish_outbox, queue_runs,
-                                  runs, store_for, versions, write_model_file)
+from tests.faults.harness import (FINAL_RUN, fault_env, PrivatePostgres, publish_outbox, queue_runs, RedisServer, runs,
+                                  stop_all, store_for, versions, write_model_file)
 from tests.procs import start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]
@@ -95,8 +95,7 @@ def test_workers_ride_out_a_30_s_postgres_outage_and_lose_nothing(tmp_path):
         assert all(p.alive() and p.p.pid == pids[p.name] for p in procs)
     finally:
         stop.set()
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         redis.stop()
         store.db.dispose()
         pg.close()

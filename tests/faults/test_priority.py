@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import RedisServer, fault_env, publish_outbox, queue_runs, runs, store_for, write_model_file
+from tests.faults.harness import (fault_env, publish_outbox, queue_runs, RedisServer, runs, stop_all, store_for,
+                                  write_model_file)
 from tests.procs import start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
@@ -36,12 +37,11 @@ def test_an_emergency_queued_behind_twenty_scheduled_runs_starts_first(pg_url, t
         (urgent,) = queue_runs(store, [("urgent", "emergency", 9)])
         publish_outbox(store, redis.url)
         # Then the emergency is the first to start once the worker is free
-        ids = scheduled + [urgent]
-        wait_for("every run to start", lambda: all(r.started_at for r in runs(store, ids)), 100, procs)
-        started = {r.id: r.started_at for r in runs(store, ids)}
-        assert started[urgent] < min(started[s] for s in scheduled)
-        assert runs(store, [blocker])[0].started_at < started[urgent]
+        first = wait_for("the emergency to start", lambda: runs(store, [urgent])[0].started_at, 60, procs)
+        wait_for("a scheduled run to start after it", lambda: any(r.started_at for r in runs(store, scheduled)), 60,
+                 procs)
+        started = [r.started_at for r in runs(store, scheduled) if r.started_at]
+        assert min(started) > first and runs(store, [blocker])[0].started_at < first
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         redis.stop()

@@ -21,7 +21,7 @@ import pytest
 
 from retrain.client import RetrainClient, kombu_sender
 from retrain.replay_sender import ReplayStats, replaying_sender
-from tests.faults.harness import (FINAL_REQUEST, FINAL_RUN, RedisServer, audit, fault_env, runs, store_for,
+from tests.faults.harness import (FINAL_REQUEST, FINAL_RUN, audit, fault_env, RedisServer, runs, stop_all, store_for,
                                   write_model_file)
 from tests.procs import start_beat, start_worker, wait_for
 
@@ -106,6 +106,5 @@ def test_a_redis_restart_loses_no_request_run_or_outcome(pg_url, tmp_path):
               f"{replay.replayed} after {replay.restarts_seen} restart(s); reconciler repairs: {len(repaired)}")
     finally:
         client.close(1)
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         redis.stop()

@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, RedisServer, fault_env, holder, publish_outbox, queue_runs, runs,
-                                  store_for, versions, write_model_file)
+from tests.faults.harness import (FINAL_RUN, fault_env, holder, publish_outbox, queue_runs, RedisServer, runs,
+                                  stop_all, store_for, versions, write_model_file)
 from tests.faults.slow_model import fit_intervals
 from tests.procs import start_beat, start_worker, wait_for
 
@@ -97,6 +97,5 @@ def test_sigterm_during_work_lets_every_effect_happen_exactly_once(pg_url, tmp_p
         assert run.state == "done" and run.attempt == 2 and versions(store, "b") == ["1.0.0"]
         assert len(fit_intervals(log_b)) == 1
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         redis.stop()

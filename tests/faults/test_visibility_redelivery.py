@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, RedisServer, audit, fault_env, publish_outbox, queue_runs, runs, store_for,
-                                  versions, write_model_file)
+from tests.faults.harness import (FINAL_RUN, audit, fault_env, publish_outbox, queue_runs, RedisServer, runs, stop_all,
+                                  store_for, versions, write_model_file)
 from tests.faults.slow_model import fit_intervals
 from tests.procs import start_beat, start_worker, wait_for
 
@@ -55,6 +55,5 @@ def test_a_redelivered_running_training_has_one_lease_holder_and_one_version(pg_
         assert versions(store, "slow") == ["1.0.0"]
         assert sum("training of slow started" in m for m in audit(store, "slow")) == 1
     finally:
-        for p in procs:
-            p.stop()
+        stop_all(procs)
         redis.stop()

@@ -19,7 +19,7 @@ from retrain.report import render_status, status_data
 from retrain.steps import train as train_step
 from retrain.steps.reconcile import reconcile
 from retrain.steps.train import _claim, _set_progress, fail_run, train_run
-from tests.conftest import T0, make_context
+from tests.conftest import make_context
 
 BASE = {"entry_point": "tests.faults.slow_model:train", "data_source": "tests.faults.slow_model:history",
         "features": ["f0", "f1"]}
@@ -258,3 +258,22 @@ def test_own_lease_is_taken_over_after_a_retry_in_the_same_process(any_db_url, t
     assert rid not in train_step._ACTIVE_RUNS
     assert train_run(ctx, rid).status == "registered"
     assert _get(ctx, rid).attempt == 2
+
+
+def test_the_in_process_drain_also_runs_a_dependent_run_after_its_dependency(any_db_url, tmp_path):
+    from retrain.steps.dispatch import drain
+
+    # Given b depends on a, a's run is older, and b's message comes first (higher priority)
+    ctx = _ctx(any_db_url, tmp_path)
+    run_a, run_b = _run(ctx, "a", priority=1), _run(ctx, "b", priority=9, trigger="emergency")
+    with ctx.store.tx() as tx:
+        tx.enqueue("retrain.train", {"v": 1, "run_id": run_b}, ctx.now(), priority=9)
+        tx.enqueue("retrain.train", {"v": 1, "run_id": run_a}, ctx.now(), priority=1)
+    # When the outbox is drained in-process (demo, backtest), Then both runs end, a before b
+    drain(ctx)
+    a, b = _get(ctx, run_a), _get(ctx, run_b)
+    assert a.state in ("done", "rejected") and b.state in ("done", "rejected")
+    with ctx.store.tx() as tx:
+        events = [e.message for e in tx.audit_events(limit=1000)]
+    order = [m.split(" (")[0] for m in events if m.startswith(("training of", "run of b waits"))]
+    assert order == ["run of b waits for a run " + run_a[:8], "training of a started", "training of b started"]

@@ -290,3 +290,16 @@ stage_min_samples = 100
 stage_max_minutes = 180
 manual_gate = {str(manual_gate).lower()}
 """
+
+
+def test_with_the_staged_rollout_off_a_shadow_that_passes_promotes_at_once(pg_url, tmp_path):
+    # Given shadow on and the canary stages off
+    ctx = _ctx(pg_url, tmp_path, rollout={"enabled": False})
+    run_id = _given(ctx, "A", "B")
+    app = App(ctx, market([(timedelta(0), "B")]))
+    # When the shadow passes
+    app.run(timedelta(hours=1), until=lambda c: rollout_row(c, run_id).phase != "shadow")
+    app.close()
+    # Then the candidate is production at once, without ever serving as a canary
+    assert rollout_row(ctx, run_id).phase == "promoted"
+    assert aliases(ctx)["production"][0] == "1.1.0" and set(app.served) == {"1.0.0"}

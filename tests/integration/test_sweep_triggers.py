@@ -226,7 +226,7 @@ def test_a_collapse_is_an_emergency_that_skips_approval_and_queues_training_firs
         bypass = tx.audit_events("direction", kind="bypass")
     approval = next(r for r in decision.rules if r["rule"] == "approval")
     assert approval["bypassed"] is True and approval["passed"] is False
-    assert bypass and "approval" in bypass[-1].data["rules"]
+    assert bypass and "approval" in bypass[-1].message and bypass[-1].subject == result.decision_id
     assert run.priority == 9 and run.trigger == "emergency"
     assert ("retrain.train", {"v": 1, "run_id": result.run_id}, 9) in _outbox(ctx)
 

@@ -134,7 +134,7 @@ def run(batches: int = 100, rows: int = 2000, timeout_s: float = 180.0) -> dict[
     from retrain.client import kombu_sender
     from retrain.storage.db import Database
     from retrain.storage.repo import Store
-    from workers.benchmarks.ingest import _create_db, _drop_db, _start_redis, _stop
+    from workers.benchmarks.ingest import _create_db, _drop_db, _start_redis
 
     cpus = sorted(os.sched_getaffinity(0))
     ingest_cpu, train_cpu = (cpus[0], cpus[1]) if len(cpus) >= 2 else (None, None)
