@@ -41,7 +41,8 @@ def cmd_db(args) -> int:
 
 def cmd_demo(args) -> int:
     demo = importlib.import_module("workers.demo")
-    return demo.run_demo(days=args.days, home=Path(args.dir), step_minutes=args.step_minutes, quiet=args.quiet)
+    return demo.run_demo(days=args.days, home=Path(args.dir), step_minutes=args.step_minutes, quiet=args.quiet,
+                         backtest=args.backtest)
 
 
 def cmd_status(args) -> int:
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default="retrain-demo", help="where the demo leaves its database and artifacts")
     demo.add_argument("--step-minutes", type=int, default=10)
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--backtest", action="store_true",
+                      help="end with a backtest comparison of auto, never and every:1d on the same market")
     demo.set_defaults(fn=cmd_demo)
 
     def with_json(sp):

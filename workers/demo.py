@@ -51,7 +51,7 @@ class _InFlight:
 
 
 def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes: int = 10, seed: int = 7,
-             quiet: bool = False) -> int:
+             quiet: bool = False, backtest: bool = False) -> int:
     home = home.resolve()
     if home.exists():
         shutil.rmtree(home)
@@ -67,6 +67,8 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     from retrain.client import RetrainClient
     from retrain.examples.direction import market_from_params
     from retrain.report import print_timeline
+    from retrain.queues import ROUTES
+    from retrain.serving import StoreRoutingReader, routes_to_canary
     from retrain.storage.schema import upgrade
     from workers import runtime
 
@@ -107,25 +109,33 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
         end = DEMO_START + timedelta(days=days)
         step = timedelta(minutes=step_minutes)
         model_cache: dict[str, object] = {}
+        reader = StoreRoutingReader(ctx.store)
         seen_audit = 0
         acc_hits = acc_n = 0
         while clock.now() < end:
             now = clock.now()
-            with ctx.store.tx() as tx:
-                prod = tx.alias("direction", "production")
-                sha = tx.version("direction", prod).artifact_sha256 if prod else None
+            # The trading app serves as retrain.serving.ModelRouter does: production, and the
+            # canary for the routing keys its share sends there (a stable hash of the key).
+            route = reader("direction")
             rows = market.rows(now, now + step)
             clock.advance(step)
-            if sha is not None:
-                est = model_cache.get(sha) or model_cache.setdefault(sha, ctx.artifacts.load_object(sha))
-                pred = est.predict(rows.X)
+            if route.production is not None:
+                keys = [f"acct-{i % 500}" for i in range(len(rows.y))]
+                to_canary = np.array([route.canary is not None and routes_to_canary(k, route.share_pct) for k in keys])
+                pred = _model(ctx, model_cache, route.production_sha256, route.production).predict(rows.X)
+                if to_canary.any():
+                    canary_model = _model(ctx, model_cache, route.canary_sha256, route.canary)
+                    pred[to_canary] = canary_model.predict(rows.X[to_canary])
                 acc_hits += int(np.sum(pred == rows.y))
                 acc_n += len(rows.y)
                 base = int(now.timestamp())
                 for i in range(len(rows.y)):
-                    client.report("direction", f"{base}-{i}", rows.X[i].tolist(), int(pred[i]), prod,
+                    served_by = route.canary if to_canary[i] else route.production
+                    client.report("direction", f"{base}-{i}", rows.X[i].tolist(), int(pred[i]), served_by,
                                   int(rows.y[i]), float(rows.ret[i]), ts=float(rows.ts[i]))
                 client.flush()
+            if "retrain.evaluate_rollouts" in ROUTES and int((clock.now() - DEMO_START) / step) % 3 == 1:
+                send("retrain.evaluate_rollouts", {"v": 1}, ROUTES["retrain.evaluate_rollouts"], 5)
             for slot, sched in schedules.items():
                 due, _ = sched.is_due(last_fired[slot])
                 if due:
@@ -145,6 +155,7 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
             seen_audit = _echo_events(ctx, seen_audit, say)
             if clock.now().hour % 6 == 0 and clock.now().minute < step_minutes:
                 acc = acc_hits / acc_n if acc_n else float("nan")
+                prod = route.production
                 say(f"  {clock.now():%a %d %b %H:%M}  production {prod or '-':>6}  live accuracy {acc:.3f} "
                     f"({acc_n} predictions)   [{monotonic() - t0:5.1f} s]")
                 acc_hits = acc_n = 0
@@ -152,8 +163,42 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     runtime.set_clock(clock)
     say("")
     print_timeline(ctx, "direction", out=sys.stdout)
+    _registry_summary(ctx, home, say)
     say(f"\nDone in {monotonic() - t0:.1f} s. Inspect it: RETRAIN_HOME={home} retrain status")
+    if backtest:
+        from retrain.backtest import run_comparison
+
+        say("\nBacktest on the same market: what would each policy have done? (about a minute)")
+        _, text = run_comparison(out=home / "backtest", days=min(days, 3.0))
+        say(text)
+        say(f"Report: {home / 'backtest' / 'report.html'}")
     return 0
+
+
+def _model(ctx, cache: dict, sha256: str, version: str):
+    """A version's model, loaded once and only after its sha256 checks out (audited if not)."""
+    from retrain.registry import load_verified
+
+    if sha256 not in cache:
+        cache[sha256] = load_verified(ctx, sha256, model="direction", version=version, purpose="serving (demo)")
+    return cache[sha256]
+
+
+def _registry_summary(ctx, home: Path, say) -> None:
+    from retrain.commands.registry import render_gc, render_versions
+    from retrain.registry import served_at, version_records
+    from retrain.steps.retention import retention_policy, run_retention
+
+    with ctx.store.tx() as tx:
+        records = version_records(tx, "direction")
+        served = [(DEMO_START + timedelta(hours=h), served_at(tx, "direction", DEMO_START + timedelta(hours=h)))
+                  for h in (12, 36, 60, 84, 108)]
+    say("\nRegistry\n" + render_versions("direction", records, retention_policy(ctx, "direction"), "accuracy"))
+    for t, v in served:
+        say(f"  served at {t:%a %d %H:%M}: {v or '-'}")
+    say("\n" + render_gc(run_retention(ctx, dry_run=True)))
+    say(f"\nWhat served when: RETRAIN_HOME={home} retrain history direction --at "
+        f"{(DEMO_START + timedelta(hours=60)).isoformat()}")
 
 
 def _operator_approves(ctx, send, now, after: timedelta) -> None:
@@ -176,7 +221,8 @@ def _queue(task: str) -> str:
     return ROUTES[task]
 
 
-_SHOWN = {"request", "decision", "version", "validation", "promotion", "rollback", "approval", "bypass"}
+_SHOWN = {"request", "decision", "version", "validation", "shadow", "rollout", "promotion", "rollback", "approval",
+          "bypass", "retention", "artifact"}
 
 
 def _echo_events(ctx, after_id: int, say) -> int:
