@@ -10,7 +10,10 @@
     entry_point = "retrain.examples.direction:train"     # package.module:function
     data_source = "retrain.examples.direction:history"   # or "sample" (the live feature sample)
     features = ["f0", "f1"]
-    [models.direction.thresholds]    # performance trigger
+    [models.direction.thresholds]    # performance trigger (metrics, relative_drop, accuracy_floor, arl0, ...)
+    [models.direction.drift]         # data drift (alpha, correction, min_effect, check_every_minutes, ...)
+    [models.direction.emergency]     # emergency (sigma, bucket_minutes, history_buckets, min_severity)
+    [models.direction.sample]        # the live feature sample (rate, max_per_minute, max_rows)
     [models.direction.schedule]      # daily = "02:00", weekly = "sun 02:00", monthly = "1 02:00"
     [models.direction.retention]     # max_versions = 10, max_age_days = 30
     [models.direction.policy]        # per-model overrides of [policy]

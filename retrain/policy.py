@@ -159,6 +159,30 @@ _OPEN_CACHE_MAX = 256
 
 # Results are immutable, so the common passing outcomes that depend on no
 # input are built once and shared: fewer allocations on the hot path.
+def _fast_rule_result() -> Any:
+    """A maker of RuleResult that skips the frozen dataclass's ``__init__``.
+
+    That ``__init__`` sets each of the seven fields through ``object.__setattr__``;
+    writing the instance's ``__dict__`` in one go makes the same, equal, hashable
+    object about 2.5 times faster, and :func:`decide` makes around ten per call.
+    Falls back to the class itself if RuleResult ever gets slots or other fields.
+    """
+    expected = ("rule", "passed", "value", "limit", "detail", "bypassed", "retry_at")
+    if hasattr(RuleResult, "__slots__") or tuple(f.name for f in fields(RuleResult)) != expected:
+        return RuleResult
+    new = object.__new__
+
+    def make(rule: str, passed: bool, value: Any = None, limit: Any = None, detail: str = "",
+             bypassed: bool = False, retry_at: datetime | None = None) -> RuleResult:
+        r = new(RuleResult)
+        r.__dict__.update(rule=rule, passed=passed, value=value, limit=limit, detail=detail, bypassed=bypassed,
+                          retry_at=retry_at)
+        return r
+
+    return make
+
+
+_RR = _fast_rule_result()
 _NOT_PAUSED = RuleResult("paused", True, False, False, "not paused")
 _NO_ACTIVE = RuleResult("coalesce", True, None, None, "no active run")
 _NO_READING = RuleResult("resources", True, None, None, "no reading")
@@ -479,19 +503,19 @@ def _cap(
     """One spend cap: projected spend against the cap; defer to the reset, or reject if it never fits."""
     projected = spent + cost
     if cap is None:
-        return RuleResult(rule, True, projected, None, "no cap", bypass is not None)
+        return _RR(rule, True, projected, None, "no cap", bypass is not None)
     ok = projected <= cap
     if ok:
         # value and limit already say it; no float formatting on the common path.
-        return RuleResult(rule, True, projected, cap, "within cap", bypass is not None)
+        return _RR(rule, True, projected, cap, "within cap", bypass is not None)
     if bypass is not None:
-        return RuleResult(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}; "
+        return _RR(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}; "
                           f"bypassed ({bypass})", True)
     if cost > cap:
         rejects.append(rule)
-        return RuleResult(rule, False, projected, cap, f"estimate {_usd(cost)} alone exceeds the cap {_usd(cap)}")
+        return _RR(rule, False, projected, cap, f"estimate {_usd(cost)} alone exceeds the cap {_usd(cap)}")
     defers.append(reset_at)
-    return RuleResult(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}",
+    return _RR(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}",
                       False, reset_at)
 
 
@@ -515,7 +539,7 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
     # paused
     if state.paused or state.globally_paused:
         scope = "all retraining is paused" if state.globally_paused else "model is paused"
-        add(RuleResult("paused", False, True, False, scope))
+        add(_RR("paused", False, True, False, scope))
         rejects.append("paused")
     else:
         add(_NOT_PAUSED)
@@ -523,7 +547,7 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
     # coalesce
     active = state.active_run_id
     if active is not None:
-        add(RuleResult("coalesce", False, active, None, f"joins active run {active}"))
+        add(_RR("coalesce", False, active, None, f"joins active run {active}"))
     else:
         add(_NO_ACTIVE)
 
@@ -541,34 +565,34 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         needs = age < policy._approval
         what = f"deployed {age_days:.2f} d ago"
     if not needs:
-        add(RuleResult("approval", True, age_days, limit_days, what))
+        add(_RR("approval", True, age_days, limit_days, what))
     elif emergency:
-        add(RuleResult("approval", False, age_days, limit_days, f"{what}; bypassed (emergency)", True))
+        add(_RR("approval", False, age_days, limit_days, f"{what}; bypassed (emergency)", True))
     else:
         approver = ev.get("approved_by") if ev else None
         if approver:
-            add(RuleResult("approval", True, age_days, limit_days, f"{what}; approved by {approver}"))
+            add(_RR("approval", True, age_days, limit_days, f"{what}; approved by {approver}"))
         else:
-            add(RuleResult("approval", False, age_days, limit_days, f"{what}; manual approval required"))
+            add(_RR("approval", False, age_days, limit_days, f"{what}; manual approval required"))
             pending = True
 
     # cooldown
     starts = state.recent_run_starts
     cd_hours = policy.cooldown_hours
     if not starts:
-        add(RuleResult("cooldown", True, None, cd_hours, "no previous run", emergency))
+        add(_RR("cooldown", True, None, cd_hours, "no previous run", emergency))
     else:
         last = starts[-1]
         since = now - last
         since_h = round(since.total_seconds() / 3600.0, 4)
         if since >= policy._cooldown:
-            add(RuleResult("cooldown", True, since_h, cd_hours, f"last start {since_h:.2f} h ago", emergency))
+            add(_RR("cooldown", True, since_h, cd_hours, f"last start {since_h:.2f} h ago", emergency))
         elif emergency:
-            add(RuleResult("cooldown", False, since_h, cd_hours,
+            add(_RR("cooldown", False, since_h, cd_hours,
                            f"last start {since_h:.2f} h ago; bypassed (emergency)", True))
         else:
             retry = last + policy._cooldown
-            add(RuleResult("cooldown", False, since_h, cd_hours, f"last start {since_h:.2f} h ago", False, retry))
+            add(_RR("cooldown", False, since_h, cd_hours, f"last start {since_h:.2f} h ago", False, retry))
             defers.append(retry)
             defer_rules.append("cooldown")
 
@@ -585,11 +609,11 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         retry = midnight + _DAY
         window = "today (UTC)"
     if count < max_runs:
-        add(RuleResult("daily_runs", True, count, max_runs, f"{count} run(s) {window}", emergency))
+        add(_RR("daily_runs", True, count, max_runs, f"{count} run(s) {window}", emergency))
     elif emergency:
-        add(RuleResult("daily_runs", False, count, max_runs, f"{count} run(s) {window}; bypassed (emergency)", True))
+        add(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}; bypassed (emergency)", True))
     else:
-        add(RuleResult("daily_runs", False, count, max_runs, f"{count} run(s) {window}", False, retry))
+        add(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}", False, retry))
         defers.append(retry)  # type: ignore[arg-type]
         defer_rules.append("daily_runs")
 
@@ -598,20 +622,20 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
     gcount = state.runs_today_global
     next_midnight = datetime(now.year, now.month, now.day, tzinfo=_UTC) + _DAY
     if gcap is None:
-        add(RuleResult("global_daily_runs", True, gcount, None, "no cap", emergency))
+        add(_RR("global_daily_runs", True, gcount, None, "no cap", emergency))
     elif gcount < gcap:
-        add(RuleResult("global_daily_runs", True, gcount, gcap, f"{gcount} run(s) today (UTC)", emergency))
+        add(_RR("global_daily_runs", True, gcount, gcap, f"{gcount} run(s) today (UTC)", emergency))
     elif emergency:
-        add(RuleResult("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today; bypassed (emergency)", True))
+        add(_RR("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today; bypassed (emergency)", True))
     else:
-        add(RuleResult("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today (UTC)", False, next_midnight))
+        add(_RR("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today (UTC)", False, next_midnight))
         defers.append(next_midnight)
         defer_rules.append("global_daily_runs")
 
     # offpeak: only scheduled requests wait for the window; zoneinfo is only touched then.
     scheduled = trig is _SCHEDULE
     if policy._tz is None:
-        add(RuleResult("offpeak", True, None, None, "no off-peak window", emergency))
+        add(_RR("offpeak", True, None, None, "no off-peak window", emergency))
     elif not (scheduled or emergency):
         add(policy._offpeak_na[trig])
     else:
@@ -619,13 +643,13 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         local_s = f"{local.hour:02d}:{local.minute:02d}"
         inside = policy._in_window_s(local.hour * 3600 + local.minute * 60 + local.second)
         if inside:
-            add(RuleResult("offpeak", True, local_s, policy._window_label, "inside the window", emergency))
+            add(_RR("offpeak", True, local_s, policy._window_label, "inside the window", emergency))
         elif emergency:
-            add(RuleResult("offpeak", False, local_s, policy._window_label,
+            add(_RR("offpeak", False, local_s, policy._window_label,
                            "outside the window; bypassed (emergency)", True))
         else:
             retry = policy.next_offpeak_open(now)
-            add(RuleResult("offpeak", False, local_s, policy._window_label, "outside the window", False, retry))
+            add(_RR("offpeak", False, local_s, policy._window_label, "outside the window", False, retry))
             defers.append(retry)
             defer_rules.append("offpeak")
 
@@ -647,11 +671,11 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
                  "min_free_disk_mb": policy.min_free_disk_mb}
         if short:
             retry = now + policy._resource_retry
-            add(RuleResult("resources", False, value, limit, "; ".join(short), False, retry))
+            add(_RR("resources", False, value, limit, "; ".join(short), False, retry))
             defers.append(retry)
             defer_rules.append("resources")
         else:
-            add(RuleResult("resources", True, value, limit, "enough memory, CPU and disk"))
+            add(_RR("resources", True, value, limit, "enough memory, CPU and disk"))
 
     # budget_override
     override: str | None = None
@@ -659,9 +683,9 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         reason = ev.get("override_reason") if ev else None
         if isinstance(reason, str) and reason.strip():
             override = f"override by {request.requested_by}: {reason.strip()}"
-            add(RuleResult("budget_override", True, True, "reason required", override))
+            add(_RR("budget_override", True, True, "reason required", override))
         else:
-            add(RuleResult("budget_override", False, True, "reason required",
+            add(_RR("budget_override", False, True, "reason required",
                            "override_budget without evidence['override_reason']; override ignored"))
             rejects.append("budget_override")
     else:
@@ -695,12 +719,12 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
                   f"{vm['recovery_points']:.3g} pt x {vm['predictions_per_day'] * vm['horizon_days']:.4g} predictions"
                   f"; estimate {_usd(cost)}")
     if override is not None:
-        add(RuleResult("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
+        add(_RR("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
     elif not state.has_production:
         # A first version has no live figures to recover: its value is having a model at all.
-        add(RuleResult("roi", True, None, min_roi, "not applicable: no version in production yet"))
+        add(_RR("roi", True, None, min_roi, "not applicable: no version in production yet"))
     else:
-        add(RuleResult("roi", roi_ok, roi, min_roi, roi_detail))
+        add(_RR("roi", roi_ok, roi, min_roi, roi_detail))
         if not roi_ok:
             rejects.append("roi")
 

@@ -118,7 +118,7 @@ class FlashCrash:
 
     starts_at: datetime
     ends_at: datetime
-    strength: float = 10.0
+    strength: float = 20.0
 
 
 def _hours(params, key: str) -> float | None:
@@ -133,7 +133,7 @@ def events_from_params(params, start: datetime) -> tuple[FeatureShift | FlashCra
     default f0, f1, f2) move by ``drift_shift_sd`` (default 0.5) standard deviations,
     for ``drift_hours`` hours (default: for good). ``crash_at_hours``: when a flash
     crash of ``crash_minutes`` minutes (default 45) and ``crash_strength`` (default
-    10) starts. Example (the demo's model file)::
+    20) starts. Example (the demo's model file)::
 
         [models.direction.params]
         drift_at_hours = 60
@@ -152,7 +152,7 @@ def events_from_params(params, start: datetime) -> tuple[FeatureShift | FlashCra
     if at is not None:
         minutes = float(params.get("crash_minutes", 45))
         events.append(FlashCrash(start + timedelta(hours=at), start + timedelta(hours=at, minutes=minutes),
-                                 float(params.get("crash_strength", 10.0))))
+                                 float(params.get("crash_strength", 20.0))))
     return tuple(events)
 
 

@@ -26,6 +26,7 @@ from a generator seeded by the batch id, so a redelivery would draw the same row
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -144,7 +145,11 @@ def check_batch(batch: IngestBatch, n_features: int) -> CheckedBatch:
 
 
 def _reason_key(problem: str) -> str:
-    return problem.split(",")[0].split("(")[0].strip()
+    """The reason without its values, so that a batch's summary has one key per kind of problem."""
+    return _VALUES.sub("…", problem.split("(")[0]).strip()
+
+
+_VALUES = re.compile(r"'[^']*'|-?\b(?:\d[\d.e+-]*|nan|inf)\b")
 
 
 def _json_number(v: float) -> float | str | None:

@@ -18,9 +18,10 @@ opens a new one except (a) while the run it started or joined is still active
 severe. Held-back firings are listed in the sweep's result, not audited.
 
 Cost per model is flat in the number of models: one short transaction per model
-reads one range of its buckets (as plain tuples) for both the performance and
-the emergency window; thresholds, policies and drift references are cached per
-process.
+reads its production version and one range of its buckets, as one numeric array,
+for both the performance and the emergency window; CUSUM thresholds, detector
+settings and drift references are cached per process, and the sample is pruned
+every ``PRUNE_EVERY`` per model (``retrain bench sweep``).
 """
 
 from __future__ import annotations

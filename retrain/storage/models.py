@@ -153,6 +153,9 @@ class AliasHistoryRow(Base):
 
 class MetricBucketRow(Base):
     __tablename__ = "metric_buckets"
+    # A model's traffic over a time range, all versions (the decision's predictions per day):
+    # the primary key's order (model, version, minute) would scan every version's whole history.
+    __table_args__ = (Index("ix_metric_buckets_model_minute", "model", "minute"),)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     version: Mapped[str] = mapped_column(String(32), primary_key=True)
     minute: Mapped[datetime] = mapped_column(primary_key=True)
@@ -231,7 +234,8 @@ class DecisionRow(Base):
 class RunRow(Base):
     __tablename__ = "training_runs"
     __table_args__ = (Index("ix_training_runs_model_state", "model", "state"),
-                      Index("ix_training_runs_model_created", "model", "created_at"))
+                      Index("ix_training_runs_model_created", "model", "created_at"),
+                      Index("ix_training_runs_created", "created_at"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     model: Mapped[str] = mapped_column(String(128))
     request_id: Mapped[str] = mapped_column(String(36))
@@ -264,7 +268,8 @@ class CostRow(Base):
 
     __tablename__ = "cost_ledger"
     __table_args__ = (Index("ix_cost_ledger_day", "day"), Index("ix_cost_ledger_run", "run_id"),
-                      Index("ix_cost_ledger_month_model", "month", "model"))
+                      Index("ix_cost_ledger_month_model", "month", "model"),
+                      Index("ix_cost_ledger_model_kind", "model", "kind", "id"))
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     run_id: Mapped[str] = mapped_column(String(36))
     model: Mapped[str] = mapped_column(String(128))

@@ -7,7 +7,11 @@ and connections, calling :func:`retrain.steps.decide.decide_request` as the
 own shuffled order, as if each message were delivered four times, so the same
 request is raced by all of them. Afterwards the daily limits, the cooldowns and
 the budgets hold exactly, every request was decided exactly once, and the ledger
-sums to the reservations.
+sums to the reservations. The first test runs on SQLite too: the embedded default
+serialises processes on one machine with the same lock.
+
+Without the decision lock both tests fail (six approvals where the money pays for
+four; eight runs where it pays for seven): that is how they were checked.
 
 The 100 requests are inserted directly (``open_key`` None): the one-open-request-
 per-model-and-trigger rule would fold most of them before they reach the decision,

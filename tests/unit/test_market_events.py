@@ -61,7 +61,7 @@ def test_events_come_from_params_and_streams_stay_deterministic():
     params = {"drift_at_hours": 60, "drift_features": ["f1", "f4"], "crash_at_hours": 100, "crash_minutes": 30}
     events = events_from_params(params, S)
     assert events == (FeatureShift(S + 60 * H, (1, 4), 0.5, None),
-                      FlashCrash(S + 100 * H, S + 100 * H + timedelta(minutes=30), 10.0))
+                      FlashCrash(S + 100 * H, S + 100 * H + timedelta(minutes=30), 20.0))
     assert events_from_params({}, S) == ()
     a = market_from_params(params).rows(S + 59 * H, S + 61 * H)
     b = SyntheticMarket(events=events).rows(S + 59 * H + timedelta(minutes=7), S + 61 * H)

@@ -2,9 +2,10 @@
 
 Two real workers, each pinned to its own CPU with ``os.sched_setaffinity`` (a prefork
 pool's children inherit it): ``celery worker -Q monitoring`` (solo) on CPU 0 and
-``celery worker -Q training`` (prefork, one child) on CPU 1. Ingest is measured twice
-on the same pre-filled queue of ``batches`` batches of ``rows`` outcomes (8 features):
-once alone, once while a CPU-bound training spins on the other CPU. The queue is
+``celery worker -Q training`` (prefork, one child) on CPU 1. Ingest is measured on a
+pre-filled queue of ``batches`` batches of ``rows`` outcomes (8 features), in
+``rounds`` turns: alone (the training frozen with SIGSTOP), then while the CPU-bound
+training spins on the other CPU; medians are reported. The queue is
 filled before the ingest worker starts, so neither the sender nor the worker's start
 is timed: the rate is read from the database, between the first and the last batch's
 ``received_at``. Redis (private, on a free port) and Postgres (a throwaway database
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -127,7 +129,7 @@ def _measure(engine, env: dict, tmp: Path, send, tag: str, batches: int, rows: i
         _stop(worker)
 
 
-def run(batches: int = 100, rows: int = 2000, timeout_s: float = 180.0) -> dict[str, Any]:
+def run(batches: int = 60, rows: int = 2000, rounds: int = 3, timeout_s: float = 180.0) -> dict[str, Any]:
     import psutil
     from sqlalchemy import create_engine
 
@@ -151,8 +153,6 @@ def run(batches: int = 100, rows: int = 2000, timeout_s: float = 180.0) -> dict[
     try:
         # Warm up the tables (and the disk cache) once, untimed.
         _measure(engine, env, tmp, send, "warm", 5, rows, ingest_cpu, timeout_s)
-        alone = _measure(engine, env, tmp, send, "alone", batches, rows, ingest_cpu, timeout_s)
-
         trainer = _worker("train", "training", "prefork", train_cpu, env, tmp)
         store = Store(Database(db_url))
         with store.tx() as tx:
@@ -169,19 +169,27 @@ def run(batches: int = 100, rows: int = 2000, timeout_s: float = 180.0) -> dict[
             time.sleep(0.1)
         store.db.dispose()
         child = psutil.Process(trainer.pid).children()[0]
-        cpu0 = sum(child.cpu_times()[:2])
-        t0 = time.perf_counter()
-        with_training = _measure(engine, env, tmp, send, "busy", batches, rows, ingest_cpu, timeout_s)
-        train_cpu_s = sum(child.cpu_times()[:2]) - cpu0
-        elapsed = time.perf_counter() - t0
+        # Alone and beside the training, in turns (the training is frozen with SIGSTOP while ingest
+        # runs alone), so that the machine's own drift hits both sides alike.
+        alone, busy, shares = [], [], []
+        for r in range(rounds):
+            child.suspend()
+            alone.append(_measure(engine, env, tmp, send, f"alone{r}", batches, rows, ingest_cpu, timeout_s))
+            child.resume()
+            cpu0, t0 = sum(child.cpu_times()[:2]), time.perf_counter()
+            busy.append(_measure(engine, env, tmp, send, f"busy{r}", batches, rows, ingest_cpu, timeout_s))
+            shares.append((sum(child.cpu_times()[:2]) - cpu0) / (time.perf_counter() - t0))
+        a, b = statistics.median(alone), statistics.median(busy)
         return {
-            "ingest_alone_per_s": round(alone),
-            "ingest_with_training_per_s": round(with_training),
-            "ratio": round(with_training / alone, 3),
-            "training_cpu_share_during_measure": round(train_cpu_s / elapsed, 3),
+            "ingest_alone_per_s": round(a),
+            "ingest_with_training_per_s": round(b),
+            "ratio": round(b / a, 3),
+            "ratio_per_round": [round(y / x, 3) for x, y in zip(alone, busy)],
+            "training_cpu_share_during_measure": round(statistics.median(shares), 3),
             "ingest_cpu": ingest_cpu,
             "training_cpu": train_cpu,
             "cpus": len(cpus),
+            "rounds": rounds,
             "batches": batches,
             "rows_per_batch": rows,
         }

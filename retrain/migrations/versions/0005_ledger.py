@@ -6,9 +6,14 @@
   The code never updates or deletes these rows either (a test greps for it);
   the triggers make the database say no to anything else that tries.
 * ``ix_cost_ledger_month_model``: the decision sums this month's spend, in total
-  and for one model, in one query under its lock.
+  and for one model, in one query under its lock; ``ix_cost_ledger_model_kind``:
+  it reads the model's last measured costs (the estimate).
 * ``ix_training_runs_model_created``: the decision reads a model's run starts of
-  the last 31 days (cooldown, daily limit).
+  the last 31 days (cooldown, daily limit); ``ix_training_runs_created``: it
+  counts every model's runs of the day (the global cap).
+* ``ix_metric_buckets_model_minute``: the decision sums a model's traffic of the
+  last day over all its versions; the primary key (model, version, minute) would
+  make that scan every version's whole history, which grows by 1,440 rows a day.
 
 Revision ID: 0005
 Revises: 0004
@@ -38,8 +43,12 @@ $$ LANGUAGE plpgsql
 def upgrade() -> None:
     with op.batch_alter_table('cost_ledger', schema=None) as batch_op:
         batch_op.create_index('ix_cost_ledger_month_model', ['month', 'model'], unique=False)
+        batch_op.create_index('ix_cost_ledger_model_kind', ['model', 'kind', 'id'], unique=False)
     with op.batch_alter_table('training_runs', schema=None) as batch_op:
         batch_op.create_index('ix_training_runs_model_created', ['model', 'created_at'], unique=False)
+        batch_op.create_index('ix_training_runs_created', ['created_at'], unique=False)
+    with op.batch_alter_table('metric_buckets', schema=None) as batch_op:
+        batch_op.create_index('ix_metric_buckets_model_minute', ['model', 'minute'], unique=False)
 
     dialect = op.get_bind().dialect.name
     if dialect == "postgresql":
@@ -68,7 +77,11 @@ def downgrade() -> None:
             for what in ("update", "delete"):
                 op.execute(f"DROP TRIGGER IF EXISTS {table}_no_{what}")
 
+    with op.batch_alter_table('metric_buckets', schema=None) as batch_op:
+        batch_op.drop_index('ix_metric_buckets_model_minute')
     with op.batch_alter_table('training_runs', schema=None) as batch_op:
+        batch_op.drop_index('ix_training_runs_created')
         batch_op.drop_index('ix_training_runs_model_created')
     with op.batch_alter_table('cost_ledger', schema=None) as batch_op:
+        batch_op.drop_index('ix_cost_ledger_model_kind')
         batch_op.drop_index('ix_cost_ledger_month_model')
