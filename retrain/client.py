@@ -190,7 +190,11 @@ class RetrainClient:
         if sender is None:
             if not broker_url:
                 raise ValueError("RetrainClient needs a broker_url or a sender")
-            sender = kombu_sender(broker_url)
+            from retrain.replay_sender import replaying_sender
+
+            # Redis without persistence forgets what it held when it restarts: resend the
+            # recent ingest batches then (ingest counts each batch id once).
+            sender = replaying_sender(kombu_sender(broker_url), broker_url)
         if batch_size < 1 or max_buffer < 1 or max_waiting_batches < 1:
             raise ValueError("batch_size, max_buffer and max_waiting_batches must be >= 1")
         self._send = sender

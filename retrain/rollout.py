@@ -55,7 +55,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from retrain.emergency import EmergencyConfig, detect_emergency
 from retrain.triggers import TriggerFiring
@@ -74,6 +73,14 @@ __all__ = [
     "canary_emergency",
     "RolloutState",
 ]
+
+
+def _stats():
+    # Imported on first use: scipy.stats adds ~70 MB to every worker that merely imports
+    # the task modules (ingest workers never judge a rollout).
+    from scipy import stats
+
+    return stats
 
 
 class Phase(str, enum.Enum):
@@ -143,7 +150,7 @@ class PairedCounts:
         diff = (b - c) / n
         # Paired difference of proportions: var = (b + c - (b - c)^2 / n) / n^2.
         se = math.sqrt(max(0.0, b + c - (b - c) ** 2 / n)) / n
-        z = float(stats.norm.ppf(confidence))
+        z = float(_stats().norm.ppf(confidence))
         return diff - z * se, diff + z * se
 
     def to_json(self) -> dict[str, Any]:
@@ -174,8 +181,8 @@ def mcnemar_p(better: int, worse: int, *, mid_p: bool = True) -> float:
     n = int(better) + int(worse)
     if n == 0:
         return 1.0
-    tail = float(stats.binom.sf(better, n, 0.5))  # P(X > better)
-    point = float(stats.binom.pmf(better, n, 0.5))
+    tail = float(_stats().binom.sf(better, n, 0.5))  # P(X > better)
+    point = float(_stats().binom.pmf(better, n, 0.5))
     return min(1.0, tail + (0.5 * point if mid_p else point))
 
 
@@ -197,9 +204,9 @@ def worse_p(canary: Counts, production: Counts, metric: str = "accuracy") -> flo
             return 1.0
         t = (canary.mean_return - production.mean_return) / math.sqrt(se2)
         df = se2 ** 2 / ((vc / canary.n) ** 2 / (canary.n - 1) + (vp / production.n) ** 2 / (production.n - 1) or 1e-300)
-        return float(stats.t.cdf(t, df))
+        return float(_stats().t.cdf(t, df))
     table = [[canary.hits, canary.n - canary.hits], [production.hits, production.n - production.hits]]
-    return float(stats.fisher_exact(table, alternative="less").pvalue)
+    return float(_stats().fisher_exact(table, alternative="less").pvalue)
 
 
 def relative_change(new: float, old: float) -> float:

@@ -96,8 +96,12 @@ def dead_letter(name: str, reason: str, payload: Any) -> None:
 
 
 def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_limit: int | None = None,
-                 time_limit: int | None = None, max_retries: int = 10, bind: bool = False) -> Callable:
-    """Declare a task: ``fn(ctx, payload[, task])`` with ``payload`` validated against ``schema``."""
+                 time_limit: int | None = None, max_retries: int = 10, bind: bool = False,
+                 relays: bool = True) -> Callable:
+    """Declare a task: ``fn(ctx, payload[, task])`` with ``payload`` validated against ``schema``.
+
+    ``relays=False`` for a step that never writes the outbox (ingest): it saves a database
+    round trip per message on the hottest path; the periodic relay still covers it."""
     import celeryconfig
 
     default_soft, default_hard = celeryconfig.TIME_LIMITS.get(name, (None, None))
@@ -137,7 +141,8 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
                 except Exception:
                     log.exception("%s: could not write the dead letter", name)
                 raise
-            relay_quietly()
+            if relays:
+                relay_quietly()
             return result
 
         return task

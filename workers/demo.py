@@ -110,6 +110,8 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
         step = timedelta(minutes=step_minutes)
         model_cache: dict[str, object] = {}
         reader = StoreRoutingReader(ctx.store)
+        canaries: list[str] = []
+        fault_rng = np.random.default_rng(seed)
         seen_audit = 0
         acc_hits = acc_n = 0
         while clock.now() < end:
@@ -125,7 +127,17 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
                 pred = _model(ctx, model_cache, route.production_sha256, route.production).predict(rows.X)
                 if to_canary.any():
                     canary_model = _model(ctx, model_cache, route.canary_sha256, route.canary)
-                    pred[to_canary] = canary_model.predict(rows.X[to_canary])
+                    cpred = canary_model.predict(rows.X[to_canary])
+                    if route.canary not in canaries:
+                        canaries.append(route.canary)
+                    if route.canary == canaries[0] and route.share_pct >= 25:
+                        # A deliberate, simulated defect: from 25 % on, the trading app's serving
+                        # path of the first canary is broken and half of its answers are wrong.
+                        # Shadow cannot see it (it scores logged rows on the validation queue);
+                        # the canary's own served outcomes do, and it is rolled back automatically.
+                        broken = fault_rng.random(len(cpred)) < 0.5
+                        cpred = np.where(broken, 1 - rows.y[to_canary], cpred)
+                    pred[to_canary] = cpred
                 acc_hits += int(np.sum(pred == rows.y))
                 acc_n += len(rows.y)
                 base = int(now.timestamp())

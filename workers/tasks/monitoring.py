@@ -13,7 +13,7 @@ from workers.app import app
 from workers.base import publish, retrain_task
 
 
-@retrain_task(app, name="retrain.ingest", schema=IngestBatch, queue="monitoring")
+@retrain_task(app, name="retrain.ingest", schema=IngestBatch, queue="monitoring", relays=False)
 def ingest(ctx, batch: IngestBatch):
     return asdict(ingest_step(ctx, batch))
 
