@@ -334,8 +334,17 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
         raise
     except Exception as exc:  # the model's own code or its data source raised: retry the run
         return _retry_or_die(ctx, run_id, attempt, f"{type(exc).__name__}: {exc}")
-    _release_slot(ctx, run_id, attempt)
+    # The slot is held until the version is registered (or the attempt is fenced off), so a
+    # run in state 'training' always holds one: the limit reads the same from runs and slots.
+    try:
+        v = _register(ctx, cfg, run_id, attempt, meter, X, y, ts, cut, artifact, reference, holdout)
+    finally:
+        _release_slot(ctx, run_id, attempt)
+    return TrainResult(run_id, "registered", str(v))
 
+
+def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, X, y, ts, cut, artifact, reference,
+              holdout):
     usage = meter.usage
     cost = _price(ctx, cfg, usage, run_id)
     spec = VersionSpec(list(cfg.features), cfg.entry_point, cfg.training_fingerprint(),
@@ -368,7 +377,7 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
             tx.add_cost(run.id, cfg.name, "release", -reserved, finished, {"reason": "replaced by actual cost"})
         tx.add_cost(run.id, cfg.name, "actual", cost.total_usd, finished, asdict(cost))
         tx.enqueue("retrain.validate", {"v": 1, "run_id": run.id}, finished, priority=run.priority)
-    return TrainResult(run_id, "registered", str(v))
+    return v
 
 
 def _price(ctx: Context, cfg: ModelConfig, usage, run_id: str):
