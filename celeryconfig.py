@@ -4,7 +4,7 @@ the model file; nothing here is hard-coded per deployment.
 
 Reliability choices, and why:
 
-* JSON only (``accept_content``): a pickled message is refused before it is decoded.
+* JSON only (``accept_content``): any other serialisation is refused before it is decoded.
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a task whose worker dies is
   redelivered instead of lost. That makes delivery at least once, so every step is
   idempotent (batch ids, run states, fencing tokens) and a run stops after
@@ -28,7 +28,7 @@ Reliability choices, and why:
 * Refused messages are kept: ``worker_consumer`` is our consumer, which refuses
   bodies above ``RETRAIN_MAX_MESSAGE_BYTES`` before decoding them and writes a
   dead letter for undecodable messages; unknown task names and disallowed content
-  (pickle) are dead-lettered by the ``task_unknown``/``task_rejected`` signals.
+  (non-JSON) are dead-lettered by the ``task_unknown``/``task_rejected`` signals.
 * Shutdown loses nothing. SIGTERM is a warm shutdown: no new message is taken and
   the running ones finish and are acknowledged. SIGQUIT is a cold shutdown preceded
   by a soft one: running tasks get ``worker_soft_shutdown_timeout`` to finish, then

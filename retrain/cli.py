@@ -11,14 +11,13 @@ import argparse
 import importlib
 import sys
 from pathlib import Path
-from typing import Any
 
 from retrain.errors import RetrainError
 
 __all__ = ["main"]
 
 
-from retrain.commands.common import _ctx, _out, _publish_outbox, _short  # noqa: F401
+from retrain.commands.common import _ctx, _out, _short
 
 
 # ---------------------------------------------------------------- commands

@@ -27,3 +27,15 @@ class Context:
 
     def now(self):
         return self.clock.now()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, clock: Clock, worker_id: str,
+                      config: RetrainConfig | None = None) -> "Context":
+        """The context of a process: its database, model file and artifact store from ``settings``."""
+        from retrain.config import load_config
+        from retrain.storage.db import Database
+
+        settings.ensure_home()
+        return cls(store=Store(Database(settings.database_url)),
+                   config=config if config is not None else load_config(settings.config_path()), clock=clock,
+                   artifacts=ArtifactStore(settings.artifact_root), settings=settings, worker_id=worker_id)

@@ -13,9 +13,12 @@ from datetime import datetime, timedelta
 
 from retrain.storage.repo import OutboxMessage, Store
 
-__all__ = ["relay", "Publisher"]
+__all__ = ["relay", "prune_published", "Publisher", "KEEP_PUBLISHED"]
 
 Publisher = Callable[[OutboxMessage], None]
+
+#: Published rows are kept this long (to see what was sent), then deleted by the periodic relay.
+KEEP_PUBLISHED = timedelta(days=1)
 
 
 def relay(store: Store, publish: Publisher, now: datetime, *, min_age: timedelta | None = None,
@@ -34,3 +37,9 @@ def relay(store: Store, publish: Publisher, now: datetime, *, min_age: timedelta
         sent += len(done)
         if sent >= limit:
             return sent
+
+
+def prune_published(store: Store, now: datetime, keep: timedelta = KEEP_PUBLISHED) -> int:
+    """Delete messages published more than ``keep`` ago; unpublished ones are never touched."""
+    with store.tx() as tx:
+        return tx.prune_outbox(now - keep)

@@ -159,19 +159,15 @@ def sqlite_url(tmp_path):
 
 
 def make_context(db_url: str, tmp_path: Path, *, config=None, clock=None, **settings):
-    from retrain.artifacts import ArtifactStore
     from retrain.clock import SimClock
     from retrain.config import load_config
     from retrain.context import Context
     from retrain.settings import Settings
-    from retrain.storage.db import Database
-    from retrain.storage.repo import Store
 
     s = Settings(home=tmp_path, database_url=db_url, broker_url="memory://", artifact_root=tmp_path / "artifacts",
                  **settings)
     cfg = config if config is not None else load_config(EXAMPLE_CONFIG)
-    return Context(store=Store(Database(db_url)), config=cfg, clock=clock or SimClock(T0),
-                   artifacts=ArtifactStore(s.artifact_root), settings=s, worker_id="test-worker")
+    return Context.from_settings(s, clock or SimClock(T0), "test-worker", config=cfg)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

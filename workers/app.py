@@ -30,7 +30,6 @@ log = logging.getLogger("retrain.worker")
 
 app = Celery("retrain")
 app.config_from_object("celeryconfig")
-app.autodiscover_tasks(["workers.tasks"], related_name=None)
 
 import workers.tasks.decision  # noqa: E402,F401  (register the tasks)
 import workers.tasks.monitoring  # noqa: E402,F401

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject, Retry, SoftTimeLimitExceeded
+from celery.exceptions import Retry, SoftTimeLimitExceeded
 
 from retrain.errors import PayloadError, StaleLeaseError, TransientError
 from retrain.outbox import relay
@@ -149,6 +149,3 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
 
     return wrap
 
-
-def reject_message(reason: str) -> None:
-    raise Reject(reason, requeue=False)

@@ -224,13 +224,9 @@ def _operator_approves(ctx, send, now, after: timedelta) -> None:
     for rid in waiting:
         resolve_pending(ctx, rid, approve=True, actor="demo operator", reason="reviewed the evidence")
     if waiting:
-        relay(ctx.store, lambda m: send(m.task, m.payload, _queue(m.task), m.priority), now)
+        from retrain.queues import ROUTES
 
-
-def _queue(task: str) -> str:
-    from retrain.queues import ROUTES
-
-    return ROUTES[task]
+        relay(ctx.store, lambda m: send(m.task, m.payload, ROUTES[m.task], m.priority), now)
 
 
 _SHOWN = {"request", "decision", "version", "validation", "shadow", "rollout", "promotion", "rollback", "approval",

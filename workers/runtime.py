@@ -11,13 +11,9 @@ import os
 import socket
 import threading
 
-from retrain.artifacts import ArtifactStore
 from retrain.clock import Clock, SystemClock
-from retrain.config import load_config
 from retrain.context import Context
 from retrain.settings import Settings, load_settings
-from retrain.storage.db import Database
-from retrain.storage.repo import Store
 
 _lock = threading.Lock()
 _ctx: Context | None = None
@@ -26,11 +22,8 @@ _clock: Clock = SystemClock()
 
 def build_context(settings: Settings | None = None, clock: Clock | None = None) -> Context:
     settings = settings or load_settings()
-    settings.ensure_home()
-    db = Database(settings.database_url)
     worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-    return Context(store=Store(db), config=load_config(settings.config_path()), clock=clock or _clock,
-                   artifacts=ArtifactStore(settings.artifact_root), settings=settings, worker_id=worker_id)
+    return Context.from_settings(settings, clock or _clock, worker_id)
 
 
 def context() -> Context:

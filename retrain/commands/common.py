@@ -11,18 +11,11 @@ __all__ = ["_ctx", "_out", "_publish_outbox", "_short"]
 
 def _ctx():
     from retrain.clock import SystemClock
-    from retrain.config import load_config
     from retrain.context import Context
-    from retrain.artifacts import ArtifactStore
     from retrain.settings import load_settings
-    from retrain.storage.db import Database
-    from retrain.storage.repo import Store
     from retrain.storage.schema import check_schema
 
-    s = load_settings()
-    s.ensure_home()
-    ctx = Context(store=Store(Database(s.database_url)), config=load_config(s.config_path()), clock=SystemClock(),
-                  artifacts=ArtifactStore(s.artifact_root), settings=s, worker_id="cli")
+    ctx = Context.from_settings(load_settings(), SystemClock(), "cli")
     check_schema(ctx.store.db.engine)
     return ctx
 

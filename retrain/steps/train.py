@@ -17,7 +17,6 @@ with the reason.
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import subprocess
 import threading
@@ -392,8 +391,8 @@ def _price(ctx: Context, cfg: ModelConfig, usage, run_id: str):
         run = tx.run(run_id)
         req = tx.request(run.request_id)
         ev = (req.evidence or {}) if req else {}
-        recent = tx.buckets(cfg.name, None, ctx.now() - timedelta(days=1))
-    per_s = sum(b.n + b.unlabelled for b in recent) / 86400.0
+        labelled, _, unlabelled = tx.traffic_since(cfg.name, ctx.now() - timedelta(days=1))
+    per_s = (labelled + unlabelled) / 86400.0
     gap = 0.0
     if ev.get("baseline_accuracy") is not None and ev.get("current_accuracy") is not None:
         gap = max(0.0, (ev["baseline_accuracy"] - ev["current_accuracy"]) * 100)

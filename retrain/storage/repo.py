@@ -347,19 +347,6 @@ class Tx:
         return self.s.scalars(select(RunRow).where(RunRow.model == model, RunRow.state.in_(ACTIVE_RUN_STATES))
                               .order_by(RunRow.created_at).limit(1)).first()
 
-    def run_starts(self, model: str, since: datetime) -> list[datetime]:
-        q = select(RunRow.created_at).where(RunRow.model == model, RunRow.created_at >= since,
-                                            RunRow.state != "cancelled")
-        return list(self.s.scalars(q.order_by(RunRow.created_at)))
-
-    def runs_started_since(self, since: datetime) -> int:
-        return self.s.scalar(select(func.count()).select_from(RunRow).where(
-            RunRow.created_at >= since, RunRow.state != "cancelled")) or 0
-
-    def count_training(self, now: datetime) -> int:
-        return self.s.scalar(select(func.count()).select_from(RunRow).where(
-            RunRow.state == "training", RunRow.lease_expires_at > now)) or 0
-
     def expired_leases(self, now: datetime) -> list[RunRow]:
         return list(self.s.scalars(select(RunRow).where(
             RunRow.state.in_(("training", "validating")), RunRow.lease_expires_at < now)))
@@ -393,15 +380,6 @@ class Tx:
         q = select(func.coalesce(func.sum(CostRow.amount_usd), 0.0)).where(
             CostRow.run_id == run_id, CostRow.kind.in_(("reservation", "release")))
         return float(self.s.scalar(q) or 0.0)
-
-    def run_costs(self, model: str, limit: int = 10) -> list[float]:
-        q = (select(RunRow.usage).where(RunRow.model == model, RunRow.state == "done")
-             .order_by(RunRow.finished_at.desc()).limit(limit))
-        out = []
-        for usage in self.s.scalars(q):
-            if usage and "total_usd" in usage:
-                out.append(float(usage["total_usd"]))
-        return list(reversed(out))
 
     def cost_rows(self, since_month: str | None = None) -> list[CostRow]:
         q = select(CostRow)

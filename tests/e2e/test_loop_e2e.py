@@ -8,7 +8,6 @@ trail tells the whole story.
 
 from __future__ import annotations
 
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 

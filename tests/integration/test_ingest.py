@@ -4,7 +4,7 @@ a redelivered batch counts once, and the vectorised buckets equal a row-by-row c
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import numpy as np
 import pytest

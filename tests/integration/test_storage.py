@@ -83,3 +83,22 @@ def test_alias_moves_are_recorded_with_actor_and_reason(any_db_url):
         assert tx.alias("m", "production") == "1.1.0"
         hist = [(h.from_version, h.to_version, h.actor) for h in tx.alias_history("m")]
     assert hist == [(None, "1.0.0", "a"), ("1.0.0", "1.1.0", "b")]
+
+
+def test_published_outbox_rows_are_pruned_and_pending_ones_kept(any_db_url):
+    from retrain.outbox import prune_published
+
+    store = Store(Database(any_db_url))
+    with store.tx() as tx:
+        for i in range(3):
+            tx.enqueue("retrain.sweep", {"v": 1, "i": i}, T0)
+    with store.tx() as tx:
+        first, second, _third = tx.pending_outbox()
+        tx.mark_published([first.id], T0)
+        tx.mark_published([second.id], T0 + timedelta(days=2))
+    # When the relay prunes two days later with a one-day keep
+    assert prune_published(store, T0 + timedelta(days=2, hours=1), keep=timedelta(days=1)) == 1
+    with store.tx() as tx:
+        # Then the old published row is gone, the recent one and the unpublished one stay
+        assert [m.payload["i"] for m in tx.pending_outbox()] == [2]
+    assert prune_published(store, T0 + timedelta(days=2, hours=1), keep=timedelta(days=1)) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import timedelta
 
-from retrain.outbox import relay
+from retrain.outbox import prune_published, relay
 from retrain.payloads import IngestBatch, SweepPayload
 from retrain.steps.ingest import ingest as ingest_step
 from retrain.steps.sweep import sweep as sweep_step
@@ -26,7 +26,8 @@ def sweep(ctx, p: SweepPayload):
 @retrain_task(app, name="retrain.relay", schema=SweepPayload, queue="monitoring")
 def relay_outbox(ctx, _p):
     # Only messages older than a few seconds: the task that wrote them relays its own.
-    return {"published": relay(ctx.store, publish, ctx.now(), min_age=timedelta(seconds=5))}
+    published = relay(ctx.store, publish, ctx.now(), min_age=timedelta(seconds=5))
+    return {"published": published, "pruned": prune_published(ctx.store, ctx.now())}
 
 
 @retrain_task(app, name="retrain.reconcile", schema=SweepPayload, queue="monitoring")
