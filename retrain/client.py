@@ -129,6 +129,35 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+def _width(x: Any) -> int:
+    """The feature count of one reported row: a sequence, or packed float64 bytes (ModelRouter's form)."""
+    return len(x) // 8 if type(x) is bytes else len(x)
+
+
+def _packed_features(xs: Sequence[Any], width: int) -> array:
+    """The rows' features as one float64 column; ValueError/TypeError when any row does not fit it."""
+    kinds = set(map(type, xs))
+    if bytes in kinds:
+        if kinds != {bytes} or set(map(len, xs)) != {8 * width}:
+            raise ValueError("rows of another form or width")
+        x = array("d")
+        x.frombytes(b"".join(xs))
+        return x
+    if not width or None in xs or set(map(len, xs)) != {width}:
+        raise ValueError("rows of another width")
+    return array("d", [v for row in xs for v in row])
+
+
+def _unpacked(x: Any) -> Any:
+    """A row's features as a list when they came packed (bytes), else as given."""
+    if type(x) is bytes:
+        try:
+            return memoryview(x).cast("d").tolist()
+        except TypeError:  # not whole float64 values: the server says what is wrong
+            return [f"<{len(x)} bytes>"]
+    return x
+
+
 class _Batch:
     """Rows of one model being gathered into one ingest message.
 
@@ -209,7 +238,8 @@ class RetrainClient:
         # deque.append is atomic in CPython: the hot path takes no lock.
         self._buffer: collections.deque = collections.deque()
         self._wake_at = batch_size
-        self._pending: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        # Insertion-ordered: the first key is the oldest prediction waiting for its outcome.
+        self._pending: dict[str, tuple] = {}
         self._waiting: collections.deque[tuple[dict, int]] = collections.deque()
         self._waiting_rows = 0
         self._width: dict[str, int] = {}
@@ -230,7 +260,12 @@ class RetrainClient:
     # ------------------------------------------------------------------ hot path
     def report_prediction(self, model: str, prediction_id: str, features: Sequence[float], prediction: int,
                           version: str, ts: float | None = None) -> None:
-        """Record a prediction; its outcome follows with :meth:`report_outcome`."""
+        """Record a prediction; its outcome follows with :meth:`report_outcome`.
+
+        ``features`` is the row's values, or their float64 bytes in native order (what
+        :class:`~retrain.serving.ModelRouter` passes: ``row.tobytes()`` is a copy, and
+        the cheapest form to pack).
+        """
         buf = self._buffer
         if len(buf) >= self.max_buffer:
             return self._drop(1, "the buffer is full")
@@ -332,59 +367,52 @@ class RetrainClient:
             self._send_waiting()
 
     def _gather(self, expire_all: bool) -> None:
-        # Rows are first joined into one tuple layout, ("l", model, id, x, prediction, version,
+        # Every row is first put in one tuple layout, ("l", model, id, x, prediction, version,
         # ts, label, ret), grouped by model; then each group goes into batches column by column.
+        # Comprehensions, not one loop with branches: this runs for every row the app reports.
         now_ts = self._clock.now().timestamp()
         buf, pending = self._buffer, self._pending
         popleft = buf.popleft
         items = [popleft() for _ in range(len(buf))]
-        groups: dict[str, list[tuple]] = {}
-        for item in items:
-            kind = item[0]
-            if kind == "l":
-                rows = groups.get(item[1])
-                if rows is None:
-                    rows = groups[item[1]] = []
-                rows.append(item)
-            elif kind == "p":
-                _, model, pid, x, pred, version, ts = item
-                pending[pid] = (model, x, pred, version, now_ts if ts is None else ts)
-                if len(pending) > self.max_pending_predictions:
-                    old_id, old = pending.popitem(last=False)
-                    groups.setdefault(old[0], []).append(("l", old[0], old_id, old[1], old[2], old[3], old[4],
-                                                          None, None))
-            else:
-                _, model, pid, label, ret = item
-                hit = pending.pop(pid, None)
-                if hit is None:
-                    row = ("l", model, pid, None, None, "", now_ts, label, ret)
-                else:
-                    row = ("l", hit[0], pid, hit[1], hit[2], hit[3], hit[4], label, ret)
-                groups.setdefault(row[1], []).append(row)
+        # Predictions first, so that an outcome drained with its prediction finds it.
+        pending.update({it[2]: (it[1], it[3], it[4], it[5], now_ts if it[6] is None else it[6])
+                        for it in items if it[0] == "p"})
+        rows = [it for it in items if it[0] == "l"]
+        outcomes = [it for it in items if it[0] == "o"]
+        if outcomes:
+            pop = pending.pop
+            hits = [pop(o[2], None) for o in outcomes]
+            rows += [("l", o[1], o[2], None, None, "", now_ts, o[3], o[4]) if h is None
+                     else ("l", h[0], o[2], h[1], h[2], h[3], h[4], o[3], o[4]) for o, h in zip(outcomes, hits)]
+        # Predictions that waited too long, or too many waiting: sent unlabelled, oldest first.
         cutoff = now_ts - self.prediction_ttl_s
+        excess = len(pending) - self.max_pending_predictions
         while pending:
-            pid, p = next(iter(pending.items()))
-            if not expire_all and p[4] > cutoff:
+            pid = next(iter(pending))
+            p = pending[pid]
+            if excess <= 0 and not expire_all and p[4] > cutoff:
                 break
-            pending.popitem(last=False)
-            groups.setdefault(p[0], []).append(("l", p[0], pid, p[1], p[2], p[3], p[4], None, None))
-        for model, rows in groups.items():
+            del pending[pid]
+            excess -= 1
+            rows.append(("l", p[0], pid, p[1], p[2], p[3], p[4], None, None))
+        if not rows:
+            return
+        models = {r[1] for r in rows}
+        groups = {rows[0][1]: rows} if len(models) == 1 else {m: [r for r in rows if r[1] == m] for m in models}
+        for model, group in groups.items():
             open_batches: dict[tuple[str, bool], _Batch] = {}
-            for start in range(0, len(rows), self.batch_size):
-                self._add_rows(open_batches, model, rows[start:start + self.batch_size], now_ts)
+            for start in range(0, len(group), self.batch_size):
+                self._add_rows(open_batches, model, group[start:start + self.batch_size], now_ts)
             for b in open_batches.values():
                 if len(b):
                     self._queue_batch(b)
 
     def _add_rows(self, open_batches: dict, model: str, rows: list[tuple], now_ts: float) -> None:
         """Add rows of one model column by column; any surprise sends them one by one instead."""
-        xs = [r[3] for r in rows]
-        width = self._width.get(model) or (len(xs[0]) if xs[0] is not None else 0)
+        _, _, pids, xs, preds, versions, tss, labels, rets = zip(*rows)
         try:
-            if not width or None in xs or set(map(len, xs)) != {width}:
-                raise ValueError("rows of another width")
-            x = array("d", [v for row in xs for v in row])
-            pids, preds, versions, tss, labels, rets = ([r[i] for r in rows] for i in (2, 4, 5, 6, 7, 8))
+            width = self._width.get(model) or _width(xs[0])
+            x = _packed_features(xs, width)
             ts = array("d", [now_ts if t is None else t for t in tss] if None in tss else tss)
             ret = array("d", [_NAN if r is None else r for r in rets] if None in rets else rets)
             pred = list(map(int, preds))
@@ -418,6 +446,7 @@ class RetrainClient:
     def _add(self, open_batches: dict, model: str, pid: Any, version: str, ts: Any, x: Any, pred: Any,
              label: Any, ret: Any) -> None:
         b = None
+        x = _unpacked(x)
         try:
             if x is not None:
                 key = (model, True)
@@ -443,7 +472,10 @@ class RetrainClient:
             b = open_batches.get(key)
             if b is None:
                 b = open_batches[key] = _Batch(model, None)
-            b.x.append(None if x is None else [_jsonable(v) for v in x])
+            try:
+                b.x.append(None if x is None else [_jsonable(v) for v in x])
+            except TypeError:  # not a sequence at all
+                b.x.append([_jsonable(x)])
             row = (str(pid), version, _jsonable(ts), _jsonable(pred), _jsonable(label), _jsonable(ret))
         b.id.append(row[0])
         b.version.append(row[1])

@@ -6,12 +6,19 @@ to one of them by a stable hash of a routing key (an instrument, an account): wi
 the canary at 25 %, the same quarter of the keys sees the canary in every process,
 and a key that saw the canary at 10 % keeps seeing it at 25 % and 50 %.
 
-``predict`` never waits for I/O: a background thread polls the aliases (about once
-a second, one small query) and, when they change, loads the new artifacts (sha256
-verified by :class:`~retrain.artifacts.ArtifactStore`) before swapping them in with
-one reference assignment. A rollback (canary cleared) needs no load, so the router
-serves production alone at the next poll. A failed read or load keeps the last good
-models, is logged and counted (``stats``), and is tried again at the next poll.
+``predict`` never waits for I/O: a background thread reads the aliases when they
+change and loads the new artifacts (sha256 verified by
+:class:`~retrain.artifacts.ArtifactStore`) before swapping them in with one reference
+assignment. On Postgres every alias move is announced at its commit
+(``LISTEN``/``NOTIFY`` on :data:`~retrain.storage.repo.ROUTES_CHANNEL`), so the thread
+sleeps in ``select`` until something moves (and re-reads every ``resync_s`` in case);
+elsewhere (SQLite) it polls every ``refresh_s``. Waking costs the app more than the
+query: in a process whose model releases and retakes the GIL often (scikit-learn's
+input checks do), a thread waiting for the GIL burns milliseconds of CPU each time it
+wakes, so the router wakes only when it has something to do. A rollback (canary
+cleared) needs no load, so the router serves production alone moments after the
+decision commits. A failed read or load keeps the last good models, is logged and
+counted (``stats``), and is tried again.
 
 Example
 -------
@@ -35,19 +42,21 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import select
 import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from retrain.clock import monotonic as time_monotonic
 from retrain.errors import RetrainError
 
 __all__ = ["ROUTING_BUCKETS", "routing_bucket", "routes_to_canary", "Routing", "RoutingReader",
-           "StoreRoutingReader", "RouterStats", "ModelRouter"]
+           "StoreRoutingReader", "RouteNotices", "PostgresRouteNotices", "RouterStats", "ModelRouter"]
 
 log = logging.getLogger("retrain.serving")
 _crc32 = zlib.crc32
@@ -71,6 +80,17 @@ def routes_to_canary(key: str, share_pct: float) -> bool:
     0.2486
     """
     return zlib.crc32(key.encode()) % ROUTING_BUCKETS < share_pct * 100.0
+
+
+_F8 = np.dtype(np.float64)
+
+
+def _one_row(features: Any) -> np.ndarray:
+    """``features`` as a ``(1, n)`` float64 array; ValueError for more than one row."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim > 2 or (x.ndim == 2 and x.shape[0] != 1):
+        raise ValueError(f"predict takes one row of features, got an array of shape {x.shape}")
+    return x.reshape(1, -1)
 
 
 @dataclass(frozen=True)
@@ -101,6 +121,12 @@ class StoreRoutingReader:
 
         return cls(Store(Database(database_url)))
 
+    def notices(self, model: str) -> "PostgresRouteNotices | None":
+        """A listener for the model's alias moves on Postgres; None elsewhere (the router polls)."""
+        if not self.store.db.is_postgres:
+            return None
+        return PostgresRouteNotices(self.store.db.engine, model)
+
     def __call__(self, model: str) -> Routing:
         with self.store.tx() as tx:
             routes = tx.serving_routes(model)
@@ -109,6 +135,108 @@ class StoreRoutingReader:
             canary = None
         return Routing(prod[0] if prod else None, prod[2] if prod else None, canary[0] if canary else None,
                        canary[2] if canary else None, canary[1] if canary else 0.0)
+
+
+class RouteNotices(Protocol):
+    """What the router needs of a change feed: block until the routes may have changed."""
+
+    def wait(self, timeout: float) -> bool:
+        """True when the model's routes may have changed (a notice, or a new connection after a lost
+        one); False on timeout or after :meth:`interrupt`. Raises when the feed is out of reach."""
+
+    def interrupt(self) -> None:
+        """Make a blocked :meth:`wait` return now (called from another thread)."""
+
+    def close(self) -> None: ...
+
+
+class PostgresRouteNotices:
+    """``LISTEN`` for one model's alias moves on a dedicated autocommit connection (psycopg2).
+
+    ``Tx.move_alias`` sends ``pg_notify(ROUTES_CHANNEL, model)`` in the moving transaction,
+    so a notice arrives exactly when a move commits. Waiting is a ``select`` on the
+    connection's socket and a pipe (for :meth:`interrupt`): no query, no GIL, until then.
+    """
+
+    def __init__(self, engine: Any, model: str) -> None:
+        from retrain.storage.repo import ROUTES_CHANNEL
+
+        self.engine, self.model, self.channel = engine, model, ROUTES_CHANNEL
+        self._conn: Any = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._closed = False
+
+    def _listen(self) -> None:
+        raw = self.engine.raw_connection()
+        raw.detach()  # ours for good: never back into the pool in LISTEN state
+        conn = raw.dbapi_connection
+        if not (hasattr(conn, "poll") and hasattr(conn, "notifies")):
+            raw.close()
+            raise RetrainError(f"LISTEN needs psycopg2, not {type(conn).__module__}")
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'LISTEN "{self.channel}"')
+        self._conn = conn
+
+    def wait(self, timeout: float) -> bool:
+        if self._closed:
+            return False
+        if self._conn is None:
+            self._listen()
+            return True  # anything may have moved while we were not listening
+        deadline = time_monotonic() + timeout
+        while not self._closed:
+            left = deadline - time_monotonic()
+            if left <= 0:
+                self._check()  # a connection that died without a word would never speak again
+                return False
+            ready, _, _ = select.select([self._conn, self._wake_r], [], [], left)
+            if self._wake_r in ready:
+                os.read(self._wake_r, 512)
+                return False
+            if ready:
+                try:
+                    self._conn.poll()
+                except Exception:
+                    self._drop()
+                    raise
+                hits = [n for n in self._conn.notifies if n.payload == self.model]
+                self._conn.notifies.clear()
+                if hits:
+                    return True
+        return False
+
+    def _check(self) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT 1")
+        except Exception:
+            self._drop()
+            raise
+
+    def interrupt(self) -> None:
+        self._closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:  # already closed
+            pass
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # already broken
+                pass
+
+    def close(self) -> None:
+        self.interrupt()
+        self._drop()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 @dataclass(frozen=True)
@@ -145,14 +273,20 @@ class ModelRouter:
         ``load(sha256) -> estimator``.
     client: a :class:`~retrain.client.RetrainClient`; each prediction is reported with the
         version that made it. None: no reporting.
-    refresh_s: seconds between polls of the aliases.
+    refresh_s: seconds between polls of the aliases when there is no change feed (or it is
+        out of reach).
+    notices: a change feed (:class:`RouteNotices`, e.g. :class:`PostgresRouteNotices`): the
+        router then re-reads the aliases when told, and every ``resync_s`` besides.
     start: start the background refresh (tests call :meth:`refresh` themselves).
     """
 
     def __init__(self, model: str, *, reader: RoutingReader, artifacts: Any, client: Any = None,
-                 refresh_s: float = 1.0, start: bool = True) -> None:
+                 refresh_s: float = 1.0, notices: RouteNotices | None = None, resync_s: float = 30.0,
+                 start: bool = True) -> None:
         self.model = model
         self.refresh_s = refresh_s
+        self.resync_s = resync_s
+        self._notices = notices
         self._reader = reader
         self._load: Callable[[str], Any] = getattr(artifacts, "load_object", artifacts)
         self._client = client
@@ -174,12 +308,14 @@ class ModelRouter:
 
     @classmethod
     def connect(cls, model: str, *, database_url: str, artifact_root: str | Path, client: Any = None,
-                refresh_s: float = 1.0, start: bool = True) -> "ModelRouter":
-        """A router reading the retrain database and artifact store directly (read-only use)."""
+                refresh_s: float = 1.0, resync_s: float = 30.0, start: bool = True) -> "ModelRouter":
+        """A router reading the retrain database and artifact store directly (read-only use);
+        on Postgres it follows alias moves by ``LISTEN``, elsewhere it polls every ``refresh_s``."""
         from retrain.artifacts import ArtifactStore
 
-        return cls(model, reader=StoreRoutingReader.from_url(database_url), artifacts=ArtifactStore(Path(artifact_root)),
-                   client=client, refresh_s=refresh_s, start=start)
+        reader = StoreRoutingReader.from_url(database_url)
+        return cls(model, reader=reader, artifacts=ArtifactStore(Path(artifact_root)), client=client,
+                   refresh_s=refresh_s, notices=reader.notices(model), resync_s=resync_s, start=start)
 
     # ------------------------------------------------------------------ hot path
     def predict(self, features: Any, key: str, *, prediction_id: str | None = None,
@@ -198,14 +334,16 @@ class ModelRouter:
             version, est = a.canary_version, a.canary
         else:
             version, est = a.production_version, a.production
-        if type(features) is not np.ndarray or features.ndim != 2:
-            features = np.asarray(features, dtype=np.float64).reshape(1, -1)
+        if type(features) is not np.ndarray or features.ndim != 2 or features.dtype is not _F8 \
+                or features.shape[0] != 1:
+            features = _one_row(features)
         pred = int(est.predict(features)[0])
         report = self._report
         if report is not None:
-            # A copy (tolist): the app may reuse its feature buffer before the client sends the row.
+            # tobytes is a copy (the app may reuse its buffer before the flusher runs) and the
+            # client's cheapest form to pack: no Python float per value.
             report(self.model, prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}",
-                   features[0].tolist(), pred, version, ts)
+                   features.tobytes(), pred, version, ts)
         return pred, version
 
     def report_outcome(self, prediction_id: str, label: int, ret: float | None = None) -> None:
@@ -270,8 +408,12 @@ class ModelRouter:
 
     def close(self) -> None:
         self._stop.set()
+        if self._notices is not None:
+            self._notices.interrupt()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._notices is not None:
+            self._notices.close()
 
     def __enter__(self) -> "ModelRouter":
         return self
@@ -296,7 +438,18 @@ class ModelRouter:
         self._last_error = message
 
     def _run(self) -> None:
-        while not self._stop.wait(self.refresh_s):
+        while not self._stop.is_set():
+            if self._notices is not None:
+                try:
+                    self._notices.wait(self.resync_s)  # a move, a new connection, or time to resync
+                except Exception as exc:  # not listening: poll until the feed is back
+                    self._fail("listening for alias moves", exc)
+                    if self._stop.wait(self.refresh_s):
+                        return
+            elif self._stop.wait(self.refresh_s):
+                return
+            if self._stop.is_set():
+                return
             try:
                 self.refresh()
             except Exception:  # the refresher must outlive any one bad poll

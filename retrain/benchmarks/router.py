@@ -25,7 +25,6 @@ Run ``retrain bench router [--json]``.
 from __future__ import annotations
 
 import json
-import resource
 import statistics
 import tempfile
 import time
@@ -56,26 +55,63 @@ def routes_per_second(n: int = 2_000_000) -> dict[str, Any]:
     return {"routes_per_s": round(best)}
 
 
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+def _thread_cpu(threads: list[Any]) -> float:
+    """CPU seconds the given threads have used (Linux: each thread's own CPU clock)."""
+    return sum(time.clock_gettime(time.pthread_getcpuclockid(t.ident)) for t in threads
+               if t is not None and t.is_alive())
 
 
-def _paced(fn, n: int, rate: int) -> tuple[float, float, float]:
-    """Call ``fn(i)`` for i in range(n) at ``rate`` calls/s (as fast as possible if the CPU cannot keep up);
-    returns (CPU s of the whole process, summed call s, wall s)."""
+def _interleaved(bare, routed, pairs: int, block: int, rate: int, threads: list[Any],
+                 chunks: int = 8) -> dict[str, Any]:
+    """Alternate blocks of ``block`` calls of ``bare(i)`` and ``routed(i)`` over the same rows, paced at
+    ``rate`` calls/s (as fast as possible when the CPU cannot keep up), and account for every CPU second.
+
+    The two sides alternate every few milliseconds (and swap order every block), so a
+    change in the machine's speed, which on these shared machines moves single-row
+    latency by +-30 % over seconds, falls on both alike. The calling thread's CPU is
+    read around each block; what ``threads`` (the client's flusher, the router's
+    refresh) spend is read from their own CPU clocks and charged to the routed side,
+    the only one that gives them work. (The process's CPU minus the caller's would
+    also charge the BLAS pool's spinning after each bare ``predict`` to the router.)
+    """
     period = 1.0 / rate
-    cpu0, wall0 = _cpu(), time.perf_counter()
-    busy = 0.0
-    for i in range(n):
-        due = wall0 + i * period
-        now = time.perf_counter()
-        if due - now > 0.0005:
-            time.sleep(due - now - 0.0002)
-        t = time.perf_counter()
-        fn(i)
-        busy += time.perf_counter() - t
-    return _cpu() - cpu0, busy, time.perf_counter() - wall0
+    per_chunk = max(1, pairs // block // chunks)
+    caller = {"bare": [0] * chunks, "routed": [0] * chunks}
+    wall = {"bare": 0, "routed": 0}
+    background = [0.0] * chunks
+    t_start = time.perf_counter()
+    calls = 0
+    for c in range(chunks):
+        bg0 = _thread_cpu(threads)
+        for j in range(per_chunk):
+            lo = (c * per_chunk + j) * block
+            for name, fn in ((("bare", bare), ("routed", routed)) if j % 2 == 0 else (("routed", routed), ("bare", bare))):
+                due = t_start + calls * period
+                ahead = due - time.perf_counter()
+                if ahead > 0.0005:
+                    time.sleep(ahead - 0.0002)
+                w0, t0 = time.perf_counter_ns(), time.thread_time_ns()
+                for i in range(lo, lo + block):
+                    fn(i)
+                caller[name][c] += time.thread_time_ns() - t0
+                wall[name] += time.perf_counter_ns() - w0
+                calls += block
+        background[c] = _thread_cpu(threads) - bg0
+    n = per_chunk * block * chunks
+    bare_s, routed_s = sum(caller["bare"]) / 1e9, sum(caller["routed"]) / 1e9
+    bg = sum(background)
+    return {
+        "n": n,
+        "bare_us": 1e6 * bare_s / n,
+        "extra_us": 1e6 * (routed_s - bare_s + bg) / n,
+        "call_extra_us": 1e6 * (routed_s - bare_s) / n,
+        "background_us": 1e6 * bg / n,
+        "overhead_pct": 100.0 * (routed_s - bare_s + bg) / bare_s,
+        "latency_overhead_pct": 100.0 * (wall["routed"] - wall["bare"]) / wall["bare"],
+        "chunk_pct": [100.0 * ((r - b) / 1e9 + g) / (b / 1e9)
+                      for r, b, g in zip(caller["routed"], caller["bare"], background)],
+        "rate_per_s": 2 * n / (time.perf_counter() - t_start),
+    }
 
 
 def _example_model():
@@ -130,16 +166,15 @@ class _Noop:
 _ZERO = np.zeros(1, dtype=np.int64)
 
 
-def overhead(seconds_per_round: float = 0.5, rounds: int = 16, rate: int = RATE_PER_S) -> dict[str, Any]:
+def overhead(pairs: int = 24_000, block: int = 25, rate: int = RATE_PER_S) -> dict[str, Any]:
     from retrain.artifacts import ArtifactStore
     from retrain.client import RetrainClient
     from retrain.serving import ModelRouter, StoreRoutingReader
 
     prod, canary, X = _example_model()
-    n = int(seconds_per_round * rate)
-    rows = [X[i % len(X)].reshape(1, -1) for i in range(n)]
-    keys = [f"ACCT-{i % 5000:05d}-{i}" for i in range(n)]
-    labels = [int(i % 3 == 0) for i in range(n)]
+    rows = [X[i % len(X)].reshape(1, -1) for i in range(pairs)]
+    keys = [f"ACCT-{i % 5000:05d}-{i}" for i in range(pairs)]
+    labels = [int(i % 3 == 0) for i in range(pairs)]
     sent = {"rows": 0, "bytes": 0}
 
     def sink(task: str, payload: dict, queue: str, priority: int) -> None:
@@ -158,75 +193,54 @@ def overhead(seconds_per_round: float = 0.5, rounds: int = 16, rate: int = RATE_
                 tx.move_alias(model, "production", "1.0.0", actor="bench", reason="bench", now=now)
                 tx.move_alias(model, "canary", "1.1.0", actor="bench", reason="bench", now=now, share_pct=10.0)
         client = RetrainClient(sender=sink, flush_interval_s=1.0, batch_size=5000)
-        router = ModelRouter("direction", reader=StoreRoutingReader(store), artifacts=artifacts, client=client)
-        noop_router = ModelRouter("noop", reader=StoreRoutingReader(store), artifacts=artifacts, client=client)
         stack.callback(client.close)
-        stack.callback(router.close)
-        stack.callback(noop_router.close)
         report_outcome = client.report_outcome
 
-        def bare(i):
-            prod.predict(rows[i])
+        def measure(model: str, est: Any, n: int) -> dict[str, Any]:
+            reader = StoreRoutingReader(store)
+            router = ModelRouter(model, reader=reader, artifacts=artifacts, client=client, notices=reader.notices(model))
+            try:
+                def bare(i):
+                    est.predict(rows[i])
 
-        def routed(i):
-            # The app's whole reporting: the prediction (by the router) and, later, its outcome.
-            router.predict(rows[i], keys[i], prediction_id=keys[i])
-            report_outcome("direction", keys[i], labels[i], 0.001)
+                def routed(i):
+                    # The app's whole reporting: the prediction (by the router) and, later, its outcome.
+                    router.predict(rows[i], keys[i], prediction_id=keys[i])
+                    report_outcome(model, keys[i], labels[i], 0.001)
 
-        _paced(bare, n // 4, rate)  # warm-up both paths
-        _paced(routed, n // 4, rate)
-        cpu = {"bare": [], "router": []}
-        busy = {"bare": 0.0, "router": 0.0}
-        wall = 0.0
-        for r in range(rounds):
-            # Alternate the order: drift in the machine's load falls on both sides.
-            for name, fn in ((("bare", bare), ("router", routed)) if r % 2 == 0 else (("router", routed), ("bare", bare))):
-                c, b, w = _paced(fn, n, rate)
-                cpu[name].append(c)
-                busy[name] += b
-                wall += w if name == "router" else 0.0
-        ratios = [cr / cb - 1.0 for cr, cb in zip(cpu["router"], cpu["bare"])]
+                threads = [client._thread, router._thread]
+                _interleaved(bare, routed, min(n, 2000), block, rate, threads, chunks=1)  # warm-up
+                client.flush(10)
+                res = _interleaved(bare, routed, n, block, rate, threads)
+                # The rows still buffered are the routed side's too: flush them inside the account.
+                t0 = time.thread_time()
+                client.flush(10)
+                res["extra_us"] += 1e6 * (time.thread_time() - t0) / res["n"]
+                res["refreshes"] = router.stats.refreshes
+                return res
+            finally:
+                router.close()
 
-        # The router's own cost, measured with a model that does nothing.
-        noop = _Noop()
-        m = 50_000
-        c0 = _cpu()
-        for i in range(m):
-            noop.predict(rows[i % n])
-        c_bare = _cpu() - c0
-        c0 = _cpu()
-        for i in range(m):
-            k = keys[i % n]
-            noop_router.predict(rows[i % n], k, prediction_id=k)
-            report_outcome("noop", k, 1, 0.001)
-        time.sleep(2.2)  # let the flusher take its share of the CPU for these rows
-        c_router = _cpu() - c0 - _idle_cpu(2.2)
-        client.flush(10)
-        total = rounds * n
-        bare_us = 1e6 * sum(cpu["bare"]) / total
-        own_us = 1e6 * (c_router - c_bare) / m
+        real = measure("direction", prod, pairs)
+        # The router's own cost, with a model that does nothing: what is left is routing and reporting.
+        own = measure("noop", _Noop(), pairs)
         return {
-            "overhead_pct": round(100.0 * statistics.median(ratios), 2),
-            "overhead_pct_rounds": [round(100.0 * x, 2) for x in ratios],
-            "latency_overhead_pct": round(100.0 * (busy["router"] - busy["bare"]) / busy["bare"], 2),
-            "bare_cpu_us_per_prediction": round(bare_us, 2),
-            "router_cpu_us_per_prediction": round(1e6 * sum(cpu["router"]) / total, 2),
-            "router_own_us_per_prediction": round(own_us, 2),
-            "router_own_pct_of_bare": round(100.0 * own_us / bare_us, 2),
-            "achieved_rate_per_s": round(total / wall),
+            "overhead_pct": round(real["overhead_pct"], 2),
+            "overhead_pct_chunks": [round(x, 2) for x in real["chunk_pct"]],
+            "latency_overhead_pct": round(real["latency_overhead_pct"], 2),
+            "bare_cpu_us_per_prediction": round(real["bare_us"], 2),
+            "router_extra_us_per_prediction": round(real["extra_us"], 2),
+            "router_call_extra_us": round(real["call_extra_us"], 2),
+            "router_background_us": round(real["background_us"], 2),
+            "router_own_us_per_prediction": round(own["extra_us"], 2),
+            "router_own_pct_of_bare": round(100.0 * own["extra_us"] / real["bare_us"], 2),
+            "achieved_rate_per_s": round(real["rate_per_s"]),
             "target_rate_per_s": rate,
-            "predictions_per_mode": total,
+            "predictions_per_mode": real["n"],
             "reported_rows": sent["rows"],
-            "router_refreshes": router.stats.refreshes,
+            "router_refreshes": real["refreshes"],
             "router_db": kind,
         }
-
-
-def _idle_cpu(seconds: float) -> float:
-    """CPU the process spends while idle for ``seconds`` (the refresh threads, the flusher's timer)."""
-    c0 = _cpu()
-    time.sleep(seconds)
-    return _cpu() - c0
 
 
 def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
@@ -244,7 +258,6 @@ def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
         "entry_point": "retrain.examples.direction:train", "features": [f"f{i}" for i in range(8)],
         "validation": {"shadow_enabled": False}, "emergency": {"enabled": False}}}}, "<bench>")
     decision_s: list[float] = []
-    follow_s: list[float] = []
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         store, kind = _store(Path(tmp), stack)
         artifacts = ArtifactStore(Path(tmp) / "artifacts")
@@ -256,50 +269,66 @@ def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
         _register(store, artifacts, "direction", "1.0.0", prod, now)
         with store.tx() as tx:
             tx.move_alias("direction", "production", "1.0.0", actor="bench", reason="bench", now=now)
-        router = ModelRouter("direction", reader=StoreRoutingReader(store), artifacts=artifacts,
-                             refresh_s=refresh_s)
-        stack.callback(router.close)
-        for t in range(trials):
-            version = f"1.{t + 1}.0"
-            now = ctx.now()
-            _register(store, artifacts, "direction", version, canary, now)
-            with store.tx() as tx:
-                run_id = tx.create_run(model="direction", request_id=f"bench-{t}", decision_id=f"bench-{t}",
-                                       trigger="manual", priority=3, now=now)
-            with store.tx() as tx:
-                run = tx.run(run_id)
-                run.candidate_version = version
-                begin_rollout(tx, ctx, run, cfg.model("direction"), "1.0.0", now, "bench")
-            deadline = time.perf_counter() + 10 * refresh_s + 5
-            while router.routing.canary != version and time.perf_counter() < deadline:
-                time.sleep(0.005)
-            # A random phase of the router's poll: the decision does not wait for it.
-            time.sleep((t * 0.37 % 1.0) * refresh_s)
-            minute = ctx.now().replace(second=0, microsecond=0)
-            with store.tx() as tx:
-                tx.add_buckets([
-                    {"model": "direction", "version": "1.0.0", "minute": minute, "n": 2000, "tp": 600, "tn": 600,
-                     "fp": 400, "fn": 400, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0},
-                    {"model": "direction", "version": version, "minute": minute, "n": 300, "tp": 54, "tn": 54,
-                     "fp": 96, "fn": 96, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0}])
-            t0 = time.perf_counter()
-            res = evaluate_rollouts(ctx)
-            t1 = time.perf_counter()
-            if [r.action for r in res.results] != ["rollback"]:
-                raise RuntimeError(f"expected a rollback, got {res.results}")
-            while router.routing.canary is not None and time.perf_counter() < t1 + 10 * refresh_s + 5:
-                time.sleep(0.001)
-            t2 = time.perf_counter()
-            decision_s.append(t1 - t0)
-            follow_s.append(t2 - t1)
-    return {
-        "rollback_to_router_s": round(statistics.median(follow_s), 3),
-        "rollback_to_router_max_s": round(max(follow_s), 3),
+        modes = ("notify", "poll") if kind == "postgresql" else ("poll",)
+        follow_s: dict[str, list[float]] = {m: [] for m in modes}
+        n = 0
+        for mode in modes:
+            reader = StoreRoutingReader(store)
+            router = ModelRouter("direction", reader=reader, artifacts=artifacts, refresh_s=refresh_s,
+                                 notices=reader.notices("direction") if mode == "notify" else None)
+            try:
+                for t in range(trials):
+                    n += 1
+                    version = f"1.{n}.0"
+                    now = ctx.now()
+                    _register(store, artifacts, "direction", version, canary, now)
+                    with store.tx() as tx:
+                        run_id = tx.create_run(model="direction", request_id=f"bench-{n}", decision_id=f"bench-{n}",
+                                               trigger="manual", priority=3, now=now)
+                    with store.tx() as tx:
+                        run = tx.run(run_id)
+                        run.candidate_version = version
+                        begin_rollout(tx, ctx, run, cfg.model("direction"), "1.0.0", now, "bench")
+                    deadline = time.perf_counter() + 10 * refresh_s + 5
+                    while router.routing.canary != version and time.perf_counter() < deadline:
+                        time.sleep(0.005)
+                    # A random phase of the router's poll: the decision does not wait for it.
+                    time.sleep((t * 0.37 % 1.0) * refresh_s)
+                    minute = ctx.now().replace(second=0, microsecond=0)
+                    with store.tx() as tx:
+                        tx.add_buckets([
+                            {"model": "direction", "version": "1.0.0", "minute": minute, "n": 2000, "tp": 600,
+                             "tn": 600, "fp": 400, "fn": 400, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0},
+                            {"model": "direction", "version": version, "minute": minute, "n": 300, "tp": 54,
+                             "tn": 54, "fp": 96, "fn": 96, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0}])
+                    t0 = time.perf_counter()
+                    res = evaluate_rollouts(ctx)
+                    t1 = time.perf_counter()
+                    if [r.action for r in res.results] != ["rollback"]:
+                        raise RuntimeError(f"expected a rollback, got {res.results}")
+                    while router.routing.canary is not None and time.perf_counter() < t1 + 10 * refresh_s + 5:
+                        time.sleep(0.001)
+                    t2 = time.perf_counter()
+                    if router.routing.canary is not None:
+                        raise RuntimeError(f"the router still serves the canary {version} after {t2 - t1:.1f} s")
+                    decision_s.append(t1 - t0)
+                    follow_s[mode].append(t2 - t1)
+            finally:
+                router.close()
+    first = follow_s[modes[0]]
+    out = {
+        "rollback_to_router_s": round(statistics.median(first), 3),
+        "rollback_to_router_max_s": round(max(first), 3),
+        "router_follows_by": modes[0],
         "rollback_decision_s": round(statistics.median(decision_s), 4),
         "router_refresh_s": refresh_s,
         "rollback_trials": trials,
         "rollback_db": kind,
     }
+    if "notify" in modes:
+        out["rollback_to_router_poll_s"] = round(statistics.median(follow_s["poll"]), 3)
+        out["rollback_to_router_poll_max_s"] = round(max(follow_s["poll"]), 3)
+    return out
 
 
 def run() -> dict[str, Any]:

@@ -42,7 +42,10 @@ from retrain.storage.models import (
     VersionRow,
 )
 
-__all__ = ["Store", "Tx", "new_id", "OutboxMessage", "DecisionState"]
+#: The Postgres channel on which every alias move is announced (payload: the model's name).
+ROUTES_CHANNEL = "retrain_routes"
+
+__all__ = ["Store", "Tx", "new_id", "OutboxMessage", "DecisionState", "ROUTES_CHANNEL"]
 
 ACTIVE_RUN_STATES = ("queued", "training", "validating", "shadow", "rollout")
 
@@ -428,6 +431,9 @@ class Tx:
         if old != version:
             self.s.add(AliasHistoryRow(model=model, alias=alias, from_version=old, to_version=version, at=now,
                                        actor=actor, reason=reason))
+        if self.pg:
+            # Delivered at commit, never for a rolled-back move: routers listening follow at once.
+            self.s.execute(text("SELECT pg_notify(:channel, :model)"), {"channel": ROUTES_CHANNEL, "model": model})
         return old
 
     def alias_history(self, model: str, limit: int = 200) -> list[AliasHistoryRow]:

@@ -10,10 +10,16 @@ in B, the candidate goes shadow -> 10 -> 25 -> 50 -> 100 % and becomes productio
 the router follows every share. Then traffic goes back to A and a candidate fitted on
 A passes shadow against it; at 25 % traffic turns to anti-A, the canary is rolled back
 automatically and the router serves only production within about a second.
+
+Every step waits at a manual gate, passed by an operator's ``retrain promote --confirm``
+(a real CLI process): stages of seconds over per-minute buckets would otherwise race the
+test, and a canary left unconfirmed at 25 % stays at 25 % until the evidence rolls it back.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +32,7 @@ from retrain.client import RetrainClient, kombu_sender
 from retrain.serving import ModelRouter
 from retrain.storage.db import Database
 from retrain.storage.repo import Store
-from tests.procs import retrain_env, start_beat, start_worker, wait_for
+from tests.procs import ROOT, retrain_env, start_beat, start_worker, wait_for
 from tests.rollout_world import MODEL, add_version, draw, make_production, new_candidate_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -61,6 +67,7 @@ shadow_min_rows = 300
 
 [models.direction.rollout]
 stages = [10, 25, 50, 100]
+manual_gate = true
 stage_min_minutes = 0.04    # 2.4 s
 stage_min_samples = 40
 stage_max_minutes = 2
@@ -129,6 +136,7 @@ def test_a_candidate_is_promoted_through_every_stage_and_a_later_one_rolled_back
         # When the app keeps serving, Then the candidate passes shadow and every stage, and becomes production
         def promoted():
             app.serve(0.5)
+            _confirm_if_waiting(env, store, run1)
             return _alias(store, "production") == "1.1.0"
 
         wait_for("1.1.0 promoted through its rollout", promoted, 120, procs, every=0)
@@ -146,7 +154,10 @@ def test_a_candidate_is_promoted_through_every_stage_and_a_later_one_rolled_back
 
         def at_25():
             app.serve(0.3)
-            return _rollout(store, run2) is not None and _rollout(store, run2).share_pct >= 25
+            ro = _rollout(store, run2)
+            if ro is not None and ro.share_pct < 25:
+                _confirm_if_waiting(env, store, run2)  # shadow and 10 %; 25 % is never confirmed
+            return ro is not None and ro.share_pct >= 25
 
         wait_for("1.2.0 at 25 %", at_25, 90, procs, every=0)
         # When the market turns against it
@@ -171,11 +182,23 @@ def test_a_candidate_is_promoted_through_every_stage_and_a_later_one_rolled_back
             events = [(e.kind, e.message) for e in tx.audit_events(MODEL, limit=1000)]
             dead = tx.dead_letters()
         assert any(k == "rollback" and "rolled back automatically at 25%" in m for k, m in events)
+        confirmed = [m for k, m in events if k == "approval" and "1.1.0" in m]
+        assert len(confirmed) == 4, confirmed  # shadow, 10, 25 and 50 %; the last stage has no gate
         assert dead == []
     finally:
         app.close()
         for p in procs:
             p.stop()
+
+
+def _confirm_if_waiting(env: dict[str, str], store: Store, run_id: str) -> None:
+    """What an operator does at the gate: `retrain promote MODEL --confirm`, as a process of its own."""
+    ro = _rollout(store, run_id)
+    if ro is None or ro.gate != "waiting":
+        return
+    out = subprocess.run([sys.executable, "-m", "retrain.cli", "promote", MODEL, "--confirm", "--actor", "e2e"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "confirmed by e2e" in out.stdout, (out.stdout, out.stderr)
 
 
 def _alias(store: Store, alias: str) -> str | None:

@@ -64,7 +64,8 @@ def _router(reader, loader=None, **kw) -> ModelRouter:
 
 def test_public_names_are_pinned():
     assert sorted(serving.__all__) == sorted(["ROUTING_BUCKETS", "routing_bucket", "routes_to_canary", "Routing",
-                                              "RoutingReader", "StoreRoutingReader", "RouterStats", "ModelRouter"])
+                                              "RoutingReader", "StoreRoutingReader", "RouteNotices",
+                                              "PostgresRouteNotices", "RouterStats", "ModelRouter"])
     assert {"predict", "report_outcome", "refresh", "routing", "stats", "close", "connect"} <= set(dir(ModelRouter))
 
 
@@ -194,3 +195,98 @@ def test_each_prediction_is_reported_with_the_version_that_made_it():
         assert rows[f"p-{k}"][:2] == (version, pred)
     assert sum(1 for k in keys if rows[f"p-{k}"][2] == 1) == 100
     assert len(rows) == 301
+
+
+def test_features_in_any_row_form_are_predicted_and_reported_as_given_and_more_rows_are_refused():
+    # Given a router reporting through a client
+    sent: list[dict] = []
+    client = RetrainClient(sender=lambda task, payload, queue, prio: sent.append(payload), start=False)
+    router = _router(Reader(PROD), client=client)
+    base = np.arange(16, dtype=np.float64).reshape(2, 8)
+    forms = {
+        "list": [0.5] * 8,
+        "1-d": np.linspace(0, 1, 8),
+        "float32": np.full((1, 8), 0.25, dtype=np.float32),
+        "column slice": np.asfortranarray(base)[1:2],  # not C-contiguous
+        "big-endian": np.full((1, 8), 3.0, dtype=">f8"),
+    }
+    # When each is predicted, and an array of two rows
+    for name, x in forms.items():
+        assert router.predict(x, name, prediction_id=name, ts=1767225600.0) == (0, "1.0.0")
+    with pytest.raises(ValueError, match="one row"):
+        router.predict(base, "two rows")
+    client.close(timeout_s=2)
+    # Then each row went out with exactly its values, as float64
+    from retrain.columns import unpack_f8
+
+    got = {}
+    for p in sent:
+        x = unpack_f8(p["x"]).reshape(-1, p["n_features"])
+        got.update({pid: x[i].tolist() for i, pid in enumerate(p["id"])})
+    assert set(got) == set(forms)
+    for name, x in forms.items():
+        assert got[name] == np.asarray(x, dtype=np.float64).ravel().tolist(), name
+
+
+class Notices:
+    """A change feed the test drives: ``notify()`` wakes the router's wait."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending = 0
+        self.fail: Exception | None = None
+        self.waits = 0
+        self.closed = False
+
+    def notify(self) -> None:
+        with self.cond:
+            self.pending += 1
+            self.cond.notify_all()
+
+    def wait(self, timeout: float) -> bool:
+        with self.cond:
+            self.waits += 1
+            if self.fail is not None:
+                raise self.fail
+            got = self.cond.wait_for(lambda: self.pending or self.closed, timeout)
+            self.pending = 0
+            return bool(got) and not self.closed
+
+    def interrupt(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        self.interrupt()
+
+
+def test_with_a_change_feed_the_router_reads_on_a_notice_instead_of_polling():
+    # Given a router with a change feed, a long resync, and a poll interval it must not use
+    reader, notices = Reader(PROD), Notices()
+    router = _router(reader, start=True, notices=notices, refresh_s=0.01, resync_s=60)
+    try:
+        time.sleep(0.3)
+        assert reader.calls == 1  # the first read at start, then no polling
+        # When the aliases move and the feed says so
+        reader.routing = SPLIT
+        notices.notify()
+        deadline = time.monotonic() + 5
+        while router.routing != SPLIT and time.monotonic() < deadline:
+            time.sleep(0.005)
+        # Then the router follows at once, with one more read
+        assert router.routing == SPLIT and reader.calls == 2
+        # And when the feed is out of reach, it polls every refresh_s until it is back
+        notices.fail = ConnectionError("database down")
+        notices.notify()
+        time.sleep(0.3)
+        assert reader.calls > 5 and "listening for alias moves" in (router.stats.last_error or "")
+        notices.fail = None
+        time.sleep(0.1)
+        calls = reader.calls
+        time.sleep(0.3)
+        assert reader.calls == calls  # listening again: polling stopped
+    finally:
+        t0 = time.monotonic()
+        router.close()
+        assert time.monotonic() - t0 < 2 and notices.closed  # close interrupts the wait
