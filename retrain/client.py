@@ -207,26 +207,54 @@ class RetrainClient:
     prediction_ttl_s: how long a prediction waits for its outcome before it is sent unlabelled.
     max_pending_predictions: predictions held for joining; the oldest are sent unlabelled past it.
     retry_max_s: the longest wait between two attempts while the broker is down.
+    mode: ``"thread"`` (default): a flusher thread of this process joins, packs and sends.
+        ``"relay"``: the reporting call that finds a batch due packs it (a few
+        microseconds a row, no thread to wake) and hands it to a relay process
+        (:mod:`retrain.client_relay`), which talks to the broker. Choose it when the
+        process is busy with a model that releases and retakes the GIL often (most
+        scikit-learn models do): there, every wake of a background thread costs
+        milliseconds of CPU while it fights for the GIL. The sender must not block.
+    idle_flush_s: relay mode: how often a sleeping thread sends what waits when no
+        report call came to do it (an idle app).
 
-    Features are read when the flusher runs, not when ``report_*`` is called: do not
+    Features are read when the rows are packed, not when ``report_*`` is called: do not
     change a features list after reporting it. Timestamps are epoch seconds.
     """
 
     def __init__(self, broker_url: str | None = None, *, sender: Sender | None = None, batch_size: int = 5000,
                  flush_interval_s: float = 1.0, max_buffer: int = 200_000, max_waiting_batches: int = 500,
                  prediction_ttl_s: float = 3600.0, max_pending_predictions: int = 1_000_000,
-                 retry_max_s: float = 30.0, clock: Clock | None = None, start: bool = True) -> None:
+                 retry_max_s: float = 30.0, clock: Clock | None = None, mode: str = "thread",
+                 idle_flush_s: float = 30.0, start: bool = True) -> None:
+        if mode not in ("thread", "relay"):
+            raise ValueError(f"mode must be 'thread' or 'relay', not {mode!r}")
         if sender is None:
             if not broker_url:
                 raise ValueError("RetrainClient needs a broker_url or a sender")
-            from retrain.replay_sender import replaying_sender
+            if mode == "relay":
+                from retrain.client_relay import ProcessRelay
 
-            # Redis without persistence forgets what it held when it restarts: resend the
-            # recent ingest batches then (ingest counts each batch id once).
-            sender = replaying_sender(kombu_sender(broker_url), broker_url)
+                sender = ProcessRelay(broker_url)
+            else:
+                from retrain.replay_sender import replaying_sender
+
+                # Redis without persistence forgets what it held when it restarts: resend the
+                # recent ingest batches then (ingest counts each batch id once).
+                sender = replaying_sender(kombu_sender(broker_url), broker_url)
         if batch_size < 1 or max_buffer < 1 or max_waiting_batches < 1:
             raise ValueError("batch_size, max_buffer and max_waiting_batches must be >= 1")
+        self.mode = mode
+        self._inline = mode == "relay"
+        self._broker_url = broker_url
+        self._control_sender: Sender | None = None
         self._send = sender
+        # Optional parts of a sender: work it could not finish at once, its own flush and close,
+        # and a way to tell us of rows it lost (the relay process died holding them).
+        self._pump = getattr(sender, "pump", None)
+        self._sender_flush = getattr(sender, "flush", None)
+        self._sender_close = getattr(sender, "close", None)
+        if hasattr(sender, "on_lost"):
+            sender.on_lost = self._drop
         self._clock = clock or SystemClock()
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
@@ -237,7 +265,10 @@ class RetrainClient:
         self.retry_max_s = retry_max_s
         # deque.append is atomic in CPython: the hot path takes no lock.
         self._buffer: collections.deque = collections.deque()
-        self._wake_at = batch_size
+        # A prediction and its outcome are two items: wake for a batch of joined rows.
+        self._wake_at = 2 * batch_size
+        self._due_at = monotonic() + flush_interval_s
+        self.idle_flush_s = idle_flush_s
         # Insertion-ordered: the first key is the oldest prediction waiting for its outcome.
         self._pending: dict[str, tuple] = {}
         self._waiting: collections.deque[tuple[dict, int]] = collections.deque()
@@ -254,7 +285,8 @@ class RetrainClient:
         self._next_retry = 0.0
         self._thread: threading.Thread | None = None
         if start:
-            self._thread = threading.Thread(target=self._run, name="retrain-client-flusher", daemon=True)
+            run, name = (self._idle, "retrain-client-idle") if self._inline else (self._run, "retrain-client-flusher")
+            self._thread = threading.Thread(target=run, name=name, daemon=True)
             self._thread.start()
 
     # ------------------------------------------------------------------ hot path
@@ -270,8 +302,8 @@ class RetrainClient:
         if len(buf) >= self.max_buffer:
             return self._drop(1, "the buffer is full")
         buf.append(("p", model, prediction_id, features, prediction, version, ts))
-        if len(buf) == self._wake_at:
-            self._wake.set()
+        if len(buf) >= self._wake_at or (self._inline and monotonic() >= self._due_at):
+            self._due()
 
     def report_outcome(self, model: str, prediction_id: str, label: int, ret: float | None = None) -> None:
         """Record the realized label (and the asset's return) of an earlier prediction."""
@@ -279,8 +311,8 @@ class RetrainClient:
         if len(buf) >= self.max_buffer:
             return self._drop(1, "the buffer is full")
         buf.append(("o", model, prediction_id, label, ret))
-        if len(buf) == self._wake_at:
-            self._wake.set()
+        if len(buf) >= self._wake_at or (self._inline and monotonic() >= self._due_at):
+            self._due()
 
     def report(self, model: str, prediction_id: str, features: Sequence[float], prediction: int, version: str,
                label: int, ret: float | None = None, ts: float | None = None) -> None:
@@ -289,8 +321,24 @@ class RetrainClient:
         if len(buf) >= self.max_buffer:
             return self._drop(1, "the buffer is full")
         buf.append(("l", model, prediction_id, features, prediction, version, ts, label, ret))
-        if len(buf) == self._wake_at:
-            self._wake.set()
+        if len(buf) >= self._wake_at or (self._inline and monotonic() >= self._due_at):
+            self._due()
+
+    def _due(self) -> None:
+        """A batch is due: wake the flusher, or (relay mode) pack and hand it over on this thread."""
+        if not self._inline:
+            if not self._wake.is_set():
+                self._wake.set()
+            return
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is at it
+        try:
+            self._due_at = monotonic() + self.flush_interval_s
+            self._drain()
+        except Exception:  # reporting must never raise into the trading thread
+            log.exception("retrain client flush failed")
+        finally:
+            self._lock.release()
 
     def _drop(self, rows: int, why: str) -> None:
         with self._drop_lock:
@@ -316,7 +364,13 @@ class RetrainClient:
             payload["approved_by"] = approved_by
         if override_reason:
             payload["override_reason"] = override_reason
-        self._send("retrain.request_retraining", payload, "decision", 3)
+        send = self._send
+        if self._inline and self._broker_url:
+            # The relay cannot tell us whether the broker took it; this call says so by raising.
+            if self._control_sender is None:
+                self._control_sender = kombu_sender(self._broker_url)
+            send = self._control_sender
+        send("retrain.request_retraining", payload, "decision", 3)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Send everything buffered (predictions still waiting for outcomes stay). True if all went out."""
@@ -327,7 +381,10 @@ class RetrainClient:
             self._send_waiting()
             if self._waiting:
                 self._stop.wait(min(0.2, max(0.0, deadline - monotonic())))
-        return not self._waiting and not self._buffer
+        done = not self._waiting and not self._buffer
+        if self._sender_flush is not None:  # the relay's own queue, down to the broker
+            done = self._sender_flush(max(0.0, deadline - monotonic())) and done
+        return done
 
     def close(self, timeout_s: float = 10.0) -> ClientStats:
         """Send what can be sent (pending predictions unlabelled), stop the flusher."""
@@ -344,6 +401,8 @@ class RetrainClient:
         if lost:
             self._drop(lost, "closing with batches the broker never took")
             log.error("retrain client closing with %d rows it could not send", lost)
+        if self._sender_close is not None:
+            self._sender_close(timeout_s)
         return self.stats
 
     @property
@@ -361,10 +420,18 @@ class RetrainClient:
             except Exception:  # the flusher must outlive any one bad batch
                 log.exception("retrain client flush failed")
 
+    def _idle(self) -> None:
+        # Relay mode: the report calls send what is due; this only covers an app gone quiet.
+        while not self._stop.wait(self.idle_flush_s):
+            if monotonic() >= self._due_at:
+                self._due()
+
     def _drain(self, expire_all: bool = False) -> None:
         with self._lock:
             self._gather(expire_all)
             self._send_waiting()
+            if self._pump is not None:
+                self._pump()
 
     def _gather(self, expire_all: bool) -> None:
         # Every row is first put in one tuple layout, ("l", model, id, x, prediction, version,
@@ -490,12 +557,25 @@ class RetrainClient:
     def _queue_batch(self, b: _Batch) -> None:
         if b.n_features is not None:
             self._width[b.model] = b.n_features
-        self._waiting.append((b.payload(), len(b)))
-        self._waiting_rows += len(b)
+        self._enqueue(b.payload(), len(b))
+
+    def enqueue_payload(self, payload: dict, rows: int) -> None:
+        """Queue an ingest payload packed elsewhere (the relay process gets its batches so);
+        it is sent, retried and bounded like the client's own."""
+        with self._lock:
+            self._enqueue(payload, rows)
+        if self._thread is not None:
+            self._wake.set()
+
+    def _enqueue(self, payload: dict, rows: int) -> None:
+        self._waiting.append((payload, rows))
+        self._waiting_rows += rows
         while len(self._waiting) > self.max_waiting_batches:
-            _, n = self._waiting.popleft()
+            payload, n = self._waiting.popleft()
             self._waiting_rows -= n
-            self._drop(n, f"the broker is unreachable and {self.max_waiting_batches} batches are waiting")
+            # A drop count the lost batch was carrying is lost with it: count it again.
+            self._drop(n + payload.get("client_dropped", 0),
+                       f"the broker is unreachable and {self.max_waiting_batches} batches are waiting")
 
     def _send_waiting(self) -> None:
         with self._lock:
@@ -505,8 +585,8 @@ class RetrainClient:
                 payload, n = self._waiting[0]
                 with self._drop_lock:
                     reported = self._unreported_drops
-                if reported:
-                    payload = {**payload, "client_dropped": reported}
+                if reported:  # added to what the payload carries already (a relay's parent counts too)
+                    payload = {**payload, "client_dropped": payload.get("client_dropped", 0) + reported}
                 try:
                     self._send("retrain.ingest", payload, "monitoring", 5)
                 except Exception as exc:  # broker down: keep the batch, back off

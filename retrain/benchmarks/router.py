@@ -31,7 +31,7 @@ import time
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def _thread_cpu(threads: list[Any]) -> float:
                if t is not None and t.is_alive())
 
 
-def _interleaved(bare, routed, pairs: int, block: int, rate: int, threads: list[Any],
+def _interleaved(bare, routed, pairs: int, block: int, rate: int, background: Callable[[], float],
                  chunks: int = 8) -> dict[str, Any]:
     """Alternate blocks of ``block`` calls of ``bare(i)`` and ``routed(i)`` over the same rows, paced at
     ``rate`` calls/s (as fast as possible when the CPU cannot keep up), and account for every CPU second.
@@ -69,20 +69,20 @@ def _interleaved(bare, routed, pairs: int, block: int, rate: int, threads: list[
     The two sides alternate every few milliseconds (and swap order every block), so a
     change in the machine's speed, which on these shared machines moves single-row
     latency by +-30 % over seconds, falls on both alike. The calling thread's CPU is
-    read around each block; what ``threads`` (the client's flusher, the router's
-    refresh) spend is read from their own CPU clocks and charged to the routed side,
-    the only one that gives them work. (The process's CPU minus the caller's would
-    also charge the BLAS pool's spinning after each bare ``predict`` to the router.)
+    read around each block; ``background()`` (the CPU seconds so far of our threads,
+    read from their own CPU clocks, and of the relay process) is charged to the routed
+    side, the only one that gives them work. (The process's CPU minus the caller's
+    would also charge the BLAS pool's spinning after each bare ``predict`` to the router.)
     """
     period = 1.0 / rate
     per_chunk = max(1, pairs // block // chunks)
     caller = {"bare": [0] * chunks, "routed": [0] * chunks}
     wall = {"bare": 0, "routed": 0}
-    background = [0.0] * chunks
+    spent = [0.0] * chunks
     t_start = time.perf_counter()
     calls = 0
     for c in range(chunks):
-        bg0 = _thread_cpu(threads)
+        bg0 = background()
         for j in range(per_chunk):
             lo = (c * per_chunk + j) * block
             for name, fn in ((("bare", bare), ("routed", routed)) if j % 2 == 0 else (("routed", routed), ("bare", bare))):
@@ -96,10 +96,10 @@ def _interleaved(bare, routed, pairs: int, block: int, rate: int, threads: list[
                 caller[name][c] += time.thread_time_ns() - t0
                 wall[name] += time.perf_counter_ns() - w0
                 calls += block
-        background[c] = _thread_cpu(threads) - bg0
+        spent[c] = background() - bg0
     n = per_chunk * block * chunks
     bare_s, routed_s = sum(caller["bare"]) / 1e9, sum(caller["routed"]) / 1e9
-    bg = sum(background)
+    bg = sum(spent)
     return {
         "n": n,
         "bare_us": 1e6 * bare_s / n,
@@ -109,7 +109,7 @@ def _interleaved(bare, routed, pairs: int, block: int, rate: int, threads: list[
         "overhead_pct": 100.0 * (routed_s - bare_s + bg) / bare_s,
         "latency_overhead_pct": 100.0 * (wall["routed"] - wall["bare"]) / wall["bare"],
         "chunk_pct": [100.0 * ((r - b) / 1e9 + g) / (b / 1e9)
-                      for r, b, g in zip(caller["routed"], caller["bare"], background)],
+                      for r, b, g in zip(caller["routed"], caller["bare"], spent)],
         "rate_per_s": 2 * n / (time.perf_counter() - t_start),
     }
 
@@ -166,20 +166,33 @@ class _Noop:
 _ZERO = np.zeros(1, dtype=np.int64)
 
 
-def overhead(pairs: int = 24_000, block: int = 25, rate: int = RATE_PER_S) -> dict[str, Any]:
+def _child_cpu(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    import psutil
+
+    try:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:  # gone: what it spent is no longer readable
+        return 0.0
+    return t.user + t.system
+
+
+def overhead(pairs: int = 30_000, block: int = 1, rate: int = RATE_PER_S) -> dict[str, Any]:
     from retrain.artifacts import ArtifactStore
     from retrain.client import RetrainClient
+    from retrain.client_relay import ProcessRelay
     from retrain.serving import ModelRouter, StoreRoutingReader
 
     prod, canary, X = _example_model()
     rows = [X[i % len(X)].reshape(1, -1) for i in range(pairs)]
     keys = [f"ACCT-{i % 5000:05d}-{i}" for i in range(pairs)]
     labels = [int(i % 3 == 0) for i in range(pairs)]
-    sent = {"rows": 0, "bytes": 0}
+    sent = {"rows": 0}
 
     def sink(task: str, payload: dict, queue: str, priority: int) -> None:
-        # What kombu would do with the message body, minus the socket.
-        sent["bytes"] += len(json.dumps([[payload], {}, {}]))
+        # What kombu would do with the message body, minus the socket (as the relay's --dry-run).
+        json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
         sent["rows"] += len(payload["id"])
 
     now = datetime.now(timezone.utc)
@@ -192,13 +205,13 @@ def overhead(pairs: int = 24_000, block: int = 25, rate: int = RATE_PER_S) -> di
             with store.tx() as tx:
                 tx.move_alias(model, "production", "1.0.0", actor="bench", reason="bench", now=now)
                 tx.move_alias(model, "canary", "1.1.0", actor="bench", reason="bench", now=now, share_pct=10.0)
-        client = RetrainClient(sender=sink, flush_interval_s=1.0, batch_size=5000)
-        stack.callback(client.close)
-        report_outcome = client.report_outcome
 
-        def measure(model: str, est: Any, n: int) -> dict[str, Any]:
+        def measure(model: str, est: Any, n: int, mode: str) -> dict[str, Any]:
+            relay = ProcessRelay("memory://", dry_run=True) if mode == "relay" else None
+            client = RetrainClient(sender=relay or sink, mode=mode, flush_interval_s=1.0, batch_size=5000)
             reader = StoreRoutingReader(store)
             router = ModelRouter(model, reader=reader, artifacts=artifacts, client=client, notices=reader.notices(model))
+            report_outcome = client.report_outcome
             try:
                 def bare(i):
                     est.predict(rows[i])
@@ -208,37 +221,45 @@ def overhead(pairs: int = 24_000, block: int = 25, rate: int = RATE_PER_S) -> di
                     router.predict(rows[i], keys[i], prediction_id=keys[i])
                     report_outcome(model, keys[i], labels[i], 0.001)
 
-                threads = [client._thread, router._thread]
-                _interleaved(bare, routed, min(n, 2000), block, rate, threads, chunks=1)  # warm-up
+                def background() -> float:
+                    return _thread_cpu([client._thread, router._thread]) + _child_cpu(relay and relay.pid)
+
+                _interleaved(bare, routed, min(n, 3000), block, rate, background, chunks=1)  # warm-up
                 client.flush(10)
-                res = _interleaved(bare, routed, n, block, rate, threads)
-                # The rows still buffered are the routed side's too: flush them inside the account.
-                t0 = time.thread_time()
+                res = _interleaved(bare, routed, n, block, rate, background)
+                # The rows still buffered are the routed side's too: send them inside the account.
+                b0, t0 = background(), time.thread_time()
                 client.flush(10)
-                res["extra_us"] += 1e6 * (time.thread_time() - t0) / res["n"]
+                res["extra_us"] += 1e6 * (time.thread_time() - t0 + background() - b0) / res["n"]
+                res["overhead_pct"] = 100.0 * res["extra_us"] / res["bare_us"]
                 res["refreshes"] = router.stats.refreshes
+                res["reported"] = relay.stats.acked_rows if relay else sent["rows"]
                 return res
             finally:
                 router.close()
+                client.close(10)
 
-        real = measure("direction", prod, pairs)
+        relay = measure("direction", prod, pairs, "relay")
+        thread = measure("direction", prod, pairs, "thread")
         # The router's own cost, with a model that does nothing: what is left is routing and reporting.
-        own = measure("noop", _Noop(), pairs)
+        own = measure("noop", _Noop(), pairs, "relay")
         return {
-            "overhead_pct": round(real["overhead_pct"], 2),
-            "overhead_pct_chunks": [round(x, 2) for x in real["chunk_pct"]],
-            "latency_overhead_pct": round(real["latency_overhead_pct"], 2),
-            "bare_cpu_us_per_prediction": round(real["bare_us"], 2),
-            "router_extra_us_per_prediction": round(real["extra_us"], 2),
-            "router_call_extra_us": round(real["call_extra_us"], 2),
-            "router_background_us": round(real["background_us"], 2),
+            "overhead_pct": round(relay["overhead_pct"], 2),
+            "overhead_pct_chunks": [round(x, 2) for x in relay["chunk_pct"]],
+            "overhead_pct_thread_mode": round(thread["overhead_pct"], 2),
+            "latency_overhead_pct": round(relay["latency_overhead_pct"], 2),
+            "bare_cpu_us_per_prediction": round(relay["bare_us"], 2),
+            "router_extra_us_per_prediction": round(relay["extra_us"], 2),
+            "router_call_extra_us": round(relay["call_extra_us"], 2),
+            "router_background_us": round(relay["background_us"], 2),
+            "thread_mode_extra_us_per_prediction": round(thread["extra_us"], 2),
+            "thread_mode_background_us": round(thread["background_us"], 2),
             "router_own_us_per_prediction": round(own["extra_us"], 2),
-            "router_own_pct_of_bare": round(100.0 * own["extra_us"] / real["bare_us"], 2),
-            "achieved_rate_per_s": round(real["rate_per_s"]),
+            "achieved_rate_per_s": round(relay["rate_per_s"]),
             "target_rate_per_s": rate,
-            "predictions_per_mode": real["n"],
-            "reported_rows": sent["rows"],
-            "router_refreshes": real["refreshes"],
+            "predictions_per_mode": relay["n"],
+            "reported_rows": relay["reported"],
+            "router_refreshes": relay["refreshes"],
             "router_db": kind,
         }
 

@@ -3,7 +3,8 @@
 Durations are tiny (seconds of wall time) so that a whole rollout fits in a test; beat
 runs ``retrain.evaluate_rollouts`` every second. The test process is the trading app:
 it serves every prediction through ``ModelRouter.connect`` (polling the aliases every
-0.2 s) and reports predictions and outcomes through the real kombu client.
+0.2 s; on Postgres it follows alias moves by LISTEN) and reports predictions and outcomes
+through the real client in relay mode (a relay process sends the batches to Redis).
 
 Given production fitted on regime A and a candidate fitted on B while live traffic is
 in B, the candidate goes shadow -> 10 -> 25 -> 50 -> 100 % and becomes production, and
@@ -28,7 +29,7 @@ import numpy as np
 import pytest
 
 from retrain.artifacts import ArtifactStore
-from retrain.client import RetrainClient, kombu_sender
+from retrain.client import RetrainClient
 from retrain.serving import ModelRouter
 from retrain.storage.db import Database
 from retrain.storage.repo import Store
@@ -78,7 +79,8 @@ class TradingApp:
     """Serves ``rate`` predictions a second through the router and reports each outcome at once."""
 
     def __init__(self, pg_url: str, redis_url: str, artifacts: Path) -> None:
-        self.client = RetrainClient(sender=kombu_sender(redis_url), flush_interval_s=0.2)
+        # Relay mode, as the README advises for the desk: batches leave through the relay process.
+        self.client = RetrainClient(redis_url, mode="relay", flush_interval_s=0.2)
         self.router = ModelRouter.connect(MODEL, database_url=pg_url, artifact_root=artifacts, client=self.client,
                                           refresh_s=0.2)
         self.rng = np.random.default_rng(3)

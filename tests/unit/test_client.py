@@ -214,3 +214,55 @@ def test_request_retraining_is_sent_at_once_to_the_decision_queue():
     c.request_retraining("direction", "vendor data changed", approved_by="ops")
     assert broker.payloads == [{"v": 1, "model": "direction", "reason": "vendor data changed", "trigger": "manual",
                                 "requested_by": "trading-app", "override_budget": False, "approved_by": "ops"}]
+
+
+def test_relay_mode_packs_on_the_reporting_call_when_a_batch_is_due_by_size_or_age():
+    # Given a client in relay mode (no flusher thread) and batches of 10 rows
+    broker = Broker()
+    c = _client(broker, mode="relay", batch_size=10, flush_interval_s=0.05)
+    assert c._thread is None
+    # When 20 predictions and their outcomes are reported
+    for i in range(20):
+        c.report_prediction("direction", f"p{i}", [0.0] * 8, 1, "1.0.0")
+        c.report_outcome("direction", f"p{i}", 1, 0.001)
+    # Then the call that filled the buffer packed and sent them, joined
+    assert broker.rows() == 20 and all(p["label"] == [1] * 10 for p in broker.payloads)
+    # And a lone row goes out with the first call after flush_interval_s
+    c.report("direction", "late", [0.0] * 8, 1, "1.0.0", 1)
+    assert broker.rows() == 20
+    time.sleep(0.08)
+    c.report("direction", "later", [0.0] * 8, 1, "1.0.0", 1)
+    assert broker.rows() == 22
+
+
+def test_relay_mode_from_many_threads_loses_nothing_and_sends_each_row_once():
+    broker = Broker()
+    c = RetrainClient(sender=broker, mode="relay", batch_size=500, flush_interval_s=0.01, idle_flush_s=0.05)
+
+    def app(t: int) -> None:
+        for i in range(5000):
+            c.report_prediction("direction", f"{t}-{i}", [0.0] * 8, 1, "1.0.0")
+            c.report_outcome("direction", f"{t}-{i}", 0, 0.001)
+
+    threads = [threading.Thread(target=app, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    stats = c.close(5)
+    ids = [i for p in broker.payloads for i in p["id"]]
+    assert stats.dropped_rows == 0 and len(ids) == 20_000 and len(set(ids)) == 20_000
+    assert all(label == 0 for p in broker.payloads for label in p["label"])
+
+
+def test_a_drop_count_carried_by_a_batch_adds_to_the_senders_own():
+    # Given a client (a relay's child) handed a batch that already carries a parent's drop count
+    broker = Broker()
+    c = _client(broker, max_buffer=1)
+    c.report("direction", "a", [0.0] * 8, 1, "1.0.0", 1)
+    c.report("direction", "b", [0.0] * 8, 1, "1.0.0", 1)  # dropped here: the buffer holds one
+    c.enqueue_payload({"v": 1, "batch_id": "x" * 32, "model": "direction", "id": [], "version": [], "ts": [],
+                       "x": [], "prediction": [], "label": [], "client_dropped": 7}, 0)
+    # When sent, Then the server hears of both
+    c.flush(1)
+    assert sum(p.get("client_dropped", 0) for p in broker.payloads) == 8
