@@ -80,3 +80,13 @@ def wait_for(what: str, check: Callable[[], object], timeout: float, procs: list
         time.sleep(every)
     logs = "\n".join(f"--- {p.name} ---\n{p.log()[-3000:]}" for p in procs)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})\n{logs}")
+
+
+def until(check: Callable[[], object], timeout: float = 5.0, every: float = 0.01) -> bool:
+    """Poll ``check`` until it is truthy or ``timeout`` passes; its last answer, as a bool."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(every)
+    return bool(check())

@@ -2,8 +2,8 @@
 
 Durations are tiny (seconds of wall time) so that a whole rollout fits in a test; beat
 runs ``retrain.evaluate_rollouts`` every second. The test process is the trading app:
-it serves every prediction through ``ModelRouter.connect`` (polling the aliases every
-0.2 s; on Postgres it follows alias moves by LISTEN) and reports predictions and outcomes
+it serves every prediction through ``ModelRouter.connect`` (on Postgres it follows alias
+moves by LISTEN/NOTIFY; it would poll every 0.2 s without them) and reports predictions and outcomes
 through the real client in relay mode (a relay process sends the batches to Redis).
 
 Given production fitted on regime A and a candidate fitted on B while live traffic is

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
 from retrain.client import RetrainClient
 from tests.conftest import free_port, start_redis
+from tests.procs import until
 from tests.integration.test_client_redis import _queued, _rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -43,13 +43,6 @@ def _two_step(client: RetrainClient, ids) -> None:
         client.report_outcome("direction", pid, 1, 0.001)
 
 
-def _wait(check, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return bool(check())
 
 
 def test_rows_reach_the_broker_once_through_the_relay_and_no_flusher_thread_runs(redis_port):
@@ -86,13 +79,13 @@ def test_a_killed_relay_is_restarted_and_the_rows_it_held_are_counted_and_report
         assert relay.stats.written_rows == 300 and relay.stats.acked_rows == 0
         # When the relay process is killed
         os.kill(relay.pid, signal.SIGKILL)
-        assert _wait(lambda: (client.flush(0.2), relay.stats.lost_rows)[1] == 300, 20)
+        assert until(lambda: (client.flush(0.2), relay.stats.lost_rows)[1] == 300, 20)
         # Then its 300 rows are dropped rows of the client, said once
         assert client.stats.dropped_rows == 300
         # And once the broker is there, a new relay sends the next rows with the drop count
         relay.broker_url = f"redis://127.0.0.1:{redis_port}/0"
         _two_step(client, range(300, 400))
-        assert _wait(lambda: client.flush(1), 30)
+        assert until(lambda: client.flush(1), 30)
         assert relay.stats.starts == 2
         payloads = _queued(redis_port)
         assert _rows(payloads) == [f"r{i:05d}" for i in range(300, 400)]
@@ -109,6 +102,6 @@ def test_an_app_gone_quiet_still_sends_its_last_rows(redis_port):
         # When the app reports a few rows and then nothing more
         _two_step(client, range(10))
         # Then they reach the broker without another call
-        assert _wait(lambda: len(_rows(_queued(redis_port))) == 10, 20)
+        assert until(lambda: len(_rows(_queued(redis_port))) == 10, 20)
     finally:
         client.close(10)

@@ -17,18 +17,12 @@ from retrain.artifacts import ArtifactStore
 from retrain.serving import ModelRouter, Routing
 from retrain.storage.db import Database
 from retrain.storage.repo import Store
+from tests.procs import until
 from tests.rollout_world import MODEL, add_version, make_production
 
 pytestmark = pytest.mark.integration
 
 
-def _wait(check, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.005)
-    return bool(check())
 
 
 @pytest.fixture
@@ -54,7 +48,7 @@ def test_a_committed_move_wakes_the_router_and_a_rolled_back_one_does_not(world,
     router = ModelRouter.connect(MODEL, database_url=pg_url, artifact_root=tmp_path / "artifacts",
                                  refresh_s=60, resync_s=60)
     try:
-        assert _wait(lambda: router.stats.refreshes >= 2)  # the first read, and the one on listening
+        assert until(lambda: router.stats.refreshes >= 2)  # the first read, and the one on listening
         assert router.routing.production == "1.0.0" and router.routing.canary is None
         idle = router.stats.refreshes
         time.sleep(0.5)
@@ -62,7 +56,7 @@ def test_a_committed_move_wakes_the_router_and_a_rolled_back_one_does_not(world,
         # When a canary move commits, Then the router serves the split moments later
         t0 = time.monotonic()
         _move_canary(store, now, "1.1.0", 25.0)
-        assert _wait(lambda: router.routing.canary == "1.1.0", 5)
+        assert until(lambda: router.routing.canary == "1.1.0", 5)
         assert time.monotonic() - t0 < 5 and router.routing.share_pct == 25.0
         # When a move rolls back, Then nothing is announced and nothing is read
         reads = router.stats.refreshes
@@ -74,7 +68,7 @@ def test_a_committed_move_wakes_the_router_and_a_rolled_back_one_does_not(world,
         assert router.stats.refreshes == reads and router.routing.canary == "1.1.0"
         # And a rollback (canary cleared) is followed as fast
         _move_canary(store, now, None, 0.0)
-        assert _wait(lambda: router.routing.canary is None, 5)
+        assert until(lambda: router.routing.canary is None, 5)
     finally:
         t0 = time.monotonic()
         router.close()
@@ -86,17 +80,17 @@ def test_a_killed_listening_connection_is_replaced_and_the_moves_meanwhile_are_r
     router = ModelRouter.connect(MODEL, database_url=pg_url, artifact_root=tmp_path / "artifacts",
                                  refresh_s=0.2, resync_s=60)
     try:
-        assert _wait(lambda: router.stats.refreshes >= 2)
+        assert until(lambda: router.stats.refreshes >= 2)
         # When the server ends the listening connection (a restart, an operator's pg_terminate_backend)
         with store.tx() as tx:
             killed = tx.s.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                        "WHERE datname = current_database() AND query LIKE 'LISTEN%'")).scalars().all()
         assert killed == [True]
         # Then the router notices, counts it, and listens again; a move after that is followed
-        assert _wait(lambda: router.stats.errors >= 1, 10)
+        assert until(lambda: router.stats.errors >= 1, 10)
         assert "listening for alias moves" in router.stats.last_error
         _move_canary(store, now, "1.1.0", 10.0)
-        assert _wait(lambda: router.routing == Routing("1.0.0", router.routing.production_sha256, "1.1.0",
+        assert until(lambda: router.routing == Routing("1.0.0", router.routing.production_sha256, "1.1.0",
                                                        router.routing.canary_sha256, 10.0), 10)
         with store.tx() as tx:
             listening = tx.s.execute(text("SELECT count(*) FROM pg_stat_activity "
