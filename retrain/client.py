@@ -26,6 +26,7 @@ Example
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import math
 import threading
@@ -33,13 +34,15 @@ import uuid
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from numbers import Real
+from operator import itemgetter
 from typing import Any
 
-from retrain.clock import Clock, SystemClock, monotonic
+from retrain.clock import Clock, SystemClock, monotonic, timestamp_of
 from retrain.columns import pack_f8
 
-__all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender"]
+__all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender", "EncodedIngest", "encode_ingest"]
 
 log = logging.getLogger("retrain.client")
 
@@ -47,6 +50,62 @@ log = logging.getLogger("retrain.client")
 Sender = Callable[[str, dict, str, int], None]
 
 _NAN = float("nan")
+_INTS, _STRS = {int}, {str}
+_SELF = object()
+# Fields of the buffered items (see RetrainClient's hot path).
+_MODEL, _PID, _X, _PREDICTION, _VERSION, _TS = (itemgetter(i) for i in range(1, 7))
+_LABEL_O, _RET_O = itemgetter(3), itemgetter(4)
+_LABEL_L, _RET_L = itemgetter(7), itemgetter(8)
+
+
+#: The third part of a Celery protocol-2 body: no callbacks, no chain, no chord.
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_EMBED_JSON = json.dumps(_EMBED, separators=(",", ":"))
+_PACKED = ("ts", "x", "ret")
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedIngest:
+    """An ingest message whose Celery body is JSON already: sent as it is, never decoded
+    (the relay's parent encodes each batch once; the relay process only publishes it).
+
+    ``client_dropped`` is the drop count the body carries; a sender that must report
+    more drops sends them in a message of their own (it cannot change the body).
+    """
+
+    body: bytes
+    batch_id: str
+    model: str
+    rows: int
+    client_dropped: int = 0
+
+
+def encode_ingest(payload: dict) -> EncodedIngest:
+    """The Celery body of ``retrain.ingest(payload)`` as kombu would send it, encoded once.
+
+    The packed columns are base64, which JSON carries with nothing to escape: they are
+    put in as they are, not scanned by the encoder (a third of the work otherwise).
+    """
+    spliced = {k: payload[k] for k in _PACKED if _plain(payload.get(k))}
+    rest = json.dumps({k: v for k, v in payload.items() if k not in spliced}, separators=(",", ":"))
+    if spliced:
+        sep = "," if len(rest) > 2 else ""
+        rest = rest[:-1] + sep + ",".join(f'"{k}":"{v}"' for k, v in spliced.items()) + "}"
+    text = f"[[{rest}],{{}},{_EMBED_JSON}]"
+    return EncodedIngest(text.encode("ascii"), str(payload.get("batch_id", "")), str(payload.get("model", "")),
+                         len(payload.get("id", ())), int(payload.get("client_dropped", 0) or 0))
+
+
+def _plain(v: Any) -> bool:
+    # A string JSON holds verbatim: ASCII, printable, no quote, no backslash (base64 is).
+    return type(v) is str and v.isascii() and v.isprintable() and '"' not in v and "\\" not in v
+
+
+def _carried(payload: Any) -> int:
+    """The drop count a queued payload carries already."""
+    if type(payload) is EncodedIngest:
+        return payload.client_dropped
+    return payload.get("client_dropped", 0)
 
 
 @dataclass(frozen=True)
@@ -90,17 +149,22 @@ def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0) -> Sender:
             state["conn"], state["producer"] = conn, conn.Producer(serializer="json")
         return state["producer"]
 
-    def send(task: str, payload: dict, queue: str, priority: int) -> None:
+    def send(task: str, payload: dict | EncodedIngest, queue: str, priority: int) -> None:
         task_id = str(uuid.uuid4())
+        if type(payload) is EncodedIngest:  # the body as it came: no decoding, no encoding
+            body, batch_id = payload.body, payload.batch_id
+            encoding = {"content_type": "application/json", "content_encoding": "utf-8"}
+        else:
+            body, batch_id = ([payload], {}, _EMBED), payload.get("batch_id", "")
+            encoding = {"serializer": "json"}
         headers = {"lang": "py", "task": task, "id": task_id, "shadow": None, "eta": None, "expires": None,
                    "group": None, "group_index": None, "retries": 0, "timelimit": [None, None],
-                   "root_id": task_id, "parent_id": None, "argsrepr": f"({payload.get('batch_id', '')!r},)",
+                   "root_id": task_id, "parent_id": None, "argsrepr": f"({batch_id!r},)",
                    "kwargsrepr": "{}", "origin": origin, "ignore_result": True}
-        body = ([payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None})
         q = queues[queue]
         with lock:
             try:
-                producer().publish(body, exchange=q.exchange, routing_key=queue, serializer="json",
+                producer().publish(body, exchange=q.exchange, routing_key=queue, **encoding,
                                    headers=headers, correlation_id=task_id,
                                    priority=broker_priority(priority, broker_url),
                                    delivery_mode=2, declare=[q], retry=True,
@@ -117,6 +181,12 @@ def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0) -> Sender:
                 raise
 
     return send
+
+
+def _drop_notice(model: str) -> dict:
+    """An ingest batch of no rows, to carry a drop count (``client_dropped`` is added when sent)."""
+    return {"v": 1, "batch_id": uuid.uuid4().hex, "model": model, "id": [], "version": [], "ts": [], "x": [],
+            "prediction": [], "label": [], "ret": []}
 
 
 def _jsonable(v: Any) -> Any:
@@ -256,6 +326,7 @@ class RetrainClient:
         if hasattr(sender, "on_lost"):
             sender.on_lost = self._drop
         self._clock = clock or SystemClock()
+        self._timestamp = timestamp_of(self._clock)
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.max_buffer = max_buffer
@@ -267,7 +338,9 @@ class RetrainClient:
         self._buffer: collections.deque = collections.deque()
         # A prediction and its outcome are two items: wake for a batch of joined rows.
         self._wake_at = 2 * batch_size
-        self._due_at = monotonic() + flush_interval_s
+        # Relay mode: the report call past this time (the client's clock) packs and sends; the
+        # flusher's own timer otherwise.
+        self._due_at = self._timestamp() + flush_interval_s if self._inline else math.inf
         self.idle_flush_s = idle_flush_s
         # Insertion-ordered: the first key is the oldest prediction waiting for its outcome.
         self._pending: dict[str, tuple] = {}
@@ -290,6 +363,9 @@ class RetrainClient:
             self._thread.start()
 
     # ------------------------------------------------------------------ hot path
+    # Each call appends one tuple: ("p", model, id, x, prediction, version, ts), ("o", model,
+    # id, label, ret) or ("l", model, id, x, prediction, version, ts, label, ret); ts is the
+    # call's time by the client's clock when the caller gives none.
     def report_prediction(self, model: str, prediction_id: str, features: Sequence[float], prediction: int,
                           version: str, ts: float | None = None) -> None:
         """Record a prediction; its outcome follows with :meth:`report_outcome`.
@@ -301,8 +377,9 @@ class RetrainClient:
         buf = self._buffer
         if len(buf) >= self.max_buffer:
             return self._drop(1, "the buffer is full")
-        buf.append(("p", model, prediction_id, features, prediction, version, ts))
-        if len(buf) >= self._wake_at or (self._inline and monotonic() >= self._due_at):
+        now = self._timestamp()
+        buf.append(("p", model, prediction_id, features, prediction, version, now if ts is None else ts))
+        if len(buf) >= self._wake_at or now >= self._due_at:
             self._due()
 
     def report_outcome(self, model: str, prediction_id: str, label: int, ret: float | None = None) -> None:
@@ -311,7 +388,7 @@ class RetrainClient:
         if len(buf) >= self.max_buffer:
             return self._drop(1, "the buffer is full")
         buf.append(("o", model, prediction_id, label, ret))
-        if len(buf) >= self._wake_at or (self._inline and monotonic() >= self._due_at):
+        if len(buf) >= self._wake_at or self._timestamp() >= self._due_at:
             self._due()
 
     def report(self, model: str, prediction_id: str, features: Sequence[float], prediction: int, version: str,
@@ -320,8 +397,9 @@ class RetrainClient:
         buf = self._buffer
         if len(buf) >= self.max_buffer:
             return self._drop(1, "the buffer is full")
-        buf.append(("l", model, prediction_id, features, prediction, version, ts, label, ret))
-        if len(buf) >= self._wake_at or (self._inline and monotonic() >= self._due_at):
+        now = self._timestamp()
+        buf.append(("l", model, prediction_id, features, prediction, version, now if ts is None else ts, label, ret))
+        if len(buf) >= self._wake_at or now >= self._due_at:
             self._due()
 
     def _due(self) -> None:
@@ -333,7 +411,7 @@ class RetrainClient:
         if not self._lock.acquire(blocking=False):
             return  # another thread is at it
         try:
-            self._due_at = monotonic() + self.flush_interval_s
+            self._due_at = self._timestamp() + self.flush_interval_s
             self._drain()
         except Exception:  # reporting must never raise into the trading thread
             log.exception("retrain client flush failed")
@@ -423,7 +501,9 @@ class RetrainClient:
     def _idle(self) -> None:
         # Relay mode: the report calls send what is due; this only covers an app gone quiet.
         while not self._stop.wait(self.idle_flush_s):
-            if monotonic() >= self._due_at:
+            now = self._timestamp()
+            # (A clock stepped back would otherwise hold age-due batches back by as much.)
+            if now >= self._due_at or self._due_at - now > self.flush_interval_s:
                 self._due()
 
     def _drain(self, expire_all: bool = False) -> None:
@@ -434,60 +514,97 @@ class RetrainClient:
                 self._pump()
 
     def _gather(self, expire_all: bool) -> None:
-        # Every row is first put in one tuple layout, ("l", model, id, x, prediction, version,
-        # ts, label, ret), grouped by model; then each group goes into batches column by column.
-        # Comprehensions, not one loop with branches: this runs for every row the app reports.
-        now_ts = self._clock.now().timestamp()
+        # Column by column, with C-level maps and comprehensions, not one loop with branches
+        # over rows: this runs for every row the app reports.
+        now_ts = self._timestamp()
         buf, pending = self._buffer, self._pending
         popleft = buf.popleft
         items = [popleft() for _ in range(len(buf))]
-        # Predictions first, so that an outcome drained with its prediction finds it.
-        pending.update({it[2]: (it[1], it[3], it[4], it[5], now_ts if it[6] is None else it[6])
-                        for it in items if it[0] == "p"})
-        rows = [it for it in items if it[0] == "l"]
+        # Predictions first, so that an outcome drained with its prediction finds it. They wait
+        # as they came.
+        pending.update({it[2]: it for it in items if it[0] == "p"})
+        # Each part: (prediction items, their outcome items aligned, or None when unlabelled, or
+        # _SELF for "l" items: a prediction with its outcome in one).
+        parts: list[tuple[list, Any]] = []
+        labelled = [it for it in items if it[0] == "l"]
+        if labelled:
+            parts.append((labelled, _SELF))
         outcomes = [it for it in items if it[0] == "o"]
         if outcomes:
-            pop = pending.pop
-            hits = [pop(o[2], None) for o in outcomes]
-            rows += [("l", o[1], o[2], None, None, "", now_ts, o[3], o[4]) if h is None
-                     else ("l", h[0], o[2], h[1], h[2], h[3], h[4], o[3], o[4]) for o, h in zip(outcomes, hits)]
+            hits = list(map(pending.pop, map(_PID, outcomes), repeat(None)))
+            if None in hits:  # outcomes of predictions never seen (or sent unlabelled already)
+                orphans = [("l", o[1], o[2], None, None, "", now_ts, o[3], o[4])
+                           for o, h in zip(outcomes, hits) if h is None]
+                parts.append((orphans, _SELF))
+                kept = [(o, h) for o, h in zip(outcomes, hits) if h is not None]
+                outcomes, hits = [k[0] for k in kept], [k[1] for k in kept]
+            if hits:
+                parts.append((hits, outcomes))
         # Predictions that waited too long, or too many waiting: sent unlabelled, oldest first.
         cutoff = now_ts - self.prediction_ttl_s
         excess = len(pending) - self.max_pending_predictions
+        expired = []
         while pending:
             pid = next(iter(pending))
             p = pending[pid]
-            if excess <= 0 and not expire_all and p[4] > cutoff:
+            if excess <= 0 and not expire_all and p[6] > cutoff:
                 break
             del pending[pid]
             excess -= 1
-            rows.append(("l", p[0], pid, p[1], p[2], p[3], p[4], None, None))
-        if not rows:
-            return
-        models = {r[1] for r in rows}
-        groups = {rows[0][1]: rows} if len(models) == 1 else {m: [r for r in rows if r[1] == m] for m in models}
-        for model, group in groups.items():
-            open_batches: dict[tuple[str, bool], _Batch] = {}
-            for start in range(0, len(group), self.batch_size):
-                self._add_rows(open_batches, model, group[start:start + self.batch_size], now_ts)
-            for b in open_batches.values():
-                if len(b):
-                    self._queue_batch(b)
+            expired.append(p)
+        if expired:
+            parts.append((expired, None))
+        for preds, outs in parts:
+            models = set(map(_MODEL, preds))
+            if len(models) == 1:
+                groups = [(preds[0][1], preds, outs)]
+            else:
+                groups = [(m, [p for p in preds if p[1] == m],
+                           outs if outs is None or outs is _SELF else [o for p, o in zip(preds, outs) if p[1] == m])
+                          for m in models]
+            for model, ps, os_ in groups:
+                open_batches: dict[tuple[str, bool], _Batch] = {}
+                for lo in range(0, len(ps), self.batch_size):
+                    hi = lo + self.batch_size
+                    self._add_rows(open_batches, model, ps[lo:hi],
+                                   os_ if os_ is None or os_ is _SELF else os_[lo:hi])
+                for b in open_batches.values():
+                    if len(b):
+                        self._queue_batch(b)
 
-    def _add_rows(self, open_batches: dict, model: str, rows: list[tuple], now_ts: float) -> None:
-        """Add rows of one model column by column; any surprise sends them one by one instead."""
-        _, _, pids, xs, preds, versions, tss, labels, rets = zip(*rows)
+    def _add_rows(self, open_batches: dict, model: str, preds: list[tuple], outs: Any) -> None:
+        """Add rows of one model column by column; any surprise sends them one by one instead.
+
+        ``preds`` are prediction items (or "l" items), ``outs`` their outcome items, aligned,
+        or None (unlabelled), or _SELF ("l" items)."""
+        n = len(preds)
+        pids = list(map(_PID, preds))
+        xs = list(map(_X, preds))
+        versions = list(map(_VERSION, preds))
+        tss = list(map(_TS, preds))
+        preds_ = list(map(_PREDICTION, preds))
+        if outs is None:
+            labels: list = [None] * n
+            rets: list = [None] * n
+        elif outs is _SELF:
+            labels, rets = list(map(_LABEL_L, preds)), list(map(_RET_L, preds))
+        else:
+            labels, rets = list(map(_LABEL_O, outs)), list(map(_RET_O, outs))
         try:
             width = self._width.get(model) or _width(xs[0])
             x = _packed_features(xs, width)
-            ts = array("d", [now_ts if t is None else t for t in tss] if None in tss else tss)
+            ts = array("d", tss)
             ret = array("d", [_NAN if r is None else r for r in rets] if None in rets else rets)
-            pred = list(map(int, preds))
-            label = list(map(int, labels)) if None not in labels else [None if v is None else int(v) for v in labels]
-            ids = list(map(str, pids))
+            # int()/str() only where needed: the router's values are ints and strs already.
+            pred = preds_ if set(map(type, preds_)) == _INTS else list(map(int, preds_))
+            if None in labels:
+                label = [None if v is None else int(v) for v in labels]
+            else:
+                label = labels if set(map(type, labels)) == _INTS else list(map(int, labels))
+            ids = pids if set(map(type, pids)) == _STRS else list(map(str, pids))
         except (TypeError, ValueError):
-            for r in rows:
-                self._add(open_batches, model, r[2], r[5], now_ts if r[6] is None else r[6], r[3], r[4], r[7], r[8])
+            for r in zip(pids, versions, tss, xs, preds_, labels, rets):
+                self._add(open_batches, model, *r)
             return
         key = (model, True)
         b = open_batches.get(key)
@@ -574,7 +691,7 @@ class RetrainClient:
             payload, n = self._waiting.popleft()
             self._waiting_rows -= n
             # A drop count the lost batch was carrying is lost with it: count it again.
-            self._drop(n + payload.get("client_dropped", 0),
+            self._drop(n + _carried(payload),
                        f"the broker is unreachable and {self.max_waiting_batches} batches are waiting")
 
     def _send_waiting(self) -> None:
@@ -586,6 +703,9 @@ class RetrainClient:
                 with self._drop_lock:
                     reported = self._unreported_drops
                 if reported:  # added to what the payload carries already (a relay's parent counts too)
+                    if type(payload) is EncodedIngest:  # its body stays as it is: a message of their own
+                        self._waiting.appendleft((_drop_notice(payload.model), 0))
+                        continue
                     payload = {**payload, "client_dropped": payload.get("client_dropped", 0) + reported}
                 try:
                     self._send("retrain.ingest", payload, "monitoring", 5)

@@ -13,9 +13,13 @@ checks do, thousands of times a second) starves any other thread of the process,
 which then burns milliseconds of CPU each time it wakes and waits for the GIL. The
 relay has a GIL of its own.
 
-The pipe carries frames: a 4-byte big-endian length, then one JSON object:
-``{"task", "queue", "priority", "payload", "rows"}`` for a message, ``{"flush": token}``
-to ask for everything to reach the broker. The child answers on its stdout, a line
+The pipe carries frames: a 4-byte big-endian length of the rest, a 4-byte length of the
+header, the header (one JSON object), then the body. An ingest batch is a header
+``{"task", "queue", "priority", "rows", "batch_id", "model", "client_dropped"}`` and,
+as the body, the Celery message body the parent encoded (:func:`~retrain.client.encode_ingest`):
+the child publishes it as it is, never decoding it. Other messages are a header
+``{"task", "queue", "priority", "payload"}``; ``{"flush": token}`` asks for everything
+to reach the broker. The child answers on its stdout, a line
 each: ``ack ROWS`` when a batch reached the broker, ``dropped ROWS`` when it gave one
 up (already counted and reported by the child), ``flushed TOKEN 1|0``. Rows written
 but never acknowledged when the child dies are counted as lost by the parent
@@ -38,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from retrain.client import EncodedIngest, encode_ingest
 from retrain.clock import monotonic
 
 __all__ = ["ProcessRelay", "RelayStats", "RelayBusy", "main"]
@@ -66,9 +71,9 @@ class RelayStats:
         return self.written_rows - self.acked_rows - self.dropped_rows - self.lost_rows
 
 
-def _frame(obj: dict) -> bytes:
-    body = json.dumps(obj, separators=(",", ":")).encode()
-    return struct.pack(">I", len(body)) + body
+def _frame(header: dict, body: bytes = b"") -> bytes:
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return struct.pack(">II", 4 + len(head) + len(body), len(head)) + head + body
 
 
 class ProcessRelay:
@@ -107,9 +112,15 @@ class ProcessRelay:
             self.pump()
             if self._out:
                 raise RelayBusy(f"the relay process has not taken the last message yet ({len(self._out)} bytes)")
-            rows = len(payload.get("id", ()))
-            self._write(_frame({"task": task, "queue": queue, "priority": priority, "payload": payload,
-                                "rows": rows}))
+            if task == "retrain.ingest":
+                enc = payload if type(payload) is EncodedIngest else encode_ingest(payload)
+                rows = enc.rows
+                self._write(_frame({"task": task, "queue": queue, "priority": priority, "rows": rows,
+                                    "batch_id": enc.batch_id, "model": enc.model,
+                                    "client_dropped": enc.client_dropped}, enc.body))
+            else:
+                rows = 0
+                self._write(_frame({"task": task, "queue": queue, "priority": priority, "payload": payload}))
             self._written += rows
             self._child_written += rows
 
@@ -280,9 +291,10 @@ class ProcessRelay:
 
 
 # ---------------------------------------------------------------------- the child
-def _dry_run_sender(task: str, payload: dict, queue: str, priority: int) -> None:
-    # What kombu would do with the message body, minus the socket.
-    json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
+def _dry_run_sender(task: str, payload: Any, queue: str, priority: int) -> None:
+    # What kombu would do with the message body, minus the socket (an encoded one goes as it is).
+    if type(payload) is not EncodedIngest:
+        json.dumps([[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}])
 
 
 def _read_exact(stream: Any, n: int) -> bytes | None:
@@ -320,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def acking(task: str, payload: dict, queue: str, priority: int) -> None:
         inner(task, payload, queue, priority)
-        if task == "retrain.ingest":
-            answer(f"ack {len(payload.get('id', ()))}")
+        if task == "retrain.ingest" and type(payload) is EncodedIngest:  # (not a drop notice)
+            answer(f"ack {payload.rows}")
 
     client = RetrainClient(sender=acking, mode="thread")
     dropped_before = 0
@@ -338,20 +350,24 @@ def main(argv: list[str] | None = None) -> int:
         head = _read_exact(stdin, 4)
         if head is None:
             break
-        body = _read_exact(stdin, struct.unpack(">I", head)[0])
-        if body is None:
+        frame = _read_exact(stdin, struct.unpack(">I", head)[0])
+        if frame is None:
             break
         try:
-            msg = json.loads(body)
-        except ValueError as exc:  # never from our parent; say so and go on
-            log.error("relay: a frame that is not JSON (%s); skipped", exc)
+            (n,) = struct.unpack_from(">I", frame)
+            msg = json.loads(frame[4:4 + n])
+            body = frame[4 + n:]
+        except (ValueError, struct.error) as exc:  # never from our parent; say so and go on
+            log.error("relay: a frame that cannot be read (%s); skipped", exc)
             continue
         if "flush" in msg:
             ok = client.flush(float(msg.get("timeout_s", 10.0)))
             report_drops()
             answer(f"flushed {msg['flush']} {1 if ok else 0}")
         elif msg.get("task") == "retrain.ingest":
-            client.enqueue_payload(msg["payload"], int(msg.get("rows", 0)))
+            rows = int(msg.get("rows", 0))
+            client.enqueue_payload(EncodedIngest(body, str(msg.get("batch_id", "")), str(msg.get("model", "")), rows,
+                                                 int(msg.get("client_dropped", 0))), rows)
             report_drops()
         else:  # a message that is not idempotent: sent once, now
             try:

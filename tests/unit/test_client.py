@@ -10,10 +10,12 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 
+import json
+
 import numpy as np
 import pytest
 
-from retrain.client import RetrainClient
+from retrain.client import EncodedIngest, RetrainClient, encode_ingest
 from retrain.clock import SimClock
 from retrain.columns import pack_f8, unpack_f8
 from retrain.errors import PayloadError
@@ -266,3 +268,51 @@ def test_a_drop_count_carried_by_a_batch_adds_to_the_senders_own():
     # When sent, Then the server hears of both
     c.flush(1)
     assert sum(p.get("client_dropped", 0) for p in broker.payloads) == 8
+
+
+def _decoded(payload) -> dict:
+    """What the worker's task receives for a sent payload (an encoded one decoded as Celery would)."""
+    return json.loads(payload.body)[0][0] if isinstance(payload, EncodedIngest) else payload
+
+
+def test_an_encoded_ingest_body_is_what_kombu_would_send_with_the_packed_columns_put_in_as_they_are():
+    # Given a batch whose strings need escaping, and its packed columns
+    payload = {"v": 1, "batch_id": "b" * 32, "model": 'dir"ection', "id": ['a"}],{},', "\\x\n"],
+               "version": ["1.0.0", "1.0.0"], "prediction": [1, 0], "label": [None, 1], "client_dropped": 4,
+               "ts": pack_f8([T, T]), "x": pack_f8([0.5] * 16), "n_features": 8, "ret": pack_f8([0.1, float("nan")])}
+    # When encoded once
+    enc = encode_ingest(payload)
+    # Then the body is the Celery protocol-2 body of retrain.ingest(payload), valid for the ingest schema
+    assert json.loads(enc.body) == [[payload], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    parse_payload(IngestBatch, json.loads(enc.body)[0][0])
+    assert (enc.batch_id, enc.model, enc.rows, enc.client_dropped) == ("b" * 32, 'dir"ection', 2, 4)
+    # And a packed column that is not plain base64 is encoded, not put in
+    odd = encode_ingest({**payload, "x": 'not"base64'})
+    assert json.loads(odd.body)[0][0]["x"] == 'not"base64'
+
+
+def test_drops_beside_encoded_batches_go_to_the_server_in_a_message_of_their_own():
+    # Given a relay's child holding encoded batches while the broker is down, room for two
+    broker = Broker()
+    broker.up = False
+    c = _client(broker, max_waiting_batches=2, retry_max_s=0.01)
+    batches = []
+    for i in range(3):
+        p = {"v": 1, "batch_id": f"{i}" * 32, "model": "direction", "id": [f"r{i}-{j}" for j in range(5)],
+             "version": ["1.0.0"] * 5, "prediction": [1] * 5, "label": [1] * 5, "ts": pack_f8([T] * 5),
+             "x": pack_f8([0.0] * 40), "n_features": 8, "ret": pack_f8([0.0] * 5)}
+        if i == 0:
+            p["client_dropped"] = 3  # the parent's drops, carried by the batch the child will drop
+        batches.append(encode_ingest(p))
+    # When a third arrives, the oldest (5 rows, carrying 3) is dropped
+    for b in batches:
+        c.enqueue_payload(b, b.rows)
+    assert c.stats.dropped_rows == 8 and c.stats.waiting_rows == 10
+    # Then, the broker back, a batch of no rows carries the 8 first, and the encoded bodies go unchanged
+    broker.up = True
+    assert c.flush(1)
+    sent = [_decoded(p) for p in broker.payloads]
+    assert sent[0]["id"] == [] and sent[0]["client_dropped"] == 8
+    parse_payload(IngestBatch, sent[0])
+    assert broker.payloads[1:] == batches[1:]
+    assert sum(p.get("client_dropped", 0) for p in sent) == 8
