@@ -279,13 +279,13 @@ class RetrainClient:
     retry_max_s: the longest wait between two attempts while the broker is down.
     mode: ``"thread"`` (default): a flusher thread of this process joins, packs and sends.
         ``"relay"``: the reporting call that finds a batch due packs it (a few
-        microseconds a row, no thread to wake) and hands it to a relay process
-        (:mod:`retrain.client_relay`), which talks to the broker. Choose it when the
-        process is busy with a model that releases and retakes the GIL often (most
-        scikit-learn models do): there, every wake of a background thread costs
-        milliseconds of CPU while it fights for the GIL. The sender must not block.
-    idle_flush_s: relay mode: how often a sleeping thread sends what waits when no
-        report call came to do it (an idle app).
+        microseconds a row) and hands it to a relay process (:mod:`retrain.client_relay`),
+        which talks to the broker; a timer thread only marks rows due by age. Choose it
+        when the process is busy with a model that releases and retakes the GIL often
+        (most scikit-learn models do): there, a background thread with work to do costs
+        milliseconds of CPU each time it fights for the GIL. The sender must not block.
+    idle_flush_s: relay mode: after how long without a report call the timer thread sends
+        what waits itself (an idle app).
 
     Features are read when the rows are packed, not when ``report_*`` is called: do not
     change a features list after reporting it. Timestamps are epoch seconds.
@@ -336,11 +336,12 @@ class RetrainClient:
         self.retry_max_s = retry_max_s
         # deque.append is atomic in CPython: the hot path takes no lock.
         self._buffer: collections.deque = collections.deque()
-        # A prediction and its outcome are two items: wake for a batch of joined rows.
-        self._wake_at = 2 * batch_size
-        # Relay mode: the report call past this time (the client's clock) packs and sends; the
-        # flusher's own timer otherwise.
-        self._due_at = self._timestamp() + flush_interval_s if self._inline else math.inf
+        # A prediction and its outcome are two items: a batch of joined rows is due at twice
+        # batch_size items (never past max_buffer: the same check stands for both). In relay
+        # mode a timer lowers the threshold to 0 every flush_interval_s: the next call sends.
+        self._wake_size = min(2 * batch_size, max_buffer)
+        self._wake_at = self._wake_size
+        self._drained_at = monotonic()
         self.idle_flush_s = idle_flush_s
         # Insertion-ordered: the first key is the oldest prediction waiting for its outcome.
         self._pending: dict[str, tuple] = {}
@@ -358,65 +359,71 @@ class RetrainClient:
         self._next_retry = 0.0
         self._thread: threading.Thread | None = None
         if start:
-            run, name = (self._idle, "retrain-client-idle") if self._inline else (self._run, "retrain-client-flusher")
+            run, name = (self._tick, "retrain-client-timer") if self._inline else (self._run, "retrain-client-flusher")
             self._thread = threading.Thread(target=run, name=name, daemon=True)
             self._thread.start()
 
     # ------------------------------------------------------------------ hot path
-    # Each call appends one tuple: ("p", model, id, x, prediction, version, ts), ("o", model,
-    # id, label, ret) or ("l", model, id, x, prediction, version, ts, label, ret); ts is the
-    # call's time by the client's clock when the caller gives none.
+    # Each call appends one tuple, ("p", model, id, x, prediction, version, ts), ("o", model,
+    # id, label, ret) or ("l", model, id, x, prediction, version, ts, label, ret), and compares
+    # the buffer's length with one threshold: the fewer objects a call touches, the less it
+    # costs right after a model's predict has evicted them from the CPU's caches (reading
+    # the clock alone costs a microsecond then). Past the threshold, _due does the rest.
     def report_prediction(self, model: str, prediction_id: str, features: Sequence[float], prediction: int,
                           version: str, ts: float | None = None) -> None:
         """Record a prediction; its outcome follows with :meth:`report_outcome`.
 
         ``features`` is the row's values, or their float64 bytes in native order (what
         :class:`~retrain.serving.ModelRouter` passes: ``row.tobytes()`` is a copy, and
-        the cheapest form to pack).
+        the cheapest form to pack). Without ``ts``, the row is stamped when the client
+        gathers it (within ``flush_interval_s`` of the call).
         """
         buf = self._buffer
-        if len(buf) >= self.max_buffer:
-            return self._drop(1, "the buffer is full")
-        now = self._timestamp()
-        buf.append(("p", model, prediction_id, features, prediction, version, now if ts is None else ts))
-        if len(buf) >= self._wake_at or now >= self._due_at:
+        buf.append(("p", model, prediction_id, features, prediction, version, ts))
+        if len(buf) >= self._wake_at:
             self._due()
 
     def report_outcome(self, model: str, prediction_id: str, label: int, ret: float | None = None) -> None:
         """Record the realized label (and the asset's return) of an earlier prediction."""
         buf = self._buffer
-        if len(buf) >= self.max_buffer:
-            return self._drop(1, "the buffer is full")
         buf.append(("o", model, prediction_id, label, ret))
-        if len(buf) >= self._wake_at or self._timestamp() >= self._due_at:
+        if len(buf) >= self._wake_at:
             self._due()
 
     def report(self, model: str, prediction_id: str, features: Sequence[float], prediction: int, version: str,
                label: int, ret: float | None = None, ts: float | None = None) -> None:
         """A prediction and its outcome at once (when the label is already known)."""
         buf = self._buffer
-        if len(buf) >= self.max_buffer:
-            return self._drop(1, "the buffer is full")
-        now = self._timestamp()
-        buf.append(("l", model, prediction_id, features, prediction, version, now if ts is None else ts, label, ret))
-        if len(buf) >= self._wake_at or now >= self._due_at:
+        buf.append(("l", model, prediction_id, features, prediction, version, ts, label, ret))
+        if len(buf) >= self._wake_at:
             self._due()
 
     def _due(self) -> None:
-        """A batch is due: wake the flusher, or (relay mode) pack and hand it over on this thread."""
-        if not self._inline:
-            if not self._wake.is_set():
-                self._wake.set()
-            return
-        if not self._lock.acquire(blocking=False):
-            return  # another thread is at it
-        try:
-            self._due_at = self._timestamp() + self.flush_interval_s
-            self._drain()
-        except Exception:  # reporting must never raise into the trading thread
-            log.exception("retrain client flush failed")
-        finally:
-            self._lock.release()
+        """The threshold is reached: a batch is due (relay mode: pack and hand it over on this
+        thread; else wake the flusher), and past ``max_buffer`` the newest rows are dropped."""
+        if self._inline:
+            if self._lock.acquire(blocking=False):  # else another thread is at it
+                try:
+                    self._wake_at = self._wake_size
+                    self._drained_at = monotonic()
+                    self._drain()
+                except Exception:  # reporting must never raise into the trading thread
+                    log.exception("retrain client flush failed")
+                finally:
+                    self._lock.release()
+        elif not self._wake.is_set():
+            self._wake.set()
+        buf = self._buffer
+        if len(buf) > self.max_buffer:
+            over = 0
+            try:
+                while len(buf) > self.max_buffer:
+                    buf.pop()
+                    over += 1
+            except IndexError:  # drained meanwhile by another thread
+                pass
+            if over:
+                self._drop(over, "the buffer is full")
 
     def _drop(self, rows: int, why: str) -> None:
         with self._drop_lock:
@@ -498,13 +505,17 @@ class RetrainClient:
             except Exception:  # the flusher must outlive any one bad batch
                 log.exception("retrain client flush failed")
 
-    def _idle(self) -> None:
-        # Relay mode: the report calls send what is due; this only covers an app gone quiet.
-        while not self._stop.wait(self.idle_flush_s):
-            now = self._timestamp()
-            # (A clock stepped back would otherwise hold age-due batches back by as much.)
-            if now >= self._due_at or self._due_at - now > self.flush_interval_s:
+    def _tick(self) -> None:
+        # Relay mode: a report call sends what is due; this thread only says when rows are old
+        # enough (it lowers the threshold, a few bytecodes, no work that would fight the model
+        # for the GIL), and sends itself for an app gone quiet for idle_flush_s.
+        while not self._stop.wait(self.flush_interval_s):
+            if not self._buffer and not self._waiting:
+                continue
+            if monotonic() - self._drained_at >= self.idle_flush_s:
                 self._due()
+            else:
+                self._wake_at = 0
 
     def _drain(self, expire_all: bool = False) -> None:
         with self._lock:
@@ -522,7 +533,9 @@ class RetrainClient:
         items = [popleft() for _ in range(len(buf))]
         # Predictions first, so that an outcome drained with its prediction finds it. They wait
         # as they came.
-        pending.update({it[2]: it for it in items if it[0] == "p"})
+        # (A prediction reported without ts is stamped now.)
+        pending.update({it[2]: it if it[6] is not None else ("p", it[1], it[2], it[3], it[4], it[5], now_ts)
+                        for it in items if it[0] == "p"})
         # Each part: (prediction items, their outcome items aligned, or None when unlabelled, or
         # _SELF for "l" items: a prediction with its outcome in one).
         parts: list[tuple[list, Any]] = []
@@ -567,12 +580,12 @@ class RetrainClient:
                 for lo in range(0, len(ps), self.batch_size):
                     hi = lo + self.batch_size
                     self._add_rows(open_batches, model, ps[lo:hi],
-                                   os_ if os_ is None or os_ is _SELF else os_[lo:hi])
+                                   os_ if os_ is None or os_ is _SELF else os_[lo:hi], now_ts)
                 for b in open_batches.values():
                     if len(b):
                         self._queue_batch(b)
 
-    def _add_rows(self, open_batches: dict, model: str, preds: list[tuple], outs: Any) -> None:
+    def _add_rows(self, open_batches: dict, model: str, preds: list[tuple], outs: Any, now_ts: float) -> None:
         """Add rows of one model column by column; any surprise sends them one by one instead.
 
         ``preds`` are prediction items (or "l" items), ``outs`` their outcome items, aligned,
@@ -582,6 +595,8 @@ class RetrainClient:
         xs = list(map(_X, preds))
         versions = list(map(_VERSION, preds))
         tss = list(map(_TS, preds))
+        if None in tss:  # "l" rows reported without ts: stamped now
+            tss = [now_ts if t is None else t for t in tss]
         preds_ = list(map(_PREDICTION, preds))
         if outs is None:
             labels: list = [None] * n

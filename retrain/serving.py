@@ -85,6 +85,7 @@ def routes_to_canary(key: str, share_pct: float) -> bool:
 
 
 _F8 = np.dtype(np.float64)
+_NDARRAY = np.ndarray
 
 
 def _one_row(features: Any) -> np.ndarray:
@@ -343,8 +344,8 @@ class ModelRouter:
             version, est = a.canary_version, a.canary
         else:
             version, est = a.production_version, a.production
-        if type(features) is not np.ndarray or features.ndim != 2 or features.dtype is not _F8 \
-                or features.shape[0] != 1:
+        # (No shape tuple and no global lookup: each object touched costs here; see the client.)
+        if type(features) is not _NDARRAY or features.dtype is not _F8 or features.ndim != 2 or len(features) != 1:
             features = _one_row(features)
         pred = int(est.predict(features)[0])
         report = self._report
@@ -354,6 +355,16 @@ class ModelRouter:
             report(self.model, prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}",
                    features.tobytes(), pred, version, ts)
         return pred, version
+
+    def route(self, key: str) -> tuple[str, Any]:
+        """The version ``key`` routes to now and its loaded model: what :meth:`predict` would use
+        (for an app that predicts by itself, in batches, and reports through the client)."""
+        a = self._active
+        if a is None:
+            raise RetrainError(f"{self.model}: no production version loaded yet ({self._last_error or 'none in the database'})")
+        if routing_bucket(key) < a.limit:
+            return a.canary_version, a.canary
+        return a.production_version, a.production
 
     def report_outcome(self, prediction_id: str, label: int, ret: float | None = None) -> None:
         """The realised label (and return) of an earlier :meth:`predict`, through the client."""

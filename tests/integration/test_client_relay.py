@@ -49,7 +49,7 @@ def test_rows_reach_the_broker_once_through_the_relay_and_no_flusher_thread_runs
     # Given a client in relay mode on a real Redis
     client = RetrainClient(f"redis://127.0.0.1:{redis_port}/0", mode="relay", batch_size=500, flush_interval_s=0.2)
     try:
-        assert client._thread is not None and client._thread.name == "retrain-client-idle"
+        assert client._thread is not None and client._thread.name == "retrain-client-timer"
         # When the app reports 3,000 predictions and their outcomes
         _two_step(client, range(3000))
         # Then full batches were handed over on the reporting calls themselves, before any flush

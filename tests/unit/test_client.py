@@ -19,6 +19,7 @@ from retrain.client import EncodedIngest, RetrainClient, encode_ingest
 from retrain.clock import SimClock
 from retrain.columns import pack_f8, unpack_f8
 from retrain.errors import PayloadError
+from tests.procs import until
 from retrain.payloads import IngestBatch, parse_payload
 
 T = 1_767_571_200.0
@@ -219,22 +220,30 @@ def test_request_retraining_is_sent_at_once_to_the_decision_queue():
 
 
 def test_relay_mode_packs_on_the_reporting_call_when_a_batch_is_due_by_size_or_age():
-    # Given a client in relay mode (no flusher thread) and batches of 10 rows
+    # Given a client in relay mode, batches of 10 rows, and its timer (the only thread it runs)
     broker = Broker()
-    c = _client(broker, mode="relay", batch_size=10, flush_interval_s=0.05)
-    assert c._thread is None
-    # When 20 predictions and their outcomes are reported
-    for i in range(20):
-        c.report_prediction("direction", f"p{i}", [0.0] * 8, 1, "1.0.0")
-        c.report_outcome("direction", f"p{i}", 1, 0.001)
-    # Then the call that filled the buffer packed and sent them, joined
-    assert broker.rows() == 20 and all(p["label"] == [1] * 10 for p in broker.payloads)
-    # And a lone row goes out with the first call after flush_interval_s
-    c.report("direction", "late", [0.0] * 8, 1, "1.0.0", 1)
-    assert broker.rows() == 20
-    time.sleep(0.08)
-    c.report("direction", "later", [0.0] * 8, 1, "1.0.0", 1)
-    assert broker.rows() == 22
+    c = RetrainClient(sender=broker, mode="relay", batch_size=10, flush_interval_s=0.5, idle_flush_s=60)
+    assert c._thread.name == "retrain-client-timer"
+    calling = threading.get_ident()
+    sent_on = []
+    c._send = lambda *a: (sent_on.append(threading.get_ident()), broker(*a))
+    try:
+        # When 20 predictions and their outcomes are reported
+        for i in range(20):
+            c.report_prediction("direction", f"p{i}", [0.0] * 8, 1, "1.0.0")
+            c.report_outcome("direction", f"p{i}", 1, 0.001)
+        # Then the call that filled the buffer packed and sent them, joined, on the calling thread
+        assert broker.rows() == 20 and all(p["label"] == [1] * 10 for p in broker.payloads)
+        assert set(sent_on) == {calling}
+        # And a lone row goes out with the first call after flush_interval_s, not before
+        c.report("direction", "late", [0.0] * 8, 1, "1.0.0", 1)
+        assert broker.rows() == 20
+        assert until(lambda: c._wake_at == 0, timeout=5)  # the timer marked it due
+        assert broker.rows() == 20
+        c.report("direction", "later", [0.0] * 8, 1, "1.0.0", 1)
+        assert broker.rows() == 22 and set(sent_on) == {calling}
+    finally:
+        c.close(5)
 
 
 def test_relay_mode_from_many_threads_loses_nothing_and_sends_each_row_once():

@@ -99,6 +99,10 @@ def test_predict_routes_by_key_and_returns_the_version_that_predicted():
     assert 0.22 < seen["1.1.0"] / 4000 < 0.28
     # The same key always gets the same version
     assert {router.predict(np.zeros(8), "k7")[1] for _ in range(10)} == {router.predict([0] * 8, "k7")[1]}
+    # And route() names the version and model predict uses, for an app that predicts by itself
+    for key in ("k1", "k2", "k3", "k7", "k11"):
+        version, est = router.route(key)
+        assert (int(est.predict(np.zeros((1, 8)))[0]), version) == router.predict(np.zeros(8), key)
 
 
 def test_the_router_follows_a_split_change_and_a_rollback_at_its_next_refresh():
@@ -145,6 +149,8 @@ def test_no_production_yet_is_a_clear_error_until_one_appears():
     router = _router(reader)
     with pytest.raises(RetrainError, match="no production version loaded yet"):
         router.predict([0] * 8, "k")
+    with pytest.raises(RetrainError, match="no production version loaded yet"):
+        router.route("k")
     reader.routing = PROD
     router.refresh()
     assert router.predict([0] * 8, "k") == (0, "1.0.0")
