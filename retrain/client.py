@@ -42,7 +42,7 @@ from typing import Any
 from retrain.clock import Clock, SystemClock, monotonic, timestamp_of
 from retrain.columns import pack_f8
 
-__all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender", "EncodedIngest", "encode_ingest"]
+__all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender"]
 
 log = logging.getLogger("retrain.client")
 
