@@ -280,12 +280,15 @@ class RetrainClient:
     mode: ``"thread"`` (default): a flusher thread of this process joins, packs and sends.
         ``"relay"``: the reporting call that finds a batch due packs it (a few
         microseconds a row) and hands it to a relay process (:mod:`retrain.client_relay`),
-        which talks to the broker; a timer thread only marks rows due by age. Choose it
-        when the process is busy with a model that releases and retakes the GIL often
-        (most scikit-learn models do): there, a background thread with work to do costs
-        milliseconds of CPU each time it fights for the GIL. The sender must not block.
-    idle_flush_s: relay mode: after how long without a report call the timer thread sends
-        what waits itself (an idle app).
+        which talks to the broker. Rows are marked due by age by the relay process, which
+        lowers the calls' threshold in memory it shares with this one (a sender without
+        ``due_limit`` leaves that to a timer thread of ours). Choose it when the process is
+        busy with a model that releases and retakes the GIL often (most scikit-learn models
+        do): there, every wake of a background thread costs milliseconds of CPU while it
+        waits for the GIL. The sender must not block.
+    idle_flush_s: relay mode: after how long without a report call a thread of ours sends
+        what waits itself (an idle app); the rows of an app gone quiet wait at most about
+        twice this long.
 
     Features are read when the rows are packed, not when ``report_*`` is called: do not
     change a features list after reporting it. Timestamps are epoch seconds.
@@ -338,9 +341,16 @@ class RetrainClient:
         self._buffer: collections.deque = collections.deque()
         # A prediction and its outcome are two items: a batch of joined rows is due at twice
         # batch_size items (never past max_buffer: the same check stands for both). In relay
-        # mode a timer lowers the threshold to 0 every flush_interval_s: the next call sends.
+        # mode the threshold is lowered to 0 every flush_interval_s, so the next call sends:
+        # by the relay process, in memory it shares with us (no thread of ours wakes for it),
+        # or else by our timer thread.
         self._wake_size = min(2 * batch_size, max_buffer)
-        self._wake_at = self._wake_size
+        self._limit = memoryview(bytearray(8)).cast("q")
+        shared_limit = getattr(sender, "due_limit", None) if self._inline else None
+        self._sender_ticks = shared_limit is not None
+        if shared_limit is not None:
+            self._limit = shared_limit(flush_interval_s)
+        self._limit[0] = self._wake_size
         self._drained_at = monotonic()
         self.idle_flush_s = idle_flush_s
         # Insertion-ordered: the first key is the oldest prediction waiting for its outcome.
@@ -380,14 +390,14 @@ class RetrainClient:
         """
         buf = self._buffer
         buf.append(("p", model, prediction_id, features, prediction, version, ts))
-        if len(buf) >= self._wake_at:
+        if len(buf) >= self._limit[0]:
             self._due()
 
     def report_outcome(self, model: str, prediction_id: str, label: int, ret: float | None = None) -> None:
         """Record the realized label (and the asset's return) of an earlier prediction."""
         buf = self._buffer
         buf.append(("o", model, prediction_id, label, ret))
-        if len(buf) >= self._wake_at:
+        if len(buf) >= self._limit[0]:
             self._due()
 
     def report(self, model: str, prediction_id: str, features: Sequence[float], prediction: int, version: str,
@@ -395,7 +405,7 @@ class RetrainClient:
         """A prediction and its outcome at once (when the label is already known)."""
         buf = self._buffer
         buf.append(("l", model, prediction_id, features, prediction, version, ts, label, ret))
-        if len(buf) >= self._wake_at:
+        if len(buf) >= self._limit[0]:
             self._due()
 
     def _due(self) -> None:
@@ -404,7 +414,7 @@ class RetrainClient:
         if self._inline:
             if self._lock.acquire(blocking=False):  # else another thread is at it
                 try:
-                    self._wake_at = self._wake_size
+                    self._limit[0] = self._wake_size
                     self._drained_at = monotonic()
                     self._drain()
                 except Exception:  # reporting must never raise into the trading thread
@@ -506,16 +516,26 @@ class RetrainClient:
                 log.exception("retrain client flush failed")
 
     def _tick(self) -> None:
-        # Relay mode: a report call sends what is due; this thread only says when rows are old
-        # enough (it lowers the threshold, a few bytecodes, no work that would fight the model
-        # for the GIL), and sends itself for an app gone quiet for idle_flush_s.
-        while not self._stop.wait(self.flush_interval_s):
+        # Relay mode: a report call sends what is due. This thread sends itself only for an app
+        # gone quiet for idle_flush_s; when the sender does not lower the threshold for us (a
+        # relay process does), it also lowers it every flush_interval_s (a few bytecodes). It
+        # wakes as seldom as it can: each wake of a thread in a process whose model releases
+        # and retakes the GIL thousands of times a second costs milliseconds of CPU (measured:
+        # ~27 ms a wake beside the example model's predict).
+        while True:
+            if self._sender_ticks:
+                wait = self.idle_flush_s - (monotonic() - self._drained_at)
+                wait = wait if wait > 0 else self.idle_flush_s
+            else:
+                wait = self.flush_interval_s
+            if self._stop.wait(wait):
+                return
             if not self._buffer and not self._waiting:
                 continue
             if monotonic() - self._drained_at >= self.idle_flush_s:
                 self._due()
-            else:
-                self._wake_at = 0
+            elif not self._sender_ticks:
+                self._limit[0] = 0
 
     def _drain(self, expire_all: bool = False) -> None:
         with self._lock:

@@ -25,6 +25,13 @@ up (already counted and reported by the child), ``flushed TOKEN 1|0``. Rows writ
 but never acknowledged when the child dies are counted as lost by the parent
 (``on_lost``) and reported with its next batch. When the parent goes away, the child
 reads end-of-file, sends what it holds and exits.
+
+The relay also keeps the client's clock, so that no thread of the app has to wake for it:
+:meth:`ProcessRelay.due_limit` maps 8 bytes shared with the child (an unlinked file,
+passed by descriptor), the threshold the client's report calls compare the buffer's
+length with; the child sets it to 0 every ``interval_s``, and the next report call packs
+what waits. (A thread of the app's own, waking to do that, would wait for the GIL beside a
+model that keeps releasing and retaking it, and burn milliseconds of CPU at each wake.)
 """
 
 from __future__ import annotations
@@ -32,12 +39,15 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import mmap
 import os
 import select
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -104,6 +114,24 @@ class ProcessRelay:
         self._flushed: dict[str, bool] = {}
         self._last_start = -1e9
         self._tokens = 0
+        self._due_file: Any = None
+        self._due_every = 0.0
+
+    def due_limit(self, interval_s: float) -> memoryview:
+        """The client's due threshold (one int64), in memory shared with the relay process,
+        which sets it to 0 every ``interval_s``; starts the process (it keeps the time from now)."""
+        with self._lock:
+            if self._due_file is None:
+                self._due_file = tempfile.TemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+                self._due_file.truncate(8)
+                self._due_map = mmap.mmap(self._due_file.fileno(), 8)
+            self._due_every = float(interval_s)
+            limit = memoryview(self._due_map).cast("q")
+            try:
+                self._ensure_child()
+            except RelayBusy:  # started at the first batch instead
+                pass
+            return limit
 
     # ------------------------------------------------------------------ sender
     def __call__(self, task: str, payload: dict, queue: str, priority: int) -> None:
@@ -158,6 +186,9 @@ class ProcessRelay:
         """Let the child send what it holds and exit (end of its input), then wait for it."""
         with self._lock:
             proc, self._proc = self._proc, None
+            if self._due_file is not None:  # (the map stays: the client may still read it)
+                self._due_file.close()
+                self._due_file = None
         if proc is None:
             return
         deadline = monotonic() + timeout_s
@@ -199,12 +230,16 @@ class ProcessRelay:
             raise RelayBusy("the relay process is restarting")
         self._last_start = now
         argv = [self.python, "-m", "retrain.client_relay", self.broker_url] + (["--dry-run"] if self.dry_run else [])
+        keep: tuple[int, ...] = ()
+        if self._due_file is not None:
+            keep = (self._due_file.fileno(),)
+            argv += ["--due-fd", str(keep[0]), "--due-every", repr(self._due_every)]
         env = dict(os.environ)
         # The child imports this very package, wherever the app found it.
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
-                                close_fds=True)
+                                close_fds=True, pass_fds=keep)
         for f in (proc.stdin, proc.stdout):
             os.set_blocking(f.fileno(), False)
         try:
@@ -307,6 +342,22 @@ def _read_exact(stream: Any, n: int) -> bytes | None:
     return data
 
 
+def _keep_time(fd: int, every_s: float) -> None:
+    """Set the parent's due threshold to 0 every ``every_s`` (a daemon thread of the child)."""
+    limit = memoryview(mmap.mmap(fd, 8)).cast("q")
+    os.close(fd)
+
+    def tick() -> None:
+        while True:
+            time.sleep(every_s)
+            limit[0] = 0
+
+    threading.Thread(target=tick, name="retrain-relay-clock", daemon=True).start()
+
+
+_USAGE = "usage: python -m retrain.client_relay BROKER_URL [--dry-run] [--due-fd FD --due-every SECONDS]"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The relay process: frames on stdin to the broker, answers on stdout."""
     from retrain.client import RetrainClient, kombu_sender
@@ -315,10 +366,23 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     dry_run = "--dry-run" in args
     args = [a for a in args if a != "--dry-run"]
-    if len(args) != 1:
-        print("usage: python -m retrain.client_relay BROKER_URL [--dry-run]", file=sys.stderr)
+    due: dict[str, str] = {}
+    for flag in ("--due-fd", "--due-every"):
+        if flag in args:
+            i = args.index(flag)
+            due[flag] = args[i + 1] if i + 1 < len(args) else ""
+            del args[i:i + 2]
+    if len(args) != 1 or len(due) == 1:
+        print(_USAGE, file=sys.stderr)
+        return 2
+    try:
+        due_fd, due_every = (int(due["--due-fd"]), float(due["--due-every"])) if due else (None, 0.0)
+    except ValueError:
+        print(_USAGE, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s retrain-relay %(levelname)s %(message)s")
+    if due_fd is not None and due_every > 0:
+        _keep_time(due_fd, due_every)
     url = args[0]
     out = sys.stdout.buffer
     out_lock = threading.Lock()

@@ -17,8 +17,12 @@
     (single-row latency moves by +-30 % over seconds here). Counted: the calling
     thread's CPU around each call, the CPU of our threads (their own clocks) and of
     the relay process, and the final flush; the percentage is all of it over the bare
-    calls' CPU (target <= 2 %). ``overhead_pct_chunks`` is the same for each eighth of
-    the run (its spread is the measurement's noise); ``overhead_pct_thread_mode``
+    calls' CPU (target <= 2 %). Garbage-collection pauses count on the routed side
+    wherever they fall (``router_gc_us``). The rows are split over 8 fresh routers,
+    clients and relays, one after the other, and the figure is over all of them:
+    where one instance's objects land in memory moves the model's own ``predict`` by
+    up to +-2 us against the bare call (by far the largest noise here);
+    ``overhead_pct_instances`` is each one's figure. ``overhead_pct_thread_mode``
     is the same with the client's default flusher thread, ``overhead_pct_without_canary``
     with no rollout in progress (production serves every key); ``latency_overhead_pct``
     is the wall time of the call itself. ``router_own_warm_us_per_prediction`` is
@@ -37,6 +41,7 @@ Run ``retrain bench router [--json]``.
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import tempfile
@@ -86,7 +91,51 @@ def _interleaved(bare, routed, pairs: int, block: int, rate: int, background: Ca
     read from their own CPU clocks, and of the relay process) is charged to the routed
     side, the only one that gives them work. (The process's CPU minus the caller's
     would also charge the BLAS pool's spinning after each bare ``predict`` to the router.)
+
+    Garbage collection pauses are charged to the routed side wherever they fall: a
+    collection runs in whichever call crosses the allocation threshold, usually a bare
+    ``predict``, but the objects that fill the generations are the buffered rows
+    (bare predictions alone free what they allocate and trigger almost none).
     """
+    gc_in = {"bare": 0, "routed": 0}
+    side = ["bare"]
+    gc_started = [0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_started[0] = time.thread_time_ns()
+        else:
+            gc_in[side[0]] += time.thread_time_ns() - gc_started[0]
+
+    gc.collect()  # what setting up left behind is not the router's
+    gc.callbacks.append(on_gc)
+    try:
+        res = _alternate(bare, routed, pairs, block, rate, background, chunks, side)
+    finally:
+        gc.callbacks.remove(on_gc)
+    caller, gc_moved = res.pop("caller"), gc_in["bare"] / 1e9
+    n, spent, wall = res["n"], res.pop("spent"), res.pop("wall")
+    bare_s = sum(caller["bare"]) / 1e9 - gc_moved
+    routed_s = sum(caller["routed"]) / 1e9 + gc_moved
+    bg = sum(spent)
+    gc_s = (gc_in["bare"] + gc_in["routed"]) / 1e9
+    res.update({
+        "bare_us": 1e6 * bare_s / n,
+        "extra_us": 1e6 * (routed_s - bare_s + bg) / n,
+        "call_extra_us": 1e6 * (routed_s - bare_s) / n,
+        "background_us": 1e6 * bg / n,
+        "gc_us": 1e6 * gc_s / n,
+        "overhead_pct": 100.0 * (routed_s - bare_s + bg) / bare_s,
+        "latency_overhead_pct": 100.0 * (wall["routed"] - wall["bare"]) / wall["bare"],
+        # (per chunk without moving GC pauses: they fall in one chunk or another)
+        "chunk_pct": [100.0 * ((r - b) / 1e9 + g) / (b / 1e9)
+                      for r, b, g in zip(caller["routed"], caller["bare"], spent)],
+    })
+    return res
+
+
+def _alternate(bare, routed, pairs: int, block: int, rate: int, background: Callable[[], float], chunks: int,
+               side: list[str]) -> dict[str, Any]:
     period = 1.0 / rate
     per_chunk = max(1, pairs // block // chunks)
     caller = {"bare": [0] * chunks, "routed": [0] * chunks}
@@ -103,6 +152,7 @@ def _interleaved(bare, routed, pairs: int, block: int, rate: int, background: Ca
                 ahead = due - time.perf_counter()
                 if ahead > 0.0005:
                     time.sleep(ahead - 0.0002)
+                side[0] = name
                 w0, t0 = time.perf_counter_ns(), time.thread_time_ns()
                 for i in range(lo, lo + block):
                     fn(i)
@@ -111,20 +161,8 @@ def _interleaved(bare, routed, pairs: int, block: int, rate: int, background: Ca
                 calls += block
         spent[c] = background() - bg0
     n = per_chunk * block * chunks
-    bare_s, routed_s = sum(caller["bare"]) / 1e9, sum(caller["routed"]) / 1e9
-    bg = sum(spent)
-    return {
-        "n": n,
-        "bare_us": 1e6 * bare_s / n,
-        "extra_us": 1e6 * (routed_s - bare_s + bg) / n,
-        "call_extra_us": 1e6 * (routed_s - bare_s) / n,
-        "background_us": 1e6 * bg / n,
-        "overhead_pct": 100.0 * (routed_s - bare_s + bg) / bare_s,
-        "latency_overhead_pct": 100.0 * (wall["routed"] - wall["bare"]) / wall["bare"],
-        "chunk_pct": [100.0 * ((r - b) / 1e9 + g) / (b / 1e9)
-                      for r, b, g in zip(caller["routed"], caller["bare"], spent)],
-        "rate_per_s": 2 * n / (time.perf_counter() - t_start),
-    }
+    return {"n": n, "caller": caller, "wall": wall, "spent": spent,
+            "rate_per_s": 2 * n / (time.perf_counter() - t_start)}
 
 
 def _example_model():
@@ -191,7 +229,7 @@ def _child_cpu(pid: int | None) -> float:
     return t.user + t.system
 
 
-def overhead(pairs: int = 30_000, block: int = 1, rate: int = RATE_PER_S) -> dict[str, Any]:
+def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instances: int = 8) -> dict[str, Any]:
     from retrain.artifacts import ArtifactStore
     from retrain.client import RetrainClient
     from retrain.client_relay import ProcessRelay
@@ -223,7 +261,7 @@ def overhead(pairs: int = 30_000, block: int = 1, rate: int = RATE_PER_S) -> dic
                 with store.tx() as tx:
                     tx.move_alias(model, "canary", "1.1.0", actor="bench", reason="bench", now=now, share_pct=10.0)
 
-        def measure(model: str, n: int, mode: str, rate: int) -> dict[str, Any]:
+        def measure_one(model: str, lo: int, hi: int, mode: str, rate: int) -> dict[str, Any]:
             relay = ProcessRelay("memory://", dry_run=True) if mode == "relay" else None
             client = RetrainClient(sender=relay or sink, mode=mode, flush_interval_s=1.0, batch_size=5000)
             reader = StoreRoutingReader(store)
@@ -231,22 +269,24 @@ def overhead(pairs: int = 30_000, block: int = 1, rate: int = RATE_PER_S) -> dic
             report_outcome = client.report_outcome
             # The same predictions made directly: each row by the very model object the router
             # serves it with (a canary's rows by the canary), so that what differs is the router's.
-            models = [router.route(k)[1] for k in keys[:n]]
+            models = {i: router.route(keys[i])[1] for i in range(lo, hi)}
             try:
-                def bare(i):
+                def bare(j):
+                    i = lo + j
                     models[i].predict(rows[i])
 
-                def routed(i):
+                def routed(j):
                     # The app's whole reporting: the prediction (by the router) and, later, its outcome.
+                    i = lo + j
                     router.predict(rows[i], keys[i], prediction_id=pids[i])
                     report_outcome(model, pids[i], labels[i], 0.001)
 
                 def background() -> float:
                     return _thread_cpu([client._thread, router._thread]) + _child_cpu(relay and relay.pid)
 
-                _interleaved(bare, routed, min(n, 3000), block, rate, background, chunks=1)  # warm-up
+                _interleaved(bare, routed, min(hi - lo, 1500), block, rate, background, chunks=1)  # warm-up
                 client.flush(10)
-                res = _interleaved(bare, routed, n, block, rate, background)
+                res = _interleaved(bare, routed, hi - lo, block, rate, background, chunks=4)
                 # The rows still buffered are the routed side's too: send them inside the account.
                 b0, t0 = background(), time.thread_time()
                 client.flush(10)
@@ -259,14 +299,33 @@ def overhead(pairs: int = 30_000, block: int = 1, rate: int = RATE_PER_S) -> dic
                 router.close()
                 client.close(10)
 
-        relay = measure("direction", pairs, "relay", rate)
-        thread = measure("direction", pairs, "thread", rate)
-        solo = measure("solo", pairs, "relay", rate)  # no rollout: production serves every key
+        def measure(model: str, n: int, mode: str, rate: int, instances: int) -> dict[str, Any]:
+            """Over ``instances`` fresh routers and clients, ``n`` rows in all: where the objects of one
+            land in memory moves the model's own predict by +-2 us next to the bare one (measured
+            with the router alone, no reporting: -0.6 to +3.9 us a row from one instance to the
+            next), so one instance is not a measurement."""
+            per = n // instances
+            runs = [measure_one(model, k * per, (k + 1) * per, mode, rate) for k in range(instances)]
+            total = sum(r["n"] for r in runs)
+
+            def mean(key: str) -> float:
+                return sum(r[key] * r["n"] for r in runs) / total
+
+            out = {k: mean(k) for k in ("bare_us", "extra_us", "call_extra_us", "background_us", "gc_us",
+                                        "latency_overhead_pct", "rate_per_s")}
+            out.update(n=total, overhead_pct=100.0 * out["extra_us"] / out["bare_us"],
+                       instance_pct=[r["overhead_pct"] for r in runs],
+                       refreshes=sum(r["refreshes"] for r in runs), reported=sum(r["reported"] for r in runs))
+            return out
+
+        relay = measure("direction", pairs, "relay", rate, instances)
+        thread = measure("direction", pairs // 4, "thread", rate, 2)
+        solo = measure("solo", pairs // 2, "relay", rate, max(1, instances // 2))  # no rollout: production serves every key
         # The router's own cost, with a model that does nothing, unpaced: routing and reporting, warm.
-        own = measure("noop", pairs, "relay", 10**9)
+        own = measure("noop", pairs // 2, "relay", 10**9, 1)
         return {
             "overhead_pct": round(relay["overhead_pct"], 2),
-            "overhead_pct_chunks": [round(x, 2) for x in relay["chunk_pct"]],
+            "overhead_pct_instances": [round(x, 2) for x in relay["instance_pct"]],
             "overhead_pct_thread_mode": round(thread["overhead_pct"], 2),
             "overhead_pct_without_canary": round(solo["overhead_pct"], 2),
             "latency_overhead_pct": round(relay["latency_overhead_pct"], 2),
@@ -274,12 +333,13 @@ def overhead(pairs: int = 30_000, block: int = 1, rate: int = RATE_PER_S) -> dic
             "router_extra_us_per_prediction": round(relay["extra_us"], 2),
             "router_call_extra_us": round(relay["call_extra_us"], 2),
             "router_background_us": round(relay["background_us"], 2),
+            "router_gc_us": round(relay["gc_us"], 2),
             "thread_mode_extra_us_per_prediction": round(thread["extra_us"], 2),
             "thread_mode_background_us": round(thread["background_us"], 2),
             "router_own_warm_us_per_prediction": round(own["extra_us"], 2),
             "achieved_rate_per_s": round(relay["rate_per_s"]),
             "target_rate_per_s": rate,
-            "predictions_per_mode": relay["n"],
+            "predictions_relay_mode": relay["n"],
             "reported_rows": relay["reported"],
             "router_refreshes": relay["refreshes"],
             "router_db": kind,

@@ -238,7 +238,7 @@ def test_relay_mode_packs_on_the_reporting_call_when_a_batch_is_due_by_size_or_a
         # And a lone row goes out with the first call after flush_interval_s, not before
         c.report("direction", "late", [0.0] * 8, 1, "1.0.0", 1)
         assert broker.rows() == 20
-        assert until(lambda: c._wake_at == 0, timeout=5)  # the timer marked it due
+        assert until(lambda: c._limit[0] == 0, timeout=5)  # the timer marked it due
         assert broker.rows() == 20
         c.report("direction", "later", [0.0] * 8, 1, "1.0.0", 1)
         assert broker.rows() == 22 and set(sent_on) == {calling}
