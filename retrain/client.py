@@ -34,7 +34,7 @@ import uuid
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import compress, repeat, starmap
 from numbers import Real
 from operator import itemgetter
 from typing import Any
@@ -53,7 +53,8 @@ _NAN = float("nan")
 _INTS, _STRS = {int}, {str}
 _SELF = object()
 # Fields of the buffered items (see RetrainClient's hot path).
-_MODEL, _PID, _X, _PREDICTION, _VERSION, _TS = (itemgetter(i) for i in range(1, 7))
+_KIND, _MODEL, _PID, _X, _PREDICTION, _VERSION, _TS = (itemgetter(i) for i in range(7))
+_FIRST, _SECOND = _KIND, _MODEL
 _LABEL_O, _RET_O = itemgetter(3), itemgetter(4)
 _LABEL_L, _RET_L = itemgetter(7), itemgetter(8)
 
@@ -86,7 +87,8 @@ def encode_ingest(payload: dict) -> EncodedIngest:
     The packed columns are base64, which JSON carries with nothing to escape: they are
     put in as they are, not scanned by the encoder (a third of the work otherwise).
     """
-    spliced = {k: payload[k] for k in _PACKED if _plain(payload.get(k))}
+    packed = payload.get("n_features") is not None  # its columns are pack_f8's base64
+    spliced = {k: payload[k] for k in _PACKED if _plain(payload.get(k), packed)}
     rest = json.dumps({k: v for k, v in payload.items() if k not in spliced}, separators=(",", ":"))
     if spliced:
         sep = "," if len(rest) > 2 else ""
@@ -96,9 +98,11 @@ def encode_ingest(payload: dict) -> EncodedIngest:
                          len(payload.get("id", ())), int(payload.get("client_dropped", 0) or 0))
 
 
-def _plain(v: Any) -> bool:
-    # A string JSON holds verbatim: ASCII, printable, no quote, no backslash (base64 is).
-    return type(v) is str and v.isascii() and v.isprintable() and '"' not in v and "\\" not in v
+def _plain(v: Any, base64: bool = False) -> bool:
+    # A string JSON holds verbatim: ASCII, printable, no quote, no backslash (base64 is; the
+    # per-character printable scan, the one slow check, is skipped for what pack_f8 made).
+    return (type(v) is str and v.isascii() and '"' not in v and "\\" not in v
+            and (base64 or v.isprintable()))
 
 
 def _carried(payload: Any) -> int:
@@ -353,8 +357,8 @@ class RetrainClient:
         self._limit[0] = self._wake_size
         self._drained_at = monotonic()
         self.idle_flush_s = idle_flush_s
-        # Insertion-ordered: the first key is the oldest prediction waiting for its outcome.
-        self._pending: dict[str, tuple] = {}
+        # id -> (prediction item, when gathered); insertion-ordered: the first is the oldest.
+        self._pending: dict[str, tuple[tuple, float]] = {}
         self._waiting: collections.deque[tuple[dict, int]] = collections.deque()
         self._waiting_rows = 0
         self._width: dict[str, int] = {}
@@ -407,6 +411,12 @@ class RetrainClient:
         buf.append(("l", model, prediction_id, features, prediction, version, ts, label, ret))
         if len(buf) >= self._limit[0]:
             self._due()
+
+    def _prediction_sink(self) -> tuple[collections.deque, memoryview, Callable[[], None]]:
+        """What :meth:`report_prediction` does, for ModelRouter to inline: append
+        ``("p", model, id, features, prediction, version, ts)`` to the buffer, then call the
+        third when ``len(buffer) >= limit[0]``."""
+        return self._buffer, self._limit, self._due
 
     def _due(self) -> None:
         """The threshold is reached: a batch is due (relay mode: pack and hand it over on this
@@ -545,78 +555,86 @@ class RetrainClient:
                 self._pump()
 
     def _gather(self, expire_all: bool) -> None:
-        # Column by column, with C-level maps and comprehensions, not one loop with branches
-        # over rows: this runs for every row the app reports.
+        # Column by column, with C-level maps, filters and zips, not one loop with branches
+        # over rows: this runs for every row the app reports, on one of its threads.
         now_ts = self._timestamp()
         buf, pending = self._buffer, self._pending
-        popleft = buf.popleft
-        items = [popleft() for _ in range(len(buf))]
+        items = list(starmap(buf.popleft, repeat((), len(buf))))
+        kinds = list(map(_KIND, items))
         # Predictions first, so that an outcome drained with its prediction finds it. They wait
-        # as they came.
-        # (A prediction reported without ts is stamped now.)
-        pending.update({it[2]: it if it[6] is not None else ("p", it[1], it[2], it[3], it[4], it[5], now_ts)
-                        for it in items if it[0] == "p"})
-        # Each part: (prediction items, their outcome items aligned, or None when unlabelled, or
-        # _SELF for "l" items: a prediction with its outcome in one).
-        parts: list[tuple[list, Any]] = []
-        labelled = [it for it in items if it[0] == "l"]
-        if labelled:
-            parts.append((labelled, _SELF))
-        outcomes = [it for it in items if it[0] == "o"]
-        if outcomes:
+        # as they came, each with the time it was gathered (its ts when reported without one).
+        n_p = kinds.count("p")
+        if n_p:
+            preds = items if n_p == len(items) else list(compress(items, map("p".__eq__, kinds)))
+            pending.update(zip(map(_PID, preds), zip(preds, repeat(now_ts))))
+        # Each part: (items, the times they were gathered or None, their outcome items aligned,
+        # or None when unlabelled, or _SELF for "l" items: a prediction with its outcome in one).
+        parts: list[tuple[list, Any, Any]] = []
+        if "l" in kinds:
+            parts.append((list(compress(items, map("l".__eq__, kinds))), None, _SELF))
+        if "o" in kinds:
+            outcomes = list(compress(items, map("o".__eq__, kinds)))
             hits = list(map(pending.pop, map(_PID, outcomes), repeat(None)))
             if None in hits:  # outcomes of predictions never seen (or sent unlabelled already)
                 orphans = [("l", o[1], o[2], None, None, "", now_ts, o[3], o[4])
                            for o, h in zip(outcomes, hits) if h is None]
-                parts.append((orphans, _SELF))
+                parts.append((orphans, None, _SELF))
                 kept = [(o, h) for o, h in zip(outcomes, hits) if h is not None]
                 outcomes, hits = [k[0] for k in kept], [k[1] for k in kept]
             if hits:
-                parts.append((hits, outcomes))
+                parts.append((list(map(_FIRST, hits)), list(map(_SECOND, hits)), outcomes))
         # Predictions that waited too long, or too many waiting: sent unlabelled, oldest first.
         cutoff = now_ts - self.prediction_ttl_s
         excess = len(pending) - self.max_pending_predictions
         expired = []
         while pending:
             pid = next(iter(pending))
-            p = pending[pid]
-            if excess <= 0 and not expire_all and p[6] > cutoff:
+            item, gathered = pending[pid]
+            if excess <= 0 and not expire_all and (gathered if item[6] is None else item[6]) > cutoff:
                 break
             del pending[pid]
             excess -= 1
-            expired.append(p)
+            expired.append((item, gathered))
         if expired:
-            parts.append((expired, None))
-        for preds, outs in parts:
+            parts.append((list(map(_FIRST, expired)), list(map(_SECOND, expired)), None))
+        for preds, gathered, outs in parts:
             models = set(map(_MODEL, preds))
             if len(models) == 1:
-                groups = [(preds[0][1], preds, outs)]
+                groups = [(preds[0][1], preds, gathered, outs)]
             else:
                 groups = [(m, [p for p in preds if p[1] == m],
+                           None if gathered is None else [g for p, g in zip(preds, gathered) if p[1] == m],
                            outs if outs is None or outs is _SELF else [o for p, o in zip(preds, outs) if p[1] == m])
                           for m in models]
-            for model, ps, os_ in groups:
+            for model, ps, gs, os_ in groups:
                 open_batches: dict[tuple[str, bool], _Batch] = {}
                 for lo in range(0, len(ps), self.batch_size):
                     hi = lo + self.batch_size
-                    self._add_rows(open_batches, model, ps[lo:hi],
+                    self._add_rows(open_batches, model, ps[lo:hi], None if gs is None else gs[lo:hi],
                                    os_ if os_ is None or os_ is _SELF else os_[lo:hi], now_ts)
                 for b in open_batches.values():
                     if len(b):
                         self._queue_batch(b)
 
-    def _add_rows(self, open_batches: dict, model: str, preds: list[tuple], outs: Any, now_ts: float) -> None:
+    def _add_rows(self, open_batches: dict, model: str, preds: list[tuple], gathered: list[float] | None,
+                  outs: Any, now_ts: float) -> None:
         """Add rows of one model column by column; any surprise sends them one by one instead.
 
-        ``preds`` are prediction items (or "l" items), ``outs`` their outcome items, aligned,
-        or None (unlabelled), or _SELF ("l" items)."""
+        ``preds`` are prediction items (or "l" items), ``gathered`` when each was gathered
+        (None: now), ``outs`` their outcome items, aligned, or None (unlabelled), or _SELF
+        ("l" items)."""
         n = len(preds)
         pids = list(map(_PID, preds))
         xs = list(map(_X, preds))
         versions = list(map(_VERSION, preds))
         tss = list(map(_TS, preds))
-        if None in tss:  # "l" rows reported without ts: stamped now
-            tss = [now_ts if t is None else t for t in tss]
+        if None in tss:  # reported without ts: stamped when gathered
+            if gathered is None:
+                tss = [now_ts if t is None else t for t in tss]
+            elif tss.count(None) == n:
+                tss = gathered
+            else:
+                tss = [g if t is None else t for t, g in zip(tss, gathered)]
         preds_ = list(map(_PREDICTION, preds))
         if outs is None:
             labels: list = [None] * n

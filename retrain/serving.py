@@ -63,8 +63,6 @@ _crc32 = zlib.crc32
 
 #: Keys hash into this many buckets: shares are honoured to 0.01 %.
 ROUTING_BUCKETS = 10_000
-#: How many keys' buckets a router remembers (beyond it, new keys are hashed each time).
-_MAX_REMEMBERED_KEYS = 100_000
 
 
 def routing_bucket(key: str) -> int:
@@ -86,6 +84,12 @@ def routes_to_canary(key: str, share_pct: float) -> bool:
 
 _F8 = np.dtype(np.float64)
 _NDARRAY = np.ndarray
+
+
+def _one_prediction(y: Any) -> Any:
+    if len(y) != 1:
+        raise ValueError(f"predict takes one row of features, the model answered {len(y)} predictions")
+    return y[0]
 
 
 def _one_row(features: Any) -> np.ndarray:
@@ -294,6 +298,9 @@ class ModelRouter:
         self._load: Callable[[str], Any] = getattr(artifacts, "load_object", artifacts)
         self._client = client
         self._report = client.report_prediction if client is not None else None
+        # A RetrainClient lets the hot path append to its buffer itself (see predict).
+        sink = getattr(client, "_prediction_sink", None)
+        self._buffer, self._due_at, self._due = sink() if sink is not None else (None, None, None)
         self._active: _Active | None = None
         self._wanted: Routing | None = None
         self._cache: dict[str, Any] = {}
@@ -302,7 +309,6 @@ class ModelRouter:
         self._refreshes = self._changes = self._errors = 0
         self._last_error: str | None = None
         self._seq = itertools.count()
-        self._buckets: dict[str, int] = {}
         self._prefix = f"{model}-{os.getpid()}-{id(self) & 0xFFFFFF:x}-"
         self.refresh()
         self._thread: threading.Thread | None = None
@@ -333,27 +339,33 @@ class ModelRouter:
         a = self._active
         if a is None:
             raise RetrainError(f"{self.model}: no production version loaded yet ({self._last_error or 'none in the database'})")
-        # routes_to_canary, with each key's bucket remembered: keys (instruments, accounts) repeat,
-        # and after a model's predict zlib's tables are out of the cache (~1.4 us a call here).
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = _crc32(key.encode()) % ROUTING_BUCKETS
-            if len(self._buckets) < _MAX_REMEMBERED_KEYS:
-                self._buckets[key] = bucket
-        if bucket < a.limit:
+        # Every object this touches costs here: the model's predict has just evicted our code and
+        # data from the CPU's caches (each line below was measured that way). Without a canary no
+        # key is hashed; with one, CRC-32 of the key is cheaper than a dict of remembered buckets.
+        if a.limit >= 0.0 and _crc32(key.encode()) % ROUTING_BUCKETS < a.limit:
             version, est = a.canary_version, a.canary
         else:
             version, est = a.production_version, a.production
-        # (No shape tuple and no global lookup: each object touched costs here; see the client.)
-        if type(features) is not _NDARRAY or features.dtype is not _F8 or features.ndim != 2 or len(features) != 1:
+        if type(features) is not _NDARRAY or features.dtype is not _F8 or features.ndim != 2:
             features = _one_row(features)
-        pred = int(est.predict(features)[0])
-        report = self._report
-        if report is not None:
-            # tobytes is a copy (the app may reuse its buffer before the flusher runs) and the
-            # client's cheapest form to pack: no Python float per value.
-            report(self.model, prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}",
-                   features.tobytes(), pred, version, ts)
+        y = est.predict(features)
+        try:
+            pred = y.item()  # and ValueError unless exactly one prediction: one row
+        except AttributeError:  # a model that answers with a list
+            pred = _one_prediction(y)
+        except ValueError:
+            raise ValueError(f"predict takes one row of features, got an array of shape {features.shape}") from None
+        buf = self._buffer
+        if buf is not None:
+            # The client's report_prediction, inlined (one frame less). tobytes is a copy (the app
+            # may reuse its buffer before the rows are packed) and the cheapest form to pack.
+            buf.append(("p", self.model, prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}",
+                        features.tobytes(), pred, version, ts))
+            if len(buf) >= self._due_at[0]:
+                self._due()
+        elif self._report is not None:
+            self._report(self.model, prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}",
+                         features.tobytes(), pred, version, ts)
         return pred, version
 
     def route(self, key: str) -> tuple[str, Any]:
@@ -362,7 +374,7 @@ class ModelRouter:
         a = self._active
         if a is None:
             raise RetrainError(f"{self.model}: no production version loaded yet ({self._last_error or 'none in the database'})")
-        if routing_bucket(key) < a.limit:
+        if a.limit >= 0.0 and routing_bucket(key) < a.limit:
             return a.canary_version, a.canary
         return a.production_version, a.production
 
