@@ -29,12 +29,13 @@ import collections
 import json
 import logging
 import math
+import re
 import threading
 import uuid
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import compress, repeat, starmap
+from itertools import repeat, starmap
 from numbers import Real
 from operator import itemgetter
 from typing import Any
@@ -53,8 +54,8 @@ _NAN = float("nan")
 _INTS, _STRS = {int}, {str}
 _SELF = object()
 # Fields of the buffered items (see RetrainClient's hot path).
-_KIND, _MODEL, _PID, _X, _PREDICTION, _VERSION, _TS = (itemgetter(i) for i in range(7))
-_FIRST, _SECOND = _KIND, _MODEL
+_FIRST, _MODEL, _PID, _X, _PREDICTION, _VERSION, _TS = (itemgetter(i) for i in range(7))
+_SECOND = _MODEL
 _LABEL_O, _RET_O = itemgetter(3), itemgetter(4)
 _LABEL_L, _RET_L = itemgetter(7), itemgetter(8)
 
@@ -85,17 +86,55 @@ def encode_ingest(payload: dict) -> EncodedIngest:
     """The Celery body of ``retrain.ingest(payload)`` as kombu would send it, encoded once.
 
     The packed columns are base64, which JSON carries with nothing to escape: they are
-    put in as they are, not scanned by the encoder (a third of the work otherwise).
+    put in as they are, not scanned by the encoder (a third of the work otherwise). The
+    ids and versions (plain ASCII strings, checked in one pass) are joined, and the 0/1
+    predictions and labels written from a table: three times faster than the encoder.
     """
     packed = payload.get("n_features") is not None  # its columns are pack_f8's base64
-    spliced = {k: payload[k] for k in _PACKED if _plain(payload.get(k), packed)}
-    rest = json.dumps({k: v for k, v in payload.items() if k not in spliced}, separators=(",", ":"))
-    if spliced:
+    raw = {k: f'"{payload[k]}"' for k in _PACKED if _plain(payload.get(k), packed)}
+    for k, write in _FAST_COLUMNS:
+        text = write(payload.get(k))
+        if text is not None:
+            raw[k] = text
+    rest = json.dumps({k: v for k, v in payload.items() if k not in raw}, separators=(",", ":"))
+    if raw:
         sep = "," if len(rest) > 2 else ""
-        rest = rest[:-1] + sep + ",".join(f'"{k}":"{v}"' for k, v in spliced.items()) + "}"
+        rest = rest[:-1] + sep + ",".join(f'"{k}":{v}' for k, v in raw.items()) + "}"
     text = f"[[{rest}],{{}},{_EMBED_JSON}]"
     return EncodedIngest(text.encode("ascii"), str(payload.get("batch_id", "")), str(payload.get("model", "")),
                          len(payload.get("id", ())), int(payload.get("client_dropped", 0) or 0))
+
+
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
+_SMALL_INT_JSON = {0: "0", 1: "1", None: "null"}
+
+
+def _json_strings(col: Any) -> str | None:
+    """A list of strings as JSON when none needs escaping (ASCII, no quote, backslash or
+    control character), else None (the encoder does it)."""
+    if type(col) is not list:
+        return None
+    try:
+        whole = "".join(col)
+    except TypeError:  # not all strings
+        return None
+    if not whole.isascii() or _NEEDS_ESCAPE.search(whole):
+        return None
+    return '["' + '","'.join(col) + '"]' if col else "[]"
+
+
+def _json_small_ints(col: Any) -> str | None:
+    """A list of 0, 1 and None as JSON, else None (the encoder does it)."""
+    if type(col) is not list:
+        return None
+    try:
+        return "[" + ",".join(map(_SMALL_INT_JSON.__getitem__, col)) + "]"
+    except (KeyError, TypeError):  # other values, or unhashable ones
+        return None
+
+
+_FAST_COLUMNS = (("id", _json_strings), ("version", _json_strings), ("prediction", _json_small_ints),
+                 ("label", _json_small_ints))
 
 
 def _plain(v: Any, base64: bool = False) -> bool:
@@ -560,20 +599,18 @@ class RetrainClient:
         now_ts = self._timestamp()
         buf, pending = self._buffer, self._pending
         items = list(starmap(buf.popleft, repeat((), len(buf))))
-        kinds = list(map(_KIND, items))
         # Predictions first, so that an outcome drained with its prediction finds it. They wait
         # as they came, each with the time it was gathered (its ts when reported without one).
-        n_p = kinds.count("p")
-        if n_p:
-            preds = items if n_p == len(items) else list(compress(items, map("p".__eq__, kinds)))
+        preds = [it for it in items if it[0] == "p"]
+        if preds:
             pending.update(zip(map(_PID, preds), zip(preds, repeat(now_ts))))
+        outcomes = [it for it in items if it[0] == "o"]
         # Each part: (items, the times they were gathered or None, their outcome items aligned,
         # or None when unlabelled, or _SELF for "l" items: a prediction with its outcome in one).
         parts: list[tuple[list, Any, Any]] = []
-        if "l" in kinds:
-            parts.append((list(compress(items, map("l".__eq__, kinds))), None, _SELF))
-        if "o" in kinds:
-            outcomes = list(compress(items, map("o".__eq__, kinds)))
+        if len(preds) + len(outcomes) < len(items):
+            parts.append(([it for it in items if it[0] == "l"], None, _SELF))
+        if outcomes:
             hits = list(map(pending.pop, map(_PID, outcomes), repeat(None)))
             if None in hits:  # outcomes of predictions never seen (or sent unlabelled already)
                 orphans = [("l", o[1], o[2], None, None, "", now_ts, o[3], o[4])

@@ -18,11 +18,12 @@
     thread's CPU around each call, the CPU of our threads (their own clocks) and of
     the relay process, and the final flush; the percentage is all of it over the bare
     calls' CPU (target <= 2 %). Garbage-collection pauses count on the routed side
-    wherever they fall (``router_gc_us``). The rows are split over 8 fresh routers,
+    wherever they fall (``router_gc_us``). The rows are split over 24 fresh routers,
     clients and relays, one after the other, and the figure is over all of them:
     where one instance's objects land in memory moves the model's own ``predict`` by
     up to +-2 us against the bare call (by far the largest noise here);
-    ``overhead_pct_instances`` is each one's figure. ``overhead_pct_thread_mode``
+    ``overhead_pct_instances`` is each one's figure, ``overhead_pct_stderr`` the
+    standard error of their mean. ``overhead_pct_thread_mode``
     is the same with the client's default flusher thread, ``overhead_pct_without_canary``
     with no rollout in progress (production serves every key); ``latency_overhead_pct``
     is the wall time of the call itself. ``router_own_warm_us_per_prediction`` is
@@ -218,8 +219,13 @@ _ZERO = np.zeros(1, dtype=np.int64)
 
 
 def _child_cpu(pid: int | None) -> float:
+    """CPU seconds of a child process: its Linux CPU-time clock (ns), else psutil (10 ms ticks)."""
     if pid is None:
         return 0.0
+    try:
+        return time.clock_gettime((~pid << 3) | 2)  # Linux: MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+    except OSError:
+        pass
     import psutil
 
     try:
@@ -229,7 +235,7 @@ def _child_cpu(pid: int | None) -> float:
     return t.user + t.system
 
 
-def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instances: int = 8) -> dict[str, Any]:
+def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instances: int = 24) -> dict[str, Any]:
     from retrain.artifacts import ArtifactStore
     from retrain.client import RetrainClient
     from retrain.client_relay import ProcessRelay
@@ -269,11 +275,11 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
             report_outcome = client.report_outcome
             # The same predictions made directly: each row by the very model object the router
             # serves it with (a canary's rows by the canary), so that what differs is the router's.
-            models = {i: router.route(keys[i])[1] for i in range(lo, hi)}
+            models = [router.route(keys[i])[1] for i in range(lo, hi)]
             try:
                 def bare(j):
                     i = lo + j
-                    models[i].predict(rows[i])
+                    models[j].predict(rows[i])
 
                 def routed(j):
                     # The app's whole reporting: the prediction (by the router) and, later, its outcome.
@@ -284,7 +290,7 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
                 def background() -> float:
                     return _thread_cpu([client._thread, router._thread]) + _child_cpu(relay and relay.pid)
 
-                _interleaved(bare, routed, min(hi - lo, 1500), block, rate, background, chunks=1)  # warm-up
+                _interleaved(bare, routed, min(hi - lo, 1000), block, rate, background, chunks=1)  # warm-up
                 client.flush(10)
                 res = _interleaved(bare, routed, hi - lo, block, rate, background, chunks=4)
                 # The rows still buffered are the routed side's too: send them inside the account.
@@ -319,13 +325,16 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
             return out
 
         relay = measure("direction", pairs, "relay", rate, instances)
-        thread = measure("direction", pairs // 4, "thread", rate, 2)
+        thread = measure("direction", pairs // 4, "thread", rate, 4)
         solo = measure("solo", pairs // 2, "relay", rate, max(1, instances // 2))  # no rollout: production serves every key
         # The router's own cost, with a model that does nothing, unpaced: routing and reporting, warm.
         own = measure("noop", pairs // 2, "relay", 10**9, 1)
         return {
             "overhead_pct": round(relay["overhead_pct"], 2),
             "overhead_pct_instances": [round(x, 2) for x in relay["instance_pct"]],
+            # the standard error of the mean over the instances: what one run's figure is worth
+            "overhead_pct_stderr": round(statistics.stdev(relay["instance_pct"]) / len(relay["instance_pct"]) ** 0.5, 2)
+            if len(relay["instance_pct"]) > 1 else None,
             "overhead_pct_thread_mode": round(thread["overhead_pct"], 2),
             "overhead_pct_without_canary": round(solo["overhead_pct"], 2),
             "latency_overhead_pct": round(relay["latency_overhead_pct"], 2),

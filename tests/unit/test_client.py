@@ -300,6 +300,23 @@ def test_an_encoded_ingest_body_is_what_kombu_would_send_with_the_packed_columns
     assert json.loads(odd.body)[0][0]["x"] == 'not"base64'
 
 
+@pytest.mark.parametrize("column, values", [
+    ("id", ["plain", "ACCT-00001-7"]), ("id", ['quo"te', "back\\slash"]), ("id", ["tab\tand\x01", "é", "日本"]),
+    ("id", []), ("id", ["text", 5]), ("version", ["1.0.0", "2.0.0"]), ("version", ["1.0.0\n"]),
+    ("prediction", [0, 1, 1]), ("prediction", [2, -1]), ("prediction", [0.5, 1]), ("label", [None, 0, 1]),
+    ("label", [True, False]), ("label", [[1], 0]),
+])
+def test_every_column_written_without_the_encoder_reads_back_as_the_encoder_writes_it(column, values):
+    # Given a batch whose column holds plain values, values that need escaping, or others
+    payload = {"v": 1, "batch_id": "b", "model": "direction", "id": ["p1"], "version": ["1.0.0"],
+               "prediction": [1], "label": [1], "ts": pack_f8([T]), "x": pack_f8([0.5] * 8), "n_features": 8,
+               "ret": pack_f8([0.1])}
+    payload[column] = values
+    # When encoded, then read back, each value is what json would have written
+    body = json.loads(encode_ingest(payload).body)[0][0]
+    assert body == json.loads(json.dumps(payload))
+
+
 def test_drops_beside_encoded_batches_go_to_the_server_in_a_message_of_their_own():
     # Given a relay's child holding encoded batches while the broker is down, room for two
     broker = Broker()
