@@ -162,6 +162,11 @@ class ProcessRelay:
             self._read_answers()
             if self._proc is not None and self._proc.poll() is not None:
                 self._child_died(f"the relay process exited with {self._proc.returncode}")
+                if self._due_file is not None:  # it kept the client's time: start it again now
+                    try:
+                        self._ensure_child()
+                    except RelayBusy:  # too soon: the next batch starts it
+                        pass
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the child says everything it was given reached the broker."""

@@ -7,7 +7,9 @@ broker itself. Given / When / Then:
   and the client runs no flusher thread (the report calls pack what is due);
 * a relay process killed while it holds rows: they are counted as dropped, the next
   batch tells the server, the relay starts again and later rows go through;
-* an app that goes quiet still gets its last rows out (the idle flush).
+* an app that goes quiet still gets its last rows out (the idle flush);
+* the relay process keeps the time: it marks rows due in memory shared with the app,
+  while the app's own thread sleeps (and a restarted relay goes on doing it).
 """
 
 from __future__ import annotations
@@ -77,13 +79,14 @@ def test_a_killed_relay_is_restarted_and_the_rows_it_held_are_counted_and_report
         _two_step(client, range(300))
         client.flush(1)  # hands everything over; the relay cannot send it
         assert relay.stats.written_rows == 300 and relay.stats.acked_rows == 0
-        # When the relay process is killed
+        # When the relay process is killed (the next one will find the broker: the running one
+        # keeps the address it started with)
+        relay.broker_url = f"redis://127.0.0.1:{redis_port}/0"
         os.kill(relay.pid, signal.SIGKILL)
         assert until(lambda: (client.flush(0.2), relay.stats.lost_rows)[1] == 300, 20)
         # Then its 300 rows are dropped rows of the client, said once
         assert client.stats.dropped_rows == 300
-        # And once the broker is there, a new relay sends the next rows with the drop count
-        relay.broker_url = f"redis://127.0.0.1:{redis_port}/0"
+        # And a new relay sends the next rows with the drop count
         _two_step(client, range(300, 400))
         assert until(lambda: client.flush(1), 30)
         assert relay.stats.starts == 2
@@ -103,5 +106,34 @@ def test_an_app_gone_quiet_still_sends_its_last_rows(redis_port):
         _two_step(client, range(10))
         # Then they reach the broker without another call
         assert until(lambda: len(_rows(_queued(redis_port))) == 10, 20)
+    finally:
+        client.close(10)
+
+
+def test_the_relay_process_marks_rows_due_while_the_apps_thread_sleeps(redis_port):
+    # Given a relay-mode client whose own thread would wake only after 60 s of quiet
+    client = RetrainClient(f"redis://127.0.0.1:{redis_port}/0", mode="relay", batch_size=5000, flush_interval_s=0.2,
+                           idle_flush_s=60)
+    relay = client._send
+    relay.restart_after_s = 0.1
+    try:
+        # Then the relay process started with the client, and lowers the calls' threshold itself
+        assert relay.pid is not None
+        assert until(lambda: client._limit[0] == 0, 10)
+        # When a prediction is reported, then its outcome, then (once the relay marks it due) another call
+        client.report_prediction("direction", "r00000", [0.1] * 8, 1, "1.0.0")  # due: packed, waits for its outcome
+        assert client._limit[0] > 0
+        client.report_outcome("direction", "r00000", 1, 0.001)
+        assert until(lambda: client._limit[0] == 0, 10)
+        client.report_prediction("direction", "r00001", [0.1] * 8, 0, "1.0.0")
+        # Then that call sent the joined row, long before the app's thread would have woken
+        assert until(lambda: _rows(_queued(redis_port)) == ["r00000"], 10)
+        assert _queued(redis_port)[0]["label"] == [1]
+        # And a relay started again after a kill keeps the time as well
+        os.kill(relay.pid, signal.SIGKILL)
+        _two_step(client, range(2, 4))
+        assert until(lambda: (client.flush(0.2), relay.stats.starts)[1] == 2, 20)
+        client._limit[0] = 10**9
+        assert until(lambda: client._limit[0] == 0, 10)
     finally:
         client.close(10)
