@@ -277,15 +277,19 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
             # serves it with (a canary's rows by the canary), so that what differs is the router's.
             models = [router.route(keys[i])[1] for i in range(lo, hi)]
             try:
+                # Both sides take the row's key, id and label in hand (an app has them either way),
+                # so that what differs is the router's calls alone.
                 def bare(j):
                     i = lo + j
-                    models[j].predict(rows[i])
+                    row, key, pid, label = rows[i], keys[i], pids[i], labels[i]
+                    models[j].predict(row)
 
                 def routed(j):
                     # The app's whole reporting: the prediction (by the router) and, later, its outcome.
                     i = lo + j
-                    router.predict(rows[i], keys[i], prediction_id=pids[i])
-                    report_outcome(model, pids[i], labels[i], 0.001)
+                    row, key, pid, label = rows[i], keys[i], pids[i], labels[i]
+                    router.predict(row, key, prediction_id=pid)
+                    report_outcome(model, pid, label, 0.001)
 
                 def background() -> float:
                     return _thread_cpu([client._thread, router._thread]) + _child_cpu(relay and relay.pid)
