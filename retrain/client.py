@@ -54,8 +54,9 @@ _NAN = float("nan")
 _INTS, _STRS = {int}, {str}
 _SELF = object()
 # Fields of the buffered items (see RetrainClient's hot path).
-_FIRST, _MODEL, _PID, _X, _PREDICTION, _VERSION, _TS = (itemgetter(i) for i in range(7))
-_SECOND = _MODEL
+_MODEL, _PID, _X, _PREDICTION, _VERSION, _TS = (itemgetter(i) for i in range(1, 7))
+# Parts of the (item, gathered_ts) pairs that wait in _pending.
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _LABEL_O, _RET_O = itemgetter(3), itemgetter(4)
 _LABEL_L, _RET_L = itemgetter(7), itemgetter(8)
 

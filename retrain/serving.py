@@ -355,17 +355,19 @@ class ModelRouter:
             pred = _one_prediction(y)
         except ValueError:
             raise ValueError(f"predict takes one row of features, got an array of shape {features.shape}") from None
-        buf = self._buffer
-        if buf is not None:
-            # The client's report_prediction, inlined (one frame less). tobytes is a copy (the app
-            # may reuse its buffer before the rows are packed) and the cheapest form to pack.
-            buf.append(("p", self.model, prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}",
-                        features.tobytes(), pred, version, ts))
-            if len(buf) >= self._due_at[0]:
-                self._due()
-        elif self._report is not None:
-            self._report(self.model, prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}",
-                         features.tobytes(), pred, version, ts)
+        if type(pred) is not int:  # (a model trained on float or bool labels)
+            pred = int(pred)
+        buf, report = self._buffer, self._report
+        if report is not None:
+            pid = prediction_id if prediction_id is not None else f"{self._prefix}{next(self._seq)}"
+            # tobytes is a copy (the app may reuse its buffer before the rows are packed) and the
+            # client's cheapest form to pack.
+            if buf is not None:  # a RetrainClient's report_prediction, inlined (one frame less)
+                buf.append(("p", self.model, pid, features.tobytes(), pred, version, ts))
+                if len(buf) >= self._due_at[0]:
+                    self._due()
+            else:
+                report(self.model, pid, features.tobytes(), pred, version, ts)
         return pred, version
 
     def route(self, key: str) -> tuple[str, Any]:

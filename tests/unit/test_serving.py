@@ -298,3 +298,24 @@ def test_with_a_change_feed_the_router_reads_on_a_notice_instead_of_polling():
         t0 = time.monotonic()
         router.close()
         assert time.monotonic() - t0 < 2 and notices.closed  # close interrupts the wait
+
+
+class ListModel:
+    """A model that answers with a plain list."""
+
+    def predict(self, X):
+        return [1.0] * len(X)
+
+
+def test_a_prediction_is_an_int_whatever_the_model_answers_with():
+    # Given models answering with float labels, bools, and a plain list
+    answers = {"a" * 64: Const(1.0), "b" * 64: Const(True), "c" * 64: ListModel()}
+    for sha in answers:
+        router = _router(Reader(Routing("1.0.0", sha)), Loader(answers))
+        # When one row is predicted, then the prediction is an int
+        pred, version = router.predict(np.zeros((1, 8)), "k")
+        assert (pred, type(pred), version) == (1, int, "1.0.0"), sha
+    # And a list answering for two rows is refused as more than one row
+    router = _router(Reader(Routing("1.0.0", "c" * 64)), Loader(answers))
+    with pytest.raises(ValueError, match="one row"):
+        router.predict(np.zeros((2, 8)), "k")
