@@ -3,7 +3,9 @@
 Shared by the workers (``celeryconfig``) and the trading app's client, which sends
 tasks by name with kombu and never imports ``workers``. Each queue has its own direct
 exchange of the same name (Celery's convention), so a message sent "to queue X" lands
-in X whoever declared it first.
+in X whoever declared it first. On Redis every transport option that shapes keys is
+kombu's default, so a plain ``Celery(broker=url)`` producer and our client share the
+same bindings; the priority options only change how workers read.
 """
 
 from __future__ import annotations
@@ -52,7 +54,9 @@ def kombu_queues(url: str) -> tuple[Queue, ...]:
 
 def transport_options(url: str, visibility_timeout_s: int | None = None) -> dict:
     if is_redis(url):
-        opts = {"priority_steps": list(range(MAX_PRIORITY + 1)), "sep": ":", "queue_order_strategy": "priority"}
+        # kombu's default separator (no "sep" option): a plain Celery producer declares its
+        # bindings with it, and one binding in another format breaks every send to the queue.
+        opts = {"priority_steps": list(range(MAX_PRIORITY + 1)), "queue_order_strategy": "priority"}
         if visibility_timeout_s is not None:
             opts["visibility_timeout"] = visibility_timeout_s
         return opts

@@ -14,6 +14,7 @@ of the raw body is kept, never decoded.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -43,30 +44,59 @@ EXCERPT_BYTES = 2000
 
 
 def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:EXCERPT_BYTES]
 
 
 def keep_refused(reason: str, message, name: str | None = None) -> None:
     """Write a dead letter for a message no task will see: its headers, content type,
-    size and a short excerpt of the raw body (never decoded)."""
+    size and a short excerpt of the raw body (never decoded). Hostile headers are
+    kept as evidence, never trusted."""
     from workers.base import dead_letter
 
-    body = message.body if message is not None else b""
-    raw = body if isinstance(body, bytes | bytearray) else str(body).encode("utf-8", "replace")
-    headers = dict(getattr(message, "headers", None) or {})
-    name = name or str(headers.get("task") or "(no task name)")
-    evidence = {
-        "task": name, "id": headers.get("id"), "content_type": getattr(message, "content_type", None),
-        "content_encoding": getattr(message, "content_encoding", None), "size": len(raw),
-        "headers": _jsonable({k: v for k, v in headers.items() if k not in ("argsrepr", "kwargsrepr")}),
-        "excerpt": raw[:EXCERPT_BYTES].decode("latin-1"),
-        "delivery_info": _jsonable({k: v for k, v in (getattr(message, "delivery_info", None) or {}).items()
-                                    if k in ("exchange", "routing_key", "priority")}),
-    }
     try:
+        body = message.body if message is not None else b""
+        raw = body if isinstance(body, bytes | bytearray) else str(body).encode("utf-8", "replace")
+        headers = getattr(message, "headers", None)
+        headers = dict(headers) if isinstance(headers, dict) else {"(not a mapping)": repr(headers)[:200]}
+        task = headers.get("task")
+        name = (name or (task if isinstance(task, str) and task else "(no task name)"))[:200]
+        evidence = {
+            "task": name, "id": _jsonable(headers.get("id")), "content_type": getattr(message, "content_type", None),
+            "content_encoding": getattr(message, "content_encoding", None), "size": len(raw),
+            "headers": _jsonable({str(k)[:200]: v for k, v in headers.items() if k not in ("argsrepr", "kwargsrepr")}),
+            "excerpt": bytes(raw[:EXCERPT_BYTES]).decode("latin-1"),
+            "delivery_info": _jsonable({k: v for k, v in (getattr(message, "delivery_info", None) or {}).items()
+                                        if k in ("exchange", "routing_key", "priority")}),
+        }
         dead_letter(name, reason, evidence)
-    except Exception:  # the database is out of reach: the log is all that is left
+    except Exception:  # noqa: BLE001 - the database is out of reach: the log is all that is left
         log.exception("refused message %s (%s) could not be kept as a dead letter", name, reason)
+
+
+def _ack_of_a_live_connection(ack):
+    """Wrap a message's ack/reject so that acknowledging on a closed broker connection
+    is a warning, not a dead worker.
+
+    A task that outlives a broker restart finishes after Celery closed the old
+    connection; kombu 5.7's Redis channel then rebuilds a client from a transport whose
+    ``client`` is gone (``AttributeError`` in ``_connparams``), inside the event loop.
+    The delivery tag belonged to the dead connection anyway: the broker hands the
+    message out again (Redis after its visibility timeout), and the steps are idempotent.
+    """
+
+    @functools.wraps(ack)
+    def guarded(*args, **kwargs):
+        try:
+            return ack(*args, **kwargs)
+        except AttributeError as exc:
+            log.warning("could not acknowledge a message of a closed broker connection (%s); "
+                        "the broker delivers it again and the step is idempotent", exc)
+            return None
+
+    return guarded
 
 
 class RetrainConsumer(Consumer):
@@ -84,25 +114,56 @@ class RetrainConsumer(Consumer):
             # (what the broker lost, the reconciler sends again).
             log.warning("broker connection lost and could not be closed cleanly (%s); reconnecting", err)
 
+    def call_soon_ack(self, p, *args, **kwargs):
+        return super().call_soon_ack(_ack_of_a_live_connection(p), *args, **kwargs)
+
     def on_decode_error(self, message, exc):
         keep_refused(f"undecodable message: {type(exc).__name__}: {exc}", message)
         super().on_decode_error(message, exc)
 
     def create_task_handler(self, promise=promise):
-        handler = super().create_task_handler(promise)
-        from retrain.settings import load_settings
+        """Every message ends as a task run or a dead letter: whatever its body, headers,
+        content type or encoding, nothing it carries can raise out of here (an exception
+        would kill the worker's main process, and the restored message the next one)."""
+        import time
 
+        from kombu.serialization import prepare_accept_content
+
+        from retrain.settings import load_settings
+        from workers.messages import refusal
+
+        handler = super().create_task_handler(promise)
         limit = load_settings().max_message_bytes
+        accept = prepare_accept_content(self.app.conf.accept_content)
+        registered = self.strategies  # filled by update_strategies before the first message
 
         def on_task_received(message):
-            size = len(message.body or b"")
-            if size > limit:
-                keep_refused(f"message body of {size} bytes exceeds RETRAIN_MAX_MESSAGE_BYTES={limit}", message)
-                message.reject_log_error(log, self.connection_errors, requeue=False)
-                return None
-            return handler(message)
+            try:
+                size = len(message.body or b"")
+                if size > limit:
+                    reason = f"message body of {size} bytes exceeds RETRAIN_MAX_MESSAGE_BYTES={limit}"
+                else:
+                    message.accept = accept
+                    reason = refusal(message.headers, message.decode, registered, time.time())
+            except Exception as exc:  # noqa: BLE001 - a message we cannot even inspect is refused
+                reason = f"message could not be inspected: {type(exc).__name__}: {str(exc)[:300]}"
+            if reason is None:
+                try:
+                    return handler(message)
+                except Exception as exc:  # noqa: BLE001 - Celery trusted a shape it could not take
+                    reason = f"the worker could not take the message: {type(exc).__name__}: {str(exc)[:300]}"
+            self._refuse(message, reason)
+            return None
 
         return on_task_received
+
+    def _refuse(self, message, reason: str) -> None:
+        keep_refused(reason, message)
+        try:
+            if not message.acknowledged:
+                message.reject_log_error(log, self.connection_errors, requeue=False)
+        except Exception:  # noqa: BLE001 - the dead letter is kept; never let a refusal kill the worker
+            log.exception("could not reject a refused message")
 
 
 @task_unknown.connect
@@ -130,6 +191,33 @@ def _check_schema(**_):
         raise SystemExit(3) from None
     sync_models(ctx)
     runtime.reset()  # the parent keeps no pooled connection to hand to its children
+    _repair_bindings()
+
+
+def _repair_bindings() -> None:
+    """Remove queue bindings on Redis that kombu cannot read with its default separator.
+
+    Earlier versions of retrain declared bindings with ``sep=":"``; one such member in a
+    ``_kombu.binding.<queue>`` set makes every send to that queue fail with a ValueError
+    in kombu's exchange lookup, for our client and for any plain Celery producer alike."""
+    from retrain.queues import QUEUES, is_redis
+
+    url = app.conf.broker_url
+    if not is_redis(url):
+        return
+    try:
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            client, sep = channel.client, channel.sep
+            for queue in QUEUES:
+                key = channel.keyprefix_queue % queue
+                for member in client.smembers(key):
+                    text = member.decode("utf-8", "replace") if isinstance(member, bytes) else str(member)
+                    if len(text.split(sep)) != 3:
+                        client.srem(key, member)
+                        log.warning("removed a queue binding kombu cannot read from %s: %r", key, text[:200])
+    except Exception as exc:  # noqa: BLE001 - the broker may not be up yet; workers reconnect by themselves
+        log.warning("could not check the queue bindings on the broker (%s)", exc)
 
 
 @worker_process_init.connect
