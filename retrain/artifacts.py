@@ -13,6 +13,12 @@ Guarantees:
   ``.tmp-`` name, which :meth:`ArtifactStore.collect_orphans` removes later.
 * **Write once.** Putting the same bytes twice is a no-op (it only refreshes the
   file's mtime, see :meth:`ArtifactStore.put_bytes`). Final files are read-only.
+* **Private by default.** Models are a desk's intellectual property: files are
+  ``0440`` and the folders the store creates (the root, missing parents of it, the
+  shards) ``0750``, set explicitly whatever the umask. Other modes are settings
+  (``RETRAIN_ARTIFACT_FILE_MODE``, ``RETRAIN_ARTIFACT_DIR_MODE``, see
+  :func:`parse_file_mode` and :func:`parse_dir_mode`). Folders and files that
+  already exist keep their modes.
 * **Verify, then load.** :meth:`ArtifactStore.load_object` hashes the bytes and
   unpickles *those same bytes from memory*; it never re-opens the path after the
   check, so a file swapped between check and use cannot be unpickled.
@@ -47,14 +53,76 @@ from typing import Any
 
 from retrain.errors import ArtifactError
 
-__all__ = ["ArtifactRef", "ArtifactStore", "DiskUsage", "TEMP_PREFIX"]
+__all__ = ["ArtifactRef", "ArtifactStore", "DiskUsage", "TEMP_PREFIX", "DEFAULT_FILE_MODE", "DEFAULT_DIR_MODE",
+           "parse_file_mode", "parse_dir_mode"]
 
 #: Name prefix of in-flight writes. Never a valid digest, so never mistaken for one.
 TEMP_PREFIX = ".tmp-"
 
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
-# Final files are read-only: content-addressed bytes must never be edited in place.
-_FINAL_MODE = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+_OCTAL_RE = re.compile(r"(?:0o)?[0-7]{1,4}")
+
+#: Artifact files: read by the owner and its group (training, validation, serving), nobody else.
+DEFAULT_FILE_MODE = 0o440
+#: Folders the store creates: the owner writes, the group reads and traverses.
+DEFAULT_DIR_MODE = 0o750
+
+
+def _octal(value: int | str, what: str) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: not an octal mode: {value!r}")
+    if isinstance(value, int):
+        mode = value
+    elif isinstance(value, str) and _OCTAL_RE.fullmatch(value.strip().lower()):
+        mode = int(value.strip().lower().removeprefix("0o"), 8)
+    else:
+        raise ValueError(f"{what}: not an octal mode such as 0750: {value!r}")
+    if not 0 <= mode <= 0o7777:
+        raise ValueError(f"{what}: not an octal mode such as 0750: {value!r}")
+    return mode
+
+
+def parse_file_mode(value: int | str) -> int:
+    """The mode of artifact files from an int or an octal string (``"0440"``, ``"440"``, ``"0o440"``).
+
+    Only read bits are accepted, and the owner's is required. Files are write-once and
+    named by their sha256: a write bit would invite editing in place, which nothing
+    notices until the next read refuses the file; a model is not a program, so no
+    execute bits either. The store reads its own files back (to check an existing copy),
+    hence the owner's read bit. ``0440`` (the default) keeps them from other users;
+    ``0400`` from the group too; ``0444`` is the old world-readable behaviour.
+
+    >>> oct(parse_file_mode("0440")), oct(parse_file_mode(0o400))
+    ('0o440', '0o400')
+    >>> parse_file_mode("0640")
+    Traceback (most recent call last):
+    ...
+    ValueError: artifact file mode 0o640: only read bits (0444) are allowed, files are write-once and read-only
+    """
+    mode = _octal(value, "artifact file mode")
+    if mode & ~0o444:
+        raise ValueError(f"artifact file mode {oct(mode)}: only read bits (0444) are allowed, "
+                         "files are write-once and read-only")
+    if not mode & stat.S_IRUSR:
+        raise ValueError(f"artifact file mode {oct(mode)}: the owner must read (0400), the store verifies its files")
+    return mode
+
+
+def parse_dir_mode(value: int | str) -> int:
+    """The mode of folders the store creates, from an int or an octal string (``"0750"``).
+
+    The owner needs all of ``0700`` (it creates temp files, renames and lists them).
+    Group bits let other users of a shared store read (``0750``, the default) or write
+    (``0770``, e.g. when beat's retention runs as another user); ``02750`` makes new
+    files inherit the folder's group.
+
+    >>> oct(parse_dir_mode("750")), oct(parse_dir_mode("2770"))
+    ('0o750', '0o2770')
+    """
+    mode = _octal(value, "artifact folder mode")
+    if mode & 0o700 != 0o700:
+        raise ValueError(f"artifact folder mode {oct(mode)}: the owner needs 0700 to write the store")
+    return mode
 
 
 @dataclass(frozen=True)
@@ -99,12 +167,19 @@ class ArtifactStore:
         The function that makes a file descriptor durable, ``os.fsync`` by
         default. Injected so that tests can simulate a crash between writing and
         publishing a file.
+    file_mode, dir_mode
+        Modes of the files written and of the folders created (see
+        :func:`parse_file_mode` and :func:`parse_dir_mode`); set with ``chmod``, so the
+        umask does not matter.
     """
 
-    def __init__(self, root: Path, *, fsync: Callable[[int], None] = os.fsync) -> None:
+    def __init__(self, root: Path, *, fsync: Callable[[int], None] = os.fsync,
+                 file_mode: int | str = DEFAULT_FILE_MODE, dir_mode: int | str = DEFAULT_DIR_MODE) -> None:
         self.root = Path(root)
         self._fsync = fsync
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.file_mode = parse_file_mode(file_mode)
+        self.dir_mode = parse_dir_mode(dir_mode)
+        self._make_dirs(self.root)
 
     # -- paths -----------------------------------------------------------------
 
@@ -156,7 +231,7 @@ class ArtifactStore:
     def _write_atomically(self, final: Path, data: bytes) -> None:
         shard = final.parent
         if not shard.is_dir():
-            shard.mkdir(exist_ok=True)
+            self._make_dirs(shard)
             # The new shard's entry in root must survive a crash as well.
             self._fsync_dir(self.root)
         fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=shard)
@@ -166,7 +241,7 @@ class ArtifactStore:
                 f.write(data)
                 f.flush()
                 self._fsync(f.fileno())
-            os.chmod(tmp, _FINAL_MODE)
+            os.chmod(tmp, self.file_mode)
             os.replace(tmp, final)
         except BaseException:
             # Best effort: a failure we live through leaves nothing behind. A crash
@@ -175,6 +250,23 @@ class ArtifactStore:
                 tmp.unlink()
             raise
         self._fsync_dir(shard)
+
+    def _make_dirs(self, path: Path) -> None:
+        """Create ``path`` and its missing parents, each with the store's folder mode."""
+        missing: list[Path] = []
+        parent = path
+        while not parent.is_dir() and parent.parent != parent:
+            missing.append(parent)
+            parent = parent.parent
+        for directory in reversed(missing):
+            try:
+                # Private until chmod gives it the configured mode: never briefly wider.
+                os.mkdir(directory, 0o700)
+            except FileExistsError:
+                continue  # made by a concurrent put, which sets its mode
+            os.chmod(directory, self.dir_mode)
+        if not path.is_dir():
+            raise ArtifactError(f"artifact store: {path} exists and is not a folder")
 
     def _fsync_dir(self, directory: Path) -> None:
         # Without this the rename may be lost on power failure even though the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -154,16 +155,61 @@ COMMAND_MODULES = (
 )
 
 
+#: Exit status when the reader of our output went away (``retrain audit | head -1``):
+#: what a Unix tool killed by SIGPIPE reports (128 + 13), so ``set -o pipefail`` scripts
+#: see the same thing as with ``cat`` or ``grep``.
+EXIT_CLOSED_PIPE = 141
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a known error ends as ``retrain: ...`` on stderr and exit status 2.
+
+    A database or broker that cannot be used is translated here, for every command,
+    into one line naming its URL (password masked) and what to check
+    (:func:`retrain.commands.common.unreachable`); any other unexpected error keeps its
+    traceback. A closed stdout pipe ends the command quietly.
+    """
     args = build_parser().parse_args(argv)
+    _name_failing_databases()
     try:
-        return int(args.fn(args) or 0)
-    except RetrainError as exc:
-        print(f"retrain: {exc}", file=sys.stderr)
-        return 2
+        code = int(args.fn(args) or 0)
+        sys.stdout.flush()  # a closed pipe must show here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
         print("retrain: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        from retrain.commands.common import unreachable
+
+        error = unreachable(exc) or (exc if isinstance(exc, RetrainError) else None)
+        if error is None:
+            raise
+        print(f"retrain: {error}", file=sys.stderr)
+        return 2
+
+
+def _name_failing_databases() -> None:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from retrain.commands.common import note_database_url
+
+    if not event.contains(Engine, "handle_error", note_database_url):
+        event.listen(Engine, "handle_error", note_database_url)
+
+
+def _closed_pipe() -> int:
+    # The Python docs' recipe: point stdout at devnull so that the interpreter's final
+    # flush of what is still buffered cannot raise a second BrokenPipeError at exit.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file (captured): nothing left to flush
+        pass
+    return EXIT_CLOSED_PIPE
 
 
 if __name__ == "__main__":

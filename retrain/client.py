@@ -36,7 +36,7 @@ from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import repeat, starmap
-from numbers import Real
+from numbers import Integral, Real
 from operator import itemgetter
 from typing import Any
 
@@ -241,6 +241,15 @@ def _jsonable(v: Any) -> Any:
         f = float(v)
         return f if math.isfinite(f) else str(f)
     return str(v)
+
+
+def _jsonable_int(v: Any) -> Any:
+    """A prediction or label on the slow path: an int where the packed path's ``int()`` reads
+    one without loss (True, numpy integers, 1.0), else as given. The ingest schema is strict:
+    sent as 1.0 or true, a row the packed path carries would have its whole batch refused."""
+    if isinstance(v, Integral) or (isinstance(v, float) and v.is_integer()):
+        return int(v)
+    return _jsonable(v)
 
 
 def _width(x: Any) -> int:
@@ -503,6 +512,8 @@ class RetrainClient:
         ``override_budget`` skips the budget and ROI rules and needs ``override_reason``.
         Sent at once, on the caller's thread; raises if the broker is unreachable.
         """
+        if type(override_budget) is not bool:  # the server refuses anything else ("yes", 1): say so here
+            raise TypeError(f"override_budget must be True or False, not {override_budget!r}")
         payload = {"v": 1, "model": model, "reason": reason, "trigger": "manual", "requested_by": requested_by,
                    "override_budget": override_budget}
         if approved_by:
@@ -751,7 +762,7 @@ class RetrainClient:
                 b.x.append(None if x is None else [_jsonable(v) for v in x])
             except TypeError:  # not a sequence at all
                 b.x.append([_jsonable(x)])
-            row = (str(pid), version, _jsonable(ts), _jsonable(pred), _jsonable(label), _jsonable(ret))
+            row = (str(pid), version, _jsonable(ts), _jsonable_int(pred), _jsonable_int(label), _jsonable(ret))
         b.id.append(row[0])
         b.version.append(row[1])
         b.ts.append(row[2])

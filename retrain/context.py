@@ -38,4 +38,6 @@ class Context:
         settings.ensure_home()
         return cls(store=Store(Database(settings.database_url)),
                    config=config if config is not None else load_config(settings.config_path()), clock=clock,
-                   artifacts=ArtifactStore(settings.artifact_root), settings=settings, worker_id=worker_id)
+                   artifacts=ArtifactStore(settings.artifact_root, file_mode=settings.artifact_file_mode,
+                                           dir_mode=settings.artifact_dir_mode),
+                   settings=settings, worker_id=worker_id)

@@ -11,7 +11,8 @@
     ├── StaleLeaseError        a write by a run that no longer holds its lease (permanent)
     ├── TrainingError          the model's own training code failed (permanent for that attempt)
     └── TransientError         worth retrying: a service is briefly unreachable
-        └── StoreUnavailableError  the database did not answer
+        ├── StoreUnavailableError  the database did not answer
+        └── BrokerUnavailableError the message broker did not answer
 
 Permanent errors go to the dead-letter table with their reason; transient
 ones are retried by Celery.
@@ -30,6 +31,7 @@ __all__ = [
     "TrainingError",
     "TransientError",
     "StoreUnavailableError",
+    "BrokerUnavailableError",
 ]
 
 
@@ -71,3 +73,7 @@ class TransientError(RetrainError):
 
 class StoreUnavailableError(TransientError):
     """Raised when the database cannot be reached."""
+
+
+class BrokerUnavailableError(TransientError):
+    """Raised when the message broker cannot be reached."""

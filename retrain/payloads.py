@@ -3,6 +3,17 @@
 Messages carry ids and small JSON values with a schema version ``v``; never ORM
 objects, never pickle. A payload that does not validate raises PayloadError with
 the field that is wrong.
+
+Types are strict (pydantic's strict mode): a value must already be of its field's JSON
+type, nothing is coerced. ``override_budget: "yes"``, ``"true"`` or ``1`` is refused,
+not read as True; ``"5"``, ``5.0`` and ``True`` are refused where an int is expected
+(JSON writes an integer without a point: a ``5.0`` was sent as a float); ``5`` is refused
+where a string is expected (ids are strings). What JSON legitimately sends is kept: an
+integer where a float is expected (``"ts": [1767571200]``), ``null`` where a field is
+optional, and the ingest batch's packed columns, which are strings (base64). In the
+unpacked ``ts`` and ``ret`` columns the texts ``"nan"``, ``"inf"`` and ``"-inf"`` stand
+for the non-finite numbers JSON cannot write (the client writes them so); the ingest
+step judges those rows one by one.
 """
 
 from __future__ import annotations
@@ -29,8 +40,12 @@ SCHEMA_VERSION = 1
 MAX_BATCH_ROWS = 50_000
 
 
+#: A non-finite float64 as the client writes it into a JSON list (``str(float("nan"))``, ...).
+_NonFinite = Literal["nan", "inf", "-inf"]
+
+
 class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     v: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
 
 
@@ -49,12 +64,12 @@ class IngestBatch(_Payload):
     # ts, x and ret come as JSON numbers, or packed (retrain.columns: base64 of little-endian
     # float64, NaN for a missing return). Without n_features, x holds one list (or null) per
     # row; with it, x is flat, row-major: n_features numbers per row, as a list or packed.
-    # Rows are checked one by one in the ingest step, not here.
-    ts: list[float] | str
+    # Rows are checked one by one in the ingest step, not here; their types are checked here.
+    ts: list[float | _NonFinite] | str
     x: list[list[Any] | None] | list[float | None] | str
     prediction: list[int | None]
     label: list[int | None]
-    ret: list[float | None] | str
+    ret: list[float | _NonFinite | None] | str
     n_features: int | None = Field(None, ge=1, le=100_000)
     # Rows the client had to drop since its last successful send (broker down, buffer full).
     client_dropped: int = Field(0, ge=0)
@@ -141,5 +156,21 @@ def parse_payload(schema: type[P], payload: Any) -> P:
     try:
         return schema.model_validate(payload)
     except ValidationError as exc:
-        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])
-        raise PayloadError(f"{schema.__name__}: {detail}") from None
+        raise PayloadError(f"{schema.__name__}: {_detail(exc)}") from None
+
+
+def _detail(exc: ValidationError, limit: int = 5) -> str:
+    """The first ``limit`` problems as ``field.index: message``.
+
+    Our schemas are flat: a location is a field, then list indices. Pydantic puts the
+    member of a union it tried in between (``ts.list[float].0``); that is left out, and
+    of one location's failed members only the first is said.
+    """
+    seen: dict[str, str] = {}
+    for e in exc.errors():
+        loc = e["loc"]
+        where = ".".join([str(p) for p in loc[:1]] + [str(p) for p in loc[1:] if isinstance(p, int)]) or "(root)"
+        seen.setdefault(where, e["msg"])
+        if len(seen) == limit:
+            break
+    return "; ".join(f"{where}: {msg}" for where, msg in seen.items())

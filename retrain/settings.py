@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     broker_url: str = Field(default="", description="Celery broker; default a SQLite file broker under home")
     result_backend: str | None = Field(default=None, description="Celery result backend, for observability only")
     artifact_root: Path | None = Field(default=None, description="Artifact store root; default home/artifacts")
+    # Octal strings (0440, 0750): artifacts are a desk's IP, so not world-readable by default.
+    artifact_file_mode: int = Field(default=0o440, description="Mode of artifact files: read bits only")
+    artifact_dir_mode: int = Field(default=0o750, description="Mode of the folders the artifact store creates")
     config: Path | None = Field(default=None, description="Model file (retrain.toml)")
     sweep_interval_s: float = Field(default=60.0, gt=0)
     relay_interval_s: float = Field(default=10.0, gt=0)
@@ -45,12 +48,22 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(default=120.0, gt=0)
     # Bodies above this are refused before they are decoded, and kept as dead letters.
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Ingest dead-letters a row timestamped more than this ahead of the worker's clock (a
+    # client with a wrong clock, or a bad ts): it would make a metric bucket in the future.
+    max_clock_skew_s: float = Field(default=86400.0, gt=0)
     # On a cold shutdown (SIGQUIT), running tasks get this long to finish before they are
     # cancelled and handed back to the broker (Celery's soft shutdown).
     soft_shutdown_timeout_s: float = Field(default=30.0, ge=0)
     # Fault tests only: allow a visibility timeout below the training hard limit, so Redis
     # hands a running training to a second worker (the lease must stop it).
     allow_short_visibility_timeout: bool = False
+
+    @field_validator("artifact_file_mode", "artifact_dir_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, v, info):
+        from retrain.artifacts import parse_dir_mode, parse_file_mode
+
+        return (parse_file_mode if info.field_name == "artifact_file_mode" else parse_dir_mode)(v)
 
     @field_validator("timezone")
     @classmethod

@@ -62,7 +62,7 @@ def keep_refused(reason: str, message, name: str | None = None) -> None:
         headers = getattr(message, "headers", None)
         headers = dict(headers) if isinstance(headers, dict) else {"(not a mapping)": repr(headers)[:200]}
         task = headers.get("task")
-        name = (name or (task if isinstance(task, str) and task else "(no task name)"))[:200]
+        name = (name or (task if isinstance(task, str) and task else "(no task name)"))[:64]
         evidence = {
             "task": name, "id": _jsonable(headers.get("id")), "content_type": getattr(message, "content_type", None),
             "content_encoding": getattr(message, "content_encoding", None), "size": len(raw),
@@ -118,8 +118,13 @@ class RetrainConsumer(Consumer):
         return super().call_soon_ack(_ack_of_a_live_connection(p), *args, **kwargs)
 
     def on_decode_error(self, message, exc):
-        keep_refused(f"undecodable message: {type(exc).__name__}: {exc}", message)
-        super().on_decode_error(message, exc)
+        # kombu calls this for a body it could not even unpack (e.g. a bad compression header).
+        keep_refused(f"undecodable message: {type(exc).__name__}: {str(exc)[:300]}", message)
+        try:
+            if not message.acknowledged:
+                message.ack()
+        except Exception:  # noqa: BLE001 - the dead letter is kept; never let a refusal kill the worker
+            log.exception("could not acknowledge an undecodable message")
 
     def create_task_handler(self, promise=promise):
         """Every message ends as a task run or a dead letter: whatever its body, headers,

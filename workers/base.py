@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -82,16 +83,52 @@ def progress_reporter(task: Task, run_id: str) -> Callable[[str, float], None]:
     return report
 
 
+def _storable(value: Any, depth: int = 0) -> Any:
+    """A JSON value both databases store: no NaN/Infinity (Postgres' JSON refuses them),
+    no NUL characters or lone surrogates (Postgres' text refuses them), string keys."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth > 20:
+        return _text(repr(value)[:1000])
+    if isinstance(value, dict):
+        return {_text(str(k)): _storable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v, depth + 1) for v in value]
+    return _text(repr(value)[:1000])
+
+
+def _text(s: str) -> str:
+    return s.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\x00", "\\u0000")
+
+
 def dead_letter(name: str, reason: str, payload: Any) -> None:
-    """Keep a refused message (or its evidence, when it is huge) with the reason."""
+    """Keep a refused message (or its evidence, when it is huge) with the reason.
+
+    Whatever the message held is stored: values no database column takes (NaN, NUL,
+    lone surrogates) are written as text, and if the row still cannot be written the
+    evidence is kept as a bounded repr."""
     ctx = runtime.context()
     body = payload if isinstance(payload, dict) else {"raw": repr(payload)[:10_000]}
     size = len(repr(body))
     if size > 100_000:  # keep the evidence, not a 5 MB blob, in the table
         body = {"truncated": repr(body)[:10_000], "size": size}
+    body = _storable(body)
+    name, reason = _text(name)[:64], _text(reason)[:4000]
     model = body.get("model") if isinstance(body.get("model"), str) else None
-    with ctx.store.tx() as tx:
-        tx.dead_letter(ctx.now(), name, reason, body, model)
+    model = model[:128] if model else None
+    try:
+        with ctx.store.tx() as tx:
+            tx.dead_letter(ctx.now(), name, reason, body, model)
+    except Exception as exc:  # noqa: BLE001 - a value the database refused: keep it as text instead
+        if isinstance(exc, TransientError):
+            raise
+        log.warning("%s: dead letter stored as text (%s)", name, type(exc).__name__)
+        with ctx.store.tx() as tx:
+            tx.dead_letter(ctx.now(), name, reason, {"unstorable": _text(repr(payload)[:10_000])}, None)
     log.warning("%s: payload rejected and kept in dead_letters: %s", name, reason)
 
 

@@ -17,7 +17,11 @@ Checks, first failure wins (the dead letter names it):
 * features: not exactly the model's count, or a value that is not a finite number;
 * return: infinite (NaN and missing both mean "no return": the row counts, its
   strategy return is 0);
-* timestamp not a finite epoch time > 0; empty version.
+* timestamp not a finite epoch time > 0, or more than ``RETRAIN_MAX_CLOCK_SKEW_S``
+  ahead of the step's clock (a client clock gone wrong would write metric buckets
+  in the future). There is no lower bound past 0: a backtest replays history of any
+  age, on a simulated clock that is never behind the rows it ingests;
+* empty version.
 
 Sampling: each good, labelled row is kept with probability ``sample.rate``, drawn
 from a generator seeded by the batch id, so a redelivery would draw the same rows.
@@ -42,6 +46,7 @@ from retrain.payloads import IngestBatch
 __all__ = ["IngestResult", "ingest", "check_batch", "CheckedBatch"]
 
 UNKNOWN_PREDICTION = "label for an unknown prediction (no prediction with this id was reported)"
+SKEW_SETTING = "RETRAIN_MAX_CLOCK_SKEW_S"
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class CheckedBatch:
 def _numbers(col: list | str, count: int) -> np.ndarray:
     if isinstance(col, str):
         return unpack_f8(col, count)
-    # None becomes NaN; pydantic has already made every other value a float.
+    # None becomes NaN; pydantic has let through only floats and "nan"/"inf"/"-inf", which numpy reads.
     return np.asarray(col, dtype=np.float64).reshape(count)
 
 
@@ -123,8 +128,10 @@ def _features(batch: IngestBatch, n: int, n_features: int, problems: dict[int, s
 _OK = object()
 
 
-def check_batch(batch: IngestBatch, n_features: int) -> CheckedBatch:
-    """Decode and check every row of ``batch`` against a model of ``n_features`` features."""
+def check_batch(batch: IngestBatch, n_features: int, now: datetime | None = None,
+                max_clock_skew_s: float | None = None) -> CheckedBatch:
+    """Decode and check every row of ``batch`` against a model of ``n_features`` features;
+    with ``now`` and ``max_clock_skew_s``, rows timestamped more than that ahead of ``now`` fail."""
     n = len(batch.id)
     problems: dict[int, str] = {}
     pred = np.asarray(batch.prediction, dtype=np.float64).reshape(n)
@@ -139,9 +146,21 @@ def check_batch(batch: IngestBatch, n_features: int) -> CheckedBatch:
     _note(problems, np.isinf(ret), lambda i: f"return {float(ret[i])!r} is not a finite number")
     ts = _numbers(batch.ts, n)
     _note(problems, ~(np.isfinite(ts) & (ts > 0)), lambda i: f"timestamp {float(ts[i])!r} is not a valid epoch time")
+    if now is not None and max_clock_skew_s is not None:
+        clock = now.isoformat(timespec="seconds")
+        _note(problems, ts > now.timestamp() + max_clock_skew_s,
+              lambda i: f"timestamp {float(ts[i])!r} is more than {SKEW_SETTING}={max_clock_skew_s:.15g} s ahead of "
+                        f"the clock (row at {_utc_text(float(ts[i]))}, clock at {clock})")
     if "" in set(batch.version):
         _note(problems, np.fromiter((not v for v in batch.version), dtype=bool, count=n), "empty model version")
     return CheckedBatch(X, ts, pred, label, ret, problems)
+
+
+def _utc_text(ts: float) -> str:
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="seconds")
+    except (OverflowError, ValueError, OSError):  # past what datetime holds (year 9999)
+        return "after the year 9999"
 
 
 def _reason_key(problem: str) -> str:
@@ -183,7 +202,7 @@ def ingest(ctx: Context, batch: IngestBatch) -> IngestResult:
         return IngestResult(batch.batch_id, False, 0, n, {"unknown model": n})
 
     try:
-        checked = check_batch(batch, model_cfg.n_features)
+        checked = check_batch(batch, model_cfg.n_features, now, ctx.settings.max_clock_skew_s)
     except PayloadError:
         raise
     except (ValueError, TypeError) as exc:  # a column numpy cannot read at all
@@ -223,7 +242,8 @@ def _buckets(batch: IngestBatch, c: CheckedBatch, good: np.ndarray) -> list[dict
         versions = {v: i for i, v in enumerate(sorted(distinct))}
         all_codes = np.fromiter((versions[v] for v in batch.version), dtype=np.int64, count=len(batch.version))
         vcode = all_codes[idx]
-    # One integer key per (version, minute); the minutes of one batch span far less than 2**32.
+    # One integer key per (version, minute); the minutes of one batch span far less than 2**32
+    # (good rows lie between 1970 and the clock's skew bound).
     m0 = int(minute.min())
     keys, inv = np.unique(vcode * (1 << 32) + (minute - m0), return_inverse=True)
     k = keys.size

@@ -4,14 +4,14 @@ a redelivered batch counts once, and the vectorised buckets equal a row-by-row c
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
 from retrain.client import RetrainClient
 from retrain.payloads import IngestBatch, parse_payload
-from retrain.steps.ingest import ingest
+from retrain.steps.ingest import UNKNOWN_PREDICTION, ingest
 from retrain.windows import Counts
 from tests.conftest import T0, make_context
 
@@ -149,3 +149,63 @@ def test_the_sample_keeps_at_most_max_per_minute_rows(sqlite_url, tmp_path):
             per_minute[s.ts.replace(second=0, microsecond=0)] = per_minute.get(s.ts.replace(second=0, microsecond=0), 0) + 1
     # Then each minute keeps 25, the cap, and no more
     assert sorted(per_minute.values()) == [25, 25, 25]
+
+
+def _future_reason(row_ts: float, skew: str = "86400") -> str:
+    row = datetime.fromtimestamp(row_ts, tz=timezone.utc).isoformat()
+    return (f"timestamp {row_ts!r} is more than RETRAIN_MAX_CLOCK_SKEW_S={skew} s ahead of the clock "
+            f"(row at {row}, clock at {T0.isoformat()})")
+
+
+def test_rows_too_far_ahead_of_the_clock_are_dead_lettered_while_the_good_ones_land(any_db_url, tmp_path):
+    # Given a worker whose clock reads T0 (the default skew: one day) and one client flush of good
+    # rows, rows dated 50 years ahead, one a second past the skew and one exactly at it
+    ctx = make_context(any_db_url, tmp_path)
+    day = 86_400.0
+    good = [("direction", f"g{i}", [0.1 * (i % 5)] * 8, i % 2, "1.0.0", 1, 0.001, T + i) for i in range(200)]
+    far = T + 50 * 365.25 * day
+    future = [("direction", "2076", [0.5] * 8, 1, "1.0.0", 1, 0.0, far),
+              ("direction", "2076b", [0.5] * 8, 0, "1.0.0", 0, 0.0, far + 60),
+              ("direction", "past-skew", [0.5] * 8, 1, "1.0.0", 1, 0.0, T + day + 1)]
+    edge = [("direction", "at-skew", [0.5] * 8, 1, "1.0.0", 0, 0.0, T + day)]
+    payloads = _payloads(good[:100] + future + edge + good[100:])
+    # When ingested
+    results = _ingest_all(ctx, payloads)
+    # Then the good rows and the one at the bound land, each future row is a dead letter saying the
+    # row's time, the clock's time and the setting, and no bucket lies past the bound
+    assert sum(r.accepted for r in results) == 201
+    with ctx.store.tx() as tx:
+        buckets = tx.buckets("direction", None, T0 - timedelta(days=1))
+        dead = {d.payload["id"]: d for d in tx.dead_letters()}
+    assert sum(b.n for b in buckets) == 201
+    assert max(b.minute for b in buckets) == T0 + timedelta(days=1)
+    assert set(dead) == {"2076", "2076b", "past-skew", "never-predicted"}
+    assert dead["2076"].reason == _future_reason(far)
+    assert "row at 2076-01-0" in dead["2076"].reason and "clock at 2026-01-05T00:00:00+00:00" in dead["2076"].reason
+    assert dead["past-skew"].reason == _future_reason(T + day + 1)
+    assert dead["2076"].source == "retrain.ingest" and dead["2076"].payload["ts"] == far
+    assert dead["2076"].payload["x"] == [0.5] * 8 and dead["2076"].payload["prediction"] == 1
+    summary = {k: v for r in results for k, v in r.reasons.items()}
+    assert summary["timestamp … is more than RETRAIN_MAX_CLOCK_SKEW_S=… s ahead of the clock"] == 3
+
+
+def test_the_skew_setting_moves_the_bound(any_db_url, tmp_path):
+    # Given a worker allowing one hour of clock skew, and rows 30 minutes and 2 hours ahead,
+    # one older than any live model (a backtest replays such history) and one before 1970
+    ctx = make_context(any_db_url, tmp_path, max_clock_skew_s=3600)
+    rows = [("direction", "soon", [0.5] * 8, 1, "1.0.0", 1, 0.0, T + 1800),
+            ("direction", "later", [0.5] * 8, 1, "1.0.0", 1, 0.0, T + 7200),
+            ("direction", "1990", [0.5] * 8, 1, "1.0.0", 1, 0.0, 631_152_000.0),
+            ("direction", "1969", [0.5] * 8, 1, "1.0.0", 1, 0.0, -1.0)]
+    # When ingested
+    results = _ingest_all(ctx, _payloads(rows))
+    # Then the bound is the setting's: the row 2 hours ahead is refused, saying so; the old one lands
+    with ctx.store.tx() as tx:
+        dead = {d.payload["id"]: d.reason for d in tx.dead_letters()}
+    assert sum(r.accepted for r in results) == 2
+    assert dead == {"later": _future_reason(T + 7200, "3600"), "1969": "timestamp -1.0 is not a valid epoch time",
+                    "never-predicted": UNKNOWN_PREDICTION}
+
+    # And with the default skew, the same row 2 hours ahead is accepted
+    default = make_context(any_db_url, tmp_path / "default")
+    assert sum(r.accepted for r in _ingest_all(default, _payloads(rows[1:2]))) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pickle
@@ -16,7 +17,16 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from retrain.artifacts import TEMP_PREFIX, ArtifactRef, ArtifactStore, DiskUsage
+from retrain.artifacts import (
+    DEFAULT_DIR_MODE,
+    DEFAULT_FILE_MODE,
+    TEMP_PREFIX,
+    ArtifactRef,
+    ArtifactStore,
+    DiskUsage,
+    parse_dir_mode,
+    parse_file_mode,
+)
 from retrain.errors import ArtifactError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -359,3 +369,120 @@ def test_collect_temp_removes_only_stale_unfinished_writes(store: ArtifactStore)
     assert n == 1 and not stale.exists() and fresh.exists() and store.exists(ref.sha256)
     with pytest.raises(ValueError):
         store.collect_temp(older_than_s=-1, now_ts=0.0)
+
+
+# -- modes -----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("mask", [0o000, 0o022, 0o077])
+def test_files_and_the_folders_the_store_creates_are_private_whatever_the_umask(tmp_path: Path, mask: int) -> None:
+    # Given a umask (0 would make everything world-writable), and a root two missing folders deep
+    root = tmp_path / "srv" / "retrain" / "artifacts"
+    with _umask(mask):
+        # When a store is made there and an artifact is put
+        store = ArtifactStore(root)
+        ref = store.put_bytes(b"desk's model")
+
+    # Then the file is read-only for owner and group, and every folder created is 0750
+    assert _mode(ref.path) == DEFAULT_FILE_MODE == 0o440
+    for folder in (tmp_path / "srv", tmp_path / "srv" / "retrain", root, ref.path.parent):
+        assert _mode(folder) == DEFAULT_DIR_MODE == 0o750, folder
+    assert store.get_bytes(ref.sha256) == b"desk's model"
+
+
+def test_configured_modes_are_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given modes set the way an operator sets them, and a permissive umask
+    from retrain.clock import SystemClock
+    from retrain.context import Context
+    from retrain.settings import load_settings
+
+    monkeypatch.delenv("RETRAIN_DATABASE_URL", raising=False)
+    monkeypatch.setenv("RETRAIN_CONFIG", str(REPO / "retrain" / "examples" / "direction.toml"))
+    monkeypatch.setenv("RETRAIN_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RETRAIN_ARTIFACT_ROOT", str(tmp_path / "shared" / "artifacts"))
+    monkeypatch.setenv("RETRAIN_ARTIFACT_FILE_MODE", "0400")
+    monkeypatch.setenv("RETRAIN_ARTIFACT_DIR_MODE", "0770")
+    with _umask(0):
+        # When a process builds its context from the settings and stores an artifact
+        ctx = Context.from_settings(load_settings(), SystemClock(), "test")
+        ref = ctx.artifacts.put_bytes(b"weights")
+
+    # Then the file and the folders have exactly the configured modes
+    assert _mode(ref.path) == 0o400
+    assert [_mode(d) for d in (tmp_path / "shared", ctx.artifacts.root, ref.path.parent)] == [0o770] * 3
+
+
+def test_the_settings_default_to_the_store_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrain.settings import load_settings
+
+    monkeypatch.delenv("RETRAIN_ARTIFACT_FILE_MODE", raising=False)
+    monkeypatch.delenv("RETRAIN_ARTIFACT_DIR_MODE", raising=False)
+    s = load_settings()
+    assert (s.artifact_file_mode, s.artifact_dir_mode) == (DEFAULT_FILE_MODE, DEFAULT_DIR_MODE)
+
+
+def test_a_folder_that_already_exists_keeps_its_mode(tmp_path: Path) -> None:
+    # Given a root an operator made (a mount point, say) with their own mode
+    root = tmp_path / "artifacts"
+    root.mkdir()
+    os.chmod(root, 0o711)
+
+    # When the store uses it, Then the store does not change it, only what it creates
+    ref = ArtifactStore(root).put_bytes(b"x")
+    assert _mode(root) == 0o711
+    assert _mode(ref.path.parent) == 0o750
+
+
+@pytest.mark.parametrize("value, mode", [("0440", 0o440), ("440", 0o440), ("0o400", 0o400), (" 0444 ", 0o444),
+                                         (0o440, 0o440)])
+def test_file_modes_are_octal_with_read_bits_only(value, mode) -> None:
+    assert parse_file_mode(value) == mode
+
+
+@pytest.mark.parametrize("value", ["0640", "0644", "0600", "0540", "0040", "0000", "04440", "rw-r-----", "0x1a0",
+                                   "", "8", "-440", "99999", 0o10000, True])
+def test_other_file_modes_are_refused(value) -> None:
+    # Writable, executable, setuid, not readable by the owner, or not an octal mode at all
+    with pytest.raises(ValueError, match="artifact file mode"):
+        parse_file_mode(value)
+
+
+@pytest.mark.parametrize("value, mode", [("0750", 0o750), ("700", 0o700), ("0770", 0o770), ("2750", 0o2750)])
+def test_folder_modes_are_octal_and_let_the_owner_write(value, mode) -> None:
+    assert parse_dir_mode(value) == mode
+
+
+@pytest.mark.parametrize("value", ["0550", "0600", "0650", "750x", "0o", "12345"])
+def test_other_folder_modes_are_refused(value) -> None:
+    with pytest.raises(ValueError, match="artifact folder mode"):
+        parse_dir_mode(value)
+
+
+@pytest.mark.parametrize("name, value", [("RETRAIN_ARTIFACT_FILE_MODE", "0640"), ("RETRAIN_ARTIFACT_FILE_MODE", "rw"),
+                                         ("RETRAIN_ARTIFACT_DIR_MODE", "0500")])
+def test_a_bad_mode_setting_is_a_config_error_naming_the_variable(name, value, monkeypatch) -> None:
+    from retrain.errors import ConfigError
+    from retrain.settings import load_settings
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=name):
+        load_settings()
+
+
+def test_a_store_refuses_bad_modes_given_directly(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only read bits"):
+        ArtifactStore(tmp_path / "a", file_mode=0o640)
+    assert not (tmp_path / "a").exists()
