@@ -10,6 +10,9 @@ Its ``params`` (the model's table in the model file):
 ``log`` (none)
     a file to which the fit appends ``start``/``end`` lines with the process id and
     ``time.time()``, so a test can measure how many fits overlapped;
+``until_file`` (none)
+    instead of a fixed time, wait until this file exists (at most 120 s), so a test
+    can end a fit exactly when it wants;
 ``rows`` (400), ``seed`` (0)
     the size and seed of the synthetic data :func:`history` returns.
 
@@ -55,6 +58,10 @@ def train(X, y, params: Mapping[str, Any]) -> LogisticRegression:
         x = 0
         while time.perf_counter() < end:
             x += 1
+    elif params.get("until_file"):
+        deadline = time.monotonic() + 120
+        while not os.path.exists(params["until_file"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
     elif seconds:
         time.sleep(seconds)
     model = LogisticRegression().fit(X, y)
