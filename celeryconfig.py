@@ -35,7 +35,10 @@ Reliability choices, and why:
   they are cancelled and their messages go back to the queue (a cancelled training
   keeps its lease until it expires; the reconciler sends it again).
 * Priorities: 0 is the highest on Redis and the lowest on RabbitMQ; ``broker_priority``
-  maps our scale (9 = emergency … 1 = schedule) onto the broker's.
+  maps our scale (9 = emergency … 1 = schedule) onto the broker's. On RabbitMQ the
+  queues are plain unless ``RETRAIN_AMQP_MAX_PRIORITY`` is set (a priority queue refuses
+  every producer that declares it otherwise); the waiting runs' heap in the database
+  still orders trainings by priority.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ task_soft_time_limit = 300
 task_time_limit = 360
 LONGEST_HARD_LIMIT_S = max([task_time_limit, *(hard for _, hard in TIME_LIMITS.values())])
 
-task_queues = _q.kombu_queues(broker_url)
+task_queues = _q.kombu_queues(broker_url, _settings.amqp_max_priority)
 task_routes = {name: {"queue": q, "routing_key": q} for name, q in ROUTES.items()}
 broker_transport_options = _q.transport_options(broker_url, _settings.visibility_timeout_s)
 if (_q.is_redis(broker_url) and _settings.visibility_timeout_s <= LONGEST_HARD_LIMIT_S

@@ -166,20 +166,22 @@ class ClientStats:
     waiting_rows: int = 0
 
 
-def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0) -> Sender:
+def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0, amqp_max_priority: int = 0) -> Sender:
     """A sender that publishes Celery protocol-2 task messages with kombu (no Celery import).
 
     JSON only; one connection reused under a lock; fails fast when the broker is down
-    so the client can keep the batch and retry later.
+    so the client can keep the batch and retry later. On RabbitMQ a queue that already
+    exists is used with whatever arguments it was declared with; a missing one is
+    declared plain, or as a priority queue when ``amqp_max_priority`` > 0.
     """
     import os
     import socket
 
     from kombu import Connection
 
-    from retrain.queues import broker_priority, kombu_queues, transport_options
+    from retrain.queues import broker_priority, declare_queues, kombu_queues, transport_options
 
-    queues = {q.name: q for q in kombu_queues(broker_url)}
+    queues = {q.name: q for q in kombu_queues(broker_url, amqp_max_priority)}
     origin = f"{os.getpid()}@{socket.gethostname()}"
     lock = threading.Lock()
     state: dict[str, Any] = {}
@@ -190,6 +192,7 @@ def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0) -> Sender:
                               transport_options=transport_options(broker_url))
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0.1, interval_max=0.2,
                                    timeout=connect_timeout_s)
+            declare_queues(conn, queues.values())  # RabbitMQ: a queue declared by others is used as it is
             state["conn"], state["producer"] = conn, conn.Producer(serializer="json")
         return state["producer"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from kombu import Exchange, Queue
 
 __all__ = ["QUEUES", "ROUTES", "MAX_PRIORITY", "is_redis", "is_amqp", "broker_priority", "kombu_queues",
-           "transport_options"]
+           "declare_queues", "transport_options"]
 
 QUEUES: tuple[str, ...] = ("monitoring", "decision", "training", "validation", "promotion")
 ROUTES: dict[str, str] = {
@@ -47,9 +47,53 @@ def broker_priority(priority: int, url: str) -> int:
     return MAX_PRIORITY - priority if is_redis(url) else priority
 
 
-def kombu_queues(url: str) -> tuple[Queue, ...]:
-    args = {"x-max-priority": MAX_PRIORITY + 1} if is_amqp(url) else None
+def kombu_queues(url: str, amqp_max_priority: int = 0) -> tuple[Queue, ...]:
+    """Our queues. On RabbitMQ they are plain queues by default, as Celery declares them: a
+    queue with ``x-max-priority`` refuses (406 PRECONDITION_FAILED) every producer that
+    declares it without, and every plain Celery app does. ``amqp_max_priority`` > 0 makes
+    them priority queues (``RETRAIN_AMQP_MAX_PRIORITY``); other producers must then
+    declare the same (Celery: ``task_queue_max_priority``)."""
+    args = {"x-max-priority": amqp_max_priority} if is_amqp(url) and amqp_max_priority > 0 else None
     return tuple(Queue(q, Exchange(q, type="direct"), routing_key=q, queue_arguments=args) for q in QUEUES)
+
+
+def declare_queues(connection, queues) -> list[str]:
+    """Declare ``queues`` on RabbitMQ, using a queue that already exists as it is.
+
+    Whoever declared a queue first fixed its arguments; declaring it again with other
+    ones would fail. So each queue is probed first (a passive declare); an existing one
+    gets our exchange and binding and is marked ``no_declare`` (so neither Celery nor
+    kombu declares it again), a missing one is declared with our arguments. Returns the
+    names of the queues that existed. On other brokers it does nothing.
+    """
+    found: list[str] = []
+    if connection.transport.driver_type != "amqp":
+        return found
+    for queue in queues:
+        probe = connection.channel()
+        try:
+            probe.queue_declare(queue=queue.name, passive=True)
+            exists = True
+        except connection.channel_errors:  # 404 NOT_FOUND: the broker closed the probe's channel
+            exists = False
+        finally:
+            try:
+                probe.close()
+            except Exception:  # noqa: BLE001 - already closed by the broker
+                pass
+        channel = connection.channel()
+        try:
+            bound = queue(channel)
+            if exists:
+                bound.exchange.declare()
+                channel.queue_bind(queue=queue.name, exchange=queue.exchange.name, routing_key=queue.routing_key)
+                queue.no_declare = True
+                found.append(queue.name)
+            else:
+                bound.declare()
+        finally:
+            channel.close()
+    return found
 
 
 def transport_options(url: str, visibility_timeout_s: int | None = None) -> dict:

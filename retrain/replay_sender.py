@@ -69,7 +69,7 @@ def redeclare_queues(broker_url: str) -> Callable[[], None]:
     def declare() -> None:
         with Connection(broker_url, transport_options=transport_options(broker_url)) as conn:
             channel = conn.default_channel
-            for q in kombu_queues(broker_url):
+            for q in kombu_queues(broker_url):  # replaying is for Redis, where queues take no arguments
                 q(channel).declare()
 
     return declare

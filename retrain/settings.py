@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(default=120.0, gt=0)
     # Bodies above this are refused before they are decoded, and kept as dead letters.
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # RabbitMQ only: 0 (default) declares plain queues, as any Celery producer does; 1-255
+    # declares priority queues, which every other producer must then declare alike.
+    amqp_max_priority: int = Field(default=0, ge=0, le=255)
     # Ingest dead-letters a row timestamped more than this ahead of the worker's clock (a
     # client with a wrong clock, or a bad ts): it would make a metric bucket in the future.
     max_clock_skew_s: float = Field(default=86400.0, gt=0)

@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import task_rejected, task_unknown, worker_init, worker_process_init, worker_shutdown
+from celery.signals import beat_init, task_rejected, task_unknown, worker_init, worker_process_init, worker_shutdown
 from celery.worker.consumer import Consumer
 from vine import promise
 
@@ -197,6 +197,30 @@ def _check_schema(**_):
     sync_models(ctx)
     runtime.reset()  # the parent keeps no pooled connection to hand to its children
     _repair_bindings()
+    _declare_queues()
+
+
+@beat_init.connect
+def _beat_declares_queues(**_):
+    _declare_queues()
+
+
+def _declare_queues() -> None:
+    """RabbitMQ: use each queue as whoever declared it first made it (see
+    ``retrain.queues.declare_queues``), so a queue a plain Celery producer declared
+    before us never stops a worker with 406 PRECONDITION_FAILED."""
+    from retrain.queues import declare_queues, is_amqp
+
+    if not is_amqp(app.conf.broker_url):
+        return
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=3)
+            found = declare_queues(conn, app.amqp.queues.values())
+        if found:
+            log.info("queues declared before this worker, used as they are: %s", ", ".join(found))
+    except Exception as exc:  # noqa: BLE001 - Celery declares them itself once the broker is reachable
+        log.warning("could not check the queues on the broker (%s)", exc)
 
 
 def _repair_bindings() -> None:

@@ -1,5 +1,6 @@
 """The basic path on RabbitMQ: a retraining request sent by name goes through a real worker
-on amqp (priority queues with ``x-max-priority``) to a promoted version.
+on amqp to a promoted version, with priority queues (``x-max-priority``) when
+``RETRAIN_AMQP_MAX_PRIORITY`` asks for them (plain queues, Celery's default, otherwise).
 
 Each test run gets a vhost of its own (rabbitmqctl), so it never shares queues with anyone.
 """
@@ -43,19 +44,19 @@ def amqp_url():
 def test_a_request_goes_through_a_real_worker_on_rabbitmq(pg_url, tmp_path, amqp_url):
     vhost, url = amqp_url
     config = write_model_file(tmp_path / "models.toml", {"m": {}})
-    env = fault_env(pg_url, url, tmp_path, config)
+    env = fault_env(pg_url, url, tmp_path, config, amqp_max_priority=10)
     worker = start_worker("all", "monitoring,decision,training,validation,promotion", env, tmp_path)
     store = store_for(pg_url)
     try:
         wait_for("the worker", lambda: "ready." in worker.log(), 40, [worker])
         # Given the trading app's sender on amqp, When it asks for a retraining by task name
-        kombu_sender(url)("retrain.request_retraining", {"v": 1, "model": "m", "reason": "amqp path",
+        kombu_sender(url, amqp_max_priority=10)("retrain.request_retraining", {"v": 1, "model": "m", "reason": "amqp path",
                                                          "trigger": "manual", "requested_by": "test"}, "decision", 3)
         # Then the run goes request -> decision -> training -> validation -> promotion on the worker
         run = wait_for("the run to end", lambda: next((r for r in runs(store) if r.state in FINAL_RUN), None), 60,
                        [worker])
         assert run.state == "done" and versions(store, "m") == ["1.0.0"]
-        # And the queues are RabbitMQ priority queues
+        # And the queues are RabbitMQ priority queues, as configured
         listing = _ctl("list_queues", "-p", vhost, "name", "arguments")
         for q in ("monitoring", "decision", "training", "validation", "promotion"):
             line = next(x for x in listing.splitlines() if x.split()[0] == q)
