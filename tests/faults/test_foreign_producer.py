@@ -64,7 +64,8 @@ def _share(url: str, pg_url: str, tmp_path, foreign_first: bool, before_worker=N
             foreign_rows += 40
         foreign.send_task("retrain.request_retraining", args=[_foreign_request(9)], queue="decision")
         requests += 1
-    worker = start_worker("ops", "monitoring,decision", env, tmp_path)
+    # prefork, Celery's default pool: on RabbitMQ the solo pool waits ~1 s after each ack
+    worker = start_worker("ops", "monitoring,decision", env, tmp_path, pool="prefork")
     client = None
     try:
         wait_for("the worker to be ready", lambda: "ready." in worker.log(), 60, [worker])

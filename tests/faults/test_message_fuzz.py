@@ -205,7 +205,7 @@ def _fuzz(url: str, pg_url: str, tmp_path) -> None:
     config = write_model_file(tmp_path / "models.toml", {"m": {}})
     env = fault_env(pg_url, url, tmp_path, config)
     workers = [start_worker("ops", "monitoring,decision", env, tmp_path, pool="prefork", concurrency=2),
-               start_worker("flow", "training,validation,promotion", env, tmp_path)]
+               start_worker("flow", "training,validation,promotion", env, tmp_path, pool="prefork")]
     store = store_for(pg_url)
     marker = tmp_path / "pwned"
     conn = None

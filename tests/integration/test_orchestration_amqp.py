@@ -45,7 +45,7 @@ def test_a_request_goes_through_a_real_worker_on_rabbitmq(pg_url, tmp_path, amqp
     vhost, url = amqp_url
     config = write_model_file(tmp_path / "models.toml", {"m": {}})
     env = fault_env(pg_url, url, tmp_path, config, amqp_max_priority=10)
-    worker = start_worker("all", "monitoring,decision,training,validation,promotion", env, tmp_path)
+    worker = start_worker("all", "monitoring,decision,training,validation,promotion", env, tmp_path, pool="prefork")
     store = store_for(pg_url)
     try:
         wait_for("the worker", lambda: "ready." in worker.log(), 40, [worker])
