@@ -98,6 +98,15 @@ class DriftSettings(_Strict):
     feature drifts when its adjusted p-value is below ``alpha`` and its effect size
     (KS D, or total variation) is at least ``min_effect`` (and PSI at least ``min_psi``
     if set).
+
+    Every check is stored as a report (``retrain drift MODEL``). A drift asks for a
+    retraining once per reference (the production version's training window, new at
+    each promotion); against the same reference it asks again only when it gets
+    worse (a feature drifts that had not, or an effect reaches ``worse_factor`` times
+    its effect when last asked) or ``reask_hours`` after the last request, doubled per
+    request (0: never), and neither while live accuracy is healthy (at least
+    ``thresholds.min_samples`` outcomes, no performance rule firing, and accuracy not
+    significantly below the floor or ``relative_drop`` under the baseline).
     """
 
     enabled: bool = True
@@ -110,6 +119,8 @@ class DriftSettings(_Strict):
     min_effect: float = Field(0.05, ge=0, le=1)
     min_psi: float | None = Field(None, ge=0)
     categorical: tuple[str, ...] = ()
+    worse_factor: float = Field(1.5, gt=1)
+    reask_hours: float = Field(24.0, ge=0)
 
 
 class EmergencySettings(_Strict):

@@ -32,6 +32,17 @@ Effect size
     required too (``min_psi``); the usual PSI threshold of 0.1 would miss a
     0.2 sd shift, whose PSI is only about 0.04.
 
+Persistence
+    A drift is a fact about the live data against one reference (the production
+    version's training window); it stays true until the reference changes. So a
+    detected drift asks for a retraining once per reference, and again only when
+    it gets worse (a feature drifts that had not, or a feature's effect reaches
+    ``worse_factor`` times its effect when last asked) or, with no evidence that
+    accuracy is healthy, after a back-off that doubles with every request.
+    With healthy accuracy a persisting drift is only reported.
+    :class:`DriftEpisode` remembers what was asked against a reference and
+    :func:`judge_drift` says whether a report asks again.
+
 >>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> ref = rng.normal(size=(5_000, 3))
@@ -43,7 +54,8 @@ Effect size
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -58,6 +70,9 @@ __all__ = [
     "ks_2samp_columns",
     "ks_pvalue",
     "adjust_pvalues",
+    "DriftEpisode",
+    "DriftVerdict",
+    "judge_drift",
 ]
 
 Correction = Literal["bh", "bonferroni", "none"]
@@ -453,3 +468,107 @@ def detect_drift(
         n_reference=int(ref.shape[0]),
         n_current=int(cur.shape[0]),
     )
+
+
+# ---------------------------------------------------------------------------
+# Persistence: when a drift asks for a retraining
+
+
+@dataclass(frozen=True)
+class DriftEpisode:
+    """What the drift trigger asked for against one reference.
+
+    ``reference`` identifies the reference (its digest); ``asked`` maps each
+    feature named by a request to the largest effect size it was asked at;
+    ``asks`` counts the requests and ``last_asked_at`` is the newest.
+    """
+
+    reference: str
+    asked: Mapping[str, float] = field(default_factory=dict)
+    asks: int = 0
+    last_asked_at: datetime | None = None
+
+    def asked_for(self, report: DriftReport, now: datetime) -> "DriftEpisode":
+        """The episode once a request for ``report`` has been opened at ``now``."""
+        asked = dict(self.asked)
+        for f in report.features:
+            if f.drifted:
+                asked[f.name] = max(asked.get(f.name, 0.0), float(f.effect_size))
+        return DriftEpisode(self.reference, asked, self.asks + 1, now)
+
+    def next_reask(self, reask_after: timedelta | None) -> datetime | None:
+        """When a persisting drift may ask again without getting worse (back-off doubling per request)."""
+        if not reask_after or self.last_asked_at is None or self.asks == 0:
+            return None
+        return self.last_asked_at + reask_after * 2 ** (self.asks - 1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reference": self.reference, "asked": {k: round(v, 6) for k, v in self.asked.items()},
+                "asks": self.asks, "last_asked_at": self.last_asked_at.isoformat() if self.last_asked_at else None}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> "DriftEpisode":
+        at = d.get("last_asked_at")
+        return cls(str(d["reference"]), {str(k): float(v) for k, v in (d.get("asked") or {}).items()},
+                   int(d.get("asks") or 0), datetime.fromisoformat(at) if at else None)
+
+
+@dataclass(frozen=True)
+class DriftVerdict:
+    """Whether a drift report asks for a retraining, and why; ``worse`` lists what got worse."""
+
+    request: bool
+    reason: str
+    worse: tuple[str, ...] = ()
+
+
+def judge_drift(report: DriftReport, episode: DriftEpisode, now: datetime, *, healthy: bool | None,
+                worse_factor: float = 1.5, reask_after: timedelta | None = timedelta(hours=24)) -> DriftVerdict:
+    """Does ``report`` ask for a retraining, given what ``episode`` already asked against its reference?
+
+    ``healthy`` is True when live accuracy has been measured at its baseline, False
+    when it is below, None when there are too few labelled outcomes to say. The
+    first drift against a reference always asks; after that a drift asks again only
+    if accuracy is not healthy and it got worse or the back-off (``reask_after``,
+    doubled per request; None: never) has passed.
+
+    >>> rep = DriftReport((FeatureDrift("a", "ks", 0.2, 1e-9, 1e-9, 0.2, 0.3, 0.5, True),), 0.05, "bh", 0.05)
+    >>> t = datetime(2026, 1, 5)
+    >>> ep = DriftEpisode("ref")
+    >>> judge_drift(rep, ep, t, healthy=True).request
+    True
+    >>> ep = ep.asked_for(rep, t)
+    >>> judge_drift(rep, ep, t + timedelta(hours=1), healthy=None).request
+    False
+    >>> judge_drift(rep, ep, t + timedelta(hours=25), healthy=None).request  # the back-off has passed
+    True
+    >>> judge_drift(rep, ep, t + timedelta(hours=25), healthy=True).request  # healthy: reported only
+    False
+    """
+    if not report.drifted:
+        return DriftVerdict(False, "no drift")
+    if episode.asks == 0:
+        return DriftVerdict(True, "the first drift found against this reference")
+    worse = []
+    for f in report.features:
+        if not f.drifted:
+            continue
+        before = episode.asked.get(f.name)
+        if before is None:
+            worse.append(f"{f.name} drifted (not in an earlier request)")
+        elif f.effect_size >= worse_factor * before:
+            worse.append(f"{f.name} effect {f.effect_size:.3f} >= {worse_factor:g} x {before:.3f}")
+    asked = ", ".join(sorted(episode.asked)) or "none"
+    if healthy:
+        return DriftVerdict(False, f"drift persists with healthy accuracy: reported, not asked again against this "
+                                   f"reference ({episode.asks} request(s) already, for {asked})", tuple(worse))
+    if worse:
+        return DriftVerdict(True, "worse than at the last request: " + "; ".join(worse), tuple(worse))
+    due = episode.next_reask(reask_after)
+    if due is not None and now >= due:
+        hours = (now - episode.last_asked_at).total_seconds() / 3600.0
+        return DriftVerdict(True, f"drift persists {hours:.0f} h after the last request (back-off until "
+                                  f"{due:%Y-%m-%d %H:%M}) and accuracy is not known to be healthy")
+    when = f"after {due:%Y-%m-%d %H:%M}, " if due is not None else ""
+    return DriftVerdict(False, f"drift persists, no worse than at the last request ({asked}): asks again if it "
+                               f"worsens, {when}or against a new reference")

@@ -1,30 +1,49 @@
-"""Scoring a fitted model on labelled rows: the metrics every stage compares."""
+"""Scoring a fitted model on labelled rows: the metrics every stage compares.
+
+The figures are those of :class:`retrain.windows.Counts`, the live metrics' own
+currency, so a holdout baseline and a live window are the same quantities: the
+Sharpe ratio is the per-outcome ratio of the strategy's returns
+(:func:`retrain.windows.strategy_returns`), present only when returns are given.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["score", "classification_metrics"]
+from retrain.windows import Counts, strategy_returns
+
+__all__ = ["score", "classification_metrics", "finite_metrics"]
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, ret: np.ndarray | None = None) -> dict[str, float]:
-    y_true = np.asarray(y_true).astype(np.int8)
-    y_pred = np.asarray(y_pred).astype(np.int8)
-    n = len(y_true)
-    tp = int(np.sum((y_pred == 1) & (y_true == 1)))
-    fp = int(np.sum((y_pred == 1) & (y_true == 0)))
-    fn = int(np.sum((y_pred == 0) & (y_true == 1)))
-    acc = float(np.mean(y_true == y_pred)) if n else 0.0
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    out = {"n": float(n), "accuracy": acc, "precision": precision, "recall": recall, "f1": f1}
-    if ret is not None and n > 1:
-        strat = np.where(y_pred == 1, ret, -ret)
-        sd = float(np.std(strat, ddof=1))
-        out["sharpe"] = float(np.mean(strat) / sd) if sd > 0 else 0.0
+    """``n``, accuracy, precision, recall, F1 and, with the rows' market returns ``ret``, the Sharpe ratio.
+
+    Precision, recall and F1 without any relevant outcome are 0; the Sharpe ratio of
+    fewer than two or of constant returns is ``nan`` (undefined, as in the live windows).
+
+    >>> m = classification_metrics([1, 0, 1, 0], [1, 0, 0, 0], [0.02, -0.01, 0.03, -0.02])
+    >>> m["accuracy"], round(m["sharpe"], 3)
+    (0.75, 0.21)
+    """
+    y_pred = np.asarray(y_pred)
+    counts = Counts.from_arrays(y_true, y_pred, None if ret is None else strategy_returns(y_pred, ret))
+    out = {"n": float(counts.n)}
+    for name in ("accuracy", "precision", "recall", "f1"):
+        v = counts.metric(name)
+        out[name] = 0.0 if math.isnan(v) else v
+    if ret is not None:
+        out["sharpe"] = counts.sharpe
     return out
 
 
 def score(estimator, X: np.ndarray, y: np.ndarray, ret: np.ndarray | None = None) -> dict[str, float]:
     return classification_metrics(y, estimator.predict(X), ret)
+
+
+def finite_metrics(metrics: dict[str, float] | None) -> dict[str, float] | None:
+    """The metrics that are numbers (JSON, and Postgres, have no NaN): undefined ones are left out."""
+    if metrics is None:
+        return None
+    return {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}

@@ -36,13 +36,31 @@ from numpy.typing import ArrayLike
 
 from retrain.clock import monotonic
 
-__all__ = ["Counts", "CountWindow", "TimeWindow"]
+__all__ = ["Counts", "CountWindow", "TimeWindow", "strategy_returns"]
 
 _NAN = float("nan")
 
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den else _NAN
+
+
+def strategy_returns(y_pred: ArrayLike, ret: ArrayLike) -> np.ndarray:
+    """The strategy's return on each outcome: long on a prediction of 1, short on 0.
+
+    ``ret`` is the market's return over the prediction's horizon, so the strategy
+    earns ``+|ret|`` when the prediction got the direction right. A missing return
+    (NaN) earns 0, as at ingest. The one definition behind every Sharpe ratio here:
+    the live buckets, the holdout baseline and the shadow's paired counts.
+
+    >>> strategy_returns([1, 0, 1], [0.02, 0.01, float("nan")]).tolist()
+    [0.02, -0.01, 0.0]
+    """
+    p = np.asarray(y_pred).astype(bool, copy=False).ravel()
+    r = np.nan_to_num(np.asarray(ret, dtype=np.float64).ravel(), nan=0.0)
+    if r.shape != p.shape:
+        raise ValueError(f"ret differs in length from y_pred: {r.size} != {p.size}")
+    return np.where(p, r, -r)
 
 
 @dataclass(frozen=True, slots=True)

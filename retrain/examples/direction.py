@@ -63,12 +63,15 @@ def train(X: np.ndarray, y: np.ndarray, params: Mapping[str, Any]) -> Pipeline:
 
 def history(
     now: datetime, lookback: timedelta, params: Mapping[str, Any]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Labelled market rows visible at ``now``: ``(X, y, ts)``.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Labelled market rows visible at ``now``: ``(X, y, ts, ret)``.
 
     Only rows whose label is already realised are returned, i.e. with
     ``now - label_delay - lookback <= ts <= now - label_delay`` (``ts`` in int64
-    epoch seconds), so training never sees the future.
+    epoch seconds), so training never sees the future. ``ret`` is each row's
+    market return (``y`` is 1 when it is positive): with it, validation scores the
+    strategy's Sharpe ratio beside accuracy. A data source may also return only
+    ``(X, y, ts)``; then no version of the model has a Sharpe baseline.
     """
     if lookback < timedelta(0):
         raise ValueError("lookback must be non-negative")
@@ -77,7 +80,7 @@ def history(
     # rows() is half-open and stamps are whole seconds: +1 s makes the cutoff inclusive.
     rows = market.rows(cutoff - lookback, cutoff + timedelta(seconds=1))
     visible = rows.ts <= cutoff.timestamp()
-    return rows.X[visible], rows.y[visible], rows.ts[visible]
+    return rows.X[visible], rows.y[visible], rows.ts[visible], rows.ret[visible]
 
 
 def label_delay_from_params(params: Mapping[str, Any]) -> timedelta:

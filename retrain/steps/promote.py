@@ -13,6 +13,7 @@ from datetime import datetime
 from retrain.context import Context
 from retrain.storage.models import RunRow
 from retrain.storage.repo import Tx
+from retrain.steps.sweep import refresh_drift_reference
 
 __all__ = ["PromoteResult", "promote_run", "finish_promotion", "rollback"]
 
@@ -67,6 +68,8 @@ def finish_promotion(tx: Tx, run: RunRow, now: datetime, reason: str) -> str | N
     run.state, run.stage, run.finished_at = "done", "done", now
     tx.audit(now, "promotion", "promotion", f"{model} {version} is production (previous: {old or 'none'})",
              model=model, subject=version, data={"run_id": run.id, "previous": old, "reason": reason})
+    # Drift is judged against what production was trained on: the new version's training window.
+    refresh_drift_reference(tx, model, version, now, actor="promotion", reason=f"{version} promoted")
     return old
 
 

@@ -40,7 +40,8 @@ from retrain.storage.repo import Tx
 from retrain.registry import NewVersion, register_version, versions_lock
 from retrain.versioning import VersionSpec, fingerprint_array
 
-__all__ = ["TrainResult", "train_run", "fail_run", "load_training_data", "SLOT_LOCK"]
+__all__ = ["TrainResult", "TrainingData", "train_run", "fail_run", "load_training_data", "load_training_rows",
+           "SLOT_LOCK"]
 
 REFERENCE_ROWS = 5000
 
@@ -70,23 +71,72 @@ def _git_commit(entry_point: str) -> str | None:
         return None
 
 
-def load_training_data(ctx: Context, cfg: ModelConfig, now: datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X, y, ts) in time order from the model's data source, only what is visible at ``now``."""
+@dataclass(frozen=True)
+class TrainingData:
+    """Labelled rows in time order: features, labels, epoch seconds and, when the data
+    source gives them, each row's market return (NaN where one is missing)."""
+
+    X: np.ndarray
+    y: np.ndarray
+    ts: np.ndarray
+    ret: np.ndarray | None = None
+
+
+def load_training_rows(ctx: Context, cfg: ModelConfig, now: datetime) -> TrainingData:
+    """The model's data source at ``now``, in time order, only what is visible then.
+
+    A data source returns ``(X, y, ts)`` or ``(X, y, ts, ret)``: ``ret`` is each row's
+    market return, from which holdout scoring computes the strategy's Sharpe ratio
+    (:func:`retrain.windows.strategy_returns`). ``"sample"`` reads the returns the
+    trading app reported with its outcomes. No return at all (or only missing ones)
+    is ``ret=None``.
+    """
     lookback = timedelta(hours=cfg.lookback_hours)
+    field = f"models.{cfg.name}.data_source"
     if cfg.data_source == "sample":
         with ctx.store.tx() as tx:
             rows = tx.samples(cfg.name, since=now - lookback, until=now)
         X = np.asarray([r.features for r in rows], dtype=np.float64).reshape(-1, cfg.n_features)
         y = np.asarray([r.label for r in rows], dtype=np.int64)
         ts = np.asarray([r.ts.timestamp() for r in rows], dtype=np.float64)
-        return X, y, ts
-    source = resolve_callable(cfg.data_source, f"models.{cfg.name}.data_source")
-    X, y, ts = source(now, lookback, dict(cfg.params))
-    X, y, ts = np.asarray(X, dtype=np.float64), np.asarray(y), np.asarray(ts, dtype=np.float64)
+        ret = np.asarray([np.nan if r.ret is None else r.ret for r in rows], dtype=np.float64)
+        return TrainingData(X, y, ts, _returns(ret, len(y), field))
+    source = resolve_callable(cfg.data_source, field)
+    out = source(now, lookback, dict(cfg.params))
+    if not isinstance(out, (tuple, list)) or len(out) not in (3, 4):
+        what = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise TrainingError(f"{field}: {cfg.data_source} returned {what}; expected (X, y, ts) or (X, y, ts, ret)")
+    X, y, ts = np.asarray(out[0], dtype=np.float64), np.asarray(out[1]), np.asarray(out[2], dtype=np.float64)
     if X.ndim != 2 or X.shape[1] != cfg.n_features:
         raise TrainingError(f"data source {cfg.data_source} returned shape {X.shape}; expected (n, {cfg.n_features})")
+    ret = _returns(out[3], len(y), field) if len(out) == 4 and out[3] is not None else None
     order = np.argsort(ts, kind="stable")
-    return X[order], y[order], ts[order]
+    return TrainingData(X[order], y[order], ts[order], None if ret is None else ret[order])
+
+
+def _returns(ret, n: int, field: str) -> np.ndarray | None:
+    try:
+        r = np.asarray(ret, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TrainingError(f"{field}: the returns column (4th value) is not numeric") from None
+    if r.shape != (n,):
+        raise TrainingError(f"{field}: {r.size} returns for {n} rows")
+    return None if not np.isfinite(r).any() else r
+
+
+def load_training_data(ctx: Context, cfg: ModelConfig, now: datetime) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, ts) in time order from the model's data source, only what is visible at ``now``."""
+    d = load_training_rows(ctx, cfg, now)
+    return d.X, d.y, d.ts
+
+
+def _needs_returns(cfg: ModelConfig, data: TrainingData) -> None:
+    """A Sharpe ratio is made of returns: refuse, before any fit, a run that could not be validated."""
+    if cfg.primary_metric == "sharpe" and data.ret is None:
+        raise TrainingError(
+            f"models.{cfg.name}.primary_metric = 'sharpe' needs returns, and the data source "
+            f"{cfg.data_source!r} gave none: return (X, y, ts, ret) from it (ret: each row's market return), "
+            f"or choose accuracy, precision, recall or f1")
 
 
 def _deps(ctx: Context) -> dict[str, tuple[str, ...]]:
@@ -304,9 +354,11 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
     _report(progress, "loading data", 0.05)
     try:
         with _Heartbeat(ctx, run_id, attempt, progress, expected) as beat:
-            X, y, ts = load_training_data(ctx, cfg, now)
+            data = load_training_rows(ctx, cfg, now)
+            X, y, ts = data.X, data.y, data.ts
             if len(y) < 50 or len(np.unique(y)) < 2:
                 raise TrainingError(f"not enough labelled data to train {cfg.name}: {len(y)} rows")
+            _needs_returns(cfg, data)
             cut = int(len(y) * (1 - cfg.validation.holdout_fraction))
             _set_progress(ctx, run_id, attempt, "fitting", 0.3, progress)
             fit = resolve_callable(cfg.entry_point, f"models.{cfg.name}.entry_point")
@@ -321,7 +373,10 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
             rng = np.random.default_rng(0)
             ref_idx = np.sort(rng.choice(cut, size=min(cut, REFERENCE_ROWS), replace=False))
             reference = ctx.artifacts.put_object(X[:cut][ref_idx])
-            holdout = ctx.artifacts.put_object({"X": X[cut:], "y": y[cut:], "ts": ts[cut:]})
+            held = {"X": X[cut:], "y": y[cut:], "ts": ts[cut:]}
+            if data.ret is not None:
+                held["ret"] = data.ret[cut:]
+            holdout = ctx.artifacts.put_object(held)
     except (TrainingError, ConfigError) as exc:
         # Deterministic: the same data and code would fail again. The run fails now.
         with ctx.store.tx() as tx:
@@ -336,14 +391,15 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
     # The slot is held until the version is registered (or the attempt is fenced off), so a
     # run in state 'training' always holds one: the limit reads the same from runs and slots.
     try:
-        v = _register(ctx, cfg, run_id, attempt, meter, X, y, ts, cut, artifact, reference, holdout)
+        v = _register(ctx, cfg, run_id, attempt, meter, X, y, ts, cut, artifact, reference, holdout,
+                      {"reference_rows": int(ref_idx.size), "returns": data.ret is not None})
     finally:
         _release_slot(ctx, run_id, attempt)
     return TrainResult(run_id, "registered", str(v))
 
 
 def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, X, y, ts, cut, artifact, reference,
-              holdout):
+              holdout, extra: dict | None = None):
     usage = meter.usage
     cost = _price(ctx, cfg, usage, run_id)
     spec = VersionSpec(list(cfg.features), cfg.entry_point, cfg.training_fingerprint(),
@@ -361,7 +417,7 @@ def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, 
             holdout_sha256=holdout.sha256, data_start=_dt(ts[0]), data_end=_dt(ts[cut - 1]), data_rows=int(cut),
             params=dict(cfg.params), settings={"lookback_hours": cfg.lookback_hours},
             metrics={"holdout_rows": int(len(y) - cut), "holdout_start": _dt(ts[cut]).isoformat() if cut < len(ts)
-                     else None, "holdout_end": _dt(ts[-1]).isoformat()},
+                     else None, "holdout_end": _dt(ts[-1]).isoformat(), **(extra or {})},
             git_commit=_git_commit(cfg.entry_point), request_id=run.request_id, decision_id=run.decision_id,
             run_id=run.id, cost_usd=cost.total_usd,
         ), now=finished, actor=ctx.worker_id, artifacts=ctx.artifacts,

@@ -3,9 +3,14 @@
 The holdout is the newest slice of the training window, never seen by the fit.
 A candidate passes when there is no production version yet, or when it beats
 production on the model's primary metric by the configured relative margin
-(default 2 %); otherwise it is rejected with the figures. Its holdout metrics
-become the version's validated baseline, which the performance trigger compares
-live results against.
+(default 2 %, of the metric's magnitude: a Sharpe ratio may be negative); otherwise
+it is rejected with the figures. Its holdout metrics become the version's validated
+baseline, which the performance trigger compares live results against.
+
+When the holdout carries the rows' market returns (the data source returned
+``(X, y, ts, ret)``), both models are also scored on the strategy's returns, so the
+baseline has a Sharpe ratio. A primary metric that cannot be computed (``sharpe``
+without returns, or of constant returns) fails the run with the field to change.
 
 A candidate that passes against a production version then has to prove itself on
 live traffic: shadow, then the canary stages (``retrain.steps.rollout_step``). The
@@ -16,10 +21,12 @@ at once by ``retrain.promote``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from retrain.context import Context
-from retrain.metrics import score
+from retrain.lifecycle import finish
+from retrain.metrics import finite_metrics, score
 from retrain.steps.rollout_step import begin_rollout
 
 __all__ = ["ValidateResult", "validate_run"]
@@ -28,7 +35,7 @@ __all__ = ["ValidateResult", "validate_run"]
 @dataclass(frozen=True)
 class ValidateResult:
     run_id: str
-    status: str  # promote | shadow | canary | rejected | skipped
+    status: str  # promote | shadow | canary | rejected | failed | skipped
     detail: str
     candidate: dict | None = None
     production: dict | None = None
@@ -47,18 +54,26 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
         prod_sha = prod.artifact_sha256 if prod else None
 
     holdout = ctx.artifacts.load_object(holdout_sha)
-    X, y = holdout["X"], holdout["y"]
-    cand_m = score(ctx.artifacts.load_object(cand_sha), X, y)
-    prod_m = score(ctx.artifacts.load_object(prod_sha), X, y) if prod_sha else None
+    X, y, ret = holdout["X"], holdout["y"], holdout.get("ret")
+    cand_m = score(ctx.artifacts.load_object(cand_sha), X, y, ret)
+    prod_m = score(ctx.artifacts.load_object(prod_sha), X, y, ret) if prod_sha else None
     metric = cfg.primary_metric
     margin = cfg.validation.min_improvement
+    unusable = _unusable(cfg, metric, cand_m, prod_m, ret is not None, len(y))
+    if unusable is not None:
+        return _fail(ctx, run_id, unusable, cand_m, prod_m)
     if prod_m is None:
         ok, detail = True, f"no production version yet; candidate {metric} {cand_m[metric]:.4f} on {len(y)} rows"
     else:
-        need = prod_m[metric] * (1 + margin)
+        # A relative margin of the metric's magnitude: for a negative Sharpe ratio too, better means higher.
+        need = prod_m[metric] + margin * abs(prod_m[metric])
         ok = cand_m[metric] >= need
         detail = (f"candidate {metric} {cand_m[metric]:.4f} vs production {prod_name} {prod_m[metric]:.4f} "
                   f"on {len(y)} held-out rows; needs >= {need:.4f} (+{margin:.0%})")
+    if ret is None and "sharpe" in cfg.thresholds.metrics:
+        detail += (f"; no returns on the holdout, so no Sharpe baseline: the Sharpe trigger "
+                   f"(models.{cfg.name}.thresholds.metrics) cannot fire for this version")
+    cand_m, prod_m = finite_metrics(cand_m), finite_metrics(prod_m)
 
     now = ctx.now()
     with ctx.store.tx() as tx:
@@ -86,3 +101,31 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
             tx.audit(now, "validation", "validation", f"{run.model} {cand.version} rejected: {detail}",
                      model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m})
     return ValidateResult(run_id, "promote" if ok else "rejected", detail, cand_m, prod_m)
+
+
+def _unusable(cfg, metric: str, cand_m: dict, prod_m: dict | None, has_returns: bool, rows: int) -> str | None:
+    """Why the primary metric cannot decide this validation, or None."""
+    field = f"models.{cfg.name}.primary_metric"
+    if metric == "sharpe" and not has_returns:
+        return (f"{field} = 'sharpe' needs returns, and the holdout has none: the data source "
+                f"{cfg.data_source!r} must return (X, y, ts, ret), or choose accuracy, precision, recall or f1")
+    for who, m in (("candidate", cand_m), ("production", prod_m)):
+        if m is not None and not math.isfinite(m.get(metric, float("nan"))):
+            return (f"{field} = {metric!r} is undefined for the {who} on the {rows} held-out rows "
+                    f"(a Sharpe ratio needs at least two returns that are not all equal)")
+    return None
+
+
+def _fail(ctx: Context, run_id: str, reason: str, cand_m: dict, prod_m: dict | None) -> ValidateResult:
+    """End the run ``failed`` with the reason: a configuration to fix, not a candidate to judge."""
+    now = ctx.now()
+    with ctx.store.tx() as tx:
+        run = tx.run(run_id, for_update=True)
+        if run.state != "validating":
+            return ValidateResult(run_id, "skipped", f"run is {run.state}")
+        cand = tx.version(run.model, run.candidate_version)
+        cand.metrics = {**cand.metrics, "holdout": finite_metrics(cand_m), "production_holdout": finite_metrics(prod_m)}
+        cand.status = "rejected"
+        finish(tx, run, "failed", f"validation of {run.model} {cand.version} failed: {reason}", now,
+               actor="validation")
+    return ValidateResult(run_id, "failed", reason, finite_metrics(cand_m), finite_metrics(prod_m))

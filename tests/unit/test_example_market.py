@@ -117,24 +117,26 @@ def test_accuracy_stable_after_shift_and_after_retraining(market: SyntheticMarke
 def test_history_has_no_look_ahead() -> None:
     params = {"seed": 7, "start": "2026-01-05T00:00:00+00:00"}
     now = S + timedelta(hours=30, minutes=10, seconds=3)
-    X, y, ts = history(now, 6 * H, params)
+    X, y, ts, ret = history(now, 6 * H, params)
     cutoff = (now - timedelta(minutes=1)).timestamp()
     assert ts.max() <= cutoff
     assert ts.max() > cutoff - 60  # the newest realised rows are included
     assert ts.min() >= cutoff - 6 * 3600
-    assert X.shape == (len(ts), 8) and y.shape == ts.shape
+    assert X.shape == (len(ts), 8) and y.shape == ts.shape == ret.shape
+    # The returns column: each row's market return, whose sign is the label.
+    np.testing.assert_array_equal(y, (ret > 0).astype(y.dtype))
     # What was visible then is unchanged later: the past does not depend on the future.
-    X2, y2, ts2 = history(now + 5 * H, 12 * H, params)
+    X2, y2, ts2, _ = history(now + 5 * H, 12 * H, params)
     keep = np.isin(ts2, ts)
     np.testing.assert_array_equal(ts2[keep], ts)
     np.testing.assert_array_equal(X2[keep], X)
     np.testing.assert_array_equal(y2[keep], y)
     # A longer label delay hides more.
-    _, _, ts3 = history(now, 6 * H, {**params, "label_delay": 600})
+    _, _, ts3, _ = history(now, 6 * H, {**params, "label_delay": 600})
     assert ts3.max() <= (now - timedelta(minutes=10)).timestamp()
     # A row stamped exactly at the cutoff is visible (inclusive bound).
     aligned = S + 10 * H + timedelta(minutes=1)
-    _, _, ts4 = history(aligned, H, params)
+    _, _, ts4, _ = history(aligned, H, params)
     assert ts4.max() == (S + 10 * H).timestamp()
 
 
@@ -142,7 +144,7 @@ def test_history_matches_market_and_params(market: SyntheticMarket) -> None:
     assert market_from_params({}) is market_from_params({"seed": 7, "start": S})
     m = market_from_params({"start": datetime(2026, 1, 5, tzinfo=timezone.utc), "rows_per_minute": 4})
     assert m.rows_per_minute == 4
-    X, y, ts = history(S + 2 * H, H, {})
+    X, y, ts, _ = history(S + 2 * H, H, {})
     r = market.rows(S + H - timedelta(minutes=1), S + 2 * H)
     np.testing.assert_array_equal(ts, r.ts[r.ts <= (S + 2 * H - timedelta(minutes=1)).timestamp()])
     assert len(ts) == 601
