@@ -20,9 +20,11 @@ training itself is the training's wall time::
     opportunity_usd = accuracy_gap_points x predictions_per_second x wall_seconds
                       x rates.value_per_accuracy_point_usd
 
-with the same value per accuracy point per prediction as the decision's value
-model (:mod:`retrain.policy`), so that a slow training is charged for the
-accuracy it keeps the desk without.
+with the value per accuracy point per prediction that the decision's value
+model (:mod:`retrain.policy`) uses for outcomes without returns, so that a slow
+training is charged for the accuracy it keeps the desk without. (When outcomes
+carry returns the decision values a correct prediction from them and the
+notional instead; this charge keeps the configured figure.)
 
 Example
 -------
@@ -71,7 +73,8 @@ class CostRates:
     ``usd_per_slot_hour`` charges the wall time a training occupies one of the
     1-3 training slots, whether or not it keeps the CPU busy.
     ``value_per_accuracy_point_usd`` is what one accuracy point is worth on one
-    prediction, the same figure as ``Policy.value_per_accuracy_point_usd``.
+    prediction, the same figure as ``Policy.value_per_accuracy_point_usd`` (the
+    decision's value of a correct prediction, / 100, when outcomes carry no returns).
     """
 
     usd_per_cpu_second: float = 0.04 / 3600.0

@@ -26,7 +26,8 @@ budget_monthly         spend month + estimate > monthly cap      defer (1)  over
                                                                             ``emergency_bypasses_monthly_cap``
 model_budget_daily     same, this model's own daily cap          defer (1)  emergency (2), override
 model_budget_monthly   same, this model's own monthly cap        defer (1)  as budget_monthly
-roi                    benefit / estimate < ``min_roi``          reject     override
+roi                    benefit / estimate < ``min_roi``          reject     override; CRITICAL emergency;
+                                                                            below the floor too long (3)
 =====================  ========================================  =========  ==========================
 
 (1) A budget that is only exhausted *for now* defers to when it resets (next
@@ -35,6 +36,9 @@ larger than the cap can never fit, so that is a reject.
 (2) The requirement pairs "emergencies bypass the daily limit" with "never the
 monthly cap"; we read the daily limit as both the run count and the daily
 spend (``emergency_bypasses_daily_budget``, default True).
+(3) ROI yields, still subject to every other rule, to a CRITICAL emergency and
+to a model known to be below its accuracy floor for ``max_hours_below_floor_on_roi``
+(see the value model); the ``roi`` rule says which, and ``detail["roi_yields_to"]``.
 
 A bypassed rule is still evaluated: ``passed`` says what it would have said,
 ``bypassed=True`` says it did not count. ``override_budget`` is honoured only
@@ -86,17 +90,37 @@ Value model (ROI)
     gap_points      = clamp(gap_points, 0, policy.max_gap_points)
     recovery_points = gap_points x policy.recovery_factor
     predictions     = state.predictions_per_day x policy.value_horizon_days
-    benefit_usd     = policy.value_per_accuracy_point_usd x recovery_points x predictions
+    mean_abs_return = sqrt(2 / pi) x state.return_rms     (E|r| of a normal return with that RMS)
+    value_per_correct_usd
+                    = 2 x policy.notional_usd x mean_abs_return         when outcomes carry returns
+                    = 100 x policy.value_per_accuracy_point_usd         otherwise
+    benefit_usd     = value_per_correct_usd x recovery_points / 100 x predictions
     roi             = benefit_usd / state.estimated_cost_usd     (>= min_roi to proceed)
 
-``value_per_accuracy_point_usd`` is the value of one accuracy point on one
-prediction; ``value_horizon_days`` how long the recovered model is expected to
-serve before the next retraining. The target is the version's validated
-baseline, or the accuracy floor (the requirement's 55 %) when that is higher: a
-model serving under the floor is worth bringing back to it even when its own
-baseline was poor. ``recovery_factor`` discounts the gap for what a retraining
-is expected to win back. Inputs and result are in the ``roi`` rule and in
-``Decision.detail["value_model"]``.
+Every rate is valued over the same time, ``value_horizon_days`` (7: how long a
+retrained model is expected to serve before the next retraining), so a model
+serving one prediction a day and one serving 5,000 a second are compared like
+with like; ``state.predictions_per_day`` is what the model serves, labelled or
+not (:func:`serving_rate`). A prediction turned from wrong to right gains its
+return instead of losing it: with returns, one correct prediction is worth
+``2 x notional x mean |return|``, where ``notional_usd`` is the position one
+prediction trades. Without returns it is worth the configured
+``100 x value_per_accuracy_point_usd`` (one accuracy point on one prediction,
+the figure the training's opportunity cost uses too). The target is the
+version's validated baseline, or the accuracy floor (the requirement's 55 %)
+when that is higher: a model serving under the floor is worth bringing back to
+it even when its own baseline was poor. ``recovery_factor`` discounts the gap
+for what a retraining is expected to win back.
+
+The floor rule: a model is *below its floor* when the upper
+``floor_confidence`` bound of its live accuracy (normal approximation on the
+``measured_on`` or ``n`` outcomes of the evidence; the point estimate when the
+count is unknown) is below ``accuracy_floor``, and *not* below it when the
+point estimate is at or above it. ``state.below_floor_since`` is the first
+decision that found it below since its last retraining and since a decision last
+found it not below. Once it has been below for ``max_hours_below_floor_on_roi``
+(72 h), a failed ROI yields; before that the ``roi`` rule says how long is left.
+Inputs and result are in the ``roi`` rule and in ``Decision.detail["value_model"]``.
 
 Example
 -------
@@ -118,11 +142,12 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta, timezone
+from statistics import NormalDist
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from retrain.clock import utc
-from retrain.domain import Decision, RetrainRequest, RuleResult, TriggerKind, Verdict
+from retrain.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
 from retrain.errors import ConfigError
 
 __all__ = [
@@ -131,6 +156,7 @@ __all__ = [
     "ResourceReading",
     "decide",
     "value_model",
+    "serving_rate",
     "RULES",
 ]
 
@@ -155,6 +181,9 @@ _UTC = timezone.utc
 _DAY = timedelta(days=1)
 _EMERGENCY = TriggerKind.EMERGENCY
 _SCHEDULE = TriggerKind.SCHEDULE
+_CRITICAL = Severity.CRITICAL
+# E|r| of a normal return with this RMS: the buckets keep the sum of squared returns, not of |r|.
+_ABS_PER_RMS = math.sqrt(2.0 / math.pi)
 _OPEN_CACHE_MAX = 256
 
 # Results are immutable, so the common passing outcomes that depend on no
@@ -218,7 +247,16 @@ class StateSnapshot:
     model_spend_today_usd: float = 0.0
     model_spend_month_usd: float = 0.0
     estimated_cost_usd: float = 0.0
+    # What the model serves, labelled or not (serving_rate), and how that was measured.
     predictions_per_day: float = 0.0
+    predictions_source: str = ""
+    # RMS of the outcomes' returns and how many labelled outcomes it is measured on;
+    # None when the outcomes carry no returns.
+    return_rms: float | None = None
+    returns_measured_on: int = 0
+    # The first decision that found the model below its accuracy floor, since its last
+    # retraining and since a decision last found it not below (see the module docstring).
+    below_floor_since: datetime | None = None
     paused: bool = False
     globally_paused: bool = False
     # False for a model's first training: nothing serves yet, so ROI has nothing to recover.
@@ -231,6 +269,8 @@ class StateSnapshot:
             object.__setattr__(self, "recent_run_starts", tuple(sorted(utc(s) for s in starts)))
         if self.deployed_at is not None and self.deployed_at.tzinfo is not _UTC:
             object.__setattr__(self, "deployed_at", utc(self.deployed_at))
+        if self.below_floor_since is not None and self.below_floor_since.tzinfo is not _UTC:
+            object.__setattr__(self, "below_floor_since", utc(self.below_floor_since))
 
 
 def _parse_time(name: str, v: time | str) -> time:
@@ -261,8 +301,15 @@ class Policy:
     model_daily_budget_usd: float | None = None
     model_monthly_budget_usd: float | None = None
     min_roi: float = 1.5
+    # Without returns: one accuracy point on one prediction ($0.0001 a correct prediction).
     value_per_accuracy_point_usd: float = 1e-6
-    value_horizon_days: float = 1.0
+    # With returns: the position one prediction trades.
+    notional_usd: float = 1000.0
+    # Every rate is valued over the same time: a week of the retrained model's service.
+    value_horizon_days: float = 7.0
+    # A model below its floor this long yields a failed ROI (None: never).
+    max_hours_below_floor_on_roi: float | None = 72.0
+    floor_confidence: float = 0.95
     recovery_factor: float = 0.5
     default_gap_points: float = 2.0
     max_gap_points: float = 10.0
@@ -284,6 +331,12 @@ class Policy:
     _cooldown: timedelta = field(init=False, repr=False, compare=False)
     _approval: timedelta = field(init=False, repr=False, compare=False)
     _resource_retry: timedelta = field(init=False, repr=False, compare=False)
+    _floor_z: float = field(init=False, repr=False, compare=False)
+    _roi_ok_label: str = field(init=False, repr=False, compare=False)
+    _roi_low_label: str = field(init=False, repr=False, compare=False)
+    _notional_label: str = field(init=False, repr=False, compare=False)
+    _per_correct_label: str = field(init=False, repr=False, compare=False)
+    _horizon_label: str = field(init=False, repr=False, compare=False)
     _tz: ZoneInfo | None = field(init=False, repr=False, compare=False)
     _start: time | None = field(init=False, repr=False, compare=False)
     _start_s: int = field(init=False, repr=False, compare=False)
@@ -299,17 +352,20 @@ class Policy:
             return ConfigError(f"policy.{name}: {why}, got {getattr(self, name)!r}")
 
         for name in ("cooldown_hours", "approval_days", "resource_retry_minutes", "value_per_accuracy_point_usd",
-                     "value_horizon_days", "default_gap_points", "max_gap_points", "min_roi",
+                     "notional_usd", "value_horizon_days", "default_gap_points", "max_gap_points", "min_roi",
                      "min_free_memory_mb", "min_free_disk_mb"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise bad(name, "expected a finite number >= 0")
-        for name in ("daily_budget_usd", "monthly_budget_usd", "model_daily_budget_usd", "model_monthly_budget_usd"):
+        for name in ("daily_budget_usd", "monthly_budget_usd", "model_daily_budget_usd", "model_monthly_budget_usd",
+                     "max_hours_below_floor_on_roi"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
                 raise bad(name, "expected a finite number >= 0 or None")
         if not 0.0 <= self.recovery_factor <= 1.0:
             raise bad("recovery_factor", "expected a fraction in [0, 1]")
+        if not isinstance(self.floor_confidence, (int, float)) or not 0.5 <= self.floor_confidence < 1.0:
+            raise bad("floor_confidence", "expected a fraction in [0.5, 1)")
         if not 0.0 < self.max_cpu_load_pct <= 100.0 * 1024:
             raise bad("max_cpu_load_pct", "expected a percentage > 0")
         if not isinstance(self.max_runs_per_model_per_day, int) or self.max_runs_per_model_per_day < 1:
@@ -325,6 +381,12 @@ class Policy:
         s(self, "_cooldown", timedelta(hours=self.cooldown_hours))
         s(self, "_approval", timedelta(days=self.approval_days))
         s(self, "_resource_retry", timedelta(minutes=self.resource_retry_minutes))
+        s(self, "_floor_z", NormalDist().inv_cdf(self.floor_confidence))
+        s(self, "_roi_ok_label", f">= {self.min_roi:g}")
+        s(self, "_roi_low_label", f"< {self.min_roi:g}")
+        s(self, "_notional_label", f"2 x ${self.notional_usd:,.0f} x |r| ")
+        s(self, "_per_correct_label", f"${100.0 * self.value_per_accuracy_point_usd:.3g}/correct")
+        s(self, "_horizon_label", f"/d x {self.value_horizon_days:g} d)")
         s(self, "_open_cache", {})
         if (self.offpeak_start is None) != (self.offpeak_end is None):
             raise bad("offpeak_end", "set both offpeak_start and offpeak_end, or neither")
@@ -433,61 +495,165 @@ class Policy:
         return hi
 
 
-def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy) -> dict[str, Any]:
-    """The expected benefit of the retraining and its ROI (see the module docstring)."""
+def serving_rate(served: int, minutes: int, first: datetime | None, last: datetime | None,
+                 now: datetime) -> tuple[float, str]:
+    """Predictions a day from ``served`` predictions (labelled or not) in ``minutes`` distinct
+    minute buckets between ``first`` and ``last``; returns the rate and how it was measured.
+
+    The span is measured between the buckets, not up to ``now``: outcomes arrive
+    when their labels do, so with a label delay the newest stretch is empty. Each
+    bucket stands for the mean gap between buckets, so k buckets cover
+    ``(last - first) x k / (k - 1)``: one prediction a day for a week reads 1/day,
+    5,000 a second reads 4.32e8/day. A single bucket tells no rate: what it holds
+    is spread over the time since it, and at least a day.
+
+    >>> t = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    >>> round(serving_rate(7, 7, t, t + timedelta(days=6), t + timedelta(days=8))[0], 6)
+    1.0
+    """
+    if served <= 0 or first is None or last is None:
+        return 0.0, "no predictions served in the window"
+    span_s = (last - first).total_seconds()
+    if minutes >= 2 and span_s > 0.0:
+        covered_s = span_s * minutes / (minutes - 1)
+        return served * 86400.0 / covered_s, (f"{served:,} served (labelled or not) in {minutes:,} minute buckets "
+                                              f"over {_span(covered_s)}")
+    covered_s = max((now - first).total_seconds(), 86400.0)
+    return served * 86400.0 / covered_s, f"{served:,} served in one minute bucket, spread over {_span(covered_s)}"
+
+
+def _span(seconds: float) -> str:
+    return f"{seconds / 86400.0:.3g} d" if seconds >= 86400.0 else f"{seconds / 3600.0:.3g} h"
+
+
+def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy,
+                now: datetime | None = None) -> dict[str, Any]:
+    """The expected benefit of the retraining, its ROI and the floor clock (see the module docstring).
+
+    ``now`` (aware) gives ``hours_below_floor``; without it the clock is not read.
+    """
     ev = request.evidence
     source = "default"
     gap = policy.default_gap_points
+    cur_f = floor_f = None
+    n = None
     if ev:
+        base = ev.get("baseline_accuracy")
+        cur = ev.get("current_accuracy")
+        floor = ev.get("accuracy_floor")
+        has_base = isinstance(base, (int, float))
+        has_floor = isinstance(floor, (int, float)) and floor > 0
+        has_cur = isinstance(cur, (int, float))
+        # Accuracies are fractions in the metrics windows; a value > 1 can only be a percentage.
+        pct = (has_cur and cur > 1.0) or (has_base and base > 1.0)
+        if has_cur:
+            cur_f = cur / 100.0 if pct else float(cur)
+        if has_floor:
+            floor_f = floor / 100.0 if floor > 1.0 else float(floor)
         explicit = ev.get("expected_recovery_points")
         if isinstance(explicit, (int, float)):
             gap = float(explicit)
             source = "evidence.expected_recovery_points"
-        else:
-            base = ev.get("baseline_accuracy")
-            cur = ev.get("current_accuracy")
-            floor = ev.get("accuracy_floor")
-            has_base = isinstance(base, (int, float))
-            has_floor = isinstance(floor, (int, float))
-            if isinstance(cur, (int, float)) and (has_base or has_floor):
-                # Accuracies are fractions in the metrics windows; a value > 1
-                # can only be a percentage, so it is not scaled again.
-                pct = cur > 1.0 or (has_base and base > 1.0)
-                scale = 1.0 if pct else 100.0
-                if has_floor and pct and floor <= 1.0:
-                    floor = floor * 100.0
-                if has_floor and (not has_base or floor > base):
-                    gap = (floor - cur) * scale
-                    source = "evidence.accuracy_floor-current_accuracy"
-                else:
-                    gap = (base - cur) * scale
-                    source = "evidence.baseline_accuracy-current_accuracy"
+        elif cur_f is not None and (has_base or has_floor):
+            base_f = (base / 100.0 if pct else float(base)) if has_base else None
+            if floor_f is not None and (base_f is None or floor_f > base_f):
+                gap = (floor_f - cur_f) * 100.0
+                source = "evidence.accuracy_floor-current_accuracy"
+            else:
+                gap = (base_f - cur_f) * 100.0  # type: ignore[operator]
+                source = "evidence.baseline_accuracy-current_accuracy"
+        counted = ev.get("measured_on", ev.get("n"))
+        if isinstance(counted, (int, float)) and not isinstance(counted, bool) and counted >= 1:
+            n = int(counted)
+    measured = gap
     if not math.isfinite(gap) or gap < 0.0:
         gap = 0.0
     elif gap > policy.max_gap_points:
         gap = policy.max_gap_points
     recovery = gap * policy.recovery_factor
-    predictions = state.predictions_per_day * policy.value_horizon_days
-    benefit = policy.value_per_accuracy_point_usd * recovery * predictions
+    horizon = policy.value_horizon_days
+    predictions = state.predictions_per_day * horizon
+    rms = state.return_rms
+    if rms is not None and rms > 0.0 and math.isfinite(rms):
+        basis = "returns"
+        mean_abs = rms * _ABS_PER_RMS
+        per_correct = 2.0 * policy.notional_usd * mean_abs
+    else:
+        basis = "per_correct"
+        mean_abs = None
+        per_correct = 100.0 * policy.value_per_accuracy_point_usd
+    benefit = per_correct * recovery / 100.0 * predictions
     cost = state.estimated_cost_usd
+
+    # The floor: below when even the upper bound of live accuracy is; not below when the estimate is not.
+    below: bool | None = None
+    upper = None
+    if cur_f is not None and floor_f is not None and math.isfinite(cur_f):
+        if cur_f >= floor_f:
+            below = False
+        else:
+            upper = cur_f
+            if n is not None:
+                p = min(max(cur_f, 0.0), 1.0)
+                upper = cur_f + policy._floor_z * math.sqrt(p * (1.0 - p) / n)
+            below = True if upper < floor_f else None
+    since = state.below_floor_since if below else None
+    hours = None
+    if below and now is not None:
+        since = since or now  # this decision starts the clock
+        hours = max(0.0, (now - since).total_seconds() / 3600.0)
     return {
         "gap_points": gap,
         "gap_source": source,
+        # Before the clamp to [0, max_gap_points]; None when not a finite number.
+        "gap_measured_points": measured if math.isfinite(measured) else None,
+        "max_gap_points": policy.max_gap_points,
         "recovery_factor": policy.recovery_factor,
         "recovery_points": recovery,
         "predictions_per_day": state.predictions_per_day,
-        "horizon_days": policy.value_horizon_days,
+        "predictions_source": state.predictions_source,
+        "horizon_days": horizon,
+        "predictions": predictions,
+        "basis": basis,
+        "notional_usd": policy.notional_usd if basis == "returns" else None,
+        "mean_abs_return": mean_abs,
+        "returns_measured_on": state.returns_measured_on if basis == "returns" else 0,
         "value_per_accuracy_point_usd": policy.value_per_accuracy_point_usd,
+        "value_per_correct_usd": per_correct,
         "benefit_usd": benefit,
         "estimated_cost_usd": cost,
         # None, not inf: the audit record is JSON and JSON has no infinity.
         "roi": benefit / cost if cost > 0.0 else None,
+        "min_roi": policy.min_roi,
+        "current_accuracy": cur_f,
+        "accuracy_floor": floor_f,
+        "accuracy_upper_bound": upper,
+        "measured_on": n,
+        "below_floor": below,
+        "below_floor_since": since.isoformat() if since is not None else None,
+        "hours_below_floor": hours,
+        "max_hours_below_floor_on_roi": policy.max_hours_below_floor_on_roi,
     }
 
 
 def _usd(x: float) -> str:
     # Cents for dollars; a training of a few seconds costs a fraction of a cent, and "$0.00" would hide it.
     return f"${x:,.2f}" if x == 0.0 or abs(x) >= 0.995 else f"${x:.4f}"
+
+
+def _roi_detail(vm: dict[str, Any], roi: float | None, roi_ok: bool, policy: Policy, cost: float) -> str:
+    # Labels that depend only on the policy are built once (Policy.__post_init__): this runs on every decision.
+    if roi is None:
+        verdict = "no cost estimate"
+    else:
+        verdict = f"{roi:.3g} {policy._roi_ok_label if roi_ok else policy._roi_low_label}"
+    if vm["basis"] == "returns":
+        per = f"{policy._notional_label}{vm['mean_abs_return']:.3g}"
+    else:
+        per = policy._per_correct_label
+    return (f"{verdict}: benefit {_usd(vm['benefit_usd'])} = {per} x {vm['recovery_points']:.3g} pt x "
+            f"{vm['predictions']:.4g} predictions ({vm['predictions_per_day']:.4g}{policy._horizon_label}"
+            f"; estimate {_usd(cost)}")
 
 
 def _month_start_after(now: datetime) -> datetime:
@@ -709,21 +875,31 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         defer_rules.extend(r.rule for r in rules[-4:] if r.retry_at is not None)
 
     # roi
-    vm = value_model(request, state, policy)
+    vm = value_model(request, state, policy, now)
     roi = vm["roi"]
     min_roi = policy.min_roi
     roi_ok = roi is None or roi >= min_roi
-    verdict_s = "no cost estimate" if roi is None else f"{roi:.3g} {'>=' if roi_ok else '<'} {min_roi:g}"
-    roi_detail = (f"{verdict_s}"
-                  f": benefit {_usd(vm['benefit_usd'])} = {vm['value_per_accuracy_point_usd']:g} x "
-                  f"{vm['recovery_points']:.3g} pt x {vm['predictions_per_day'] * vm['horizon_days']:.4g} predictions"
-                  f"; estimate {_usd(cost)}")
+    yields_to = None
+    if not roi_ok and override is None and state.has_production:
+        limit_h = policy.max_hours_below_floor_on_roi
+        hours = vm["hours_below_floor"]
+        if emergency and request.severity == _CRITICAL:
+            yields_to = "CRITICAL emergency"
+        elif hours is not None and limit_h is not None and hours >= limit_h:
+            yields_to = (f"below the accuracy floor {vm['accuracy_floor']:.3f} for {hours:.1f} h >= "
+                         f"{limit_h:g} h (max_hours_below_floor_on_roi)")
+    roi_detail = _roi_detail(vm, roi, roi_ok, policy, cost)
     if override is not None:
         add(_RR("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
     elif not state.has_production:
         # A first version has no live figures to recover: its value is having a model at all.
         add(_RR("roi", True, None, min_roi, "not applicable: no version in production yet"))
+    elif yields_to is not None:
+        add(_RR("roi", False, roi, min_roi, f"{roi_detail}; yields: {yields_to}", True))
     else:
+        if not roi_ok and vm["hours_below_floor"] is not None and policy.max_hours_below_floor_on_roi is not None:
+            roi_detail += (f"; below the floor {vm['hours_below_floor']:.1f} h of "
+                           f"{policy.max_hours_below_floor_on_roi:g} h before ROI yields")
         add(_RR("roi", roi_ok, roi, min_roi, roi_detail))
         if not roi_ok:
             rejects.append("roi")
@@ -755,6 +931,8 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         detail["defer_rules"] = defer_rules
     if emergency:
         detail["emergency"] = True
+    if yields_to is not None:
+        detail["roi_yields_to"] = yields_to
     if override is not None:
         detail["override"] = override
     return Decision(request.id, request.model, verdict, now, tuple(rules), defer_until, cost, request.priority,

@@ -22,6 +22,7 @@ from retrain.errors import PayloadError
 __all__ = [
     "register",
     "render_decision",
+    "value_model_lines",
     "render_costs",
     "costs_data",
     "format_value",
@@ -159,13 +160,59 @@ def _rule_verdict(r: dict) -> str:
     return "FAIL"
 
 
-def _value_model_line(vm: dict) -> str:
+def _price(v: Any) -> str:
+    """Money that may be far below a cent (a value per prediction)."""
+    return f"${v:.3g}" if isinstance(v, (int, float)) and 0 < abs(v) < 0.001 else _money(v)
+
+
+_GAP_SOURCES = {"evidence.baseline_accuracy-current_accuracy": "validated baseline - live accuracy",
+                "evidence.accuracy_floor-current_accuracy": "accuracy floor - live accuracy",
+                "evidence.expected_recovery_points": "given by the request", "default": "default_gap_points"}
+
+
+def value_model_lines(vm: dict) -> list[str]:
+    """Every input of the ROI formula, one line each (decisions recorded before a field existed show less)."""
     roi = vm.get("roi")
-    return (f"value model: gap {vm.get('gap_points', 0):.3g} pt ({vm.get('gap_source', '?')}) x recovery "
-            f"{vm.get('recovery_factor', 0):g} = {vm.get('recovery_points', 0):.3g} pt; x "
-            f"{_num(vm.get('predictions_per_day', 0) * vm.get('horizon_days', 0))} predictions x "
-            f"${vm.get('value_per_accuracy_point_usd', 0):g}/pt = benefit {_money(vm.get('benefit_usd'))}; "
-            f"/ estimate {_money(vm.get('estimated_cost_usd'))} = ROI {'-' if roi is None else f'{roi:.3g}'}")
+    n_day, horizon = vm.get("predictions_per_day") or 0.0, vm.get("horizon_days") or 0.0
+    predictions = vm.get("predictions", n_day * horizon)
+    gap, raw = vm.get("gap_points") or 0.0, vm.get("gap_measured_points")
+    clamped = f" (measured {raw:.3g}, clamped to [0, {vm.get('max_gap_points', 0):g}])" \
+        if raw is not None and abs(raw - gap) > 1e-9 else ""
+    src = vm.get("predictions_source")
+    lines = [
+        f"predictions  {_num(n_day)}/day" + (f" ({src})" if src else "")
+        + f" x horizon {horizon:g} d = {_num(predictions)}",
+        f"gap          {gap:.3g} pt{clamped} ({_GAP_SOURCES.get(vm.get('gap_source'), vm.get('gap_source', '?'))}) "
+        f"x recovery {vm.get('recovery_factor', 0):g} = {vm.get('recovery_points', 0):.3g} pt",
+    ]
+    per = vm.get("value_per_correct_usd")
+    if vm.get("basis") == "returns":
+        lines.append(f"value        returns: 2 x notional {_money(vm.get('notional_usd'))} x mean |return| "
+                     f"{vm.get('mean_abs_return', 0):.3g} (on {vm.get('returns_measured_on', 0):,} outcomes) = "
+                     f"{_price(per)} a correct prediction")
+    elif per is not None:
+        lines.append(f"value        no returns in the outcomes: 100 x value_per_accuracy_point_usd "
+                     f"{_price(vm.get('value_per_accuracy_point_usd'))} = {_price(per)} a correct prediction")
+    else:  # a decision recorded before the value basis existed
+        lines.append(f"value        {_price(vm.get('value_per_accuracy_point_usd'))} an accuracy point a prediction")
+    lines.append(f"benefit      {_money(vm.get('benefit_usd'))}; estimate {_money(vm.get('estimated_cost_usd'))}; "
+                 f"ROI {'-' if roi is None else f'{roi:.3g}'}"
+                 + (f" (threshold >= {vm['min_roi']:g})" if vm.get("min_roi") is not None else ""))
+    below, cur, floor = vm.get("below_floor"), vm.get("current_accuracy"), vm.get("accuracy_floor")
+    if floor is not None and cur is not None:
+        bound = vm.get("accuracy_upper_bound")
+        on = f" on {vm['measured_on']:,} outcomes" if vm.get("measured_on") else ""
+        if below:
+            limit = vm.get("max_hours_below_floor_on_roi")
+            lines.append(f"floor        live {cur:.3f} < floor {floor:.3f} (upper bound {bound:.3f}{on}), below since "
+                         f"{str(vm.get('below_floor_since'))[:16]}: {vm.get('hours_below_floor') or 0:.1f} h of "
+                         + (f"{limit:g} h before ROI yields" if limit is not None else "no limit (ROI never yields)"))
+        elif below is None:
+            lines.append(f"floor        live {cur:.3f} < floor {floor:.3f} but not significantly (upper bound "
+                         f"{bound:.3f}{on}): the floor clock neither starts nor stops")
+        else:
+            lines.append(f"floor        live {cur:.3f} >= floor {floor:.3f}")
+    return ["value model:"] + ["  " + line for line in lines]
 
 
 def render_decision(d: dict) -> str:
@@ -191,7 +238,9 @@ def render_decision(d: dict) -> str:
              format_limit(r["rule"], r.get("limit")), _clip(r.get("detail"), 80)] for r in d["rules"]]
     lines.extend("  " + line for line in table(rows, ["rule", "verdict", "value", "limit", "detail"]).splitlines())
     if detail.get("value_model"):
-        lines.append("  " + _value_model_line(detail["value_model"]))
+        lines.extend("  " + line for line in value_model_lines(detail["value_model"]))
+    if detail.get("roi_yields_to"):
+        lines.append(f"  ROI yielded to: {detail['roi_yields_to']}")
     if detail.get("override"):
         lines.append(f"  {detail['override']}")
     return "\n".join(lines)

@@ -16,7 +16,10 @@ One transaction does all of it, under one lock:
    processes on both. SQLite is not meant for workers on several machines.
 2. ``now`` is read *after* the lock, so a decision that waited decides in the present.
 3. The snapshot: the model's runs, spend (one aggregate over this month's
-   ledger), traffic, approvals, pauses, resource readings.
+   ledger), traffic (predictions served, labelled or not, and the outcomes'
+   returns, from the newest metric buckets: see :func:`retrain.policy.serving_rate`),
+   the floor clock, approvals, pauses, resource readings. The floor clock is
+   started or stopped in the same commit when the decision's finding changes it.
 4. :func:`retrain.policy.decide`, pure.
 5. The decision row with every rule result, the audit events (decision, bypass,
    run), and for an approval: the run, the cost reservation and the outbox
@@ -29,6 +32,7 @@ an operator's approval reopens a pending one (:func:`resolve_pending`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -38,7 +42,7 @@ from retrain.context import Context
 from retrain.costs import estimate_cost
 from retrain.domain import Decision, RetrainRequest, RuleResult, Verdict
 from retrain.errors import PayloadError
-from retrain.policy import Policy, ResourceReading, StateSnapshot, decide
+from retrain.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate
 from retrain.storage.models import RequestRow
 from retrain.storage.repo import DecisionState, Tx
 
@@ -57,6 +61,8 @@ DECISION_LOCK = "retrain:decision"
 # A training node's reading older than this says nothing about it any more.
 RESOURCE_REPORT_MAX_AGE = timedelta(minutes=10)
 _HISTORY = timedelta(days=31)
+# Traffic is read from the newest buckets of this window: a month holds a daily model's rate.
+_RATE_WINDOW = timedelta(days=30)
 _DAY = timedelta(days=1)
 
 
@@ -108,7 +114,8 @@ def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, now: datetime,
     cfg = ctx.config.model(req.model)
     st = tx.decision_snapshot(req.model, now=now, history=_HISTORY,
                               window=timedelta(minutes=cfg.thresholds.window_minutes),
-                              report_max_age=RESOURCE_REPORT_MAX_AGE)
+                              report_max_age=RESOURCE_REPORT_MAX_AGE, rate_window=_RATE_WINDOW)
+    rate, rate_source = serving_rate(st.served, st.served_minutes, st.served_first, st.served_last, now)
     estimate = estimate_cost(st.actual_costs, cfg.first_run_cost_usd)
     reading, reading_source = _resources(st.resource_reports, resources)
     snapshot = StateSnapshot(
@@ -122,7 +129,11 @@ def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, now: datetime,
         model_spend_today_usd=st.model_spend_today,
         model_spend_month_usd=st.model_spend_month,
         estimated_cost_usd=estimate,
-        predictions_per_day=float(st.predictions_day),
+        predictions_per_day=rate,
+        predictions_source=f"{rate_source}; newest buckets of the last {_RATE_WINDOW.days} d",
+        return_rms=math.sqrt(st.returns_sq_sum / st.returns_n) if st.returns_sq_sum > 0.0 and st.returns_n else None,
+        returns_measured_on=st.returns_n,
+        below_floor_since=st.below_floor_since,
         paused=st.paused,
         globally_paused=st.globally_paused,
         has_production=st.production is not None,
@@ -175,7 +186,18 @@ def decide_request(ctx: Context, request_id: str, resources: ResourceReading | N
             return DecideResult(request_id, "superseded", f"fired on {fired_on}; production is {prod}")
         decision = decide(req, snapshot, policy_for(ctx, req.model), now)
         decision = replace(decision, detail={**decision.detail, **record})
+        _keep_floor_clock(tx, req.model, snapshot, decision, now)
         return _apply(tx, row, req, decision, now, actor="policy")
+
+
+def _keep_floor_clock(tx: Tx, model: str, snapshot: StateSnapshot, decision: Decision, now: datetime) -> None:
+    """Start the floor clock at the first finding below the floor, stop it at one that is not below;
+    an undecided finding (below, but not significantly) leaves it as it is."""
+    below = (decision.detail.get("value_model") or {}).get("below_floor")
+    if below is True and snapshot.below_floor_since is None:
+        tx.set_floor_clock(model, now, now)
+    elif below is False and snapshot.below_floor_since is not None:
+        tx.set_floor_clock(model, None, now)
 
 
 def _rule_json(r: RuleResult) -> dict[str, Any]:
@@ -202,7 +224,9 @@ def _apply(tx: Tx, row: RequestRow, req: RetrainRequest, decision: Decision, now
     past = [r.rule for r in decision.rules if r.bypassed and not r.passed]
     if past and v is Verdict.APPROVE:
         override = decision.detail.get("override")
-        why = override or "emergency"
+        emergency = decision.detail.get("emergency") and any(r != "roi" for r in past)
+        why = override or "; ".join(w for w in ("emergency" if emergency else None,
+                                                 decision.detail.get("roi_yields_to")) if w)
         tx.audit(now, "bypass", req.requested_by if override else actor,
                  f"{req.trigger.value} request for {req.model} approved past {', '.join(past)} ({why})",
                  model=req.model, subject=did,

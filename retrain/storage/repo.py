@@ -7,6 +7,7 @@ step changes (state, audit event, outbox message) commits together or not at all
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -624,6 +625,15 @@ class Tx:
         row = self.request(request_id, for_update=True)
         return row, True
 
+    def set_floor_clock(self, model: str, since: datetime | None, now: datetime) -> None:
+        """Start (``since``) or stop (None) the time a model is known to be below its accuracy floor.
+
+        The decision writes it only when that changes; a run started or ended after
+        ``since`` makes :meth:`decision_snapshot` ignore it.
+        """
+        self.set_control(_floor_key(model), {"model": model, "since": since.isoformat() if since else None},
+                         "policy", now)
+
     def add_decision(self, d: Decision, trigger: str, rules: list[dict]) -> str:
         """Record a decision whose rules the caller has serialised already (it audits the same list)."""
         did = new_id()
@@ -635,8 +645,14 @@ class Tx:
         return did
 
     def decision_snapshot(self, model: str, *, now: datetime, history: timedelta, window: timedelta,
-                          report_max_age: timedelta) -> "DecisionState":
+                          report_max_age: timedelta, rate_window: timedelta = timedelta(days=30)
+                          ) -> "DecisionState":
         """Everything the decision reads about one model and the world, in two statements.
+
+        Traffic is read from the model's newest ``RATE_BUCKETS`` metric buckets (all
+        versions, labelled or not) within ``rate_window``: a day of a busy model, a
+        month of a daily one. The floor clock (:meth:`set_floor_clock`) counts only
+        when it started after the model's last run began or ended.
 
         The statements are built once per process (``_decision_sql``) with bind
         parameters, so a decision pays neither for building nor for compiling
@@ -645,8 +661,8 @@ class Tx:
         """
         one, many = _decision_sql()
         midnight = datetime(now.year, now.month, now.day, tzinfo=now.tzinfo)
-        params = {"model": model, "since": now - history, "midnight": midnight, "day_ago": now - timedelta(days=1),
-                  "now": now,
+        params = {"model": model, "since": now - history, "midnight": midnight, "rate_since": now - rate_window,
+                  "now": now, "floor_key": _floor_key(model),
                   "window": now - window, "day": now.strftime("%Y-%m-%d"), "month": now.strftime("%Y-%m"),
                   "reports": now - report_max_age}
         r = self.s.execute(one, params).one()
@@ -668,13 +684,19 @@ class Tx:
                 reports.append({**(value if isinstance(value, dict) else {}), "node": key.partition(":")[2]})
         costs.reverse()  # newest first from the query; the estimate wants oldest first
         baseline = ((r.production_metrics or {}).get("baseline") or {}).get("accuracy")
+        clock = (r.floor_clock or {}).get("since")
+        below_since = datetime.fromisoformat(clock) if isinstance(clock, str) else None
+        if below_since is not None and r.last_run_at is not None and below_since <= r.last_run_at:
+            below_since = None  # a retraining since: the clock starts again at the next finding
         return DecisionState(
             paused=bool(r.paused), deployed_at=r.deployed_at, known_model=r.known_model is not None,
             globally_paused=bool((r.pause_all or {}).get("paused", False)), production=r.production,
             production_baseline=baseline, runs_today=int(r.runs_today or 0),
             spend_today=float(r.spend_today), spend_month=float(r.spend_month),
             model_spend_today=float(r.model_spend_today), model_spend_month=float(r.model_spend_month),
-            predictions_day=int(r.day_n) + int(r.day_unlabelled), window_n=int(r.win_n),
+            served=int(r.rate_served), served_minutes=int(r.rate_minutes), served_first=r.rate_first,
+            served_last=r.rate_last, returns_n=int(r.ret_n), returns_sq_sum=float(r.ret_sq),
+            below_floor_since=below_since, window_n=int(r.win_n),
             window_correct=int(r.win_correct), run_starts=starts, active_run=active, actual_costs=costs,
             resource_reports=reports)
 
@@ -808,7 +830,15 @@ class DecisionState:
     spend_month: float
     model_spend_today: float
     model_spend_month: float
-    predictions_day: int
+    # The newest metric buckets: predictions served (labelled or not), over how many
+    # distinct minutes, from when to when; labelled outcomes and the sum of their squared returns.
+    served: int
+    served_minutes: int
+    served_first: datetime | None
+    served_last: datetime | None
+    returns_n: int
+    returns_sq_sum: float
+    below_floor_since: datetime | None
     window_n: int
     window_correct: int
     run_starts: list[datetime]
@@ -818,6 +848,14 @@ class DecisionState:
 
 
 _DECISION_SQL: list[Any] = []
+#: How many of a model's newest metric buckets the decision reads its traffic from.
+RATE_BUCKETS = 1440
+
+
+def _floor_key(model: str) -> str:
+    # controls.key holds 64 characters; a model name may have 128.
+    key = f"floor:{model}"
+    return key if len(key) <= 64 else "floor:#" + hashlib.sha256(model.encode()).hexdigest()[:57]
 
 
 def _decision_sql() -> tuple[Any, Any]:
@@ -829,7 +867,8 @@ def _decision_sql() -> tuple[Any, Any]:
     model = bindparam("model", type_=String)
     since, midnight = bindparam("since", type_=RunRow.created_at.type), bindparam("midnight", type_=RunRow.created_at.type)
     minute_t = MetricBucketRow.minute.type
-    day_ago, window, now = bindparam("day_ago", type_=minute_t), bindparam("window", type_=minute_t), bindparam("now", type_=minute_t)
+    rate_since, window, now = (bindparam("rate_since", type_=minute_t), bindparam("window", type_=minute_t),
+                               bindparam("now", type_=minute_t))
     day, month = bindparam("day", type_=String), bindparam("month", type_=String)
     zero = literal(0.0)
     c, b = CostRow, MetricBucketRow
@@ -843,9 +882,21 @@ def _decision_sql() -> tuple[Any, Any]:
         .label("model_spend_today"),
         func.coalesce(func.sum(case((is_model, c.amount_usd), else_=zero)), zero).label("model_spend_month"),
     ).where(c.month == month).subquery("spend")
-    traffic_day = select(func.coalesce(func.sum(b.n), 0).label("day_n"),
-                         func.coalesce(func.sum(b.unlabelled), 0).label("day_unlabelled")
-                         ).where(b.model == model, b.minute >= day_ago, b.minute <= now).subquery("traffic_day")
+    newest = (select(b.minute.label("minute"), (b.n + b.unlabelled).label("served"), b.n.label("labelled"),
+                     b.ret_sq_sum.label("ret_sq"))
+              .where(b.model == model, b.minute >= rate_since, b.minute <= now)
+              .order_by(b.minute.desc()).limit(RATE_BUCKETS).subquery("newest"))
+    traffic_rate = select(func.coalesce(func.sum(newest.c.served), 0).label("rate_served"),
+                          func.count(func.distinct(newest.c.minute)).label("rate_minutes"),
+                          func.min(newest.c.minute).label("rate_first"), func.max(newest.c.minute).label("rate_last"),
+                          func.coalesce(func.sum(newest.c.labelled), 0).label("ret_n"),
+                          func.coalesce(func.sum(newest.c.ret_sq), zero).label("ret_sq")).subquery("traffic_rate")
+    # The floor clock and what resets it: a run's start or end (a cancelled run retrained nothing).
+    floor_clock = (select(ControlRow.value).where(ControlRow.key == bindparam("floor_key", type_=String))
+                   .scalar_subquery())
+    last_run = (select(func.max(func.coalesce(RunRow.finished_at, RunRow.created_at)))
+                .where(RunRow.model == model, RunRow.created_at >= since, RunRow.state != "cancelled")
+                .scalar_subquery())
     traffic_win = select(func.coalesce(func.sum(b.n), 0).label("win_n"),
                          func.coalesce(func.sum(b.tp + b.tn), 0).label("win_correct")
                          ).where(b.model == model, b.version == prod_alias, b.minute >= window, b.minute <= now
@@ -861,8 +912,11 @@ def _decision_sql() -> tuple[Any, Any]:
         select(func.count()).select_from(RunRow).where(RunRow.created_at >= midnight, RunRow.state != "cancelled")
         .scalar_subquery().label("runs_today"),
         spend.c.spend_today, spend.c.spend_month, spend.c.model_spend_today, spend.c.model_spend_month,
-        traffic_day.c.day_n, traffic_day.c.day_unlabelled, traffic_win.c.win_n, traffic_win.c.win_correct,
-    ).select_from(spend.join(traffic_day, true()).join(traffic_win, true()))
+        traffic_rate.c.rate_served, traffic_rate.c.rate_minutes, traffic_rate.c.rate_first,
+        traffic_rate.c.rate_last, traffic_rate.c.ret_n, traffic_rate.c.ret_sq,
+        traffic_win.c.win_n, traffic_win.c.win_correct, floor_clock.label("floor_clock"),
+        last_run.label("last_run_at"),
+    ).select_from(spend.join(traffic_rate, true()).join(traffic_win, true()))
     runs = select(literal("run").label("tag"), RunRow.id.label("key"), RunRow.created_at.label("at"),
                   RunRow.state.label("state"), cast(null(), Float).label("amount"),
                   cast(null(), ControlRow.value.type).label("value")

@@ -10,6 +10,7 @@ messages stay in the outbox for it.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import timedelta
 
@@ -205,3 +206,62 @@ def test_costs_show_spend_per_day_and_month_per_model_against_the_caps(cli, caps
     assert data["next_estimate_usd"] == {"alpha": 1.0, "young": 0.05}
     code, out, _ = _run(capsys, "costs")
     assert code == 0 and "today $3.50 of $10.00 daily cap (35 %)" in out and "(all)" in out
+
+
+def _serving(ctx, model: str, *, accuracy: float, ret: float | None) -> None:
+    """A production version (validated at 0.60) that served 10 predictions a minute for the last 6 hours."""
+    now = ctx.now()
+    with ctx.store.tx() as tx:
+        tx.add_version(model=model, version="1.0.0", major=1, minor=0, patch=0, status="production",
+                       created_at=now - timedelta(days=30), deleted_at=None, artifact_sha256="0" * 64,
+                       artifact_size=1, bump_kind="initial", bump_reason="test", parent_version=None,
+                       data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
+                       params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
+                       decision_id=None, run_id=None, cost_usd=0.0)
+        tx.move_alias(model, "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=30))
+        start = now.replace(second=0, microsecond=0) - timedelta(minutes=360)
+        correct, r = int(10 * accuracy), ret or 0.0
+        tx.add_buckets([{"model": model, "version": "1.0.0", "minute": start + timedelta(minutes=m), "n": 10,
+                         "tp": correct, "tn": 0, "fp": 10 - correct, "fn": 0, "ret_sum": 0.0,
+                         "ret_sq_sum": 10 * r * r, "unlabelled": 0} for m in range(360)])
+
+
+def test_decisions_show_every_input_of_the_roi_formula(cli, capsys):
+    # Given alpha at 0.40 (under its 0.55 floor, validated at 0.60), its outcomes carrying returns of +-0.2 %
+    ctx = cli
+    _serving(ctx, "alpha", accuracy=0.40, ret=0.002)
+    _run(capsys, "train", "alpha", "--reason", "look")
+    _decide_pending(ctx)
+    # When the operator reads its decisions
+    code, out, _ = _run(capsys, "decisions", "alpha")
+    # Then every input of the formula is on its own line: predictions a day and where they come from, the
+    # horizon, the gap and its source, the value basis with the notional, the estimate, the ROI and its threshold
+    assert code == 0
+    lines = {line.strip().split()[0]: line.strip() for line in out.splitlines() if line.strip()}
+    assert lines["predictions"].startswith("predictions  14,400/day (3,600 served (labelled or not) in 360 minute "
+                                           "buckets over 6 h; newest buckets of the last 30 d) x horizon 7 d = 100,800")
+    assert lines["gap"] == ("gap          10 pt (measured 20, clamped to [0, 10]) (validated baseline - live accuracy) "
+                            "x recovery 0.5 = 5 pt")
+    assert lines["value"].startswith("value        returns: 2 x notional $1,000.00 x mean |return| 0.0016 "
+                                     "(on 3,600 outcomes) = $3.19 a correct prediction")
+    assert lines["benefit"].startswith("benefit      $16,085.35; estimate $1.00; ROI 1.61e+04 (threshold >= 1.5)")
+    # (the 4-hour window holds 239 or 240 of the minutes, by the wall clock's seconds)
+    assert re.match(r"floor        live 0\.400 < floor 0\.550 \(upper bound 0\.416 on 2,(390|400) outcomes\), "
+                    r"below since \d{4}-\d\d-\d\dT\d\d:\d\d: 0\.0 h of 72 h before ROI yields$", lines["floor"])
+    # and the JSON holds the same figures
+    code, out, _ = _run(capsys, "decisions", "alpha", "--json")
+    (d,) = json.loads(out)
+    vm = d["detail"]["value_model"]
+    assert vm["basis"] == "returns" and vm["notional_usd"] == 1000.0 and vm["horizon_days"] == 7.0
+    assert vm["predictions_per_day"] == pytest.approx(14_400) and vm["min_roi"] == 1.5
+
+
+def test_decisions_show_the_configured_value_without_returns(cli, capsys):
+    ctx = cli
+    _serving(ctx, "alpha", accuracy=0.60, ret=None)
+    _run(capsys, "train", "alpha", "--reason", "look")
+    _decide_pending(ctx)
+    code, out, _ = _run(capsys, "decisions", "alpha")
+    assert "value        no returns in the outcomes: 100 x value_per_accuracy_point_usd $1e-05 = $0.0010 a " \
+           "correct prediction" in out
+    assert "floor        live 0.600 >= floor 0.550" in out

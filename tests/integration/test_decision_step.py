@@ -16,7 +16,7 @@ import pytest
 
 from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.domain import TRIGGER_PRIORITY, RetrainRequest, TriggerKind
+from retrain.domain import TRIGGER_PRIORITY, RetrainRequest, Severity, TriggerKind
 from retrain.errors import PayloadError
 from retrain.payloads import ManualRequestPayload
 from retrain.policy import RULES, ResourceReading
@@ -49,8 +49,10 @@ def _ctx(db_url, tmp_path, config=None, at: datetime = NOW):
 
 
 def _serve(ctx, model: str, *, deployed_days: float = 60.0, accuracy: float = 0.55, per_minute: int = 300,
-           minutes: int = 24 * 60) -> None:
-    """A production version with a validated baseline of 0.60, serving ``per_minute`` predictions."""
+           minutes: int = 24 * 60, every_minutes: int = 1, unlabelled: int = 0, ret: float | None = None) -> None:
+    """A production version with a validated baseline of 0.60, serving ``per_minute`` labelled predictions
+    (and ``unlabelled`` more) in ``minutes`` buckets ``every_minutes`` apart up to now; ``ret``: each outcome's
+    return, in absolute value."""
     now = ctx.now()
     with ctx.store.tx() as tx:
         tx.model_row(model).deployed_at = now - timedelta(days=deployed_days)
@@ -62,10 +64,12 @@ def _serve(ctx, model: str, *, deployed_days: float = 60.0, accuracy: float = 0.
                        decision_id=None, run_id=None, cost_usd=0.0)
         tx.move_alias(model, "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=1))
         correct = int(per_minute * accuracy)
-        start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes)
-        tx.add_buckets([{"model": model, "version": "1.0.0", "minute": start + timedelta(minutes=m), "n": per_minute,
-                         "tp": correct, "tn": 0, "fp": per_minute - correct, "fn": 0, "ret_sum": 0.0,
-                         "ret_sq_sum": 0.0, "unlabelled": 0} for m in range(minutes)])
+        start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes * every_minutes)
+        r = ret or 0.0
+        tx.add_buckets([{"model": model, "version": "1.0.0", "minute": start + timedelta(minutes=m * every_minutes),
+                         "n": per_minute, "tp": correct, "tn": 0, "fp": per_minute - correct, "fn": 0,
+                         "ret_sum": r * (2 * correct - per_minute), "ret_sq_sum": r * r * per_minute,
+                         "unlabelled": unlabelled} for m in range(minutes)])
 
 
 def _past_run(ctx, model: str, ago: timedelta, cost: float | None = 1.0, state: str = "done") -> str:
@@ -237,7 +241,7 @@ def test_a_run_that_can_never_fit_and_a_run_worth_too_little_are_rejected(sqlite
     # Given beta estimated at $12 (more than the $10 daily cap), and alpha serving 10 predictions a day
     cfg = _config({}, alpha=_model(), beta=_model(first_run_cost_usd=12.0))
     ctx = _ctx(sqlite_url, tmp_path, cfg)
-    _serve(ctx, "alpha", per_minute=1, minutes=10)
+    _serve(ctx, "alpha", per_minute=1, minutes=10, every_minutes=144)
     # When each gets a request
     b = _decision(ctx, decide_request(ctx, _request(ctx, "beta", TriggerKind.MANUAL), AMPLE))
     a = _decision(ctx, decide_request(ctx, _request(ctx, "alpha"), AMPLE))
@@ -245,7 +249,7 @@ def test_a_run_that_can_never_fit_and_a_run_worth_too_little_are_rejected(sqlite
     assert b.verdict.value == "reject" and b.detail["reject_rules"] == ["budget_daily"]
     assert a.verdict.value == "reject" and a.detail["reject_rules"] == ["roi"]
     vm = a.detail["value_model"]
-    assert vm["predictions_per_day"] == 10 and vm["roi"] < 1.5
+    assert vm["predictions_per_day"] == pytest.approx(10.0) and vm["roi"] < 1.5
     with ctx.store.tx() as tx:
         assert {r.status for r in tx.requests()} == {"rejected"}
         assert tx.runs() == []
@@ -394,3 +398,109 @@ def test_a_global_configuration_change_is_audited_with_what_changed(sqlite_url, 
         events = tx.audit_log(kinds=["config"])
     globals_ = [e for e in events if e.model is None]
     assert len(globals_) == 2 and globals_[1].data["changed"] == ["policy.daily_budget_usd"]
+
+
+# -- the value model's inputs from the store (issue 14) -------------------------------------------------
+
+
+def _vm(ctx, model: str = "alpha", trigger: TriggerKind = TriggerKind.PERFORMANCE, **evidence) -> dict:
+    return _decision(ctx, decide_request(ctx, _request(ctx, model, trigger, **evidence), AMPLE)).detail["value_model"]
+
+
+def test_predictions_are_counted_from_what_is_served_though_labels_lag_a_day(any_db_url, tmp_path):
+    # Given one prediction a day for 20 days, whose outcomes arrive a day late: nothing in the last 24 h
+    ctx = _ctx(any_db_url, tmp_path)
+    _serve(ctx, "alpha", per_minute=1, minutes=20, every_minutes=1440)
+    # When a request is decided
+    vm = _vm(ctx)
+    # Then the model serves one prediction a day (the last 24 h of buckets would say 0)
+    assert vm["predictions_per_day"] == pytest.approx(1.0)
+    assert vm["predictions"] == pytest.approx(7.0)
+    assert "20 minute buckets over 20 d" in vm["predictions_source"]
+
+
+def test_unlabelled_predictions_count_and_5000_a_second_reads_as_such(any_db_url, tmp_path):
+    # Given alpha at 5,000 predictions a second for 25 hours, beta with 1 labelled and 4 unlabelled a minute
+    ctx = _ctx(any_db_url, tmp_path)
+    _serve(ctx, "alpha", per_minute=300_000, minutes=1500)
+    _serve(ctx, "beta", per_minute=1, unlabelled=4, minutes=120)
+    # When each is decided, Then what is served is counted, labelled or not (alpha from its newest 1,440 buckets)
+    assert _vm(ctx, "alpha")["predictions_per_day"] == pytest.approx(5000 * 86400)
+    assert _vm(ctx, "beta")["predictions_per_day"] == pytest.approx(5 * 1440)
+
+
+def test_returns_in_the_outcomes_value_the_benefit_with_the_notional(sqlite_url, tmp_path):
+    # Given outcomes with returns of +-0.1 %, 288 predictions a day, and a $5,000 notional
+    ctx = _ctx(sqlite_url, tmp_path, _config({"notional_usd": 5000.0}))
+    _serve(ctx, "alpha", per_minute=1, minutes=300, every_minutes=5, ret=0.001)
+    _serve(ctx, "beta", per_minute=1, minutes=300, every_minutes=5)
+    # When each is decided
+    with_returns, without = _vm(ctx, "alpha"), _vm(ctx, "beta")
+    # Then alpha's correct prediction is worth 2 x $5,000 x mean |r| (0.8 x RMS), beta's the configured $0.001
+    assert with_returns["basis"] == "returns" and with_returns["notional_usd"] == 5000.0
+    assert with_returns["mean_abs_return"] == pytest.approx(0.001 * 0.7978845608, rel=1e-6)
+    assert with_returns["value_per_correct_usd"] == pytest.approx(2 * 5000 * 0.001 * 0.7978845608, rel=1e-6)
+    assert with_returns["returns_measured_on"] == 300
+    assert without["basis"] == "per_correct" and without["value_per_correct_usd"] == pytest.approx(1e-3)
+    assert without["predictions_per_day"] == pytest.approx(288.0)
+
+
+def test_the_floor_clock_runs_from_the_first_finding_and_restarts_after_a_retraining(any_db_url, tmp_path):
+    # Given alpha, 10 predictions a day without returns, at 0.45 on 5,000 outcomes (floor 0.55, baseline 0.60):
+    # a $0.05 training is worth $0.0035 to it, so ROI alone would never retrain it
+    ctx = _ctx(any_db_url, tmp_path)
+    _serve(ctx, "alpha", per_minute=1, minutes=10, every_minutes=144)
+    below = {"baseline_accuracy": 0.60, "current_accuracy": 0.45, "n": 5000}
+
+    def decide_now(**ev):
+        return _decision(ctx, decide_request(ctx, _request(ctx, "alpha", **(ev or below)), AMPLE))
+
+    # When it is first found below its floor, and again 71 h later, Then ROI rejects both
+    first = decide_now()
+    assert first.verdict.value == "reject" and first.detail["value_model"]["below_floor"] is True
+    ctx.clock.advance(timedelta(hours=71))
+    second = decide_now()
+    assert second.verdict.value == "reject" and "71.0 h of 72 h" in _rule(second, "roi").detail
+    # When 72 h have passed since the first finding, Then ROI yields, and the audit says why
+    ctx.clock.advance(timedelta(hours=1))
+    third = decide_now()
+    assert third.verdict.value == "approve" and _rule(third, "roi").bypassed
+    assert third.detail["value_model"]["below_floor_since"] == NOW.isoformat()
+    with ctx.store.tx() as tx:
+        (bypass,) = tx.audit_log(kinds=["bypass"])
+        run = tx.runs()[0]
+        run.state, run.finished_at = "rejected", ctx.now() + timedelta(hours=30)
+    assert "approved past roi (below the accuracy floor 0.550 for 72.0 h" in bypass.message
+    # When the retraining ended and the model is still below, Then the clock starts again
+    ctx.clock.advance(timedelta(hours=31))
+    after_run = decide_now()
+    assert after_run.verdict.value == "reject"
+    assert after_run.detail["value_model"]["below_floor_since"] == ctx.now().isoformat()
+    # and a decision that finds it at its floor stops the clock: the next finding starts it afresh
+    ctx.clock.advance(timedelta(hours=40))
+    decide_now(baseline_accuracy=0.60, current_accuracy=0.56, n=5000)
+    ctx.clock.advance(timedelta(hours=40))
+    again = decide_now()
+    assert again.verdict.value == "reject"
+    assert again.detail["value_model"]["below_floor_since"] == ctx.now().isoformat()
+
+
+def test_a_critical_emergency_is_approved_past_roi_through_the_step(any_db_url, tmp_path):
+    # Given alpha at its baseline (nothing to recover), and a CRITICAL emergency (a collapse in returns)
+    ctx = _ctx(any_db_url, tmp_path)
+    _serve(ctx, "alpha", accuracy=0.60)
+    req = RetrainRequest(id=str(uuid.uuid4()), model="alpha", trigger=TriggerKind.EMERGENCY, created_at=ctx.now(),
+                         reason="returns 50 sigma below", evidence={"z": 50.0}, severity=Severity.CRITICAL)
+    with ctx.store.tx() as tx:
+        rid, _ = tx.open_request(req)
+    # When it is decided
+    res = decide_request(ctx, rid, AMPLE)
+    # Then it is approved, ROI bypassed, and the audit says it yielded to the CRITICAL emergency
+    # (at noon the emergency is also past the off-peak window, as any emergency is)
+    d = _decision(ctx, res)
+    assert res.verdict == "approve" and _rule(d, "roi").bypassed and not _rule(d, "roi").passed
+    assert d.detail["value_model"]["gap_points"] == 0.0
+    with ctx.store.tx() as tx:
+        (bypass,) = tx.audit_log(kinds=["bypass"])
+    assert bypass.data["why"] == "emergency; CRITICAL emergency"
+    assert bypass.data["would_have_failed"] == ["offpeak", "roi"]

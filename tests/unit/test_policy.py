@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrain.domain import Decision, RetrainRequest, RuleResult, TriggerKind, Verdict
+from retrain.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
 from retrain.errors import ConfigError
 from retrain.policy import RULES, Policy, ResourceReading, StateSnapshot, decide, value_model
 
@@ -434,16 +434,17 @@ def test_override_budget_without_a_reason_is_ignored_and_rejected() -> None:
 def test_low_roi_rejects_with_the_value_model_in_the_audit() -> None:
     # Given a quiet model: 1e5 predictions/day, 3 points recovered, $1e-6 per point per prediction
     d = decide(request(), state(predictions_per_day=1e5), Policy(), NOW)
-    # Then benefit = 1e-6 x 3 x 1e5 = $0.30 for $2.00: ROI 0.15 < 1.5
+    # Then benefit = 1e-6 x 3 x 1e5 x 7 days = $2.10 for $2.00: ROI 1.05 < 1.5
     assert d.verdict is Verdict.REJECT
     r = rule(d, "roi")
-    assert r.value == pytest.approx(0.15) and r.limit == 1.5
+    assert r.value == pytest.approx(1.05) and r.limit == 1.5
     vm = d.detail["value_model"]
     assert vm["gap_points"] == pytest.approx(6.0)
     assert vm["recovery_points"] == pytest.approx(3.0)
-    assert vm["benefit_usd"] == pytest.approx(0.30)
+    assert vm["benefit_usd"] == pytest.approx(2.10)
     assert vm["gap_source"] == "evidence.baseline_accuracy-current_accuracy"
-    assert "1e+05 predictions" in r.detail
+    assert vm["basis"] == "per_correct" and vm["value_per_correct_usd"] == pytest.approx(1e-4)
+    assert "1e+05/d x 7 d" in r.detail
 
 
 @pytest.mark.parametrize(
@@ -541,7 +542,8 @@ def _cases(draw: st.DrawFn) -> tuple[RetrainRequest, StateSnapshot, Policy, date
     override = draw(st.sampled_from([False, False, False, True]))
     evidence: dict[str, Any] = {}
     if draw(st.booleans()):
-        evidence = {"baseline_accuracy": draw(st.floats(0.5, 0.7)), "current_accuracy": draw(st.floats(0.3, 0.6))}
+        evidence = {"baseline_accuracy": draw(st.floats(0.5, 0.7)), "current_accuracy": draw(st.floats(0.3, 0.6)),
+                    "accuracy_floor": 0.55, "n": draw(st.sampled_from([None, 50, 5000]))}
     if override and draw(st.booleans()):
         evidence["override_reason"] = "ops"
     req = RetrainRequest("r", "m", trig, now, "prop", evidence=evidence, override_budget=override)
@@ -557,7 +559,9 @@ def _cases(draw: st.DrawFn) -> tuple[RetrainRequest, StateSnapshot, Policy, date
         model_spend_today_usd=draw(_day_money),
         model_spend_month_usd=draw(_month_money),
         estimated_cost_usd=draw(st.floats(0.0, 12.0)),
-        predictions_per_day=draw(st.sampled_from([0.0, 1e4, 1e8, 1e8, 1e8])),
+        predictions_per_day=draw(st.sampled_from([0.0, 1.0, 288.0, 1e4, 1e8, 1e8, 1e8])),
+        return_rms=draw(st.none() | st.floats(1e-5, 0.05)),
+        below_floor_since=draw(st.none() | st.just(now - timedelta(hours=draw(st.floats(0, 200))))),
         paused=draw(st.sampled_from([False] * 9 + [True])),
         resources=draw(st.none() | st.builds(ResourceReading, st.floats(0, 10_000), st.floats(0, 100),
                                              st.floats(0, 100_000))),
@@ -718,3 +722,15 @@ def test_property_a_run_in_flight_always_coalesces_and_only_then(case: tuple) ->
     assert (d.verdict is Verdict.COALESCED) == (s.active_run_id is not None)
     if d.verdict is Verdict.COALESCED:
         assert d.detail["coalesced_with"] == s.active_run_id
+
+
+@settings(max_examples=200, deadline=None)
+@given(_cases())
+def test_property_a_critical_emergency_is_never_rejected_on_roi(case: tuple) -> None:
+    # Given any state, When the request is a CRITICAL emergency
+    req, s, p, now = case
+    d = decide(replace(req, trigger=TriggerKind.EMERGENCY, severity=Severity.CRITICAL), s, p, now)
+    # Then ROI never stands in its way: it passed, or it yielded
+    assert "roi" not in d.detail.get("reject_rules", ())
+    r = rule(d, "roi")
+    assert r.passed or r.bypassed
