@@ -166,9 +166,11 @@ def evaluate_rollout(ctx: Context, run_id: str) -> RolloutResult:
         except ArtifactError as exc:
             refused = f"the candidate's artifact was refused: {exc}"
 
-    now = ctx.now()
     with ctx.store.tx() as tx:
         _lock(tx, model)
+        # Read once the lock is ours: the rollout is judged as it stands now, not as it stood
+        # before waiting for another evaluation or a confirmation to commit.
+        now = ctx.now()
         ro = tx.rollout(run_id, for_update=True)
         run = tx.run(run_id, for_update=True)
         if ro.phase != phase or (batch is not None and ro.scored_until != scored_until):
@@ -185,7 +187,10 @@ def evaluate_rollout(ctx: Context, run_id: str) -> RolloutResult:
             verdict: ShadowVerdict | StageVerdict = _judge_shadow(cfg, ro, paired, now)
         else:
             verdict = _judge_canary(tx, cfg, ro, now)
-        return _apply(tx, cfg, run, ro, verdict.action, verdict.reason, verdict.figures, verdict.needs, now)
+        # Judged as of ``now``, applied as of the clock after judging: a new stage starts when its
+        # alias moves, so the time the judging took (seconds on a loaded machine, where a fresh
+        # process also imports scipy here) is not taken from the stage's minimum duration.
+        return _apply(tx, cfg, run, ro, verdict.action, verdict.reason, verdict.figures, verdict.needs, ctx.now())
 
 
 def _moved_by_someone_else(tx: Tx, ro: RolloutRow) -> str | None:

@@ -1,11 +1,13 @@
 """What the fault tests share: a private redis-server that can be stopped and restarted, a
-private Postgres cluster that can be stopped, a model file of slow test models, the
-environment of short leases and intervals the workers run with, and helpers to queue
-runs and read their fate from Postgres (the truth), never from the broker.
+private Postgres cluster that can be stopped, a model file of slow test models, a fit held
+until the test releases it (``HELD``), the environment of short leases and intervals the
+workers run with, and helpers to queue runs and read their fate from Postgres (the truth),
+never from the broker.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -22,11 +24,12 @@ from tests.procs import retrain_env
 
 __all__ = ["RedisServer", "PrivatePostgres", "write_model_file", "fault_env", "queue_runs", "publish_outbox",
            "runs", "versions", "held_slots", "holder", "audit", "store_for", "stop_all", "FINAL_RUN", "FINAL_REQUEST", "SLOW",
-           "PERMISSIVE_POLICY"]
+           "PERMISSIVE_POLICY", "HELD", "held_train"]
 
 FINAL_RUN = ("done", "rejected", "failed", "dead", "cancelled")
 FINAL_REQUEST = ("approved", "coalesced", "rejected", "superseded")
 SLOW = "tests.faults.slow_model"
+HELD = "tests.faults.harness:held_train"
 
 # Nothing in the policy stands in the way: the fault tests are about delivery, not decisions.
 PERMISSIVE_POLICY = {
@@ -34,6 +37,31 @@ PERMISSIVE_POLICY = {
     "monthly_budget_usd": 1e7, "min_roi": 0.0, "offpeak_start": "00:00", "offpeak_end": "23:59",
     "min_free_memory_mb": 0.0, "max_cpu_load_pct": 100000.0, "min_free_disk_mb": 0.0,
 }
+
+
+def held_train(X, y, params):
+    """A model's fit that runs until the test creates the file ``params["release"]``, so the
+    test decides when it ends instead of racing a fixed duration; it logs ``start``/``end``
+    like :mod:`tests.faults.slow_model` (``params["log"]``). It gives up with an error after
+    ``max_seconds`` (600), should the test never release it."""
+    from tests.faults.slow_model import train
+
+    release, log = Path(params["release"]), params.get("log")
+
+    def note(what: str) -> None:
+        if log:
+            with open(log, "a") as f:
+                f.write(f"{what} {os.getpid()} {time.time():.6f}\n")
+
+    note("start")
+    deadline = time.monotonic() + float(params.get("max_seconds", 600))
+    while not release.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the test never released the fit ({release} does not exist)")
+        time.sleep(0.05)
+    model = train(X, y, {})
+    note("end")
+    return model
 
 
 class RedisServer:
