@@ -89,12 +89,16 @@ def test_a_killed_listening_connection_is_replaced_and_the_moves_meanwhile_are_r
         # Then the router notices, counts it, and listens again; a move after that is followed
         assert until(lambda: router.stats.errors >= 1, 10)
         assert "listening for alias moves" in router.stats.last_error
+        def listening() -> int:
+            with store.tx() as tx:
+                return tx.s.execute(text("SELECT count(*) FROM pg_stat_activity "
+                                         "WHERE datname = current_database() AND query LIKE 'LISTEN%'")).scalar()
+
+        # (the router reads everything again after the error, possibly before it listens again)
+        assert until(lambda: listening() == 1, 30)
         _move_canary(store, now, "1.1.0", 10.0)
         assert until(lambda: router.routing == Routing("1.0.0", router.routing.production_sha256, "1.1.0",
                                                        router.routing.canary_sha256, 10.0), 10)
-        with store.tx() as tx:
-            listening = tx.s.execute(text("SELECT count(*) FROM pg_stat_activity "
-                                          "WHERE datname = current_database() AND query LIKE 'LISTEN%'")).scalar()
-        assert listening == 1
+        assert listening() == 1
     finally:
         router.close()
