@@ -37,14 +37,17 @@ def _busy(seconds: float) -> int:
 
 def test_meter_measures_a_busy_loop() -> None:
     # Given a meter sampling every 20 ms
-    # When a 0.3 s busy loop runs inside it
+    # When a loop runs inside it until it has burnt 0.3 s of CPU (by its own clock: on a loaded
+    # machine the same wall time may give it far less)
     with ResourceMeter(interval_s=0.02) as m:
-        _busy(0.3)
+        start_cpu, deadline = time.process_time(), time.monotonic() + 60
+        while time.process_time() - start_cpu < 0.3 and time.monotonic() < deadline:
+            _busy(0.01)
     # Then CPU, peak RSS and wall time are all measured
     u = m.usage
-    assert u.cpu_seconds > 0.1
+    assert u.cpu_seconds > 0.2
     assert u.peak_rss_mb > 0
-    assert 0.3 <= u.wall_seconds < 2.0
+    assert u.wall_seconds >= 0.3
     # and the sampler kept running while the loop held the GIL
     assert u.samples >= 5
 
