@@ -19,8 +19,10 @@ run: replays, report.json, report.html and plots), ``target_s``, ``rows_per_s``
 (rows x policies / seconds), ``trainings``, ``trainings_per_s``, and per policy
 ``replay_s.<policy>`` and ``trainings.<policy>``.
 
-``python -m retrain.benchmarks.backtest_scale [daily|minute] [--profile FILE]``
-runs one shape (both by default) and, with ``--profile``, writes cProfile stats.
+``python -m retrain.benchmarks.backtest_scale [daily|minute] [--jobs N] [--profile FILE]``
+runs one shape (both by default); ``--jobs`` as ``retrain backtest --jobs``; ``--profile``
+writes cProfile stats of a run in one process. ``cpu_s`` is the CPU time of this process
+and of the policies' processes: on a loaded machine it says more than ``seconds``.
 """
 
 from __future__ import annotations
@@ -43,21 +45,32 @@ SHAPES: dict[str, dict[str, Any]] = {
 }
 
 
-def run_shape(shape: str, out: Path | None = None) -> dict[str, Any]:
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the policies' processes)."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_shape(shape: str, out: Path | None = None, jobs: int | None = None) -> dict[str, Any]:
     from retrain.backtest import BacktestSettings, run_backtest
     from retrain.clock import monotonic
 
     spec = SHAPES[shape]
     data = spec["data"]()
-    settings = BacktestSettings(policies=spec["policies"], label_delay=spec["label_delay"], warmup=spec["warmup"])
+    settings = BacktestSettings(policies=spec["policies"], label_delay=spec["label_delay"], warmup=spec["warmup"],
+                                jobs=jobs)
     with tempfile.TemporaryDirectory(prefix="retrain-bench-scale-") as tmp:
+        cpu0 = _cpu_s()
         t0 = monotonic()
         report = run_backtest(data, settings, out=out or Path(tmp) / "out")
         seconds = monotonic() - t0
+        cpu = _cpu_s() - cpu0
     pols = report["policies"]
     trainings = sum(p.get("trainings", 0) for p in pols.values())
     res: dict[str, Any] = {"rows": len(data), "policies": ",".join(spec["policies"]), "seconds": round(seconds, 2),
-                           "target_s": spec["target_s"],
+                           "cpu_s": round(cpu, 2), "target_s": spec["target_s"],
                            "rows_per_s": round(len(data) * len(pols) / seconds, 1),
                            "trainings": trainings, "trainings_per_s": round(trainings / seconds, 2)}
     for label, p in pols.items():
@@ -77,16 +90,19 @@ def run() -> dict[str, Any]:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    prof = None
-    if "--profile" in args:
+    prof = jobs = None
+    if "--profile" in args:  # one process (jobs 1), so that the profile sees every replay
         i = args.index("--profile")
         prof = args[i + 1]
         del args[i:i + 2]
-    shapes = args or list(SHAPES)
-    for s in shapes:
+    if "--jobs" in args:
+        i = args.index("--jobs")
+        jobs = int(args[i + 1])
+        del args[i:i + 2]
+    for s in args or list(SHAPES):
         if prof:
             import cProfile
 
-            cProfile.run(f"print(json.dumps(run_shape({s!r}), indent=2))", f"{prof}.{s}")
+            cProfile.run(f"print(json.dumps(run_shape({s!r}, jobs=1), indent=2))", f"{prof}.{s}")
         else:
-            print(json.dumps(run_shape(s), indent=2))
+            print(json.dumps(run_shape(s, jobs=jobs), indent=2), flush=True)
