@@ -8,7 +8,6 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from retrain.backtest import market_data, parse_policy, write_csv
 from retrain.backtest.replay import ReplayOptions, replay, template_database
@@ -112,43 +111,3 @@ def test_run_comparison_gives_the_demo_a_report_and_a_summary(tmp_path):
     assert report["policies"]["every:4h"]["retrainings"] >= 2
     assert "every:4h" in text and len(text.splitlines()) == 5
     assert (tmp_path / "bt" / "report.html").exists()
-
-
-@pytest.mark.parametrize("jobs", ["1", "2"])
-def test_sigterm_writes_the_partial_report_and_leaves_no_temporary_folder(tmp_path, jobs):
-    import os
-    import re
-    import signal
-    import sys
-
-    from tests.procs import Proc, retrain_env, wait_for
-
-    # Given a backtest of three policies running in its own process, with a temporary folder of its own
-    csv = write_csv(market_data(days=3.0, rows_per_minute=4, n_features=4), tmp_path / "history.csv")
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
-    out = tmp_path / "bt"
-    env = retrain_env(TMPDIR=str(tmp))
-    proc = Proc("backtest", [sys.executable, "-c", "import sys; from retrain.cli import main; sys.exit(main())",
-                             "backtest", str(csv), "--time", "time", "--label", "label", "--return", "ret",
-                             "--label-delay", "1m", "--compare", "never,every:6h", "--jobs", jobs,
-                             "--out", str(out)], env, tmp_path)
-    try:
-        # When it has replayed a tenth of the way (the progress bar says so), it gets SIGTERM
-        def progressed():
-            return any(int(p) >= 10 for p in re.findall(r"\]\s+(\d+)%", proc.log()))
-
-        wait_for("10 % of the replay", progressed, timeout=240, procs=[proc])
-        os.kill(proc.p.pid, signal.SIGTERM)
-        proc.p.wait(timeout=240)
-    finally:
-        code = proc.stop()
-    # Then it exits as a terminated process does, having written what it replayed
-    assert code == 143, proc.log()[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["partial"] and report["policies"]
-    assert all(p["partial"] for p in report["policies"].values() if p.get("replayed_until") is None
-               or p["replayed_until"] < report["data"]["end"])
-    assert (out / "report.html").exists() and "partial" in proc.log()
-    # and its temporary databases are gone
-    assert [p.name for p in tmp.iterdir()] == []
