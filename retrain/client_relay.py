@@ -158,15 +158,18 @@ class ProcessRelay:
             if self._proc is None:
                 return
             if self._out:
-                self._write(b"")
+                try:
+                    self._write(b"")
+                except RelayBusy:  # the child is gone: _write counted what it held; restarted below
+                    pass
             self._read_answers()
             if self._proc is not None and self._proc.poll() is not None:
                 self._child_died(f"the relay process exited with {self._proc.returncode}")
-                if self._due_file is not None:  # it kept the client's time: start it again now
-                    try:
-                        self._ensure_child()
-                    except RelayBusy:  # too soon: the next batch starts it
-                        pass
+            if self._proc is None and self._due_file is not None:  # it kept the client's time: start it again now
+                try:
+                    self._ensure_child()
+                except RelayBusy:  # too soon: the next batch starts it
+                    pass
 
     def flush(self, timeout_s: float) -> bool:
         """Wait until the child says everything it was given reached the broker."""

@@ -137,3 +137,26 @@ def test_the_relay_process_marks_rows_due_while_the_apps_thread_sleeps(redis_por
         assert until(lambda: client._limit[0] == 0, 10)
     finally:
         client.close(10)
+
+
+def test_a_flush_that_finds_the_relay_dead_with_bytes_still_to_write_returns_false_and_counts_the_rows():
+    # Given a dry-run relay that was given 100 rows, then killed, with a frame still waiting to be written
+    # (the race CI met: the flush's own write found the pipe broken)
+    client = RetrainClient("redis://127.0.0.1:1/0", mode="relay", batch_size=100, flush_interval_s=0.1)
+    relay = client._send
+    relay.dry_run = True
+    relay.restart_after_s = 0.1
+    try:
+        relay("retrain.request", {"model": "m"}, "decision", 0)  # starts the child
+        relay._child_written = 100  # as if it had been handed 100 rows it has not acknowledged
+        proc = relay._proc
+        os.kill(relay.pid, signal.SIGKILL)
+        proc.wait(10)
+        relay._out = b"x" * 64
+        # When the app flushes, the write meets the broken pipe
+        flushed = relay.flush(0.5)
+        # Then the flush says no rather than raising, and the rows the child held are counted as lost
+        assert flushed is False
+        assert relay.stats.lost_rows == 100
+    finally:
+        client.close(10)
