@@ -139,6 +139,11 @@ class EmergencySettings(_Strict):
     bucket_minutes: int = Field(5, ge=1)
     min_samples: int = Field(20, ge=1)
     min_severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = "LOW"
+    # Firings no more than this apart are one episode: one retraining, at most one rollback
+    # to `previous`; a rollout in progress is aborted (retrain.emergency.EmergencyEpisode).
+    episode_gap_minutes: float = Field(60.0, gt=0)
+    # Roll production back to `previous` when it scored better on the recent window (retrain.watch).
+    rollback_to_previous: bool = True
 
 
 class ValidationSettings(_Strict):
@@ -148,10 +153,17 @@ class ValidationSettings(_Strict):
     min_improvement: float = Field(0.02, ge=0)
     # false: a candidate that passes the holdout check goes straight to the canary stages.
     shadow_enabled: bool = True
-    shadow_min_hours: float = Field(24.0, ge=0)
+    shadow_min_hours: float = Field(1.0, ge=0)
+    # The time limit: a shadow (or a canary stage) that cannot gather its rows by then is not
+    # started; the candidate is judged by walk-forward instead (retrain.evidence.plan_gate).
     shadow_max_hours: float = Field(48.0, ge=0)
-    shadow_min_rows: int = Field(1000, ge=0)
+    # None: the paired rows the McNemar test needs for +min_improvement at `power` (retrain.evidence).
+    shadow_min_rows: int | None = Field(None, ge=0)
     confidence: float = Field(0.95, gt=0, lt=1)
+    power: float = Field(0.8, gt=0, lt=1)
+    # Where live rows cannot arrive in time: judge on the newest labelled history instead.
+    walk_forward: bool = True
+    walk_forward_folds: int = Field(3, ge=1, le=20)
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -167,11 +179,18 @@ class RolloutSettings(_Strict):
     enabled: bool = True
     stages: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)
     stage_min_minutes: float = Field(60.0, ge=0)
-    stage_min_samples: int = Field(500, ge=0)
+    # None: the outcomes per arm a one-sided test needs to see a `rollback_degradation` drop at the
+    # validation's confidence and power (retrain.evidence.independent_rows_needed).
+    stage_min_samples: int | None = Field(None, ge=0)
     # A stage that has not gathered its evidence by then ends the rollout as inconclusive.
     stage_max_minutes: float = Field(1440.0, gt=0)
     rollback_degradation: float = Field(0.10, gt=0, lt=1)
     manual_gate: bool = False
+    # After a full promotion, production is rolled back to the version it replaced when its live
+    # primary metric falls `watch_degradation` below that version's validated level, significantly
+    # at validation.confidence, within `watch_hours` (0: no watch); see retrain.watch.
+    watch_hours: float = Field(72.0, ge=0)
+    watch_degradation: float = Field(0.10, gt=0, lt=1)
 
     @field_validator("stages")
     @classmethod

@@ -68,6 +68,7 @@ __all__ = [
     "relative_change",
     "ShadowVerdict",
     "judge_shadow",
+    "judge_paired",
     "StageVerdict",
     "judge_stage",
     "canary_emergency",
@@ -233,9 +234,14 @@ class ShadowVerdict:
 
 
 def judge_shadow(paired: PairedCounts, elapsed: timedelta, settings: Any, *, metric: str = "accuracy",
-                 manual_gate: bool = False, confirmed: bool = False) -> ShadowVerdict:
-    """Judge a shadow from its paired counts; ``settings`` is a ``ValidationSettings``."""
+                 manual_gate: bool = False, confirmed: bool = False, min_rows: int | None = None) -> ShadowVerdict:
+    """Judge a shadow from its paired counts; ``settings`` is a ``ValidationSettings``.
+
+    The rows it waits for are ``settings.shadow_min_rows`` when set, else ``min_rows``: what
+    the paired test needs (:func:`retrain.evidence.paired_rows_needed`, planned at training).
+    """
     alpha = 1.0 - settings.confidence
+    need_rows = settings.shadow_min_rows if settings.shadow_min_rows is not None else int(min_rows or 0)
     hours = elapsed.total_seconds() / 3600.0
     cand, prod = paired.candidate.metric(metric), paired.production.metric(metric)
     rel = relative_change(cand, prod)
@@ -257,8 +263,9 @@ def judge_shadow(paired: PairedCounts, elapsed: timedelta, settings: Any, *, met
     needs: list[str] = []
     if hours < settings.shadow_min_hours:
         needs.append(f"{settings.shadow_min_hours - hours:.1f} h more (minimum {settings.shadow_min_hours:g} h)")
-    if paired.n < settings.shadow_min_rows:
-        needs.append(f"{settings.shadow_min_rows - paired.n} more labelled rows (minimum {settings.shadow_min_rows})")
+    figures["rows_needed"] = need_rows
+    if paired.n < need_rows:
+        needs.append(f"{need_rows - paired.n} more labelled rows (minimum {need_rows})")
     if not needs:
         if math.isfinite(rel) and rel >= settings.min_improvement and p_better <= alpha:
             if manual_gate and not confirmed:
@@ -281,6 +288,41 @@ def judge_shadow(paired: PairedCounts, elapsed: timedelta, settings: Any, *, met
     return ShadowVerdict("wait", f"in shadow: {summary}", figures, tuple(needs))
 
 
+def judge_paired(paired: PairedCounts, *, metric: str, min_improvement: float, confidence: float,
+                 rows_needed: int = 0, final: bool) -> tuple[str, str]:
+    """An offline paired comparison (holdout or walk-forward): ``pass``, ``reject`` or ``screen``.
+
+    ``pass`` when the candidate is better by ``min_improvement`` (relative) and a one-sided
+    McNemar test says it is more often right at ``confidence``. Otherwise, a ``final`` gate
+    (walk-forward: no live test follows) rejects; a screen (holdout before a live gate)
+    rejects only what it can show: a candidate significantly worse, or (with at least
+    ``rows_needed`` rows, enough for the test) one below the improvement. Otherwise it is
+    ``screen``: passed on to the live gate, which has the rows to decide.
+    """
+    alpha = 1.0 - confidence
+    cand, prod = paired.candidate.metric(metric), paired.production.metric(metric)
+    rel = relative_change(cand, prod)
+    p_better = mcnemar_p(paired.candidate_only, paired.production_only)
+    p_worse = mcnemar_p(paired.production_only, paired.candidate_only)
+    summary = (f"{metric} {_fmt(cand)} vs production {_fmt(prod)} ({_pct(rel)}) on {paired.n} paired rows, "
+               f"{paired.candidate_only} only the candidate got right vs {paired.production_only}; McNemar p "
+               f"{p_better:.3g} (better), {p_worse:.3g} (worse) at alpha {alpha:.3g}")
+    improved = math.isfinite(rel) and rel >= min_improvement
+    if improved and p_better <= alpha:
+        return "pass", f"better: {summary}"
+    if final:
+        why = "not better by enough" if not improved else "not significantly better"
+        return "reject", f"{why} (needs +{min_improvement:.0%} at p <= {alpha:.3g}): {summary}"
+    if p_worse <= alpha:
+        return "reject", f"worse than production: {summary}"
+    if paired.n >= rows_needed and not improved:
+        return "reject", f"below +{min_improvement:.0%} on {paired.n} rows, enough for the test ({rows_needed}): {summary}"
+    if improved:
+        return "screen", f"better, not yet significant: {summary}"
+    return "screen", (f"{paired.n} rows cannot show +{min_improvement:.0%} (the test needs {rows_needed:,}) and do "
+                      f"not show it worse: {summary}")
+
+
 # ---------------------------------------------------------------------- canary stages
 @dataclass(frozen=True)
 class StageVerdict:
@@ -295,8 +337,10 @@ class StageVerdict:
 
 def judge_stage(canary: Counts, production: Counts, *, share: float, stage: int, n_stages: int,
                 elapsed: timedelta, settings: Any, confidence: float, metric: str = "accuracy",
-                emergency: TriggerFiring | None = None, confirmed: bool = False) -> StageVerdict:
-    """Judge one canary stage; ``settings`` is a ``RolloutSettings``."""
+                emergency: TriggerFiring | None = None, confirmed: bool = False, power: float = 0.8) -> StageVerdict:
+    """Judge one canary stage; ``settings`` is a ``RolloutSettings``. Without ``stage_min_samples``
+    a stage waits for the outcomes a one-sided test needs to see a ``rollback_degradation`` drop
+    from production's level at ``confidence`` and ``power``."""
     alpha = 1.0 - confidence
     minutes = elapsed.total_seconds() / 60.0
     c_m, p_m = canary.metric(metric), production.metric(metric)
@@ -319,11 +363,18 @@ def judge_stage(canary: Counts, production: Counts, *, share: float, stage: int,
         return StageVerdict("rollback", f"canary worse than production by {-rel:.1%} (limit "
                             f"{settings.rollback_degradation:.0%}) at p {p_worse:.3g} <= {alpha:.3g}: {summary}", figures)
     needs: list[str] = []
+    min_samples = settings.stage_min_samples
+    if min_samples is None:
+        from retrain.evidence import independent_rows_needed
+
+        level = production.accuracy if production.n >= 30 else 0.5
+        min_samples = independent_rows_needed(level, settings.rollback_degradation, confidence=confidence,
+                                              power=power)
+    figures["min_samples"] = min_samples
     if minutes < settings.stage_min_minutes:
         needs.append(f"{settings.stage_min_minutes - minutes:.0f} min more (minimum {settings.stage_min_minutes:g} min)")
-    if canary.n < settings.stage_min_samples:
-        needs.append(f"{settings.stage_min_samples - canary.n} more labelled canary outcomes "
-                     f"(minimum {settings.stage_min_samples})")
+    if canary.n < min_samples:
+        needs.append(f"{min_samples - canary.n} more labelled canary outcomes (minimum {min_samples})")
     if degraded:
         needs.append(f"evidence: the canary looks {-rel:.1%} worse, p(worse) {p_worse:.3g} > {alpha:.3g}")
     if needs:

@@ -36,6 +36,7 @@ from typing import Any
 from retrain.config import ModelConfig
 from retrain.context import Context
 from retrain.emergency import EmergencyConfig
+from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
 from retrain.errors import ArtifactError, RetrainError, TransientError
 from retrain.rollout import PairedCounts, Phase, RolloutState, ShadowVerdict, StageVerdict, canary_emergency, \
     judge_shadow, judge_stage
@@ -45,7 +46,7 @@ from retrain.storage.repo import Tx
 from retrain.windows import Counts
 
 __all__ = ["RolloutResult", "EvaluateResult", "begin_rollout", "evaluate_rollouts", "evaluate_rollout",
-           "confirm_rollout", "describe_rollout"]
+           "confirm_rollout", "describe_rollout", "abort_rollouts"]
 
 log = logging.getLogger("retrain.rollout")
 ACTOR = "rollout"
@@ -104,12 +105,19 @@ def begin_rollout(tx: Tx, ctx: Context, run: RunRow, cfg: ModelConfig, productio
         tx.version(run.model, version).status = "candidate"
         tx.audit(now, "validation", "validation",
                  f"{run.model} {version} enters shadow against production {production}: "
-                 f"{v.shadow_min_hours:g}-{v.shadow_max_hours:g} h, >= {v.shadow_min_rows} labelled live rows, "
+                 f"{v.shadow_min_hours:g}-{v.shadow_max_hours:g} h, >= {_shadow_rows(tx, run, v)} labelled live rows, "
                  f">= +{v.min_improvement:.0%} {cfg.primary_metric} at {v.confidence:.0%} confidence",
                  model=run.model, subject=version, data={"run_id": run.id, "production": production})
         return "shadow"
     _enter_canary(tx, run, ro, cfg, now, f"holdout passed ({holdout_detail}); shadow is disabled")
     return "canary"
+
+
+def _shadow_rows(tx: Tx, run: RunRow, v) -> str:
+    if v.shadow_min_rows is not None:
+        return f"{v.shadow_min_rows}"
+    gate = (tx.version(run.model, run.candidate_version).metrics or {}).get("gate") or {}
+    return f"{gate['rows_needed']:,} (what the paired test needs)" if gate.get("rows_needed") else "the sized number of"
 
 
 def _enter_canary(tx: Tx, run: RunRow, ro: RolloutRow, cfg: ModelConfig, now: datetime, why: str) -> None:
@@ -151,6 +159,7 @@ def evaluate_rollout(ctx: Context, run_id: str) -> RolloutResult:
         baseline, started = ro.baseline_version, ro.started_at
         cand_row = tx.version(model, ro.candidate_version)
         cand_sha = cand_row.artifact_sha256 if cand_row else None
+        planned_rows = ((cand_row.metrics or {}).get("gate") or {}).get("rows_needed") if cand_row else None
     cfg = ctx.config.models.get(model)
     if cfg is None:
         return RolloutResult(run_id, model, "skipped", phase, detail=f"{model} is not configured")
@@ -184,7 +193,7 @@ def evaluate_rollout(ctx: Context, run_id: str) -> RolloutResult:
             ro.paired = paired.to_json()
             if batch is not None:
                 ro.scored_until = batch.last_id
-            verdict: ShadowVerdict | StageVerdict = _judge_shadow(cfg, ro, paired, now)
+            verdict: ShadowVerdict | StageVerdict = _judge_shadow(cfg, ro, paired, now, planned_rows)
         else:
             verdict = _judge_canary(tx, cfg, ro, now)
         # Judged as of ``now``, applied as of the clock after judging: a new stage starts when its
@@ -202,9 +211,18 @@ def _moved_by_someone_else(tx: Tx, ro: RolloutRow) -> str | None:
     return None
 
 
-def _judge_shadow(cfg: ModelConfig, ro: RolloutRow, paired: PairedCounts, now: datetime) -> ShadowVerdict:
+def _judge_shadow(cfg: ModelConfig, ro: RolloutRow, paired: PairedCounts, now: datetime,
+                  planned_rows: int | None) -> ShadowVerdict:
+    # Without a plan (a version trained before gates were sized) the paired test's rows are sized
+    # from production's level at the +min_improvement goal and the floor disagreement.
+    if planned_rows is None and cfg.validation.shadow_min_rows is None:
+        v = cfg.validation
+        level = paired.production.accuracy if paired.n >= 30 else 0.5
+        planned_rows = paired_rows_needed(level, v.min_improvement, discordance=MIN_DISCORDANCE,
+                                          confidence=v.confidence, power=v.power)
     return judge_shadow(paired, now - ro.started_at, cfg.validation, metric=cfg.primary_metric,
-                        manual_gate=cfg.rollout.manual_gate and cfg.rollout.enabled, confirmed=ro.gate == "confirmed")
+                        manual_gate=cfg.rollout.manual_gate and cfg.rollout.enabled, confirmed=ro.gate == "confirmed",
+                        min_rows=planned_rows)
 
 
 def _counts(rows) -> Counts:
@@ -240,7 +258,8 @@ def _judge_canary(tx: Tx, cfg: ModelConfig, ro: RolloutRow, now: datetime) -> St
             firing = None
     return judge_stage(canary, production, share=state.share_pct, stage=state.stage, n_stages=len(state.stages),
                        elapsed=now - ro.stage_started_at, settings=cfg.rollout, confidence=cfg.validation.confidence,
-                       metric=cfg.primary_metric, emergency=firing, confirmed=ro.gate == "confirmed")
+                       metric=cfg.primary_metric, emergency=firing, confirmed=ro.gate == "confirmed",
+                       power=cfg.validation.power)
 
 
 # ---------------------------------------------------------------------------- apply
@@ -356,7 +375,9 @@ def describe_rollout(ctx: Context, model: str) -> dict[str, Any] | None:
         cfg = ctx.config.models.get(model)
         verdict = None
         if cfg is not None and ro.phase == Phase.SHADOW.value:
-            verdict = _judge_shadow(cfg, ro, PairedCounts.from_json(ro.paired), now)
+            cand = tx.version(model, ro.candidate_version)
+            planned = ((cand.metrics or {}).get("gate") or {}).get("rows_needed") if cand else None
+            verdict = _judge_shadow(cfg, ro, PairedCounts.from_json(ro.paired), now, planned)
         elif cfg is not None and ro.phase == Phase.CANARY.value:
             verdict = _judge_canary(tx, cfg, ro, now)
         figures = verdict.figures if verdict else dict(ro.figures)
@@ -376,3 +397,27 @@ def describe_rollout(ctx: Context, model: str) -> dict[str, Any] | None:
             "manual_gate": bool(cfg and cfg.rollout.manual_gate),
             "history": ro.history, "outcome": ro.outcome,
         }
+
+
+# ---------------------------------------------------------------------------- emergencies
+def abort_rollouts(tx: Tx, cfg: ModelConfig, model: str, reason: str, figures: dict, now: datetime, *,
+                   keep_run: str | None = None) -> list[RolloutResult]:
+    """Abort every rollout of ``model`` in shadow or canary (except ``keep_run``'s): an emergency on production.
+
+    The canary or candidate alias is cleared (share 0 %), the run ends ``rejected``
+    (stage ``aborted``) and the audit event gives ``reason``; called by the sweep in its
+    transaction, which then lets the emergency's retraining start instead of joining
+    the rollout's run.
+    """
+    out: list[RolloutResult] = []
+    rows = [r for r in tx.active_rollouts(model) if r.run_id != keep_run]
+    if not rows:
+        return out
+    _lock(tx, model)
+    for r in rows:
+        ro = tx.rollout(r.run_id, for_update=True)
+        if ro is None or Phase(ro.phase).is_final:
+            continue
+        run = tx.run(ro.run_id, for_update=True)
+        out.append(_apply(tx, cfg, run, ro, "abort", reason, dict(figures), (), now))
+    return out

@@ -32,6 +32,7 @@ from retrain.context import Context
 from retrain.costs import CostRates, Opportunity, ResourceMeter, price
 from retrain import slots
 from retrain.clock import monotonic
+from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
 from retrain.errors import ConfigError, StaleLeaseError, TrainingError, TransientError
 from retrain.lifecycle import finish
 from retrain.slots import SLOT_LOCK
@@ -365,9 +366,11 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
             beat.fitting()
             with ResourceMeter() as meter:
                 estimator = fit(X[:cut], y[:cut], dict(cfg.params))
+                if estimator is None or not hasattr(estimator, "predict"):
+                    raise TrainingError(f"{cfg.entry_point} returned {type(estimator).__name__}, not a fitted model")
+                # The walk-forward refits are training work too: metered and priced with the fit.
+                gate, walk = plan_validation(ctx, cfg, data, cut, estimator, fit, now)
             beat.fitted()
-            if estimator is None or not hasattr(estimator, "predict"):
-                raise TrainingError(f"{cfg.entry_point} returned {type(estimator).__name__}, not a fitted model")
             _set_progress(ctx, run_id, attempt, "saving artifact", 0.8, progress)
             artifact = ctx.artifacts.put_object(estimator)
             rng = np.random.default_rng(0)
@@ -376,6 +379,8 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
             held = {"X": X[cut:], "y": y[cut:], "ts": ts[cut:]}
             if data.ret is not None:
                 held["ret"] = data.ret[cut:]
+            if walk is not None:
+                held["walk_forward"] = walk
             holdout = ctx.artifacts.put_object(held)
     except (TrainingError, ConfigError) as exc:
         # Deterministic: the same data and code would fail again. The run fails now.
@@ -392,10 +397,71 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
     # run in state 'training' always holds one: the limit reads the same from runs and slots.
     try:
         v = _register(ctx, cfg, run_id, attempt, meter, X, y, ts, cut, artifact, reference, holdout,
-                      {"reference_rows": int(ref_idx.size), "returns": data.ret is not None})
+                      {"reference_rows": int(ref_idx.size), "returns": data.ret is not None,
+                       **({"gate": gate} if gate is not None else {})})
     finally:
         _release_slot(ctx, run_id, attempt)
     return TrainResult(run_id, "registered", str(v))
+
+
+def plan_validation(ctx: Context, cfg: ModelConfig, data: TrainingData, cut: int, estimator, fit,
+                    now: datetime) -> tuple[dict | None, dict | None]:
+    """The gate this candidate will go through (:func:`retrain.evidence.plan_gate`), and for a
+    walk-forward gate its paired predictions; ``(None, None)`` when there is no production yet.
+
+    Sizing uses the holdout rows production never trained on (newer than its ``data_end``):
+    production's accuracy there and the share of rows the two models disagree on. The
+    walk-forward scores the newest labelled rows production never trained on, at most the
+    rows the test needs: those in the holdout with the candidate itself, older ones in
+    ``validation.walk_forward_folds`` folds, each by a refit on every row before the fold.
+    """
+    with ctx.store.tx() as tx:
+        prod_name = tx.alias(cfg.name, "production")
+        prod = tx.version(cfg.name, prod_name) if prod_name else None
+        if prod is None:
+            return None, None
+        prod_sha, prod_end = prod.artifact_sha256, prod.data_end
+        v, r = cfg.validation, cfg.rollout
+        hours = max(24.0, v.shadow_max_hours)
+        labelled = tx.traffic_since(cfg.name, now - timedelta(hours=hours))[0]
+    production = ctx.artifacts.load_object(prod_sha)
+    X, y, ts = data.X, data.y, data.ts
+    after = prod_end.timestamp() if prod_end is not None else None
+    # Holdout rows production never trained on start at ``unseen``.
+    unseen = cut if after is None else min(len(y), cut + int(np.searchsorted(ts[cut:], after, side="right")))
+    fair = unseen if len(y) - unseen >= 30 else cut  # too few to estimate from: the whole holdout
+    c_hit = np.asarray(estimator.predict(X[fair:])) == y[fair:]
+    p_hit = np.asarray(production.predict(X[fair:])) == y[fair:]
+    level = float(p_hit.mean()) if p_hit.size else 0.5
+    discordance = float((c_hit != p_hit).mean()) if p_hit.size else 0.0
+    needed = paired_rows_needed(level, v.min_improvement, discordance=discordance, confidence=v.confidence,
+                                power=v.power)
+    canary_needed = independent_rows_needed(level, r.rollback_degradation, confidence=v.confidence, power=v.power)
+    live_stages = tuple(r.stages) if r.enabled else ()
+    plan = plan_gate(needed if v.shadow_min_rows is None else v.shadow_min_rows, labelled_per_hour=labelled / hours,
+                     max_hours=v.shadow_max_hours, shadow=v.shadow_enabled,
+                     canary_rows_needed=canary_needed if r.stage_min_samples is None else r.stage_min_samples,
+                     stages=live_stages, stage_max_hours=r.stage_max_minutes / 60.0, walk_forward=v.walk_forward)
+    gate = {**plan.to_json(), "production": prod_name, "production_level": round(level, 6),
+            "discordance": round(discordance, 6), "canary_rows_needed": canary_needed}
+    if plan.gate != "walk_forward":
+        return gate, None
+    folds = walk_forward_folds(ts[:cut], after=after, max_rows=max(0, needed - (len(y) - cut)),
+                               folds=v.walk_forward_folds, min_train_rows=max(50, cut // 2))
+    start = folds[0][0] if folds else unseen  # (folds exist only when every holdout row is unseen)
+    preds = []
+    for a, b in folds:
+        refit = fit(X[:a], y[:a], dict(cfg.params))
+        preds.append(np.asarray(refit.predict(X[a:b])))
+    preds.append(np.asarray(estimator.predict(X[max(start, cut):])))
+    idx = slice(start, len(y))
+    walk = {"y": y[idx], "candidate": np.concatenate(preds) if preds else np.empty(0, dtype=y.dtype),
+            "production": np.asarray(production.predict(X[idx])), "ts": ts[idx],
+            "folds": [[int(a), int(b)] for a, b in folds], "refits": len(folds)}
+    if data.ret is not None:
+        walk["ret"] = data.ret[idx]
+    gate.update(rows=int(len(y) - start), refits=len(folds))
+    return gate, walk
 
 
 def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, X, y, ts, cut, artifact, reference,

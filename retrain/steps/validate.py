@@ -24,9 +24,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from retrain.context import Context
+from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
 from retrain.lifecycle import finish
 from retrain.metrics import finite_metrics, score
+from retrain.rollout import PairedCounts, judge_paired
 from retrain.steps.rollout_step import begin_rollout
 
 __all__ = ["ValidateResult", "validate_run"]
@@ -51,20 +55,31 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
         prod_name = tx.alias(run.model, "production")
         prod = tx.version(run.model, prod_name) if prod_name else None
         cand_sha, holdout_sha = cand.artifact_sha256, cand.metrics["holdout_sha256"]
+        gate = dict(cand.metrics.get("gate") or {})
         prod_sha = prod.artifact_sha256 if prod else None
+        prod_end = prod.data_end.timestamp() if prod is not None and prod.data_end is not None else None
 
     holdout = ctx.artifacts.load_object(holdout_sha)
     X, y, ret = holdout["X"], holdout["y"], holdout.get("ret")
-    cand_m = score(ctx.artifacts.load_object(cand_sha), X, y, ret)
-    prod_m = score(ctx.artifacts.load_object(prod_sha), X, y, ret) if prod_sha else None
+    cand_model = ctx.artifacts.load_object(cand_sha)
+    prod_model = ctx.artifacts.load_object(prod_sha) if prod_sha else None
+    cand_m = score(cand_model, X, y, ret)
+    prod_m = score(prod_model, X, y, ret) if prod_model is not None else None
     metric = cfg.primary_metric
     margin = cfg.validation.min_improvement
     unusable = _unusable(cfg, metric, cand_m, prod_m, ret is not None, len(y))
     if unusable is not None:
         return _fail(ctx, run_id, unusable, cand_m, prod_m)
+    live = cfg.validation.shadow_enabled or cfg.rollout.enabled
     if prod_m is None:
         ok, detail = True, f"no production version yet; candidate {metric} {cand_m[metric]:.4f} on {len(y)} rows"
+    elif gate.get("gate") == "walk_forward":
+        ok, detail = _walk_forward(cfg, holdout.get("walk_forward"), gate)
+        live = False
+    elif live:
+        ok, detail = _holdout_screen(cfg, holdout, cand_model, prod_model, prod_end, gate)
     else:
+        # Both live phases off: the holdout's point estimate decides, as configured.
         # A relative margin of the metric's magnitude: for a negative Sharpe ratio too, better means higher.
         need = prod_m[metric] + margin * abs(prod_m[metric])
         ok = cand_m[metric] >= need
@@ -83,11 +98,14 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
         cand = tx.version(run.model, run.candidate_version)
         cand.metrics = {**cand.metrics, "holdout": cand_m, "production_holdout": prod_m,
                         "baseline": {k: v for k, v in cand_m.items() if k != "n"}}
+        if gate:
+            cand.metrics = {**cand.metrics, "gate": {**gate, "verdict": "passed" if ok else "rejected",
+                                                     "detail": detail}}
         if ok:
             cand.status = "candidate"
             tx.audit(now, "validation", "validation", f"{run.model} {cand.version} passed: {detail}",
-                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m})
-            live = cfg.validation.shadow_enabled or cfg.rollout.enabled
+                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m,
+                                                          "gate": gate or None})
             if prod_name is not None and live:
                 # Proven on live traffic next: shadow, then the canary stages (retrain.steps.rollout_step).
                 status = begin_rollout(tx, ctx, run, cfg, prod_name, now, detail)
@@ -99,8 +117,50 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
             run.state, run.stage, run.finished_at, run.error = "rejected", "rejected", now, detail
             cand.status = "rejected"
             tx.audit(now, "validation", "validation", f"{run.model} {cand.version} rejected: {detail}",
-                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m})
+                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m,
+                                                          "gate": gate or None})
     return ValidateResult(run_id, "promote" if ok else "rejected", detail, cand_m, prod_m)
+
+
+def _walk_forward(cfg, walk: dict | None, gate: dict) -> tuple[bool, str]:
+    """The final gate of a candidate whose live rows cannot arrive in time (retrain.evidence)."""
+    v = cfg.validation
+    why = gate.get("reason", "walk-forward")
+    if not walk or len(walk["y"]) == 0:
+        return False, f"{why}; no labelled row newer than production's training data to compare on"
+    paired = PairedCounts.from_arrays(walk["y"], walk["candidate"], walk["production"], walk.get("ret"))
+    verdict, said = judge_paired(paired, metric=cfg.primary_metric, min_improvement=v.min_improvement,
+                                 confidence=v.confidence, rows_needed=int(gate.get("rows_needed", 0)), final=True)
+    refits = walk.get("refits", 0)
+    return verdict == "pass", (f"{why}. Walk-forward over the {paired.n} newest labelled rows production never "
+                               f"trained on ({refits} refit{'s' if refits != 1 else ''}, none scored on rows it saw; "
+                               f"the test needs {int(gate.get('rows_needed', 0)):,} for +{v.min_improvement:.0%} at "
+                               f"{v.power:.0%} power): {said}")
+
+
+def _holdout_screen(cfg, holdout: dict, cand_model, prod_model, prod_end: float | None,
+                    gate: dict) -> tuple[bool, str]:
+    """The holdout before a live gate, on the rows production never trained on: rejects only what it
+    can show (a candidate worse, or below the goal on enough rows); the live gate decides the rest."""
+    v = cfg.validation
+    X, y, ts = holdout["X"], holdout["y"], holdout.get("ts")
+    keep = slice(None) if prod_end is None or ts is None else slice(int(np.searchsorted(ts, prod_end, side="right")),
+                                                                    None)
+    X, y = X[keep], y[keep]
+    ret = holdout["ret"][keep] if holdout.get("ret") is not None else None
+    n_all = len(holdout["y"])
+    if len(y):
+        paired = PairedCounts.from_arrays(y, cand_model.predict(X), prod_model.predict(X), ret)
+    else:
+        paired = PairedCounts()
+    needed = int(gate.get("rows_needed") or paired_rows_needed(
+        paired.production.accuracy if paired.n >= 30 else 0.5, v.min_improvement, discordance=MIN_DISCORDANCE,
+        confidence=v.confidence, power=v.power))
+    verdict, said = judge_paired(paired, metric=cfg.primary_metric, min_improvement=v.min_improvement,
+                                 confidence=v.confidence, rows_needed=needed, final=False)
+    seen = f" ({n_all - len(y)} of its {n_all} rows left out: production trained on them)" if len(y) < n_all else ""
+    plan = f"; next: {gate['reason']}" if gate.get("reason") else ""
+    return verdict != "reject", f"holdout{seen}: {said}{plan}"
 
 
 def _unusable(cfg, metric: str, cand_m: dict, prod_m: dict | None, has_returns: bool, rows: int) -> str | None:
