@@ -30,6 +30,7 @@ import numpy as np
 from retrain.config import ModelConfig, resolve_callable
 from retrain.context import Context
 from retrain.costs import CostRates, Opportunity, ResourceMeter, price
+from retrain.policy import serving_rate
 from retrain import slots
 from retrain.clock import monotonic
 from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
@@ -513,8 +514,11 @@ def _price(ctx: Context, cfg: ModelConfig, usage, run_id: str):
         run = tx.run(run_id)
         req = tx.request(run.request_id)
         ev = (req.evidence or {}) if req else {}
-        labelled, _, unlabelled = tx.traffic_since(cfg.name, ctx.now() - timedelta(days=1))
-    per_s = (labelled + unlabelled) / 86400.0
+        now = ctx.now()
+        served, minutes, first, last = tx.served(cfg.name, now - timedelta(days=30), now)
+    # The same rate as the decision's value model: read between the newest buckets, so a label
+    # delay (outcomes arrive a day late) does not read as no traffic.
+    per_s = serving_rate(served, minutes, first, last, now)[0] / 86400.0
     gap = 0.0
     if ev.get("baseline_accuracy") is not None and ev.get("current_accuracy") is not None:
         gap = max(0.0, (ev["baseline_accuracy"] - ev["current_accuracy"]) * 100)

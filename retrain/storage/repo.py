@@ -551,6 +551,19 @@ class Tx:
         n, correct, unlabelled = self.s.execute(q).one()
         return int(n), int(correct), int(unlabelled)
 
+    def served(self, model: str, since: datetime, until: datetime) -> tuple[int, int, datetime | None, datetime | None]:
+        """(predictions served, labelled or not; distinct minutes; first and last minute) in the newest
+        ``RATE_BUCKETS`` metric buckets between ``since`` and ``until``: what
+        :func:`retrain.policy.serving_rate` reads."""
+        b = MetricBucketRow
+        newest = (select(b.minute.label("minute"), (b.n + b.unlabelled).label("served"))
+                  .where(b.model == model, b.minute >= since, b.minute <= until)
+                  .order_by(b.minute.desc()).limit(RATE_BUCKETS).subquery("newest"))
+        served, minutes, first, last = self.s.execute(select(
+            func.coalesce(func.sum(newest.c.served), 0), func.count(func.distinct(newest.c.minute)),
+            func.min(newest.c.minute), func.max(newest.c.minute))).one()
+        return int(served), int(minutes), first, last
+
     def release_reservation(self, run_id: str, reason: str, now: datetime) -> float:
         """Release what a run still holds in reservations (a cancelled or failed run); returns the amount."""
         held = self.held_reservation(run_id)

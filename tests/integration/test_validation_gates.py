@@ -169,3 +169,17 @@ def test_a_streaming_model_goes_to_shadow_which_waits_for_the_rows_its_test_need
 def _audit(ctx):
     with ctx.store.tx() as tx:
         return [e.message for e in tx.audit_events("m")]
+
+
+def test_training_prices_the_opportunity_at_the_serving_rate_even_with_a_label_delay(any_db_url, tmp_path):
+    from retrain.policy import serving_rate
+
+    ctx = make_context(any_db_url, tmp_path, clock=SimClock(T0), config=_config("streaming", lookback_days=2))
+    # Given one prediction a day for four weeks whose outcomes arrive a day late (the last day is empty)
+    with ctx.store.tx() as tx:
+        tx.add_buckets([{"model": "m", "version": "1.0.0", "minute": T0 - timedelta(days=d), "n": 1, "tp": 1,
+                         "tn": 0, "fp": 0, "fn": 0, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0}
+                        for d in range(2, 30)])
+        served = tx.served("m", T0 - timedelta(days=30), T0)
+    # Then the rate the training's opportunity cost uses reads one a day, not zero
+    assert serving_rate(*served, T0)[0] == pytest.approx(1.0)
