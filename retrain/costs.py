@@ -80,7 +80,7 @@ class CostRates:
     usd_per_cpu_second: float = 0.04 / 3600.0
     usd_per_gb_hour: float = 0.005
     usd_per_slot_hour: float = 0.10
-    value_per_accuracy_point_usd: float = 1e-6
+    value_per_accuracy_point_usd: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("usd_per_cpu_second", "usd_per_gb_hour", "usd_per_slot_hour", "value_per_accuracy_point_usd"):

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Sequence
 
 import numpy as np
@@ -54,7 +54,8 @@ from retrain.domain import Severity, TriggerKind
 from retrain.triggers import TriggerFiring
 from retrain.windows import Counts
 
-__all__ = ["EmergencyConfig", "detect_emergency", "detect_emergency_from_buckets", "detect_emergency_from_arrays"]
+__all__ = ["EmergencyConfig", "detect_emergency", "detect_emergency_from_buckets", "detect_emergency_from_arrays",
+           "EmergencyEpisode"]
 
 _LEVELS = (Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL)
 _MAD_TO_SD = 1.4826
@@ -333,3 +334,54 @@ def _with_metric(cfg: EmergencyConfig, metric: str) -> EmergencyConfig:
 
 def _rank(f: TriggerFiring) -> int:
     return _LEVELS.index(f.severity) if f.severity else -1
+
+
+@dataclass(frozen=True)
+class EmergencyEpisode:
+    """One emergency of a model: firings no more than ``gap`` apart, answered once.
+
+    The sweep keeps one per model (``controls`` row ``emergency:MODEL``) and acts on
+    it: an episode aborts the rollouts in progress that are not its own retraining's,
+    rolls production back to ``previous`` at most once, and starts one retraining (its
+    request's run); a firing of the same episode after that is held back. A firing
+    more than ``gap`` after the last one begins a new episode.
+
+    >>> from datetime import timezone
+    >>> t = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    >>> e = EmergencyEpisode.observe(None, t, Severity.HIGH, "1.2.0", timedelta(minutes=60))
+    >>> e = EmergencyEpisode.observe(e, t + timedelta(minutes=5), Severity.CRITICAL, "1.2.0", timedelta(minutes=60))
+    >>> e.started_at == t, e.severity
+    (True, 'CRITICAL')
+    >>> EmergencyEpisode.observe(e, t + timedelta(hours=2), Severity.LOW, "1.2.0", timedelta(minutes=60)).started_at > t
+    True
+    """
+
+    started_at: datetime
+    last_fired_at: datetime
+    severity: str
+    production: str
+    request_id: str | None = None
+    rolled_back: dict | None = None
+    aborted: tuple[str, ...] = ()
+
+    @classmethod
+    def observe(cls, episode: "EmergencyEpisode | None", now: datetime, severity: Severity, production: str,
+                gap: timedelta) -> "EmergencyEpisode":
+        """The episode a firing at ``now`` belongs to: ``episode`` continued, or a new one."""
+        if episode is None or now - episode.last_fired_at > gap or now < episode.started_at:
+            return cls(now, now, severity.value, production)
+        worst = max(Severity(episode.severity), severity, key=_LEVELS.index)
+        return replace(episode, last_fired_at=max(now, episode.last_fired_at), severity=worst.value)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"started_at": self.started_at.isoformat(), "last_fired_at": self.last_fired_at.isoformat(),
+                "severity": self.severity, "production": self.production, "request_id": self.request_id,
+                "rolled_back": self.rolled_back, "aborted": list(self.aborted)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> "EmergencyEpisode | None":
+        if not d:
+            return None
+        return cls(datetime.fromisoformat(d["started_at"]), datetime.fromisoformat(d["last_fired_at"]),
+                   d["severity"], d["production"], d.get("request_id"), d.get("rolled_back"),
+                   tuple(d.get("aborted") or ()))

@@ -89,7 +89,8 @@ Value model (ROI)
                     = policy.default_gap_points                         otherwise
     gap_points      = clamp(gap_points, 0, policy.max_gap_points)
     recovery_points = gap_points x policy.recovery_factor
-    predictions     = state.predictions_per_day x policy.value_horizon_days
+    horizon_days    = max(policy.value_horizon_days, state.lookback_days)
+    predictions     = state.predictions_per_day x horizon_days
     mean_abs_return = sqrt(2 / pi) x state.return_rms     (E|r| of a normal return with that RMS)
     value_per_correct_usd
                     = 2 x policy.notional_usd x mean_abs_return         when outcomes carry returns
@@ -97,10 +98,12 @@ Value model (ROI)
     benefit_usd     = value_per_correct_usd x recovery_points / 100 x predictions
     roi             = benefit_usd / state.estimated_cost_usd     (>= min_roi to proceed)
 
-Every rate is valued over the same time, ``value_horizon_days`` (7: how long a
-retrained model is expected to serve before the next retraining), so a model
-serving one prediction a day and one serving 5,000 a second are compared like
-with like; ``state.predictions_per_day`` is what the model serves, labelled or
+Every rate is valued over the time a retrained model is expected to serve:
+``value_horizon_days`` (7), or the model's training window (``lookback_hours``)
+when that is longer, since a model that learns from a year of daily history is
+not replaced within a week and its gain lasts about as long as what it learned
+from. A model serving one prediction a day and one serving 5,000 a second are
+so compared like with like; ``state.predictions_per_day`` is what the model serves, labelled or
 not (:func:`serving_rate`). A prediction turned from wrong to right gains its
 return instead of losing it: with returns, one correct prediction is worth
 ``2 x notional x mean |return|``, where ``notional_usd`` is the position one
@@ -250,6 +253,9 @@ class StateSnapshot:
     # What the model serves, labelled or not (serving_rate), and how that was measured.
     predictions_per_day: float = 0.0
     predictions_source: str = ""
+    # The model's training window (lookback_hours / 24): how long a retrained model is expected
+    # to serve when longer than policy.value_horizon_days (see the module docstring).
+    lookback_days: float = 0.0
     # RMS of the outcomes' returns and how many labelled outcomes it is measured on;
     # None when the outcomes carry no returns.
     return_rms: float | None = None
@@ -301,8 +307,9 @@ class Policy:
     model_daily_budget_usd: float | None = None
     model_monthly_budget_usd: float | None = None
     min_roi: float = 1.5
-    # Without returns: one accuracy point on one prediction ($0.0001 a correct prediction).
-    value_per_accuracy_point_usd: float = 1e-6
+    # Without returns: one accuracy point on one prediction ($0.001 a correct prediction: set it
+    # to what a correct prediction is worth to you).
+    value_per_accuracy_point_usd: float = 1e-5
     # With returns: the position one prediction trades.
     notional_usd: float = 1000.0
     # Every rate is valued over the same time: a week of the retrained model's service.
@@ -336,7 +343,6 @@ class Policy:
     _roi_low_label: str = field(init=False, repr=False, compare=False)
     _notional_label: str = field(init=False, repr=False, compare=False)
     _per_correct_label: str = field(init=False, repr=False, compare=False)
-    _horizon_label: str = field(init=False, repr=False, compare=False)
     _tz: ZoneInfo | None = field(init=False, repr=False, compare=False)
     _start: time | None = field(init=False, repr=False, compare=False)
     _start_s: int = field(init=False, repr=False, compare=False)
@@ -386,7 +392,6 @@ class Policy:
         s(self, "_roi_low_label", f"< {self.min_roi:g}")
         s(self, "_notional_label", f"2 x ${self.notional_usd:,.0f} x |r| ")
         s(self, "_per_correct_label", f"${100.0 * self.value_per_accuracy_point_usd:.3g}/correct")
-        s(self, "_horizon_label", f"/d x {self.value_horizon_days:g} d)")
         s(self, "_open_cache", {})
         if (self.offpeak_start is None) != (self.offpeak_end is None):
             raise bad("offpeak_end", "set both offpeak_start and offpeak_end, or neither")
@@ -571,7 +576,7 @@ def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy,
     elif gap > policy.max_gap_points:
         gap = policy.max_gap_points
     recovery = gap * policy.recovery_factor
-    horizon = policy.value_horizon_days
+    horizon = max(policy.value_horizon_days, state.lookback_days)
     predictions = state.predictions_per_day * horizon
     rms = state.return_rms
     if rms is not None and rms > 0.0 and math.isfinite(rms):
@@ -652,7 +657,7 @@ def _roi_detail(vm: dict[str, Any], roi: float | None, roi_ok: bool, policy: Pol
     else:
         per = policy._per_correct_label
     return (f"{verdict}: benefit {_usd(vm['benefit_usd'])} = {per} x {vm['recovery_points']:.3g} pt x "
-            f"{vm['predictions']:.4g} predictions ({vm['predictions_per_day']:.4g}{policy._horizon_label}"
+            f"{vm['predictions']:.4g} predictions ({vm['predictions_per_day']:.4g}/d x {vm['horizon_days']:g} d)"
             f"; estimate {_usd(cost)}")
 
 

@@ -273,13 +273,14 @@ def resolve_rollback(tx: Tx, model: str, version: str | None = None) -> str:
 
 
 def rollback(tx: Tx, model: str, version: str | None = None, *, actor: str, reason: str, now: datetime,
-             from_version: str | None = None) -> RollbackOutcome:
+             from_version: str | None = None, data: dict | None = None) -> RollbackOutcome:
     """Serve ``version`` (default: see :func:`resolve_rollback`) as production; audited.
 
     The replaced production version becomes ``previous`` and its status
     ``rolled_back``; a canary in progress is withdrawn (alias cleared, status
     ``rolled_back``). ``from_version`` makes a repeated message harmless: when that
-    version is no longer production or canary, nothing is done (``skipped``).
+    version is no longer production or canary, nothing is done (``skipped``). ``data``
+    (e.g. the figures of an automatic rollback) is added to the audit event.
     """
     tx.lock(aliases_lock(model))
     current = tx.alias(model, "production")
@@ -325,7 +326,7 @@ def rollback(tx: Tx, model: str, version: str | None = None, *, actor: str, reas
         parts.append(f"canary {withdrawn} withdrawn")
     detail = "; ".join(parts)
     tx.audit(now, "rollback", actor, f"{model} rolled back: {detail}: {reason}", model=model, subject=target,
-             data={"from": current, "to": target, "canary_withdrawn": withdrawn, "reason": reason})
+             data={**(data or {}), "from": current, "to": target, "canary_withdrawn": withdrawn, "reason": reason})
     return RollbackOutcome(model, "rolled_back", target, replaced, withdrawn, detail)
 
 

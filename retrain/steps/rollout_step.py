@@ -20,7 +20,8 @@ complete   ``production`` = the candidate, ``previous`` = the old one, ``canary`
 rollback   ``canary`` cleared at once (production never moved), audited with the figures
 reject     shadow showed it worse (or unable to reach the required improvement)
 inconclusive / stall   shadow or a stage ran out of time; production unchanged
-abort      production or the canary was moved by someone else (e.g. ``retrain rollback``)
+abort      production or the canary was moved by someone else (e.g. ``retrain rollback``), or an
+           emergency fired on production (:func:`abort_rollouts`, called by the sweep)
 ========== ==========================================================================
 
 The trading app's :class:`retrain.serving.ModelRouter` follows the aliases it reads.

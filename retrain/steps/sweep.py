@@ -19,6 +19,24 @@ report; a drift asks once per reference, then only when it gets worse or after a
 back-off, and not at all while accuracy is healthy (:func:`retrain.drift.judge_drift`);
 the report says which and why.
 
+Emergencies act (:func:`_emergency`). A firing at ``emergency.min_severity`` or above
+belongs to an episode (:class:`retrain.emergency.EmergencyEpisode`: firings no more
+than ``emergency.episode_gap_minutes`` apart, kept in the ``controls`` row
+``emergency:MODEL``). In the sweep's transaction, in order: every rollout of the model
+in shadow or canary, other than the episode's own retraining's, is aborted (alias
+cleared, share 0 %, audited with the emergency); once per episode, production is rolled
+back to ``previous`` when it scored better on the recent window
+(:func:`retrain.watch.judge_previous`, audited with the figures); then the request is
+opened, on the version now serving, unless the episode already has its retraining
+(its request started or joined a run, whatever became of it): one retraining per
+episode, not one per sweep.
+
+Post-promotion watch (:func:`_watch`). For ``rollout.watch_hours`` after a full
+promotion, production's live primary metric since the promotion is compared with the
+validated level of the version it replaced (:func:`retrain.watch.judge_watch`); a
+significant degradation of ``rollout.watch_degradation`` or more rolls it back to that
+version, audited with the figures.
+
 Not flooding: one request per model and trigger kind is open at a time, and a
 firing refreshes it with its new evidence. Once that request is closed, a firing
 opens a new one except (a) while the run it started or joined is still active
@@ -63,6 +81,8 @@ class SweepResult:
     redecided: list[str] = field(default_factory=list)
     held_back: list[dict] = field(default_factory=list)
     drift_checks: int = 0
+    aborted: list[dict] = field(default_factory=list)
+    rollbacks: list[dict] = field(default_factory=list)
 
 
 def performance_config(cfg: ModelConfig, metric: str) -> PerformanceTriggerConfig:
@@ -176,9 +196,13 @@ def _sweep_model(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime, result: 
     window = counts[starts >= perf_since.timestamp()]
     baseline = metrics.get("baseline") or {}
     fired = _performance(tx, ctx, cfg, prod, baseline, window, now, result)
+    moved = None
     if e.enabled:
-        _emergency(tx, ctx, cfg, prod, starts, counts, now, result)
-    if cfg.drift.enabled:
+        moved = _emergency(tx, ctx, cfg, prod, starts, counts, window, now, result)
+    if moved is None:
+        moved = _watch(tx, ctx, cfg, prod, now, result)
+    # After a rollback the next sweep judges the version now serving (and moves the drift reference).
+    if moved is None and cfg.drift.enabled:
         _drift(tx, ctx, cfg, prod, metrics, _accuracy_health(cfg, baseline, window, fired), now, result)
 
 
@@ -229,15 +253,152 @@ def _accuracy_health(cfg: ModelConfig, baseline: dict, counts: np.ndarray, fired
 
 
 def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, starts: np.ndarray, counts: np.ndarray,
-               now: datetime, result: SweepResult) -> None:
-    from retrain.emergency import detect_emergency_from_arrays
+               window: np.ndarray, now: datetime, result: SweepResult) -> str | None:
+    """Detect, and act on, an emergency of production; the version now serving if it rolled back, else None.
+
+    See "Emergencies act" in the module docstring.
+    """
+    from retrain.emergency import EmergencyEpisode, detect_emergency_from_arrays
+    from retrain.steps.rollout_step import abort_rollouts
 
     ecfg = _cached(ctx, f"sweep:emergency:{cfg.name}", cfg, lambda: emergency_config(cfg))
     firing = detect_emergency_from_arrays(starts, counts, now, ecfg)
-    if firing is None or _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(cfg.emergency.min_severity)]:
-        return
+    e = cfg.emergency
+    if firing is None or _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(e.min_severity)]:
+        return None
+    key = f"emergency:{cfg.name}"
+    episode = EmergencyEpisode.observe(EmergencyEpisode.from_json(tx.control(key)), now, firing.severity, prod,
+                                       timedelta(minutes=e.episode_gap_minutes))
+    own_run = None
+    if episode.request_id is not None:
+        asked = tx.request(episode.request_id)
+        own_run = asked.run_id if asked is not None else None
+    what = {"severity": firing.severity.value, "reason": firing.reason, "version": prod,
+            "episode_started_at": episode.started_at.isoformat()}
+
+    why = f"emergency ({firing.severity.value}) on production {prod}: {firing.reason}"
+    aborted = abort_rollouts(tx, cfg, cfg.name, why, {"emergency": what}, now, keep_run=own_run)
+    if aborted:
+        episode = replace(episode, aborted=episode.aborted + tuple(r.run_id for r in aborted))
+        result.aborted.extend({"model": cfg.name, "run_id": r.run_id, "phase": r.phase} for r in aborted)
+
+    serving, previous = prod, None
+    if e.rollback_to_previous and episode.rolled_back is None:
+        previous = _judge_previous(tx, ctx, cfg, prod, window, now)
+        if previous is not None and previous["action"] == "rollback":
+            if _roll_back(tx, ctx, cfg, prod, previous["to"], actor="emergency",
+                          reason=f"{why}; {previous['reason']}; a retraining follows",
+                          data={"figures": previous["figures"], "emergency": what}, now=now, result=result):
+                serving = previous["to"]
+                episode = replace(episode, rolled_back={"from": prod, "to": serving, "at": now.isoformat(),
+                                                        "figures": previous["figures"]})
+            else:
+                previous = {**previous, "action": "refused"}
+
     req = _request(cfg.name, firing, now)
-    _open(tx, cfg, replace(req, evidence={**req.evidence, "version": prod}), result, now)
+    evidence = {**req.evidence, "version": serving, "episode_started_at": episode.started_at.isoformat()}
+    if previous is not None:
+        evidence["previous"] = previous
+    if serving != prod:
+        evidence["fired_on"] = prod  # the decision judges the request against what serves now
+    req = replace(req, evidence=evidence)
+    active = tx.active_run(cfg.name) if own_run is not None else None
+    if own_run is not None and (active is None or active.id != own_run):
+        # Its run ended (promoted, rejected, failed): the episode had its retraining. While the run
+        # is still active, _open holds the firing back as for any trigger ("already joined run").
+        result.firings.append({"model": cfg.name, "trigger": req.trigger.value, "reason": req.reason})
+        result.held_back.append({"model": cfg.name, "trigger": req.trigger.value,
+                                 "why": f"the emergency episode since {episode.started_at:%Y-%m-%d %H:%M} already "
+                                        f"had its retraining (run {own_run}); asks again after "
+                                        f"{e.episode_gap_minutes:g} min without a firing"})
+    else:
+        rid = _open(tx, cfg, req, result, now)
+        if rid is not None:
+            episode = replace(episode, request_id=rid)
+    tx.set_control(key, episode.to_json(), "sweep", now)
+    return serving if serving != prod else None
+
+
+def _as_counts(rows: np.ndarray):
+    """One Counts of minute rows ``(n, tp, fp, tn, fn, ret_sum, ret_sq_sum)``."""
+    from retrain.windows import Counts
+
+    t = rows.reshape(-1, 7).sum(axis=0) if rows.size else np.zeros(7)
+    return Counts(int(t[0]), int(t[1]), int(t[2]), int(t[3]), int(t[4]), float(t[5]), float(t[6]))
+
+
+def _series(tx: Tx, model: str, version: str, since: datetime, now: datetime) -> np.ndarray:
+    rows = np.asarray(tx.bucket_series(model, version, since, now + timedelta(minutes=1)), dtype=float)
+    return rows.reshape(-1, 8)[:, 1:]
+
+
+def _judge_previous(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, window: np.ndarray,
+                    now: datetime) -> dict | None:
+    """:func:`retrain.watch.judge_previous` on the performance window; None without a rollback target."""
+    from retrain.watch import judge_previous
+
+    previous = tx.alias(cfg.name, "previous")
+    row = tx.version(cfg.name, previous) if previous and previous != prod else None
+    if row is None or row.deleted_at is not None:
+        return None
+    if row.status == "rolled_back":
+        # It became the rollback target by being rolled back itself (by the watch, an operator or an
+        # earlier episode): it was found worse than what serves now; going back to it would flip-flop.
+        return {"to": previous, "action": "stay", "figures": {},
+                "reason": f"previous {previous} was itself rolled back from; it is not served again automatically"}
+    since = now - timedelta(minutes=cfg.thresholds.window_minutes)
+    verdict = judge_previous(_as_counts(window), _as_counts(_series(tx, cfg.name, previous, since, now)),
+                             (row.metrics or {}).get("baseline"), metric=cfg.primary_metric,
+                             confidence=cfg.validation.confidence, min_samples=cfg.thresholds.min_samples)
+    return {"to": previous, "action": verdict.action, "reason": verdict.reason, "figures": verdict.figures}
+
+
+def _roll_back(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, target: str, *, actor: str, reason: str,
+               data: dict, now: datetime, result: SweepResult) -> bool:
+    """Serve ``target`` again (its artifact verified first: a refused one is audited and nothing moves)."""
+    from retrain.errors import ArtifactError
+    from retrain.registry import rollback
+
+    sha = tx.version(cfg.name, target).artifact_sha256
+    try:
+        ctx.artifacts.get_bytes(sha)
+    except ArtifactError as exc:
+        tx.audit(now, "artifact", actor, f"refused to load {cfg.name} {target} for rollback: {exc}", model=cfg.name,
+                 subject=target, data={"sha256": sha, "purpose": "rollback", "error": str(exc)})
+        return False
+    out = rollback(tx, cfg.name, target, actor=actor, reason=reason, now=now, from_version=prod, data=data)
+    if out.status != "rolled_back":
+        return False
+    result.rollbacks.append({"model": cfg.name, "from": prod, "to": target, "by": actor, "figures": data["figures"]})
+    return True
+
+
+def _watch(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, now: datetime, result: SweepResult) -> str | None:
+    """The post-promotion watch; the version now serving if it rolled back, else None."""
+    r = cfg.rollout
+    if r.watch_hours <= 0:
+        return None
+    move = tx.alias_set_at(cfg.name, "production", now)
+    # Watched: a version that became production by a promotion, with a predecessor, within the period.
+    if (move is None or move.to_version != prod or move.actor != "promotion" or not move.from_version
+            or now - move.at > timedelta(hours=r.watch_hours)):
+        return None
+    from retrain.watch import judge_watch
+
+    before = move.from_version
+    row = tx.version(cfg.name, before)
+    if row is None or row.deleted_at is not None:
+        return None
+    verdict = judge_watch(_as_counts(_series(tx, cfg.name, prod, move.at, now)), (row.metrics or {}).get("baseline"),
+                          promoted_at=move.at, now=now, watch_hours=r.watch_hours, degradation=r.watch_degradation,
+                          confidence=cfg.validation.confidence, metric=cfg.primary_metric,
+                          min_samples=cfg.thresholds.min_samples)
+    if not verdict.rollback:
+        return None
+    if _roll_back(tx, ctx, cfg, prod, before, actor="watch", now=now, result=result,
+                  reason=f"post-promotion watch: {prod} {verdict.reason}", data={"figures": verdict.figures}):
+        return before
+    return None
 
 
 def _reference(ctx: Context, sha: str) -> np.ndarray:

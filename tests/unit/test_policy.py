@@ -432,9 +432,9 @@ def test_override_budget_without_a_reason_is_ignored_and_rejected() -> None:
 
 
 def test_low_roi_rejects_with_the_value_model_in_the_audit() -> None:
-    # Given a quiet model: 1e5 predictions/day, 3 points recovered, $1e-6 per point per prediction
-    d = decide(request(), state(predictions_per_day=1e5), Policy(), NOW)
-    # Then benefit = 1e-6 x 3 x 1e5 x 7 days = $2.10 for $2.00: ROI 1.05 < 1.5
+    # Given a quiet model: 1e4 predictions/day, 3 points recovered, $1e-5 per point per prediction
+    d = decide(request(), state(predictions_per_day=1e4), Policy(), NOW)
+    # Then benefit = 1e-5 x 3 x 1e4 x 7 days = $2.10 for $2.00: ROI 1.05 < 1.5
     assert d.verdict is Verdict.REJECT
     r = rule(d, "roi")
     assert r.value == pytest.approx(1.05) and r.limit == 1.5
@@ -443,8 +443,8 @@ def test_low_roi_rejects_with_the_value_model_in_the_audit() -> None:
     assert vm["recovery_points"] == pytest.approx(3.0)
     assert vm["benefit_usd"] == pytest.approx(2.10)
     assert vm["gap_source"] == "evidence.baseline_accuracy-current_accuracy"
-    assert vm["basis"] == "per_correct" and vm["value_per_correct_usd"] == pytest.approx(1e-4)
-    assert "1e+05/d x 7 d" in r.detail
+    assert vm["basis"] == "per_correct" and vm["value_per_correct_usd"] == pytest.approx(1e-3)
+    assert "1e+04/d x 7 d" in r.detail
 
 
 @pytest.mark.parametrize(

@@ -109,19 +109,19 @@ def test_with_returns_a_collapsed_model_is_retrained_at_once_at_every_rate(name,
 
 @pytest.mark.parametrize(("name", "per_day", "rms"), RATES, ids=[r[0] for r in RATES])
 def test_without_returns_every_rate_retrains_a_model_under_its_floor_within_the_floor_limit(name, per_day, rms):
-    # Given the same collapse without returns: each correct prediction is worth the configured $0.0001
+    # Given the same collapse without returns: each correct prediction is worth the configured $0.001
     p = Policy()
     first = decide(request(COLLAPSED), state(per_day), p, NOW)
     later = NOW + timedelta(hours=72)
     again = decide(request(COLLAPSED), state(per_day, below_floor_since=NOW), p, later)
     vm = first.detail["value_model"]
-    assert vm["basis"] == "per_correct" and vm["value_per_correct_usd"] == pytest.approx(1e-4)
+    assert vm["basis"] == "per_correct" and vm["value_per_correct_usd"] == pytest.approx(1e-3)
     assert vm["below_floor"] is True
-    # Then streams pay at once (288/day: $0.0001 x 5 % x 2,016 = $0.0101 for $0.0017, ROI 5.9, where the
+    # Then streams pay at once (288/day: $0.001 x 5 % x 2,016 = $0.1008 for $0.0017, ROI 59, where the
     # old one-day horizon gave the issue's 0.857); one prediction a day does not, and waits for the floor rule
     if per_day >= 288:
         assert first.verdict is Verdict.APPROVE
-        assert vm["roi"] == pytest.approx(1e-4 * 0.05 * per_day * 7 / CHEAP)
+        assert vm["roi"] == pytest.approx(1e-3 * 0.05 * per_day * 7 / CHEAP)
     else:
         assert first.verdict is Verdict.REJECT and first.detail["reject_rules"] == ["roi"]
     # and 72 hours on, every rate has been retrained
@@ -140,10 +140,10 @@ def test_the_same_gap_is_valued_over_the_same_horizon_at_every_rate():
 def test_the_issue_five_minute_case_is_approved_now():
     # Given 288 predictions a day, live 0.288 against 0.690, no returns, a $0.0017 estimate
     d = decide(request({"baseline_accuracy": 0.690, "current_accuracy": 0.288}), state(288.0), Policy(), NOW)
-    # Then benefit $0.0001 x 5 pt % x 2,016 = $0.0101: ROI 5.93 >= 1.5
+    # Then benefit $0.001 x 5 pt % x 2,016 = $0.1008: ROI 59 >= 1.5
     assert d.verdict is Verdict.APPROVE
-    assert rule(d, "roi").value == pytest.approx(0.01008 / CHEAP, rel=1e-3)
-    assert "$0.0101 = $0.0001/correct x 5 pt x 2016 predictions (288/d x 7 d)" in rule(d, "roi").detail
+    assert rule(d, "roi").value == pytest.approx(0.1008 / CHEAP, rel=1e-3)
+    assert "$0.1008 = $0.001/correct x 5 pt x 2016 predictions (288/d x 7 d)" in rule(d, "roi").detail
 
 
 # -- the floor rule ---------------------------------------------------------------------------
@@ -227,3 +227,20 @@ def test_a_critical_emergency_still_meets_the_monthly_cap_and_a_pause():
     paused = decide(crit, state(288.0, paused=True), Policy(), NOW)
     assert capped.verdict is Verdict.DEFER and capped.detail["defer_rules"] == ["budget_monthly"]
     assert paused.verdict is Verdict.REJECT and paused.detail["reject_rules"] == ["paused"]
+
+
+def test_a_daily_model_learning_from_a_year_is_valued_over_that_year_and_retrained_at_once():
+    # Given a daily model without returns whose training window is a year, collapsed but above... its floor
+    # clock not started: only the horizon can make it pay
+    p = Policy()
+    week = decide(request(COLLAPSED), state(1.0), p, NOW)
+    year = decide(request(COLLAPSED), state(1.0, lookback_days=365.0), p, NOW)
+    # Then over a week one prediction a day does not pay, over the year it learned from it does
+    assert week.verdict is Verdict.REJECT and week.detail["value_model"]["horizon_days"] == 7.0
+    vm = year.detail["value_model"]
+    assert vm["horizon_days"] == 365.0 and vm["predictions"] == pytest.approx(365.0)
+    assert vm["benefit_usd"] == pytest.approx(1e-3 * 0.05 * 365)
+    assert year.verdict is Verdict.APPROVE, rule(year, "roi").detail
+    assert "x 365 d)" in rule(year, "roi").detail
+    # and a fast model's horizon stays the week: its lookback is shorter
+    assert value_model(request(COLLAPSED), state(288.0, lookback_days=2.0), p)["horizon_days"] == 7.0

@@ -1,0 +1,125 @@
+"""The rules that send production back to ``previous`` (retrain.watch) and the emergency episode."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from retrain.domain import Severity
+from retrain.emergency import EmergencyEpisode
+from retrain.watch import judge_previous, judge_watch, level_worse_p
+from retrain.windows import Counts
+
+T = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+
+def acc(n: int, accuracy: float) -> Counts:
+    """``n`` outcomes, half of each label, at ``accuracy``."""
+    hits = round(n * accuracy)
+    tp = hits // 2
+    fn = n // 2 - tp
+    tn = hits - tp
+    fp = n - hits - fn
+    return Counts(n=n, tp=tp, fp=fp, tn=tn, fn=fn)
+
+
+def rets(n: int, mean: float, sd: float) -> Counts:
+    return Counts(n=n, tp=n // 2, tn=n - n // 2, ret_sum=mean * n, ret_sq_sum=(sd * sd * (n - 1) + mean * mean * n))
+
+
+# ----------------------------------------------------------------------------- level test
+def test_level_worse_p_is_small_far_below_the_level_and_large_at_or_above_it():
+    assert level_worse_p(acc(2000, 0.50), 0.60) < 1e-10
+    assert level_worse_p(acc(2000, 0.60), 0.60) > 0.4
+    assert level_worse_p(acc(2000, 0.62), 0.60) > 0.9
+    assert level_worse_p(acc(20, 0.50), 0.60) > 0.05  # the same gap on 20 outcomes proves nothing
+
+
+def test_precision_and_recall_are_tested_on_their_own_denominators():
+    # 100 predicted positives, 40 right: precision 0.40
+    c = Counts(n=1000, tp=40, fp=60, tn=850, fn=50)
+    assert level_worse_p(c, 0.60, "precision") < 0.001
+    assert level_worse_p(c, 0.40, "recall") > 0.5  # recall 40/90 = 0.44
+    assert level_worse_p(Counts(n=10, tn=10), 0.5, "precision") == 1.0  # nothing predicted positive
+
+
+def test_f1_and_sharpe_use_normal_approximations():
+    c = acc(4000, 0.50)
+    assert level_worse_p(c, c.f1 + 0.05, "f1") < 0.001 < 0.4 < level_worse_p(c, c.f1, "f1")
+    live = rets(5000, 0.0, 1.0)
+    assert level_worse_p(live, 0.10, "sharpe") < 0.001
+    assert level_worse_p(live, -0.10, "sharpe") > 0.99
+    with pytest.raises(ValueError):
+        level_worse_p(c, 0.5, "auc")
+
+
+# ----------------------------------------------------------------------------- on an emergency
+def test_previous_with_live_outcomes_that_scored_better_is_served_again():
+    v = judge_previous(acc(3000, 0.45), acc(3000, 0.59), {"accuracy": 0.50}, min_samples=1000)
+    assert v.rollback and v.figures["source"] == "live"
+    assert v.figures["previous"] == 0.59 and v.figures["production"] == 0.45 and v.figures["p_worse"] < 0.05
+
+
+def test_previous_that_did_not_score_better_stays_the_rollback_target():
+    v = judge_previous(acc(3000, 0.55), acc(3000, 0.50), {"accuracy": 0.70}, min_samples=1000)
+    assert not v.rollback and v.figures["source"] == "live"  # live figures win over its baseline
+    assert "not better" in v.reason
+
+
+def test_without_live_outcomes_previous_is_judged_by_its_validated_level():
+    v = judge_previous(acc(3000, 0.50), acc(30, 0.40), {"accuracy": 0.60}, min_samples=1000)
+    assert v.rollback and v.figures["source"] == "baseline" and v.figures["previous"] == 0.60
+    v = judge_previous(acc(3000, 0.61), Counts(), {"accuracy": 0.60}, min_samples=1000)
+    assert not v.rollback and v.figures["source"] == "baseline"
+
+
+def test_a_better_previous_without_significance_or_data_does_not_move_production():
+    # 0.58 vs 0.60 on 1,000 outcomes: better, not significantly
+    v = judge_previous(acc(1000, 0.58), Counts(), {"accuracy": 0.60}, min_samples=1000)
+    assert not v.rollback and "not significantly" in v.reason
+    assert judge_previous(acc(500, 0.30), Counts(), {"accuracy": 0.60}, min_samples=1000).figures["source"] is None
+    assert not judge_previous(acc(3000, 0.30), Counts(), None, min_samples=1000).rollback
+
+
+# ----------------------------------------------------------------------------- after a promotion
+def watch(live: Counts, hours: float = 5.0, level: float = 0.60, **kw):
+    args = {"watch_hours": 72.0, "degradation": 0.10, "confidence": 0.95, "min_samples": 1000, **kw}
+    return judge_watch(live, {"accuracy": level}, promoted_at=T, now=T + timedelta(hours=hours), **args)
+
+
+def test_a_significant_degradation_of_ten_percent_or_more_rolls_back():
+    v = watch(acc(5000, 0.52))  # -13 %
+    assert v.action == "rollback" and v.figures["relative"] <= -0.10 and v.figures["p_worse"] <= 0.05
+    assert v.figures["predecessor"] == 0.60 and v.figures["production_n"] == 5000
+
+
+def test_a_small_or_insignificant_degradation_does_not():
+    assert watch(acc(20000, 0.57)).action == "watch"  # -5 %: significant, but under the limit
+    v = watch(acc(50, 0.50), min_samples=50)  # -17 % on 50 outcomes: not significant
+    assert v.action == "hold" and v.figures["p_worse"] > 0.05
+    assert watch(acc(200, 0.40)).action == "watch"  # fewer than min_samples outcomes: not judged
+    # exactly -10 % (up to rounding) counts as 10 %
+    assert watch(Counts(n=1200, tp=300, tn=240, fp=330, fn=330), level=0.50).action == "rollback"
+
+
+def test_the_watch_ends_after_its_period_and_can_be_switched_off():
+    assert watch(acc(5000, 0.40), hours=72.5).action == "ended"
+    assert watch(acc(5000, 0.40), watch_hours=0).action == "off"
+    assert judge_watch(acc(5000, 0.4), None, promoted_at=T, now=T + timedelta(hours=1), watch_hours=72,
+                       degradation=0.1, confidence=0.95).action == "watch"
+
+
+# ----------------------------------------------------------------------------- the episode
+def test_firings_no_more_than_the_gap_apart_are_one_episode():
+    gap = timedelta(minutes=60)
+    e = EmergencyEpisode.observe(None, T, Severity.HIGH, "1.2.0", gap)
+    e = EmergencyEpisode.observe(e, T + timedelta(minutes=50), Severity.MEDIUM, "1.2.0", gap)
+    e = EmergencyEpisode.observe(e, T + timedelta(minutes=100), Severity.CRITICAL, "1.1.0", gap)
+    assert (e.started_at, e.last_fired_at, e.severity, e.production) == (T, T + timedelta(minutes=100), "CRITICAL",
+                                                                         "1.2.0")
+    e = EmergencyEpisode(e.started_at, e.last_fired_at, e.severity, e.production, "req-1", {"from": "a", "to": "b"},
+                         ("run-1",))
+    assert EmergencyEpisode.from_json(e.to_json()) == e
+    later = EmergencyEpisode.observe(e, T + timedelta(minutes=161), Severity.LOW, "1.2.0", gap)
+    assert later.started_at == T + timedelta(minutes=161) and later.request_id is None and later.rolled_back is None
