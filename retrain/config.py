@@ -187,8 +187,9 @@ class RolloutSettings(_Strict):
     rollback_degradation: float = Field(0.10, gt=0, lt=1)
     manual_gate: bool = False
     # After a full promotion, production is rolled back to the version it replaced when its live
-    # primary metric falls `watch_degradation` below that version's validated level, significantly
-    # at validation.confidence, within `watch_hours` (0: no watch); see retrain.watch.
+    # primary metric falls `watch_degradation` below that version's live level just before the
+    # promotion (its validated level when it has too few live outcomes), significantly at
+    # validation.confidence, within `watch_hours` (0: no watch); see retrain.watch.
     watch_hours: float = Field(72.0, ge=0)
     watch_degradation: float = Field(0.10, gt=0, lt=1)
 

@@ -26,19 +26,33 @@ emergency episode, so two versions cannot take turns.
 
 **After a full promotion** (:func:`judge_watch`). For ``watch_hours`` after a version
 became production through a promotion, its live primary metric since the promotion is
-compared with the validated level of the version it replaced (that version's
-``baseline``). ``rollback`` when it is at least ``watch_degradation`` (relative, 10 %)
-below that level *and* a one-sided test of its outcomes against the level
-(:func:`level_worse_p`) rejects "as good" at ``confidence``; ``hold`` while it looks
-that much worse without the evidence; ``watch`` otherwise; ``ended`` after the period.
+compared with the level of the version it replaced, like with like:
+
+* its *live* level as it served just before the promotion, when it has at least
+  ``min_samples`` labelled outcomes there (the caller passes them: production's outcomes
+  during the rollout that ended in the promotion, or over the ``thresholds.window_minutes``
+  before it), with the two-sample one-sided test of the canary (:func:`worse_p`: Fisher on
+  hits and misses, Welch on returns); figures ``reference: "live"``;
+* otherwise its validated level (its holdout ``baseline``), with the one-sample test of
+  :func:`level_worse_p`; figures ``reference: "holdout"``. A holdout score usually runs
+  higher than a live one, which is why it is only the fallback.
+
+``rollback`` when it is at least ``watch_degradation`` (relative, 10 %) below that level
+*and* the test rejects "as good" at ``confidence``; ``hold`` while it looks that much
+worse without the evidence; ``watch`` otherwise; ``ended`` after the period.
 
 >>> from datetime import datetime, timedelta, timezone
 >>> t = datetime(2026, 1, 5, tzinfo=timezone.utc)
 >>> live = Counts(n=2000, tp=500, tn=500, fp=500, fn=500)          # accuracy 0.50
 >>> v = judge_watch(live, {"accuracy": 0.60}, promoted_at=t, now=t + timedelta(hours=5), watch_hours=72,
 ...                 degradation=0.10, confidence=0.95, min_samples=500)
->>> v.action, v.figures["relative"]
-('rollback', -0.166667)
+>>> v.action, v.figures["reference"], v.figures["relative"]
+('rollback', 'holdout', -0.166667)
+>>> before = Counts(n=2000, tp=520, tn=520, fp=480, fn=480)        # it served at 0.52 before
+>>> v = judge_watch(live, {"accuracy": 0.60}, promoted_at=t, now=t + timedelta(hours=5), watch_hours=72,
+...                 degradation=0.10, confidence=0.95, min_samples=500, predecessor_live=before)
+>>> v.action, v.figures["reference"], v.figures["reference_n"], v.figures["predecessor"]
+('watch', 'live', 2000, 0.52)
 >>> judge_watch(live, {"accuracy": 0.60}, promoted_at=t, now=t + timedelta(hours=73), watch_hours=72,
 ...             degradation=0.10, confidence=0.95, min_samples=500).action
 'ended'
@@ -169,30 +183,47 @@ def judge_previous(production: Counts, previous_live: Counts, previous_baseline:
 
 def judge_watch(production: Counts, predecessor_baseline: dict | None, *, promoted_at: datetime, now: datetime,
                 watch_hours: float, degradation: float, confidence: float, metric: str = "accuracy",
-                min_samples: int = 1) -> BackVerdict:
+                min_samples: int = 1, predecessor_live: Counts | None = None,
+                live_span: str = "before its promotion") -> BackVerdict:
     """After a full promotion: ``rollback``, ``hold``, ``watch``, ``ended`` or ``off``. See the module docstring.
 
-    ``production`` is its labelled outcomes since ``promoted_at``; ``predecessor_baseline``
-    the validated metrics of the version it replaced.
+    ``production`` is its labelled outcomes since ``promoted_at``; ``predecessor_live``
+    the labelled outcomes of the version it replaced as it served just before (None or
+    fewer than ``min_samples``: its holdout level is the reference instead), described
+    in the reason as served ``live_span``; ``predecessor_baseline`` that version's
+    validated metrics.
     """
     alpha = 1.0 - confidence
     hours = (now - promoted_at).total_seconds() / 3600.0
+    before = predecessor_live if predecessor_live is not None else Counts()
     figures: dict[str, Any] = {"metric": metric, "hours": round(hours, 4), "watch_hours": watch_hours,
-                               "watch_degradation": degradation, "alpha": round(alpha, 6), "production_n": production.n}
+                               "watch_degradation": degradation, "alpha": round(alpha, 6), "production_n": production.n,
+                               "min_samples": min_samples}
     if watch_hours <= 0:
         return BackVerdict("off", "no post-promotion watch (rollout.watch_hours = 0)", figures)
     if hours > watch_hours:
         return BackVerdict("ended", f"watched {watch_hours:g} h after its promotion", figures)
-    level = (predecessor_baseline or {}).get(metric)
-    if level is None:
-        return BackVerdict("watch", f"the version it replaced has no validated {metric}: nothing to compare", figures)
     live = production.metric(metric)
-    rel = relative_change(live, float(level))
-    p = level_worse_p(production, float(level), metric)
-    figures.update(production=_r(live), predecessor=_r(float(level)), relative=_r(rel), p_worse=_r(p, 8))
+    level_live = before.metric(metric) if before.n >= min_samples else float("nan")
+    if math.isfinite(level_live):
+        reference, level = "live", level_live
+        p = worse_p(production, before, metric)
+        what = f"the live {_fmt(level)} of the version it replaced on {before.n} outcomes {live_span}"
+    else:
+        holdout = (predecessor_baseline or {}).get(metric)
+        if holdout is None:
+            return BackVerdict("watch", f"the version it replaced has {before.n} live outcomes {live_span} "
+                               f"(minimum {min_samples}) and no validated {metric}: nothing to compare",
+                               {**figures, "reference": None, "reference_n": before.n})
+        reference, level = "holdout", float(holdout)
+        p = level_worse_p(production, level, metric)
+        what = (f"the validated (holdout) {_fmt(level)} of the version it replaced "
+                f"(it has {before.n} live outcomes {live_span}, minimum {min_samples})")
+    rel = relative_change(live, level)
+    figures.update(reference=reference, reference_n=before.n, production=_r(live), predecessor=_r(level),
+                   relative=_r(rel), p_worse=_r(p, 8))
     summary = (f"live {metric} {_fmt(live)} on {production.n} outcomes since its promotion {hours:.1f} h ago vs "
-               f"the validated {_fmt(float(level))} of the version it replaced "
-               f"({'n/a' if not math.isfinite(rel) else f'{rel:+.1%}'}), p(worse) {p:.3g} at alpha {alpha:.3g}")
+               f"{what} ({'n/a' if not math.isfinite(rel) else f'{rel:+.1%}'}), p(worse) {p:.3g} at alpha {alpha:.3g}")
     if production.n < min_samples:
         return BackVerdict("watch", f"{summary}; {min_samples - production.n} more outcomes needed", figures)
     degraded = math.isfinite(rel) and -rel >= degradation - 1e-9  # 0.45 vs 0.50 is 10 %, not 9.99...%

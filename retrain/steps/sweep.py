@@ -33,9 +33,12 @@ episode, not one per sweep.
 
 Post-promotion watch (:func:`_watch`). For ``rollout.watch_hours`` after a full
 promotion, production's live primary metric since the promotion is compared with the
-validated level of the version it replaced (:func:`retrain.watch.judge_watch`); a
-significant degradation of ``rollout.watch_degradation`` or more rolls it back to that
-version, audited with the figures.
+live level of the version it replaced just before the promotion: its labelled outcomes
+during the rollout that ended in the promotion, or, without one, over the
+``thresholds.window_minutes`` before it; with fewer than ``thresholds.min_samples`` of
+them, its validated (holdout) level (:func:`retrain.watch.judge_watch`). A significant
+degradation of ``rollout.watch_degradation`` or more rolls it back to that version,
+audited with the figures (``reference``: ``live`` or ``holdout``).
 
 Not flooding: one request per model and trigger kind is open at a time, and a
 firing refreshes it with its new evidence. Once that request is closed, a firing
@@ -327,8 +330,10 @@ def _as_counts(rows: np.ndarray):
     return Counts(int(t[0]), int(t[1]), int(t[2]), int(t[3]), int(t[4]), float(t[5]), float(t[6]))
 
 
-def _series(tx: Tx, model: str, version: str, since: datetime, now: datetime) -> np.ndarray:
-    rows = np.asarray(tx.bucket_series(model, version, since, now + timedelta(minutes=1)), dtype=float)
+def _series(tx: Tx, model: str, version: str, since: datetime, now: datetime, *,
+            until: datetime | None = None) -> np.ndarray:
+    """Minute rows of ``version`` from ``since``: up to ``now`` included, or before ``until``."""
+    rows = np.asarray(tx.bucket_series(model, version, since, until or now + timedelta(minutes=1)), dtype=float)
     return rows.reshape(-1, 8)[:, 1:]
 
 
@@ -389,16 +394,37 @@ def _watch(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, now: datetime, res
     row = tx.version(cfg.name, before)
     if row is None or row.deleted_at is not None:
         return None
+    since, span = _before_promotion(tx, cfg, prod, before, move.at)
+    previous_live = _as_counts(_series(tx, cfg.name, before, since, now, until=move.at))
     verdict = judge_watch(_as_counts(_series(tx, cfg.name, prod, move.at, now)), (row.metrics or {}).get("baseline"),
                           promoted_at=move.at, now=now, watch_hours=r.watch_hours, degradation=r.watch_degradation,
                           confidence=cfg.validation.confidence, metric=cfg.primary_metric,
-                          min_samples=cfg.thresholds.min_samples)
+                          min_samples=cfg.thresholds.min_samples, predecessor_live=previous_live,
+                          live_span=f"{'during its rollout' if span == 'rollout' else 'before the promotion'} "
+                                    f"({since:%a %d %H:%M}-{move.at:%a %d %H:%M})")
     if not verdict.rollback:
         return None
+    figures = {**verdict.figures, "reference_span": span,
+               "reference_since": since.isoformat(), "reference_until": move.at.isoformat()}
     if _roll_back(tx, ctx, cfg, prod, before, actor="watch", now=now, result=result,
-                  reason=f"post-promotion watch: {prod} {verdict.reason}", data={"figures": verdict.figures}):
+                  reason=f"post-promotion watch: {prod} {verdict.reason}", data={"figures": figures}):
         return before
     return None
+
+
+def _before_promotion(tx: Tx, cfg: ModelConfig, prod: str, before: str, promoted_at: datetime) -> tuple[datetime, str]:
+    """Since when ``before``'s outcomes show its live level just before ``prod``'s promotion, and which span
+    that is: ``rollout`` or ``window``.
+
+    The rollout that ended in the promotion (its candidate ``prod``, its production
+    ``before``, finished then): production's outcomes over the whole rollout, the
+    conditions the candidate was judged in. Otherwise the performance window before it.
+    """
+    for ro in tx.rollouts(cfg.name, limit=5):
+        if (ro.candidate_version == prod and ro.baseline_version == before and ro.phase == "promoted"
+                and ro.finished_at is not None and abs(ro.finished_at - promoted_at) <= timedelta(minutes=1)):
+            return ro.started_at.replace(second=0, microsecond=0), "rollout"
+    return promoted_at - timedelta(minutes=cfg.thresholds.window_minutes), "window"
 
 
 def _reference(ctx: Context, sha: str) -> np.ndarray:

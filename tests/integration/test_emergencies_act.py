@@ -15,6 +15,7 @@ from retrain.policy import ResourceReading
 from retrain.steps.decide import decide_request
 from retrain.steps.requests import sync_models
 from retrain.steps.sweep import sweep
+from retrain.storage.repo import new_id
 from tests.conftest import T0, make_context
 from tests.rollout_world import MODEL, add_version, aliases, config, make_production, rollout_row, start_candidate
 
@@ -242,7 +243,8 @@ def _promoted_at(ctx, at) -> None:
 
 
 def test_a_promoted_version_significantly_worse_than_its_predecessor_is_rolled_back(pg_url, tmp_path):
-    # Given 1.1.0 promoted five hours ago, serving at 0.50 since (1.0.0 was validated at 0.60)
+    # Given 1.1.0 promoted five hours ago, serving at 0.50 since (1.0.0 was validated at 0.60, and has
+    # no live outcomes before the promotion: its holdout level is the reference)
     ctx = _ctx(pg_url, tmp_path, emergency=False)
     _promoted_at(ctx, ctx.now() - timedelta(hours=5))
     _live(ctx, "1.1.0", ctx.now() - timedelta(hours=5), 300, 0.50)
@@ -255,12 +257,74 @@ def test_a_promoted_version_significantly_worse_than_its_predecessor_is_rolled_b
     f = data["figures"]
     assert actor == "watch" and "post-promotion watch" in msg and "worse than the version it replaced" in msg
     assert f["predecessor"] == 0.60 and f["production_n"] == 18000 and f["relative"] <= -0.10
+    assert f["reference"] == "holdout" and f["reference_n"] == 0  # 1.0.0 has no live outcomes before
     assert f["p_worse"] <= 0.05 and f["watch_hours"] == 72.0
     assert result.rollbacks[0]["by"] == "watch"
     # And the version served again is not watched in turn (it came back by a rollback, not a promotion)
     ctx.clock.advance(timedelta(minutes=5))
     _live(ctx, "1.0.0", ctx.now() - timedelta(minutes=5), 5, 0.30)
     assert sweep(ctx).rollbacks == []
+
+
+def _rollout_ended(ctx, started, at) -> None:
+    """The rollout of 1.1.0 against production 1.0.0, from ``started``, ended in its promotion at ``at``."""
+    with ctx.store.tx() as tx:
+        tx.add_rollout(run_id=new_id(), model=MODEL, candidate_version="1.1.0", baseline_version="1.0.0",
+                       phase="promoted", stages=[10.0, 25.0, 50.0, 100.0], stage=3, share_pct=0.0, started_at=started,
+                       stage_started_at=at - timedelta(hours=1), canary_started_at=started + timedelta(hours=2),
+                       updated_at=at, finished_at=at, gate=None, gate_by=None, scored_until=0, paired={},
+                       figures={}, history=[], outcome="last stage passed")
+
+
+@pytest.mark.parametrize("span", ["window", "rollout"])
+def test_a_promoted_version_serving_as_its_predecessor_did_live_is_not_rolled_back(pg_url, tmp_path, span):
+    # Given 1.0.0 validated at 0.63 but serving at 0.54 before 1.1.0's promotion five hours ago: over the
+    # four hours before it; or during the rollout that ended in it, 8 to 5 h before it (none in the
+    # four hours before it: without the rollout's span, the holdout level would be the reference)
+    ctx = _ctx(pg_url, tmp_path, emergency=False)
+    at = ctx.now() - timedelta(hours=5)
+    _promoted_at(ctx, at)
+    _baseline(ctx, "1.0.0", 0.63)
+    if span == "window":
+        _live(ctx, "1.0.0", at - timedelta(hours=4), 240, 0.54, seed=3)
+    else:
+        _rollout_ended(ctx, at - timedelta(hours=8), at)
+        _live(ctx, "1.0.0", at - timedelta(hours=8), 180, 0.54, seed=3)  # only 3 h: 10,800 outcomes
+        _live(ctx, "1.0.0", at - timedelta(hours=10), 60, 0.70, seed=4)  # before the rollout: not counted
+    # And 1.1.0 serving at 0.54 too since (against the holdout 0.63 alone: -14 %, a rollback)
+    _live(ctx, "1.1.0", at, 300, 0.54, seed=5)
+    # When the sweep runs
+    result = sweep(ctx)
+    # Then production stays 1.1.0: it is no worse than 1.0.0 was, live
+    assert result.rollbacks == [] and aliases(ctx)["production"][0] == "1.1.0"
+    assert _events(ctx, "rollback") == []
+
+
+@pytest.mark.parametrize("span", ["window", "rollout"])
+def test_a_promoted_version_significantly_below_its_predecessors_live_level_is_rolled_back(pg_url, tmp_path, span):
+    # Given 1.0.0 (validated at 0.55) serving at 0.60 before 1.1.0's promotion five hours ago,
+    # and 1.1.0 at 0.52 since: 13 % below the predecessor's live level, above its holdout level
+    ctx = _ctx(pg_url, tmp_path, emergency=False)
+    at = ctx.now() - timedelta(hours=5)
+    _promoted_at(ctx, at)
+    _baseline(ctx, "1.0.0", 0.55)
+    if span == "rollout":
+        _rollout_ended(ctx, at - timedelta(hours=8), at)
+        _live(ctx, "1.0.0", at - timedelta(hours=8), 180, 0.60, seed=3)
+    else:
+        _live(ctx, "1.0.0", at - timedelta(hours=6), 360, 0.60, seed=3)  # 6 h, of which the last 4 count
+    _live(ctx, "1.1.0", at, 300, 0.52, seed=5)
+    # When the sweep runs
+    result = sweep(ctx)
+    # Then production is 1.0.0 again; the audit says the reference was 1.0.0's live level, on how many outcomes
+    assert aliases(ctx)["production"][0] == "1.0.0"
+    [(actor, msg, data)] = _events(ctx, "rollback")
+    f = data["figures"]
+    assert actor == "watch" and "worse than the version it replaced" in msg and "of the version it replaced on" in msg
+    assert f["reference"] == "live" and f["reference_span"] == span
+    assert f["reference_n"] == (10800 if span == "rollout" else 14400) and f["production_n"] == 18000
+    assert 0.58 <= f["predecessor"] <= 0.62 and f["relative"] <= -0.10 and f["p_worse"] <= 0.05
+    assert f["reference_until"] == at.isoformat() and result.rollbacks[0]["figures"]["reference"] == "live"
 
 
 @pytest.mark.parametrize("case", ["small", "insignificant", "after the watch"])

@@ -8,6 +8,7 @@ import pytest
 
 from retrain.domain import Severity
 from retrain.emergency import EmergencyEpisode
+from retrain.rollout import worse_p
 from retrain.watch import judge_previous, judge_watch, level_worse_p
 from retrain.windows import Counts
 
@@ -83,15 +84,59 @@ def test_a_better_previous_without_significance_or_data_does_not_move_production
 
 
 # ----------------------------------------------------------------------------- after a promotion
-def watch(live: Counts, hours: float = 5.0, level: float = 0.60, **kw):
+def watch(live: Counts, hours: float = 5.0, level: float = 0.60, metric: str = "accuracy", **kw):
     args = {"watch_hours": 72.0, "degradation": 0.10, "confidence": 0.95, "min_samples": 1000, **kw}
-    return judge_watch(live, {"accuracy": level}, promoted_at=T, now=T + timedelta(hours=hours), **args)
+    return judge_watch(live, {metric: level}, promoted_at=T, now=T + timedelta(hours=hours), metric=metric, **args)
 
 
 def test_a_significant_degradation_of_ten_percent_or_more_rolls_back():
     v = watch(acc(5000, 0.52))  # -13 %
     assert v.action == "rollback" and v.figures["relative"] <= -0.10 and v.figures["p_worse"] <= 0.05
     assert v.figures["predecessor"] == 0.60 and v.figures["production_n"] == 5000
+    assert v.figures["reference"] == "holdout" and v.figures["reference_n"] == 0
+
+
+# the predecessor's live level before the promotion is the reference when it has min_samples outcomes
+def test_a_version_serving_as_well_as_its_predecessor_did_live_is_kept_despite_a_higher_holdout():
+    # 1.2.0 validated at 0.63 but served at 0.54; 1.5.0 serves at 0.54 too
+    v = watch(acc(5000, 0.54), level=0.63, predecessor_live=acc(3000, 0.54), live_span="during its rollout")
+    assert v.action == "watch" and v.figures["reference"] == "live" and v.figures["reference_n"] == 3000
+    assert v.figures["predecessor"] == 0.54 and v.figures["relative"] == 0.0 and v.figures["p_worse"] > 0.4
+    assert "live 0.5400 of the version it replaced on 3000 outcomes during its rollout" in v.reason
+    # against the holdout alone it would have been rolled back
+    assert watch(acc(5000, 0.54), level=0.63).action == "rollback"
+
+
+def test_a_significant_drop_below_the_predecessors_live_level_rolls_back_by_a_two_sample_test():
+    before = acc(3000, 0.60)
+    v = watch(acc(5000, 0.52), level=0.55, predecessor_live=before)  # -13 % live; above the holdout 0.55
+    assert v.action == "rollback" and v.figures["reference"] == "live" and v.figures["predecessor"] == 0.60
+    assert v.figures["p_worse"] == round(worse_p(acc(5000, 0.52), before), 8) <= 0.05
+    # the same drop on a few outcomes of each: hold, and the two-sample test is less sure than the one-sample one
+    v = watch(acc(150, 0.50), predecessor_live=acc(150, 0.58), min_samples=100)
+    assert v.action == "hold" and v.figures["reference"] == "live"
+    assert v.figures["p_worse"] > watch(acc(150, 0.50), level=0.58, min_samples=100).figures["p_worse"]
+
+
+def test_sharpe_against_the_predecessors_live_returns_uses_welch():
+    before, now_ = rets(4000, 0.10, 1.0), rets(4000, 0.0, 1.0)
+    v = watch(now_, level=0.05, metric="sharpe", predecessor_live=before)
+    assert v.action == "rollback" and v.figures["reference"] == "live"
+    assert v.figures["p_worse"] == round(worse_p(now_, before, "sharpe"), 8) < 0.001
+    assert watch(rets(4000, 0.10, 1.0), level=0.5, metric="sharpe", predecessor_live=before).action == "watch"
+
+
+def test_too_few_or_undefined_live_outcomes_of_the_predecessor_fall_back_to_its_holdout_level():
+    v = watch(acc(5000, 0.52), predecessor_live=acc(999, 0.52))  # one short of min_samples
+    assert v.action == "rollback" and v.figures["reference"] == "holdout" and v.figures["reference_n"] == 999
+    assert "validated (holdout) 0.6000" in v.reason and "999 live outcomes" in v.reason
+    # precision without a predicted positive before the promotion: no live level
+    v = watch(Counts(n=2000, tp=400, fp=600, tn=500, fn=500), level=0.60, metric="precision",
+              predecessor_live=Counts(n=2000, tn=1000, fn=1000))
+    assert v.figures["reference"] == "holdout" and v.action == "rollback"
+    v = judge_watch(acc(5000, 0.4), None, promoted_at=T, now=T + timedelta(hours=1), watch_hours=72, degradation=0.1,
+                    confidence=0.95, min_samples=1000, predecessor_live=acc(10, 0.6))
+    assert v.action == "watch" and v.figures["reference"] is None and "nothing to compare" in v.reason
 
 
 def test_a_small_or_insignificant_degradation_does_not():
