@@ -142,7 +142,8 @@ class EmergencySettings(_Strict):
     # Firings no more than this apart are one episode: one retraining, at most one rollback
     # to `previous`; a rollout in progress is aborted (retrain.emergency.EmergencyEpisode).
     episode_gap_minutes: float = Field(60.0, gt=0)
-    # Roll production back to `previous` when it scored better on the recent window (retrain.watch).
+    # Roll production back to `previous` when it scored better than production on the recent window:
+    # its live level there, else in its last service, else its holdout level (retrain.watch).
     rollback_to_previous: bool = True
 
 

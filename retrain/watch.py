@@ -6,20 +6,28 @@ them and moves the aliases.
 
 **On an emergency** (:func:`judge_previous`). Production is collapsing and a
 retraining is on its way; meanwhile, if the rollback target ``previous`` scored
-better than production on the recent window, serve it again. The recent window is
-the performance trigger's (``thresholds.window_minutes``, 4 h by default), and the
-primary metric is compared:
+better than production does now, serve it again. Production's side is always its live
+primary metric over the recent window (the performance trigger's
+``thresholds.window_minutes``, 4 h by default); ``previous``'s side is the first of
+these references with at least ``min_samples`` outcomes, like with like as far as the
+data allows:
 
-* when ``previous`` has at least ``min_samples`` labelled outcomes of its own in that
-  window (it served it, e.g. until a promotion an hour ago), its live level against
-  production's live level, with the two-sample one-sided test of the canary
+* ``recent``: its own live outcomes in that window (it served it, e.g. until a promotion
+  an hour ago), with the two-sample one-sided test of the canary
   (:func:`retrain.rollout.worse_p`: Fisher on hits and misses, Welch on returns);
-* otherwise its validated level (the holdout ``baseline`` in its version metrics)
-  against production's live level, with the one-sample test of :func:`level_worse_p`.
+* ``service``: its live outcomes from its last service before it was replaced (the
+  caller passes them: the same span the post-promotion watch reads, the rollout that
+  replaced it or the ``thresholds.window_minutes`` before the promotion that did), its
+  live level then standing in for what it would do now, with the same two-sample test
+  that production now is worse than ``previous`` was then;
+* ``holdout``: otherwise its validated level (the holdout ``baseline`` in its version
+  metrics), with the one-sample test of :func:`level_worse_p`. A holdout score usually
+  runs higher than a live one, which is why it is only the last resort.
 
 It rolls back when ``previous`` is better (point estimates) *and* the test says
 production is worse at ``confidence``; never on fewer than ``min_samples`` outcomes
-of production, and never when ``previous`` has neither live data nor a baseline.
+of production, and never when ``previous`` has neither live data nor a baseline. The
+figures name the reference (``reference``, ``reference_n``; the caller adds its span).
 The sweep also never goes back to a ``previous`` that was itself rolled back from (status
 ``rolled_back``: found worse than what serves now), and does it at most once per
 emergency episode, so two versions cannot take turns.
@@ -145,34 +153,58 @@ def _fmt(x: float | None) -> str:
 
 
 def judge_previous(production: Counts, previous_live: Counts, previous_baseline: dict | None, *,
-                   metric: str = "accuracy", confidence: float = 0.95, min_samples: int = 1) -> BackVerdict:
+                   metric: str = "accuracy", confidence: float = 0.95, min_samples: int = 1,
+                   previous_service: Counts | None = None, service_span: str = "before it was replaced",
+                   holdout_n: int | None = None) -> BackVerdict:
     """On an emergency: should production go back to ``previous``? See the module docstring for the rule.
 
     ``production`` and ``previous_live`` are each version's labelled outcomes in the
-    recent window; ``previous_baseline`` is ``previous``'s validated metrics (or None).
+    recent window; ``previous_service`` is ``previous``'s labelled outcomes from its last
+    service before it was replaced (described in the reason as served ``service_span``);
+    ``previous_baseline`` is ``previous``'s validated metrics (or None), measured on
+    ``holdout_n`` rows when known.
+
+    >>> live = Counts(n=2400, tp=600, tn=590, fp=610, fn=600)              # production now: 0.4958
+    >>> then = Counts(n=9000, tp=2200, tn=2210, fp=2290, fn=2300)          # previous served at 0.49
+    >>> v = judge_previous(live, Counts(), {"accuracy": 0.6275}, previous_service=then, min_samples=500)
+    >>> v.action, v.figures["reference"], v.figures["reference_n"], v.figures["previous"]
+    ('stay', 'service', 9000, 0.49)
+    >>> judge_previous(live, Counts(), {"accuracy": 0.6275}, min_samples=500).figures["reference"]
+    'holdout'
     """
     alpha = 1.0 - confidence
     prod = production.metric(metric)
+    service = previous_service if previous_service is not None else Counts()
     figures: dict[str, Any] = {"metric": metric, "production": _r(prod), "production_n": production.n,
-                               "previous_live_n": previous_live.n, "alpha": round(alpha, 6),
+                               "recent_n": previous_live.n, "service_n": service.n, "alpha": round(alpha, 6),
                                "min_samples": min_samples}
     if production.n < min_samples:
         return BackVerdict("stay", f"production has {production.n} labelled outcomes in the window "
-                           f"(minimum {min_samples}): nothing to compare", {**figures, "source": None})
-    if previous_live.n >= min_samples:
-        source, prev = "live", previous_live.metric(metric)
+                           f"(minimum {min_samples}): nothing to compare",
+                           {**figures, "reference": None, "reference_n": None})
+    recent = previous_live.metric(metric) if previous_live.n >= min_samples else float("nan")
+    then = service.metric(metric) if service.n >= min_samples else float("nan")
+    if math.isfinite(recent):
+        reference, prev, n = "recent", recent, previous_live.n
         p = worse_p(production, previous_live, metric)
-        what = f"previous's live {metric} {_fmt(prev)} on {previous_live.n} outcomes"
+        what = f"previous's live {metric} {_fmt(prev)} on {n} outcomes in the window"
+    elif math.isfinite(then):
+        reference, prev, n = "service", then, service.n
+        p = worse_p(production, service, metric)
+        what = (f"previous's live {metric} {_fmt(prev)} on {n} outcomes {service_span}, "
+                f"{previous_live.n} in the window")
     else:
         level = (previous_baseline or {}).get(metric)
         if level is None:
-            return BackVerdict("stay", f"previous has {previous_live.n} live outcomes in the window and no validated "
-                               f"{metric}: nothing to compare", {**figures, "source": None})
-        source, prev = "baseline", float(level)
+            return BackVerdict("stay", f"previous has {previous_live.n} live outcomes in the window, {service.n} "
+                               f"{service_span} (minimum {min_samples}) and no validated {metric}: nothing to "
+                               f"compare", {**figures, "reference": None, "reference_n": None})
+        reference, prev, n = "holdout", float(level), holdout_n
         p = level_worse_p(production, prev, metric)
-        what = f"previous's validated {metric} {_fmt(prev)} (it served {previous_live.n} outcomes in the window)"
+        what = (f"previous's validated (holdout) {metric} {_fmt(prev)} (it has {previous_live.n} live outcomes "
+                f"in the window, {service.n} {service_span}, minimum {min_samples})")
     rel = relative_change(prod, prev)
-    figures.update(source=source, previous=_r(prev), relative=_r(rel), p_worse=_r(p, 8))
+    figures.update(reference=reference, reference_n=n, previous=_r(prev), relative=_r(rel), p_worse=_r(p, 8))
     summary = (f"production's live {metric} {_fmt(prod)} on {production.n} outcomes vs {what}, "
                f"p(production worse) {p:.3g} at alpha {alpha:.3g}")
     better = math.isfinite(prev) and math.isfinite(prod) and prev > prod

@@ -25,8 +25,12 @@ than ``emergency.episode_gap_minutes`` apart, kept in the ``controls`` row
 ``emergency:MODEL``). In the sweep's transaction, in order: every rollout of the model
 in shadow or canary, other than the episode's own retraining's, is aborted (alias
 cleared, share 0 %, audited with the emergency); once per episode, production is rolled
-back to ``previous`` when it scored better on the recent window
-(:func:`retrain.watch.judge_previous`, audited with the figures); then the request is
+back to ``previous`` when it scored better than production does on the recent window
+(:func:`retrain.watch.judge_previous`, audited with the figures): ``previous``'s own
+outcomes in that window, else those from its last service before it was replaced (the
+span the post-promotion watch reads: the rollout that replaced it, or the
+``thresholds.window_minutes`` before), else its holdout level (``reference``: ``recent``,
+``service`` or ``holdout``); then the request is
 opened, on the version now serving, unless the episode already has its retraining
 (its request started or joined a run, whatever became of it): one retraining per
 episode, not one per sweep.
@@ -352,10 +356,42 @@ def _judge_previous(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, window: n
         return {"to": previous, "action": "stay", "figures": {},
                 "reason": f"previous {previous} was itself rolled back from; it is not served again automatically"}
     since = now - timedelta(minutes=cfg.thresholds.window_minutes)
-    verdict = judge_previous(_as_counts(window), _as_counts(_series(tx, cfg.name, previous, since, now)),
-                             (row.metrics or {}).get("baseline"), metric=cfg.primary_metric,
-                             confidence=cfg.validation.confidence, min_samples=cfg.thresholds.min_samples)
-    return {"to": previous, "action": verdict.action, "reason": verdict.reason, "figures": verdict.figures}
+    recent = _as_counts(_series(tx, cfg.name, previous, since, now))
+    service, served = None, _last_service(tx, cfg, previous, now)
+    service_span = "before it was replaced"
+    if served is not None:
+        s_since, s_until, s_span, replaced_by = served
+        service = _as_counts(_series(tx, cfg.name, previous, s_since, now, until=s_until))
+        service_span = (f"{'during the rollout of' if s_span == 'rollout' else 'before it was replaced by'} "
+                        f"{replaced_by} ({s_since:%a %d %H:%M}-{s_until:%a %d %H:%M})")
+    metrics = row.metrics or {}
+    verdict = judge_previous(_as_counts(window), recent, metrics.get("baseline"), metric=cfg.primary_metric,
+                             confidence=cfg.validation.confidence, min_samples=cfg.thresholds.min_samples,
+                             previous_service=service, service_span=service_span,
+                             holdout_n=(metrics.get("holdout") or {}).get("n"))
+    figures = dict(verdict.figures)
+    if figures.get("reference") == "recent":
+        figures.update(reference_span="window", reference_since=since.isoformat(), reference_until=now.isoformat())
+    elif figures.get("reference") == "service":
+        figures.update(reference_span=s_span, reference_since=s_since.isoformat(), reference_until=s_until.isoformat(),
+                       replaced_by=replaced_by)
+    elif figures.get("reference") == "holdout":
+        figures.update(reference_span="holdout")
+    return {"to": previous, "action": verdict.action, "reason": verdict.reason, "figures": figures}
+
+
+def _last_service(tx: Tx, cfg: ModelConfig, version: str, now: datetime) -> tuple[datetime, datetime, str, str] | None:
+    """``version``'s last service as production before it was replaced: (since, until, span, replaced by), or None.
+
+    The newest move of ``production`` away from it, and the span the post-promotion watch
+    reads before such a move (:func:`_before_promotion`): the rollout that replaced it
+    (``rollout``), or the ``thresholds.window_minutes`` before (``window``).
+    """
+    for move in reversed(tx.alias_moves(cfg.name, alias="production", until=now, limit=50)):
+        if move.from_version == version and move.to_version and move.to_version != version:
+            since, span = _before_promotion(tx, cfg, move.to_version, version, move.at)
+            return since, move.at, span, move.to_version
+    return None
 
 
 def _roll_back(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, target: str, *, actor: str, reason: str,

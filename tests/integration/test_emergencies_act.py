@@ -5,7 +5,7 @@ on a simulated clock; live results are written as the ingest step's metric bucke
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
@@ -137,7 +137,8 @@ def test_on_an_emergency_production_goes_back_to_a_previous_that_served_better(p
     [(actor, msg, data)] = _events(ctx, "rollback")
     f = data["figures"]
     assert actor == "emergency" and "previous scored better" in msg and "a retraining follows" in msg
-    assert f["source"] == "live" and f["previous_live_n"] == 3600 and f["previous"] > f["production"]
+    assert f["reference"] == "recent" and f["reference_n"] == f["recent_n"] == 3600 and f["previous"] > f["production"]
+    assert f["reference_span"] == "window" and f["reference_until"] == now.isoformat()
     assert f["p_worse"] <= 0.05 and data["emergency"]["severity"] == "CRITICAL"
     # And the retraining still runs: the request names the version now serving, so it is not superseded
     [req] = _emergency_requests(ctx)
@@ -158,7 +159,7 @@ def test_a_previous_without_live_outcomes_is_judged_by_its_validated_level(pg_ur
     result = sweep(ctx)
     # Then 1.0.0's validated 0.60 beats 1.1.0's live level: production goes back to it
     assert aliases(ctx)["production"][0] == "1.0.0"
-    assert result.rollbacks[0]["figures"]["source"] == "baseline"
+    assert result.rollbacks[0]["figures"]["reference"] == "holdout"
     assert result.rollbacks[0]["figures"]["previous"] == 0.60
 
 
@@ -175,7 +176,7 @@ def test_no_rollback_when_previous_did_not_score_better(pg_url, tmp_path):
     assert _events(ctx, "rollback") == []
     [req] = _emergency_requests(ctx)
     prev = req.evidence["previous"]
-    assert prev["action"] == "stay" and prev["figures"]["source"] == "baseline" and req.evidence["version"] == "1.1.0"
+    assert prev["action"] == "stay" and prev["figures"]["reference"] == "holdout" and req.evidence["version"] == "1.1.0"
     assert decide_request(ctx, req.id, ROOM).verdict == "approve"
 
 
@@ -192,6 +193,74 @@ def test_an_emergency_never_goes_back_to_a_version_that_was_rolled_back_from(pg_
     assert result.rollbacks == [] and aliases(ctx)["production"][0] == "1.1.0"
     [req] = _emergency_requests(ctx)
     assert req.evidence["previous"]["action"] == "stay" and "itself rolled back" in req.evidence["previous"]["reason"]
+
+
+def _replaced(ctx, span: str, level: float, *, holdout: float) -> datetime:
+    """1.0.0 (validated at ``holdout``) served at ``level`` live until 1.1.0's promotion eleven hours ago: over
+    the four hours before it (``window``), or during the rollout that ended in it, 8 to 5 h before it
+    (``rollout``: none in the four hours before). Returns the promotion's time."""
+    at = ctx.now() - timedelta(hours=11)
+    _promoted_at(ctx, at)
+    _baseline(ctx, "1.0.0", holdout)
+    if span == "window":
+        _live(ctx, "1.0.0", at - timedelta(hours=4), 240, level, seed=3)
+    else:
+        _rollout_ended(ctx, at - timedelta(hours=8), at)
+        _live(ctx, "1.0.0", at - timedelta(hours=8), 180, level, seed=3)
+        _live(ctx, "1.0.0", at - timedelta(hours=10), 60, 0.70, seed=4)  # before the rollout: not counted
+    return at
+
+
+def _collapses_to(ctx, at, level: float) -> None:
+    """1.1.0 served since ``at``, then collapsed to 0.10 for the last 15 minutes: ``level`` over the window."""
+    before = (level * 240 - 0.10 * 15) / 225
+    now = ctx.now()
+    _live(ctx, "1.1.0", at, int((now - at).total_seconds() // 60) - 15, before, seed=5)
+    _live(ctx, "1.1.0", now - timedelta(minutes=15), 15, 0.10, seed=6)
+
+
+@pytest.mark.parametrize("span", ["window", "rollout"])
+def test_on_an_emergency_a_previous_that_served_no_better_before_it_was_replaced_is_not_served_again(
+        pg_url, tmp_path, span):
+    # Given 1.0.0 validated at 0.63 but serving at 0.49 live until it was replaced, and nothing since
+    ctx = _ctx(pg_url, tmp_path)
+    at = _replaced(ctx, span, 0.49, holdout=0.63)
+    # And 1.1.0 collapsing to 0.52 over the window (against the holdout 0.63 alone: a rollback)
+    _collapses_to(ctx, at, 0.52)
+    # When the sweep runs
+    result = sweep(ctx)
+    # Then production stays 1.1.0: 1.0.0 did no better live; the request says so, and the retraining goes ahead
+    assert result.rollbacks == [] and aliases(ctx)["production"][0] == "1.1.0"
+    assert _events(ctx, "rollback") == []
+    [req] = _emergency_requests(ctx)
+    prev = req.evidence["previous"]
+    f = prev["figures"]
+    assert prev["action"] == "stay" and "not better" in prev["reason"]
+    assert f["reference"] == "service" and f["reference_span"] == span and f["recent_n"] == 0
+    assert f["reference_n"] == (10800 if span == "rollout" else 14400) and f["replaced_by"] == "1.1.0"
+    assert 0.47 <= f["previous"] <= 0.51 and 0.50 <= f["production"] <= 0.54
+    assert f["reference_until"] == at.isoformat()
+    assert req.evidence["version"] == "1.1.0" and decide_request(ctx, req.id, ROOM).verdict == "approve"
+
+
+@pytest.mark.parametrize("span", ["window", "rollout"])
+def test_on_an_emergency_a_previous_that_served_better_before_it_was_replaced_is_served_again(pg_url, tmp_path, span):
+    # Given 1.0.0 (validated at 0.55) serving at 0.62 live until it was replaced, and 1.1.0 collapsing to 0.40
+    ctx = _ctx(pg_url, tmp_path)
+    at = _replaced(ctx, span, 0.62, holdout=0.55)
+    _collapses_to(ctx, at, 0.40)
+    # When the sweep runs
+    result = sweep(ctx)
+    # Then production is 1.0.0 again, by the emergency; the audit names its live level then as the reference
+    assert aliases(ctx)["production"][0] == "1.0.0"
+    [(actor, msg, data)] = _events(ctx, "rollback")
+    f = data["figures"]
+    assert actor == "emergency" and "previous scored better" in msg
+    assert "during the rollout of 1.1.0" in msg if span == "rollout" else "before it was replaced by 1.1.0" in msg
+    assert f["reference"] == "service" and f["reference_span"] == span and f["recent_n"] == 0
+    assert f["reference_n"] == (10800 if span == "rollout" else 14400)
+    assert 0.60 <= f["previous"] <= 0.64 and f["production"] <= 0.42 and f["p_worse"] <= 0.05
+    assert result.rollbacks[0]["figures"]["reference"] == "service"
 
 
 # ----------------------------------------------------------------------------- one retraining per episode

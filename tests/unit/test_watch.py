@@ -58,29 +58,76 @@ def test_f1_and_sharpe_use_normal_approximations():
 # ----------------------------------------------------------------------------- on an emergency
 def test_previous_with_live_outcomes_that_scored_better_is_served_again():
     v = judge_previous(acc(3000, 0.45), acc(3000, 0.59), {"accuracy": 0.50}, min_samples=1000)
-    assert v.rollback and v.figures["source"] == "live"
+    assert v.rollback and v.figures["reference"] == "recent" and v.figures["reference_n"] == 3000
     assert v.figures["previous"] == 0.59 and v.figures["production"] == 0.45 and v.figures["p_worse"] < 0.05
 
 
 def test_previous_that_did_not_score_better_stays_the_rollback_target():
     v = judge_previous(acc(3000, 0.55), acc(3000, 0.50), {"accuracy": 0.70}, min_samples=1000)
-    assert not v.rollback and v.figures["source"] == "live"  # live figures win over its baseline
+    assert not v.rollback and v.figures["reference"] == "recent"  # live figures win over its baseline
     assert "not better" in v.reason
 
 
-def test_without_live_outcomes_previous_is_judged_by_its_validated_level():
-    v = judge_previous(acc(3000, 0.50), acc(30, 0.40), {"accuracy": 0.60}, min_samples=1000)
-    assert v.rollback and v.figures["source"] == "baseline" and v.figures["previous"] == 0.60
+def test_recent_outcomes_of_previous_win_over_its_service_before_it_was_replaced():
+    v = judge_previous(acc(3000, 0.50), acc(1500, 0.51), {"accuracy": 0.70}, min_samples=1000,
+                       previous_service=acc(9000, 0.60))
+    assert not v.rollback and v.figures["reference"] == "recent" and v.figures["reference_n"] == 1500
+    assert v.figures["recent_n"] == 1500 and v.figures["service_n"] == 9000
+
+
+# previous served nothing in the window: its live level from its last service is the reference
+def test_previous_that_served_no_better_live_before_it_was_replaced_is_not_served_again_despite_its_holdout():
+    # 1.2.0 validated at 0.6275 but served at 0.49 during 1.5.0's rollout; 1.5.0 collapses to 0.50
+    then = acc(9000, 0.49)
+    v = judge_previous(acc(2400, 0.50), Counts(), {"accuracy": 0.6275}, min_samples=1000, previous_service=then,
+                       service_span="during the rollout of 1.5.0")
+    assert not v.rollback and v.figures["reference"] == "service" and v.figures["reference_n"] == 9000
+    assert v.figures["previous"] == 0.49 and "not better" in v.reason
+    assert "0.4900 on 9000 outcomes during the rollout of 1.5.0, 0 in the window" in v.reason
+    # against the holdout alone it would have gone back
+    assert judge_previous(acc(2400, 0.50), Counts(), {"accuracy": 0.6275}, min_samples=1000).rollback
+
+
+def test_previous_that_served_better_live_before_it_was_replaced_is_served_again_by_a_two_sample_test():
+    then, now_ = acc(9000, 0.62), acc(2400, 0.40)
+    v = judge_previous(now_, acc(200, 0.30), {"accuracy": 0.55}, min_samples=1000, previous_service=then)
+    assert v.rollback and v.figures["reference"] == "service" and v.figures["previous"] == 0.62
+    assert v.figures["p_worse"] == round(worse_p(now_, then), 8) <= 0.05
+    assert v.figures["recent_n"] == 200 and v.figures["service_n"] == 9000
+    # better by a little on a few outcomes: not significantly
+    v = judge_previous(acc(1000, 0.58), Counts(), {"accuracy": 0.70}, min_samples=1000,
+                       previous_service=acc(1000, 0.60))
+    assert not v.rollback and v.figures["reference"] == "service" and "not significantly" in v.reason
+
+
+def test_sharpe_against_previous_returns_from_its_service_uses_welch():
+    then, now_ = rets(4000, 0.10, 1.0), rets(4000, -0.05, 1.0)
+    v = judge_previous(now_, Counts(), {"sharpe": -0.5}, metric="sharpe", min_samples=1000, previous_service=then)
+    assert v.rollback and v.figures["reference"] == "service"
+    assert v.figures["p_worse"] == round(worse_p(now_, then, "sharpe"), 8) < 0.001
+
+
+def test_without_enough_live_outcomes_previous_is_judged_by_its_validated_level():
+    v = judge_previous(acc(3000, 0.50), acc(30, 0.40), {"accuracy": 0.60}, min_samples=1000,
+                       previous_service=acc(999, 0.40), holdout_n=961)
+    assert v.rollback and v.figures["reference"] == "holdout" and v.figures["previous"] == 0.60
+    assert v.figures["reference_n"] == 961 and v.figures["recent_n"] == 30 and v.figures["service_n"] == 999
+    assert "validated (holdout) accuracy 0.6000" in v.reason
     v = judge_previous(acc(3000, 0.61), Counts(), {"accuracy": 0.60}, min_samples=1000)
-    assert not v.rollback and v.figures["source"] == "baseline"
+    assert not v.rollback and v.figures["reference"] == "holdout"
+    # precision without a predicted positive in its service: no live level there either
+    v = judge_previous(Counts(n=2000, tp=300, fp=700, tn=500, fn=500), Counts(), {"precision": 0.60},
+                       metric="precision", min_samples=1000, previous_service=Counts(n=2000, tn=1000, fn=1000))
+    assert v.figures["reference"] == "holdout" and v.rollback
 
 
 def test_a_better_previous_without_significance_or_data_does_not_move_production():
     # 0.58 vs 0.60 on 1,000 outcomes: better, not significantly
     v = judge_previous(acc(1000, 0.58), Counts(), {"accuracy": 0.60}, min_samples=1000)
     assert not v.rollback and "not significantly" in v.reason
-    assert judge_previous(acc(500, 0.30), Counts(), {"accuracy": 0.60}, min_samples=1000).figures["source"] is None
-    assert not judge_previous(acc(3000, 0.30), Counts(), None, min_samples=1000).rollback
+    assert judge_previous(acc(500, 0.30), Counts(), {"accuracy": 0.60}, min_samples=1000).figures["reference"] is None
+    v = judge_previous(acc(3000, 0.30), Counts(), None, min_samples=1000, previous_service=acc(10, 0.9))
+    assert not v.rollback and v.figures["reference"] is None and "nothing to compare" in v.reason
 
 
 # ----------------------------------------------------------------------------- after a promotion
