@@ -9,7 +9,7 @@ years to fill them, so its triggers could never fire.
 :func:`settings_for_rate` sizes them by *time* instead, each capped at the default:
 
 * performance: at most a month of outcomes as ``min_samples`` (at least 30), a window
-  of three times that (at least the default 4 h), and ``arl0`` five years of outcomes
+  of three times that when it shrank, 1.25 times otherwise (at least the default 4 h), and ``arl0`` five years of outcomes
   (at least 500; by simulation a daily model at its baseline then fires about once in
   60 years of daily sweeps): the CUSUM's threshold follows the
   logarithm of ``arl0``, so a slow model sees a collapse within weeks, not never;
@@ -49,7 +49,8 @@ def settings_for_rate(rows_per_minute: float, *, min_samples: int = 2000, window
     from the given defaults; each sample size only shrinks and each window only widens."""
     r = max(float(rows_per_minute), 1e-9)
     perf_n = int(min(min_samples, max(30, round(r * MONTH_MIN))))
-    perf_window = max(window_minutes, math.ceil(3 * perf_n / r))
+    # A shrunk sample gets a window of three times it, for the CUSUM to climb in; otherwise 1.25 times.
+    perf_window = max(window_minutes, math.ceil((3.0 if perf_n < min_samples else 1.25) * perf_n / r))
     alarm = float(min(arl0, max(500.0, round(r * 5 * YEAR_MIN))))
     drift_n = int(min(drift_min_rows, max(50, round(r * MONTH_MIN))))
     drift_window = max(drift_current_minutes, math.ceil(1.25 * drift_n / r))
