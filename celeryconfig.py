@@ -11,8 +11,8 @@ Reliability choices, and why:
   ``RETRAIN_MAX_ATTEMPTS`` so a task that kills its worker cannot loop forever.
 * ``worker_prefetch_multiplier = 1``: a worker holds one message at a time, so an
   emergency queued behind a backlog is the next one taken.
-* Time limits per task kind (``TIME_LIMITS``, soft then hard; other tasks get
-  ``task_soft_time_limit``/``task_time_limit``). A training's soft limit marks its
+* Time limits per task (``TIME_LIMITS``, soft then hard), like the routes and beat's
+  entries, come from the task table (``retrain.tasks``). A training's soft limit marks its
   run failed ("timed out") and gives its slot back; the hard limit kills the child,
   and the attempt cap ends a run that keeps doing that. Limits are enforced by the
   prefork pool only: training workers run ``-P prefork``.
@@ -44,6 +44,7 @@ Reliability choices, and why:
 from __future__ import annotations
 
 from retrain import queues as _q
+from retrain import tasks as _t
 from retrain.settings import load_settings
 
 _settings = load_settings()
@@ -76,23 +77,17 @@ worker_send_task_events = True
 worker_cancel_long_running_tasks_on_connection_loss = False
 broker_connection_retry_on_startup = True
 broker_connection_max_retries = None  # outlive a broker restart
-task_default_queue = "monitoring"
+task_default_queue = _t.MONITORING
 task_create_missing_queues = False
 worker_hijack_root_logger = False
 worker_consumer = "workers.app:RetrainConsumer"
 worker_soft_shutdown_timeout = _settings.soft_shutdown_timeout_s
 broker_connection_retry = True
 
-# (soft, hard) time limits in seconds per task kind; the rest get the two defaults below.
-TIME_LIMITS: dict[str, tuple[int, int]] = {
-    "retrain.train": (_settings.train_soft_time_limit_s, _settings.train_time_limit_s),
-    "retrain.validate": (600, 900),
-    "retrain.sweep": (240, 300),
-    "retrain.evaluate_rollouts": (240, 300),
-    "retrain.retention": (600, 900),
-}
-task_soft_time_limit = 300
-task_time_limit = 360
+# (soft, hard) time limits in seconds per task, from the task table; the two defaults are the
+# table's own default (a task Celery finds outside the table would get them).
+TIME_LIMITS: dict[str, tuple[int, int]] = {name: spec.limits.of(_settings) for name, spec in _t.TASKS.items()}
+task_soft_time_limit, task_time_limit = _t.DEFAULT_LIMITS.of(_settings)
 LONGEST_HARD_LIMIT_S = max([task_time_limit, *(hard for _, hard in TIME_LIMITS.values())])
 
 task_queues = _q.kombu_queues(broker_url, _settings.amqp_max_priority)
@@ -130,22 +125,14 @@ def _beat_schedule() -> dict:
 
     from retrain.config import load_config
 
-    schedule: dict = {
-        "retrain-sweep": {"task": "retrain.sweep", "schedule": _settings.sweep_interval_s, "args": [{"v": 1}]},
-        "retrain-relay": {"task": "retrain.relay", "schedule": _settings.relay_interval_s, "args": [{"v": 1}]},
-        "retrain-reconcile": {"task": "retrain.reconcile", "schedule": _settings.reconcile_interval_s,
-                              "args": [{"v": 1}]},
-        "retrain-retention": {"task": "retrain.retention", "schedule": _settings.retention_interval_s,
-                              "args": [{"v": 1}]},
-        # Shadows and canaries are judged as often as the live metrics are swept.
-        "retrain-evaluate-rollouts": {"task": "retrain.evaluate_rollouts", "schedule": _settings.sweep_interval_s,
-                                      "args": [{"v": 1}]},
-    }
+    schedule: dict = {spec.every.entry: {"task": name, "schedule": spec.every.of(_settings), "args": [{"v": 1}]}
+                      for name, spec in _t.TASKS.items() if spec.every is not None}
     config = load_config(_settings.config_path())
+    (scheduled,) = [name for name, spec in _t.TASKS.items() if spec.crontab_per_model]  # request_retraining
     for name, model in sorted(config.models.items()):
         for slot, fields in model.schedule.crontab_fields().items():
             schedule[f"retrain-{name}-{slot}"] = {
-                "task": "retrain.request_retraining",
+                "task": scheduled,
                 "schedule": crontab(**fields),
                 # The slot key is filled in by the task from the time it runs (see workers.tasks.decision).
                 "args": [{"v": 1, "model": name, "reason": f"scheduled {slot} retraining", "trigger": "schedule",

@@ -42,6 +42,7 @@ from typing import Any
 
 from retrain.clock import Clock, SystemClock, monotonic, timestamp_of
 from retrain.columns import pack_f8
+from retrain.tasks import INGEST, REQUEST_RETRAINING, ROUTES
 
 __all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender"]
 
@@ -529,7 +530,7 @@ class RetrainClient:
             if self._control_sender is None:
                 self._control_sender = kombu_sender(self._broker_url)
             send = self._control_sender
-        send("retrain.request_retraining", payload, "decision", 3)
+        send(REQUEST_RETRAINING, payload, ROUTES[REQUEST_RETRAINING], 3)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Send everything buffered (predictions still waiting for outcomes stay). True if all went out."""
@@ -813,7 +814,7 @@ class RetrainClient:
                         continue
                     payload = {**payload, "client_dropped": payload.get("client_dropped", 0) + reported}
                 try:
-                    self._send("retrain.ingest", payload, "monitoring", 5)
+                    self._send(INGEST, payload, ROUTES[INGEST], 5)
                 except Exception as exc:  # broker down: keep the batch, back off
                     self._errors += 1
                     self._next_retry = monotonic() + min(self.retry_max_s, 0.5 * 2 ** min(self._errors, 6))

@@ -54,6 +54,7 @@ from typing import Any, Callable
 
 from retrain.client import EncodedIngest, encode_ingest
 from retrain.clock import monotonic
+from retrain.tasks import INGEST
 
 __all__ = ["ProcessRelay", "RelayStats", "RelayBusy", "main"]
 
@@ -140,7 +141,7 @@ class ProcessRelay:
             self.pump()
             if self._out:
                 raise RelayBusy(f"the relay process has not taken the last message yet ({len(self._out)} bytes)")
-            if task == "retrain.ingest":
+            if task == INGEST:
                 enc = payload if type(payload) is EncodedIngest else encode_ingest(payload)
                 rows = enc.rows
                 self._write(_frame({"task": task, "queue": queue, "priority": priority, "rows": rows,
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def acking(task: str, payload: dict, queue: str, priority: int) -> None:
         inner(task, payload, queue, priority)
-        if task == "retrain.ingest" and type(payload) is EncodedIngest:  # (not a drop notice)
+        if task == INGEST and type(payload) is EncodedIngest:  # (not a drop notice)
             answer(f"ack {payload.rows}")
 
     client = RetrainClient(sender=acking, mode="thread")
@@ -436,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
             ok = client.flush(float(msg.get("timeout_s", 10.0)))
             report_drops()
             answer(f"flushed {msg['flush']} {1 if ok else 0}")
-        elif msg.get("task") == "retrain.ingest":
+        elif msg.get("task") == INGEST:
             rows = int(msg.get("rows", 0))
             client.enqueue_payload(EncodedIngest(body, str(msg.get("batch_id", "")), str(msg.get("model", "")), rows,
                                                  int(msg.get("client_dropped", 0))), rows)

@@ -12,24 +12,14 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
+from retrain import tasks
+
 __all__ = ["QUEUES", "ROUTES", "MAX_PRIORITY", "is_redis", "is_amqp", "broker_priority", "kombu_queues",
            "declare_queues", "transport_options"]
 
-QUEUES: tuple[str, ...] = ("monitoring", "decision", "training", "validation", "promotion")
-ROUTES: dict[str, str] = {
-    "retrain.ingest": "monitoring",
-    "retrain.sweep": "monitoring",
-    "retrain.relay": "monitoring",
-    "retrain.reconcile": "monitoring",
-    "retrain.retention": "monitoring",
-    "retrain.request_retraining": "decision",
-    "retrain.decide": "decision",
-    "retrain.train": "training",
-    "retrain.validate": "validation",
-    "retrain.evaluate_rollouts": "validation",
-    "retrain.promote": "promotion",
-    "retrain.rollback": "promotion",
-}
+# Queue names and each task's queue come from the task table (retrain.tasks).
+QUEUES: tuple[str, ...] = tasks.QUEUES
+ROUTES: dict[str, str] = tasks.ROUTES
 MAX_PRIORITY = 9
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 from retrain.clock import monotonic
 from retrain.queues import is_redis
+from retrain.tasks import INGEST
 
 __all__ = ["replaying_sender", "ReplayStats", "redis_run_id", "redeclare_queues"]
 
@@ -76,7 +77,7 @@ def redeclare_queues(broker_url: str) -> Callable[[], None]:
 
 
 def replaying_sender(send: Sender, broker_url: str, *, window_s: float = 120.0, max_messages: int = 200,
-                     tasks: Collection[str] = ("retrain.ingest",), probe: Callable[[], str] | None = None,
+                     tasks: Collection[str] = (INGEST,), probe: Callable[[], str] | None = None,
                      redeclare: Callable[[], None] | None = None, stats: ReplayStats | None = None) -> Sender:
     """Wrap ``send`` so that messages of ``tasks`` sent in the last ``window_s`` seconds are
     sent again after the broker restarts (after declaring the queues again). Thread-safe;

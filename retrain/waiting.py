@@ -26,6 +26,7 @@ from sqlalchemy import and_, or_, select
 from retrain import slots
 from retrain.storage.models import RunRow
 from retrain.storage.repo import ACTIVE_RUN_STATES, Tx
+from retrain.tasks import TRAIN
 
 __all__ = ["dependency_blocker", "describe_dependency", "slot_wait", "wake"]
 
@@ -81,7 +82,7 @@ def wake(tx: Tx, *, depends_on: dict[str, tuple[str, ...]], limit: int, now: dat
         taken += 1
         if skip_dispatched_after is not None and run.dispatched_at and run.dispatched_at > skip_dispatched_after:
             continue  # sent again a moment ago and on its way: it still counts against the free slots
-        tx.enqueue("retrain.train", {"v": 1, "run_id": run.id}, now, priority=run.priority)
+        tx.enqueue(TRAIN, {"v": 1, "run_id": run.id}, now, priority=run.priority)
         run.dispatched_at = now
         sent.append(run.id)
     return sent

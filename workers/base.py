@@ -8,7 +8,9 @@ in the dead-letter table and never retried; a transient one retries with backoff
 Every task acknowledges late and is rejected back to the broker if its worker dies
 (``acks_late``, ``reject_on_worker_lost``): delivery is at least once, which the
 steps make safe (batch ids, run states under row locks, fencing tokens, attempt
-caps). Time limits come from ``celeryconfig.TIME_LIMITS`` unless a task names its own.
+caps). A task's queue, schema, step, time limits and retry policy are its row of the
+task table (:mod:`retrain.tasks`); the limits are read through ``celeryconfig.TIME_LIMITS``
+(the table resolved against the settings).
 """
 
 from __future__ import annotations
@@ -26,13 +28,10 @@ from retrain.errors import PayloadError, StaleLeaseError, TransientError
 from retrain.outbox import relay
 from retrain.payloads import parse_payload
 from retrain.storage.repo import OutboxMessage
+from retrain.tasks import TASKS
 from workers import runtime
 
 log = logging.getLogger("retrain.tasks")
-
-# Tasks beat sends on an interval: a run that meets an outage is simply replaced by the next.
-PERIODIC = frozenset({"retrain.relay", "retrain.reconcile", "retrain.sweep", "retrain.retention",
-                      "retrain.evaluate_rollouts"})
 
 __all__ = ["retrain_task", "publish", "relay_now", "relay_quietly", "dead_letter", "progress_reporter"]
 
@@ -132,28 +131,25 @@ def dead_letter(name: str, reason: str, payload: Any) -> None:
     log.warning("%s: payload rejected and kept in dead_letters: %s", name, reason)
 
 
-def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_limit: int | None = None,
-                 time_limit: int | None = None, max_retries: int = 10, bind: bool = False,
-                 relays: bool = True) -> Callable:
-    """Declare a task: ``fn(ctx, payload[, task])`` with ``payload`` validated against ``schema``.
-
-    ``relays=False`` for a step that never writes the outbox (ingest): it saves a database
-    round trip per message on the hottest path; the periodic relay still covers it."""
+def retrain_task(app, name: str, *, bind: bool = False) -> Callable:
+    """Declare task ``name`` of the task table: ``fn(ctx, payload[, task])`` with ``payload``
+    validated against the row's schema; the body calls the row's step (``retrain.tasks.run``)
+    and turns its result into JSON."""
     import celeryconfig
 
-    default_soft, default_hard = celeryconfig.TIME_LIMITS.get(name, (None, None))
-    soft_time_limit = soft_time_limit if soft_time_limit is not None else default_soft
-    time_limit = time_limit if time_limit is not None else default_hard
+    spec = TASKS[name]
+    schema, queue, policy, relays = spec.payload_schema, spec.queue, spec.retry, spec.relays
+    soft_time_limit, time_limit = celeryconfig.TIME_LIMITS[name]
 
     def wrap(fn: Callable) -> Task:
         @app.task(name=name, queue=queue, bind=True, acks_late=True, reject_on_worker_lost=True,
-                  soft_time_limit=soft_time_limit, time_limit=time_limit, max_retries=max_retries)
+                  soft_time_limit=soft_time_limit, time_limit=time_limit, max_retries=policy.max_retries)
         @functools.wraps(fn)
         def task(self: Task, payload: Any = None, *extra: Any, **kwargs: Any) -> Any:
             try:
                 if extra or kwargs:
                     raise PayloadError(f"{name} takes one JSON object argument")
-                body = parse_payload(schema, payload) if schema is not None else payload
+                body = parse_payload(schema, payload)
                 ctx = runtime.context()
                 result = fn(ctx, body, self) if bind else fn(ctx, body)
             except (PayloadError, StaleLeaseError) as exc:
@@ -161,13 +157,14 @@ def retrain_task(app, *, name: str, schema: type | None, queue: str, soft_time_l
                 relay_quietly()  # a stale attempt may have freed a slot and woken a waiting run
                 return {"rejected": str(exc)}
             except TransientError as exc:
-                if name in PERIODIC:
+                if policy.on_transient == "skip":
                     # The next beat tick does this job again: no retry piling up behind an outage.
                     log.warning("%s: %s; the next periodic run will do it", name, exc)
                     return {"skipped": str(exc)}
                 # Never give up on a transient error (the message would be lost with it); back
-                # off to at most 10 s, so work resumes within seconds of the service's return.
-                raise self.retry(exc=exc, countdown=min(10, 1 + self.request.retries), max_retries=None)
+                # off to at most max_backoff_s (10 s), so work resumes within seconds of the service's return.
+                raise self.retry(exc=exc, countdown=min(policy.max_backoff_s, 1 + self.request.retries),
+                                 max_retries=policy.max_retries)
             except (Retry, SoftTimeLimitExceeded):
                 raise
             except Exception as exc:

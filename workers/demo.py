@@ -67,9 +67,9 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     from retrain.client import RetrainClient
     from retrain.examples.direction import market_from_params
     from retrain.report import print_timeline
-    from retrain.queues import ROUTES
     from retrain.serving import StoreRoutingReader, routes_to_canary
     from retrain.storage.schema import upgrade
+    from retrain.tasks import EVALUATE_ROLLOUTS, REQUEST_RETRAINING, ROUTES, SWEEP
     from workers import runtime
 
     clock = SimClock(DEMO_START)
@@ -146,17 +146,17 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
                     client.report("direction", f"{base}-{i}", rows.X[i].tolist(), int(pred[i]), served_by,
                                   int(rows.y[i]), float(rows.ret[i]), ts=float(rows.ts[i]))
                 client.flush()
-            if "retrain.evaluate_rollouts" in ROUTES and int((clock.now() - DEMO_START) / step) % 3 == 1:
-                send("retrain.evaluate_rollouts", {"v": 1}, ROUTES["retrain.evaluate_rollouts"], 5)
+            if int((clock.now() - DEMO_START) / step) % 3 == 1:
+                send(EVALUATE_ROLLOUTS, {"v": 1}, ROUTES[EVALUATE_ROLLOUTS], 5)
             for slot, sched in schedules.items():
                 due, _ = sched.is_due(last_fired[slot])
                 if due:
                     last_fired[slot] = clock.now()
-                    send("retrain.request_retraining", {"v": 1, "model": "direction", "trigger": "schedule",
-                                                        "slot": slot, "reason": f"scheduled {slot} retraining",
-                                                        "requested_by": "beat"}, "decision", 1)
+                    send(REQUEST_RETRAINING, {"v": 1, "model": "direction", "trigger": "schedule", "slot": slot,
+                                              "reason": f"scheduled {slot} retraining", "requested_by": "beat"},
+                         ROUTES[REQUEST_RETRAINING], 1)
             if int((clock.now() - DEMO_START) / step) % 3 == 0:
-                send("retrain.sweep", {"v": 1}, "monitoring", 5)
+                send(SWEEP, {"v": 1}, ROUTES[SWEEP], 5)
             if not inflight.wait_idle(timeout=120):
                 print("demo: the worker did not finish its tasks within 120 s", file=sys.stderr)
                 return 1

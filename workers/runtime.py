@@ -7,11 +7,13 @@ tests swap the clock with ``set_clock``.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
 
 from retrain.clock import Clock, SystemClock
+from retrain.costs import read_resources
 from retrain.context import Context
 from retrain.settings import Settings, load_settings
 
@@ -23,7 +25,10 @@ _clock: Clock = SystemClock()
 def build_context(settings: Settings | None = None, clock: Clock | None = None) -> Context:
     settings = settings or load_settings()
     worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
-    return Context.from_settings(settings, clock or _clock, worker_id)
+    ctx = Context.from_settings(settings, clock or _clock, worker_id)
+    # The decision reads this node's resources when no training node reported any.
+    ctx.resources = functools.partial(read_resources, settings.artifact_root)
+    return ctx
 
 
 def context() -> Context:

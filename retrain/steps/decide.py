@@ -45,6 +45,7 @@ from retrain.errors import PayloadError
 from retrain.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate
 from retrain.storage.models import RequestRow
 from retrain.storage.repo import DecisionState, Tx
+from retrain.tasks import DECIDE, TRAIN
 
 __all__ = [
     "DECISION_LOCK",
@@ -259,7 +260,7 @@ def start_run(tx: Tx, row: RequestRow, req: RetrainRequest, decision_id: str, es
              f"${estimate:.4f} reserved", model=req.model, subject=run_id,
              data={"request_id": req.id, "decision_id": decision_id, "estimate_usd": estimate,
                    "trigger": req.trigger.value, "requested_by": req.requested_by})
-    tx.enqueue("retrain.train", {"v": 1, "run_id": run_id}, now, priority=req.priority)
+    tx.enqueue(TRAIN, {"v": 1, "run_id": run_id}, now, priority=req.priority)
     return run_id
 
 
@@ -287,7 +288,7 @@ def resolve_pending(ctx: Context, ident: str, *, approve: bool, actor: str, reas
                      model=req.model, subject=subject, data=data)
             row.evidence = {**(row.evidence or {}), "approved_by": actor}
             row.status = "open"
-            tx.enqueue("retrain.decide", {"v": 1, "request_id": row.id}, now, priority=row.priority)
+            tx.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
             return DecideResult(req.id, "approve", f"approved by {actor}; sent back to the decision", subject)
         tx.audit(now, "approval", actor, f"rejected retraining of {req.model}: {reason}", model=req.model,
                  subject=subject, data=data)

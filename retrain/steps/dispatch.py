@@ -1,7 +1,11 @@
 """Run the loop's steps in-process, without a broker: the backtester and tests use it.
 
-Every task name maps to its payload schema and its step, exactly as ``workers.tasks``
-wires them; ``drain`` publishes the outbox to these steps until it is empty.
+Every task of the task table (:mod:`retrain.tasks`) with a core step runs here through
+the same row the Celery task reads: same schema, same step, same arguments. The one
+task without a core step is the broker relay (``retrain.relay``): ``drain`` is its
+in-process counterpart, publishing the outbox to these steps until it is empty. The
+decision's resource reading comes from ``ctx.resources``, as on a worker; the
+backtester's context has none, so a replay never depends on the replaying machine's load.
 """
 
 from __future__ import annotations
@@ -10,53 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 from retrain.context import Context
-from retrain.payloads import DecidePayload, IngestBatch, ManualRequestPayload, RunPayload, SweepPayload, parse_payload
+from retrain.payloads import parse_payload
+from retrain.tasks import TASKS
 
 __all__ = ["STEPS", "run_step", "drain"]
 
 
 def _steps() -> dict[str, tuple[type, Callable[[Context, Any], Any]]]:
-    from retrain.steps.decide import decide_request
-    from retrain.steps.ingest import ingest
-    from retrain.steps.promote import promote_run
-    from retrain.steps.reconcile import reconcile
-    from retrain.steps.requests import request_retraining
-    from retrain.steps.sweep import sweep
-    from retrain.steps.train import train_run
-    from retrain.steps.validate import validate_run
-
-    return {
-        "retrain.ingest": (IngestBatch, ingest),
-        "retrain.sweep": (SweepPayload, lambda ctx, p: sweep(ctx, p.models)),
-        "retrain.reconcile": (SweepPayload, lambda ctx, p: reconcile(ctx)),
-        "retrain.request_retraining": (ManualRequestPayload, request_retraining),
-        "retrain.decide": (DecidePayload, lambda ctx, p: decide_request(ctx, p.request_id)),
-        "retrain.train": (RunPayload, lambda ctx, p: train_run(ctx, p.run_id)),
-        "retrain.validate": (RunPayload, lambda ctx, p: validate_run(ctx, p.run_id)),
-        "retrain.promote": (RunPayload, lambda ctx, p: promote_run(ctx, p.run_id)),
-        **_registry_steps(),
-        **_rollout_steps(),
-    }
+    return {name: (spec.payload_schema, spec.run) for name, spec in TASKS.items() if spec.step is not None}
 
 
-def _rollout_steps() -> dict[str, tuple[type, Callable[[Context, Any], Any]]]:
-    from retrain.steps.rollout_step import evaluate_rollouts
-
-    return {"retrain.evaluate_rollouts": (SweepPayload, lambda ctx, p: evaluate_rollouts(ctx, p.models))}
-
-
-def _registry_steps() -> dict[str, tuple[type, Callable[[Context, Any], Any]]]:
-    from retrain.payloads import RollbackPayload
-    from retrain.steps.promote import rollback
-    from retrain.steps.retention import run_retention
-
-    return {
-        "retrain.rollback": (RollbackPayload, lambda ctx, p: rollback(
-            ctx, p.model, p.version, actor=p.actor, reason=p.reason, from_version=p.from_version)),
-        "retrain.retention": (SweepPayload, lambda ctx, p: run_retention(ctx, p.models)),
-    }
-
-
+#: Task name → (payload schema, step), filled on first use.
 STEPS: dict[str, tuple[type, Callable[[Context, Any], Any]]] = {}
 
 

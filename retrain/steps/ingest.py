@@ -42,6 +42,7 @@ from retrain.columns import unpack_f8
 from retrain.context import Context
 from retrain.errors import PayloadError
 from retrain.payloads import IngestBatch
+from retrain.tasks import INGEST
 
 __all__ = ["IngestResult", "ingest", "check_batch", "CheckedBatch"]
 
@@ -183,7 +184,7 @@ def _dead_row(batch: IngestBatch, c: CheckedBatch, i: int, problem: str, now: da
         x = None if row is None else [v if _is_number(v) else str(v) for v in row]
     else:
         x = [_json_number(float(v)) for v in c.X[i]] if c.X.shape[1] == batch.n_features else None
-    return {"at": now, "source": "retrain.ingest", "model": batch.model, "reason": problem,
+    return {"at": now, "source": INGEST, "model": batch.model, "reason": problem,
             "payload": {"batch_id": batch.batch_id, "id": batch.id[i], "version": batch.version[i],
                         "ts": _json_number(float(c.ts[i])), "x": x,
                         "prediction": batch.prediction[i], "label": batch.label[i],
@@ -198,7 +199,7 @@ def ingest(ctx: Context, batch: IngestBatch) -> IngestResult:
         with ctx.store.tx() as tx:
             if not tx.claim_batch(batch.batch_id, now, 0, n):
                 return IngestResult(batch.batch_id, True, 0, 0, {})
-            tx.dead_letter(now, "retrain.ingest", f"unknown model {batch.model!r}", batch.model_dump(), batch.model)
+            tx.dead_letter(now, INGEST, f"unknown model {batch.model!r}", batch.model_dump(), batch.model)
         return IngestResult(batch.batch_id, False, 0, n, {"unknown model": n})
 
     try:

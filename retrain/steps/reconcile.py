@@ -26,15 +26,16 @@ from datetime import datetime, timedelta
 from retrain import slots
 from retrain.context import Context
 from retrain.lifecycle import finish
+from retrain.tasks import DECIDE, PROMOTE, TRAIN, VALIDATE
 from retrain.waiting import wake
 
 __all__ = ["ReconcileResult", "reconcile", "STEP_OF_STATE"]
 
 # The message that moves a run on from each state a message is waiting for.
 STEP_OF_STATE: dict[tuple[str, str | None], str] = {
-    ("queued", None): "retrain.train",
-    ("validating", None): "retrain.validate",
-    ("rollout", "promoting"): "retrain.promote",
+    ("queued", None): TRAIN,
+    ("validating", None): VALIDATE,
+    ("rollout", "promoting"): PROMOTE,
 }
 
 
@@ -91,7 +92,7 @@ def _expired_leases(tx, ctx: Context, now: datetime, out: ReconcileResult) -> No
         run.lease_owner, run.lease_expires_at, run.dispatched_at = None, None, now
         tx.audit(now, "run", "reconciler", f"run of {run.model}: {lost}; sent again", model=run.model,
                  subject=run.id, data={"attempt": attempt, "owner": owner})
-        tx.enqueue("retrain.train", {"v": 1, "run_id": run.id}, now, priority=run.priority)
+        tx.enqueue(TRAIN, {"v": 1, "run_id": run.id}, now, priority=run.priority)
         out.requeued.append(run.id)
 
 
@@ -133,5 +134,5 @@ def _lost_request_messages(tx, stale: datetime, now: datetime, out: ReconcileRes
         row.updated_at = now  # the next look is one RETRAIN_REQUEUE_AFTER_S away
         tx.audit(now, "request", "reconciler", f"{row.trigger} request for {row.model} still undecided since "
                  f"{req.updated_at.isoformat()}: retrain.decide sent again", model=row.model, subject=row.id)
-        tx.enqueue("retrain.decide", {"v": 1, "request_id": row.id}, now, priority=row.priority)
+        tx.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
         out.requests.append(row.id)

@@ -11,6 +11,7 @@ from retrain.context import Context
 from retrain.domain import RetrainRequest, TriggerKind
 from retrain.payloads import ManualRequestPayload
 from retrain.storage.repo import new_id
+from retrain.tasks import DECIDE
 
 __all__ = ["RequestResult", "request_retraining", "sync_models", "slot_key"]
 
@@ -59,7 +60,7 @@ def request_retraining(ctx: Context, p: ManualRequestPayload) -> RequestResult:
                      model=p.model, subject=rid,
                      data={"request_id": rid, "trigger": trigger.value, "override_budget": p.override_budget,
                            "override_reason": p.override_reason, "approved_by": p.approved_by, "slot": p.slot})
-            tx.enqueue("retrain.decide", {"v": 1, "request_id": rid}, now, priority=req.priority)
+            tx.enqueue(DECIDE, {"v": 1, "request_id": rid}, now, priority=req.priority)
         return RequestResult(rid, created, "opened" if created else "joined the open request")
 
 

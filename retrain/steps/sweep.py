@@ -69,6 +69,7 @@ from retrain.config import ModelConfig
 from retrain.context import Context
 from retrain.domain import RetrainRequest, Severity, TriggerKind
 from retrain.storage.repo import Tx, new_id
+from retrain.tasks import DECIDE
 from retrain.triggers import PerformanceTriggerConfig, TriggerFiring, evaluate_performance, wilson_upper
 
 __all__ = ["SweepResult", "sweep", "performance_config", "emergency_config", "refresh_drift_reference",
@@ -152,7 +153,7 @@ def _open(tx: Tx, cfg: ModelConfig, req: RetrainRequest, result: SweepResult, no
         tx.audit(now, "request", "sweep", f"{req.trigger.value} trigger fired for {req.model}: {req.reason}",
                  model=req.model, subject=rid, data={"evidence": req.evidence, "priority": req.priority,
                                                      "severity": req.severity.value if req.severity else None})
-        tx.enqueue("retrain.decide", {"v": 1, "request_id": rid}, now, priority=req.priority)
+        tx.enqueue(DECIDE, {"v": 1, "request_id": rid}, now, priority=req.priority)
     else:
         result.requests_refreshed.append(rid)
     return rid
@@ -172,7 +173,7 @@ def sweep(ctx: Context, models: list[str] | None = None) -> SweepResult:
     with ctx.store.tx() as tx:
         for row in tx.due_deferred(now):
             row.status = "open"
-            tx.enqueue("retrain.decide", {"v": 1, "request_id": row.id}, now, priority=row.priority)
+            tx.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
             result.redecided.append(row.id)
     return result
 

@@ -39,6 +39,7 @@ from retrain.lifecycle import finish
 from retrain.slots import SLOT_LOCK
 from retrain.waiting import dependency_blocker, describe_dependency, slot_wait, wake
 from retrain.storage.repo import Tx
+from retrain.tasks import TRAIN, VALIDATE
 from retrain.registry import NewVersion, register_version, versions_lock
 from retrain.versioning import VersionSpec, fingerprint_array
 
@@ -326,7 +327,7 @@ def _retry_or_die(ctx: Context, run_id: str, attempt: int, error: str) -> TrainR
         slots.release(tx, run_id, attempt)
         tx.audit(now, "run", ctx.worker_id, f"attempt {attempt} of {run.model} failed, retrying: {error}",
                  model=run.model, subject=run.id, data={"attempt": attempt, "error": error})
-        tx.enqueue("retrain.train", {"v": 1, "run_id": run_id}, now, priority=run.priority)
+        tx.enqueue(TRAIN, {"v": 1, "run_id": run_id}, now, priority=run.priority)
         wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=now)
     return TrainResult(run_id, "retrying", detail=error)
 
@@ -498,7 +499,7 @@ def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, 
         if reserved:
             tx.add_cost(run.id, cfg.name, "release", -reserved, finished, {"reason": "replaced by actual cost"})
         tx.add_cost(run.id, cfg.name, "actual", cost.total_usd, finished, asdict(cost))
-        tx.enqueue("retrain.validate", {"v": 1, "run_id": run.id}, finished, priority=run.priority)
+        tx.enqueue(VALIDATE, {"v": 1, "run_id": run.id}, finished, priority=run.priority)
     return v
 
 

@@ -32,6 +32,7 @@ from retrain.lifecycle import finish
 from retrain.metrics import finite_metrics, score
 from retrain.rollout import PairedCounts, judge_paired
 from retrain.steps.rollout_step import begin_rollout
+from retrain.tasks import PROMOTE
 
 __all__ = ["ValidateResult", "validate_run"]
 
@@ -112,7 +113,7 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
                 return ValidateResult(run_id, status, detail, cand_m, prod_m)
             run.state, run.stage = "rollout", "promoting"
             tx.move_alias(run.model, "candidate", cand.version, actor="validation", reason=detail, now=now)
-            tx.enqueue("retrain.promote", {"v": 1, "run_id": run.id}, now, priority=run.priority)
+            tx.enqueue(PROMOTE, {"v": 1, "run_id": run.id}, now, priority=run.priority)
         else:
             run.state, run.stage, run.finished_at, run.error = "rejected", "rejected", now, detail
             cand.status = "rejected"

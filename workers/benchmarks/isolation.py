@@ -34,6 +34,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from retrain.tasks import INGEST, ROUTES, TRAIN
+
 __all__ = ["run", "burn_train", "burn_data"]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +95,7 @@ def _fill(send, tag: str, batches: int, rows: int) -> None:
     label = rng.integers(0, 2, size=rows).tolist()
     base = time.time() - 3600
     for b in range(batches):
-        send("retrain.ingest", {"v": 1, "batch_id": f"{tag}-{b:04d}-{uuid.uuid4().hex[:8]}", "model": "direction",
+        send(INGEST, {"v": 1, "batch_id": f"{tag}-{b:04d}-{uuid.uuid4().hex[:8]}", "model": "direction",
                                 "id": [f"{tag}{b}-{i}" for i in range(rows)], "version": ["1.0.0"] * rows,
                                 "ts": [base + b + i / rows for i in range(rows)], "x": X, "prediction": pred,
                                 "label": label, "ret": [0.001] * rows}, "monitoring", 5)
@@ -158,7 +160,7 @@ def run(batches: int = 60, rows: int = 2000, rounds: int = 3, timeout_s: float =
         with store.tx() as tx:
             run_id = tx.create_run(model="burn", request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
                                    trigger="manual", priority=3, now=datetime.now(timezone.utc))
-        send("retrain.train", {"v": 1, "run_id": run_id}, "training", 3)
+        send(TRAIN, {"v": 1, "run_id": run_id}, ROUTES[TRAIN], 3)
         deadline = time.monotonic() + timeout_s
         while True:
             with store.tx() as tx:

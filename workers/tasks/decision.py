@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from retrain.costs import read_resources
 from retrain.payloads import DecidePayload, ManualRequestPayload
-from retrain.steps.decide import decide_request
-from retrain.steps.requests import request_retraining as request_step
+from retrain.tasks import DECIDE, REQUEST_RETRAINING, run
 from workers.app import app
 from workers.base import retrain_task
 
 
-@retrain_task(app, name="retrain.request_retraining", schema=ManualRequestPayload, queue="decision")
+@retrain_task(app, REQUEST_RETRAINING)
 def request_retraining(ctx, p: ManualRequestPayload):
-    return asdict(request_step(ctx, p))
+    return asdict(run(REQUEST_RETRAINING, ctx, p))
 
 
-@retrain_task(app, name="retrain.decide", schema=DecidePayload, queue="decision")
+@retrain_task(app, DECIDE)
 def decide(ctx, p: DecidePayload):
-    return asdict(decide_request(ctx, p.request_id, read_resources(ctx.settings.artifact_root)))
+    # The step reads this node's resources through ctx.resources (set by workers.runtime).
+    return asdict(run(DECIDE, ctx, p))

@@ -7,38 +7,33 @@ from datetime import timedelta
 
 from retrain.outbox import prune_published, relay
 from retrain.payloads import IngestBatch, SweepPayload
-from retrain.steps.ingest import ingest as ingest_step
-from retrain.steps.sweep import sweep as sweep_step
+from retrain.tasks import INGEST, RECONCILE, RELAY, RETENTION, SWEEP, run
 from workers.app import app
 from workers.base import publish, retrain_task
 
 
-@retrain_task(app, name="retrain.ingest", schema=IngestBatch, queue="monitoring", relays=False)
+@retrain_task(app, INGEST)
 def ingest(ctx, batch: IngestBatch):
-    return asdict(ingest_step(ctx, batch))
+    return asdict(run(INGEST, ctx, batch))
 
 
-@retrain_task(app, name="retrain.sweep", schema=SweepPayload, queue="monitoring", soft_time_limit=240, time_limit=300)
+@retrain_task(app, SWEEP)
 def sweep(ctx, p: SweepPayload):
-    return asdict(sweep_step(ctx, p.models))
+    return asdict(run(SWEEP, ctx, p))
 
 
-@retrain_task(app, name="retrain.relay", schema=SweepPayload, queue="monitoring")
+@retrain_task(app, RELAY)
 def relay_outbox(ctx, _p):
     # Only messages older than a few seconds: the task that wrote them relays its own.
     published = relay(ctx.store, publish, ctx.now(), min_age=timedelta(seconds=5))
     return {"published": published, "pruned": prune_published(ctx.store, ctx.now())}
 
 
-@retrain_task(app, name="retrain.reconcile", schema=SweepPayload, queue="monitoring")
-def reconcile(ctx, _p):
-    from retrain.steps.reconcile import reconcile as reconcile_step
-
-    return asdict(reconcile_step(ctx))
+@retrain_task(app, RECONCILE)
+def reconcile(ctx, p: SweepPayload):
+    return asdict(run(RECONCILE, ctx, p))
 
 
-@retrain_task(app, name="retrain.retention", schema=SweepPayload, queue="monitoring", soft_time_limit=540, time_limit=600)
+@retrain_task(app, RETENTION)
 def retention(ctx, p: SweepPayload):
-    from retrain.steps.retention import run_retention
-
-    return run_retention(ctx, p.models).to_json()
+    return run(RETENTION, ctx, p).to_json()

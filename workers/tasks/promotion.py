@@ -5,18 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from retrain.payloads import RollbackPayload, RunPayload
-from retrain.steps.promote import promote_run
+from retrain.tasks import PROMOTE, ROLLBACK, run
 from workers.app import app
 from workers.base import retrain_task
 
 
-@retrain_task(app, name="retrain.promote", schema=RunPayload, queue="promotion")
+@retrain_task(app, PROMOTE)
 def promote(ctx, p: RunPayload):
-    return asdict(promote_run(ctx, p.run_id))
+    return asdict(run(PROMOTE, ctx, p))
 
 
-@retrain_task(app, name="retrain.rollback", schema=RollbackPayload, queue="promotion")
+@retrain_task(app, ROLLBACK)
 def rollback(ctx, p: RollbackPayload):
-    from retrain.steps.promote import rollback as rollback_step
-
-    return asdict(rollback_step(ctx, p.model, p.version, actor=p.actor, reason=p.reason, from_version=p.from_version))
+    return asdict(run(ROLLBACK, ctx, p))

@@ -12,15 +12,16 @@ from dataclasses import asdict
 from celery.exceptions import SoftTimeLimitExceeded
 
 from retrain.payloads import RunPayload
-from retrain.steps.train import fail_run, train_run
+from retrain.steps.train import fail_run
+from retrain.tasks import TRAIN, run
 from workers.app import app
 from workers.base import progress_reporter, relay_quietly, retrain_task
 
 
-@retrain_task(app, name="retrain.train", schema=RunPayload, queue="training", bind=True)
+@retrain_task(app, TRAIN, bind=True)
 def train(ctx, p: RunPayload, task):
     try:
-        result = train_run(ctx, p.run_id, progress_reporter(task, p.run_id), passthrough=(SoftTimeLimitExceeded,))
+        result = run(TRAIN, ctx, p, progress=progress_reporter(task, p.run_id), passthrough=(SoftTimeLimitExceeded,))
     except SoftTimeLimitExceeded:
         fail_run(ctx, p.run_id, f"timed out: soft time limit of {task.soft_time_limit} s")
         relay_quietly()  # the freed slot's wake-up message
