@@ -17,8 +17,9 @@ Reliability choices, and why:
   and the attempt cap ends a run that keeps doing that. Limits are enforced by the
   prefork pool only: training workers run ``-P prefork``.
 * The Redis visibility timeout must exceed the longest hard time limit, or Redis
-  hands a still-running task to a second worker. Checked here at import (and by
-  tests/unit/test_celeryconfig.py); even then the run's lease stops the duplicate.
+  hands a still-running task to a second worker. Checked when the settings load
+  (``retrain.queues.check_visibility_timeout``, and by tests/unit/test_celeryconfig.py);
+  even then the run's lease stops the duplicate.
 * Connection retries without limit (``broker_connection_max_retries = None``,
   ``broker_connection_retry``): a worker outlives a broker restart and reconnects;
   what the restart lost, the reconciler sends again (retrain.steps.reconcile).
@@ -88,17 +89,12 @@ broker_connection_retry = True
 # table's own default (a task Celery finds outside the table would get them).
 TIME_LIMITS: dict[str, tuple[int, int]] = {name: spec.limits.of(_settings) for name, spec in _t.TASKS.items()}
 task_soft_time_limit, task_time_limit = _t.DEFAULT_LIMITS.of(_settings)
-LONGEST_HARD_LIMIT_S = max([task_time_limit, *(hard for _, hard in TIME_LIMITS.values())])
+# Settings refused a Redis visibility timeout below it already (retrain.queues.check_visibility_timeout).
+LONGEST_HARD_LIMIT_S = _q.longest_hard_limit_s(_settings)
 
 task_queues = _q.kombu_queues(broker_url, _settings.amqp_max_priority)
 task_routes = {name: {"queue": q, "routing_key": q} for name, q in ROUTES.items()}
 broker_transport_options = _q.transport_options(broker_url, _settings.visibility_timeout_s)
-if (_q.is_redis(broker_url) and _settings.visibility_timeout_s <= LONGEST_HARD_LIMIT_S
-        and not _settings.allow_short_visibility_timeout):
-    from retrain.errors import ConfigError
-
-    raise ConfigError(f"RETRAIN_VISIBILITY_TIMEOUT_S={_settings.visibility_timeout_s} must exceed the longest hard "
-                      f"time limit ({LONGEST_HARD_LIMIT_S} s), or Redis redelivers tasks that are still running")
 
 enable_utc = True
 # One beat sends at a time (a lease in the database), and crontab slots are keyed by their instant.

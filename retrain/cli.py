@@ -18,7 +18,7 @@ from retrain.errors import RetrainError
 __all__ = ["main"]
 
 
-from retrain.commands.common import _ctx, _out, _short
+from retrain.commands.common import _ctx, _out, _short, with_json
 
 
 # ---------------------------------------------------------------- commands
@@ -93,8 +93,7 @@ def cmd_bench(args) -> int:
                 raise
     if module is None or not hasattr(module, "run"):
         raise RetrainError(f"unknown benchmark {args.name!r}; see README 'Benchmarks' for the list")
-    mod, fn = module.__name__, "run"
-    result = getattr(importlib.import_module(mod), fn)()
+    result = module.run()
     if args.json:
         print(to_json(result))
     else:
@@ -121,17 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="end with a backtest comparison of auto, never and every:1d on the same market")
     demo.set_defaults(fn=cmd_demo)
 
-    def with_json(sp):
-        sp.add_argument("--json", action="store_true", help="print JSON for scripts")
-        return sp
-
     with_json(sub.add_parser("status", help="models, production versions, metrics, requests, runs, spend")).set_defaults(fn=cmd_status)
 
-    for name, fn in (("drift", cmd_drift),):
-        sp = with_json(sub.add_parser(name))
-        sp.add_argument("model")
-        sp.add_argument("--limit", type=int, default=200)
-        sp.set_defaults(fn=fn)
+    drift = with_json(sub.add_parser("drift", help="the model's latest drift check, feature by feature"))
+    drift.add_argument("model")
+    drift.set_defaults(fn=cmd_drift)
 
     # versions, show, history, rollback and gc: retrain.commands.registry
 
@@ -180,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("retrain: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:
+    except Exception as exc:  # broad to translate: a service out of reach or ours; anything else is raised again
         from retrain.commands.common import unreachable
 
         error = unreachable(exc) or (exc if isinstance(exc, RetrainError) else None)

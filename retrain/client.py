@@ -218,7 +218,7 @@ def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0, amqp_max_pr
                                    delivery_mode=2, declare=[q], retry=True,
                                    retry_policy={"max_retries": 1, "interval_start": 0, "interval_step": 0.2,
                                                  "interval_max": 0.5})
-            except Exception:
+            except Exception:  # whatever publish raised: the connection is suspect; drop it and raise the same
                 conn = state.pop("conn", None)
                 state.pop("producer", None)
                 if conn is not None:

@@ -54,9 +54,10 @@ from typing import Any, Callable
 
 from retrain.client import EncodedIngest, encode_ingest
 from retrain.clock import monotonic
+from retrain.errors import RelayBusyError
 from retrain.tasks import INGEST
 
-__all__ = ["ProcessRelay", "RelayStats", "RelayBusy", "main"]
+__all__ = ["ProcessRelay", "RelayStats", "RelayBusy", "RelayBusyError", "main"]
 
 log = logging.getLogger("retrain.client.relay")
 
@@ -64,8 +65,8 @@ _F_SETPIPE_SZ = 1031  # Linux; a larger pipe takes a whole batch in one write
 _PIPE_BYTES = 1 << 20
 
 
-class RelayBusy(Exception):
-    """Raised when the relay has not taken the previous message yet: the client keeps the batch."""
+#: The old name of :class:`retrain.errors.RelayBusyError`, kept for code that imports it from here.
+RelayBusy = RelayBusyError
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class ProcessRelay:
             limit = memoryview(self._due_map).cast("q")
             try:
                 self._ensure_child()
-            except RelayBusy:  # started at the first batch instead
+            except RelayBusyError:  # started at the first batch instead
                 pass
             return limit
 
@@ -140,7 +141,7 @@ class ProcessRelay:
             self._ensure_child()
             self.pump()
             if self._out:
-                raise RelayBusy(f"the relay process has not taken the last message yet ({len(self._out)} bytes)")
+                raise RelayBusyError(f"the relay process has not taken the last message yet ({len(self._out)} bytes)")
             if task == INGEST:
                 enc = payload if type(payload) is EncodedIngest else encode_ingest(payload)
                 rows = enc.rows
@@ -161,7 +162,7 @@ class ProcessRelay:
             if self._out:
                 try:
                     self._write(b"")
-                except RelayBusy:  # the child is gone: _write counted what it held; restarted below
+                except RelayBusyError:  # the child is gone: _write counted what it held; restarted below
                     pass
             self._read_answers()
             if self._proc is not None and self._proc.poll() is not None:
@@ -169,7 +170,7 @@ class ProcessRelay:
             if self._proc is None and self._due_file is not None:  # it kept the client's time: start it again now
                 try:
                     self._ensure_child()
-                except RelayBusy:  # too soon: the next batch starts it
+                except RelayBusyError:  # too soon: the next batch starts it
                     pass
 
     def flush(self, timeout_s: float) -> bool:
@@ -236,7 +237,7 @@ class ProcessRelay:
             return
         now = monotonic()
         if now - self._last_start < self.restart_after_s:
-            raise RelayBusy("the relay process is restarting")
+            raise RelayBusyError("the relay process is restarting")
         self._last_start = now
         argv = [self.python, "-m", "retrain.client_relay", self.broker_url] + (["--dry-run"] if self.dry_run else [])
         keep: tuple[int, ...] = ()
@@ -267,7 +268,7 @@ class ProcessRelay:
             n = 0
         except OSError as exc:  # the child is gone; frames it had are counted lost, this one is retried
             self._child_died(f"the relay process is gone ({exc})")
-            raise RelayBusy("the relay process is gone; it is started again") from None
+            raise RelayBusyError("the relay process is gone; it is started again") from None
         self._out = buf[n:]
 
     def _wait_readable(self, timeout: float) -> None:
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # a message that is not idempotent: sent once, now
             try:
                 inner(msg["task"], msg["payload"], msg["queue"], int(msg["priority"]))
-            except Exception as exc:
+            except Exception as exc:  # the relay process must outlive any one message it cannot send
                 log.error("relay: could not send %s: %s", msg.get("task"), exc)
     client.close(10.0)
     report_drops()

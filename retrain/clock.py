@@ -11,8 +11,9 @@ import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-__all__ = ["Clock", "SystemClock", "SimClock", "utc", "monotonic", "timestamp_of"]
+__all__ = ["Clock", "SystemClock", "SimClock", "utc", "time_zone", "monotonic", "timestamp_of"]
 
 
 def utc(dt: datetime) -> datetime:
@@ -20,6 +21,15 @@ def utc(dt: datetime) -> datetime:
     if dt.tzinfo is None:
         return dt.replace(tzinfo=timezone.utc)
     return dt.astimezone(timezone.utc)
+
+
+def time_zone(name: str) -> ZoneInfo:
+    """The IANA time zone ``name``: the one check of a zone name, for settings, the model
+    file and the policy alike; raises ValueError naming it when it is unknown."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"unknown time zone {name!r}: expected an IANA name such as Europe/London") from None
 
 
 #: Seconds from an arbitrary origin, for measuring durations only (the C function itself:

@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retrain.errors import ConfigError
+from retrain.settings import TimeZoneName
 
 __all__ = [
     "RetrainConfig",
@@ -356,19 +357,7 @@ class CostSettings(_Strict):
 
 
 class GeneralSettings(_Strict):
-    timezone: str = "UTC"
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {v!r}") from None
-        return v
-
+    timezone: TimeZoneName = "UTC"
     offpeak_start: str = "01:00"
     offpeak_end: str = "05:00"
 

@@ -5,14 +5,17 @@
     RetrainError
     ├── ConfigError            bad settings or model file (permanent, at start-up)
     ├── PayloadError           a message or record that does not fit its schema (permanent)
-    ├── UnknownModelError      a model name that is not configured (permanent)
+    │   ├── UnknownModelError      a model name that is not configured
+    │   ├── VersionUnavailableError a version that does not exist or was deleted
+    │   └── VersionProtectedError  deleting a version that is still needed
     ├── SchemaOutdatedError    the database is behind the code's migrations (permanent)
     ├── ArtifactError          an artifact is missing or does not match its sha256 (permanent)
     ├── StaleLeaseError        a write by a run that no longer holds its lease (permanent)
     ├── TrainingError          the model's own training code failed (permanent for that attempt)
     └── TransientError         worth retrying: a service is briefly unreachable
         ├── StoreUnavailableError  the database did not answer
-        └── BrokerUnavailableError the message broker did not answer
+        ├── BrokerUnavailableError the message broker did not answer
+        └── RelayBusyError         the client's relay process has not taken the last batch yet
 
 Permanent errors go to the dead-letter table with their reason; transient
 ones are retried by Celery.
@@ -25,6 +28,8 @@ __all__ = [
     "ConfigError",
     "PayloadError",
     "UnknownModelError",
+    "VersionUnavailableError",
+    "VersionProtectedError",
     "SchemaOutdatedError",
     "ArtifactError",
     "StaleLeaseError",
@@ -32,6 +37,7 @@ __all__ = [
     "TransientError",
     "StoreUnavailableError",
     "BrokerUnavailableError",
+    "RelayBusyError",
 ]
 
 
@@ -48,7 +54,15 @@ class PayloadError(RetrainError):
 
 
 class UnknownModelError(PayloadError):
-    """Raised when a payload names a model that is not configured."""
+    """Raised when a payload or a command names a model that is not configured; names the configured ones."""
+
+
+class VersionUnavailableError(PayloadError):
+    """Raised when a version named for a rollback, an alias move or a load does not exist or was deleted."""
+
+
+class VersionProtectedError(PayloadError):
+    """Raised when deleting a version that an alias, the rollback target or a running rollout still needs."""
 
 
 class SchemaOutdatedError(RetrainError):
@@ -77,3 +91,7 @@ class StoreUnavailableError(TransientError):
 
 class BrokerUnavailableError(TransientError):
     """Raised when the message broker cannot be reached."""
+
+
+class RelayBusyError(TransientError):
+    """Raised when the client's relay process has not taken the previous message yet: the client keeps the batch."""

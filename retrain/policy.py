@@ -143,13 +143,14 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Mapping
+from numbers import Real
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta, timezone
 from statistics import NormalDist
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from retrain.clock import utc
+from retrain.clock import time_zone, utc
 from retrain.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
 from retrain.errors import ConfigError
 
@@ -160,6 +161,7 @@ __all__ = [
     "decide",
     "value_model",
     "serving_rate",
+    "format_usd",
     "RULES",
 ]
 
@@ -409,9 +411,9 @@ class Policy:
         if start == end:
             raise bad("offpeak_end", "must differ from offpeak_start (use None for no window)")
         try:
-            tz = ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise bad("timezone", "expected an IANA time zone name") from None
+            tz = time_zone(self.timezone)
+        except ValueError as exc:
+            raise bad("timezone", str(exc)) from None
         s(self, "offpeak_start", start)
         s(self, "offpeak_end", end)
         s(self, "_tz", tz)
@@ -641,9 +643,17 @@ def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy,
     }
 
 
-def _usd(x: float) -> str:
+def format_usd(v: Any) -> str:
+    """An amount in dollars for a person, ``-`` when it is not a number: the decision's
+    explanations and the command line write money alike.
+
+    >>> format_usd(1234.5), format_usd(0.0042), format_usd(None)
+    ('$1,234.50', '$0.0042', '-')
+    """
+    if not isinstance(v, Real):
+        return "-"
     # Cents for dollars; a training of a few seconds costs a fraction of a cent, and "$0.00" would hide it.
-    return f"${x:,.2f}" if x == 0.0 or abs(x) >= 0.995 else f"${x:.4f}"
+    return f"${v:,.2f}" if v == 0 or abs(v) >= 0.995 else f"${v:.4f}"
 
 
 def _roi_detail(vm: dict[str, Any], roi: float | None, roi_ok: bool, policy: Policy, cost: float) -> str:
@@ -656,9 +666,9 @@ def _roi_detail(vm: dict[str, Any], roi: float | None, roi_ok: bool, policy: Pol
         per = f"{policy._notional_label}{vm['mean_abs_return']:.3g}"
     else:
         per = policy._per_correct_label
-    return (f"{verdict}: benefit {_usd(vm['benefit_usd'])} = {per} x {vm['recovery_points']:.3g} pt x "
+    return (f"{verdict}: benefit {format_usd(vm['benefit_usd'])} = {per} x {vm['recovery_points']:.3g} pt x "
             f"{vm['predictions']:.4g} predictions ({vm['predictions_per_day']:.4g}/d x {vm['horizon_days']:g} d)"
-            f"; estimate {_usd(cost)}")
+            f"; estimate {format_usd(cost)}")
 
 
 def _month_start_after(now: datetime) -> datetime:
@@ -679,15 +689,14 @@ def _cap(
     if ok:
         # value and limit already say it; no float formatting on the common path.
         return _RR(rule, True, projected, cap, "within cap", bypass is not None)
+    over = f"{format_usd(spent)} spent + {format_usd(cost)} estimate > {format_usd(cap)}"
     if bypass is not None:
-        return _RR(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}; "
-                          f"bypassed ({bypass})", True)
+        return _RR(rule, False, projected, cap, f"{over}; bypassed ({bypass})", True)
     if cost > cap:
         rejects.append(rule)
-        return _RR(rule, False, projected, cap, f"estimate {_usd(cost)} alone exceeds the cap {_usd(cap)}")
+        return _RR(rule, False, projected, cap, f"estimate {format_usd(cost)} alone exceeds the cap {format_usd(cap)}")
     defers.append(reset_at)
-    return _RR(rule, False, projected, cap, f"{_usd(spent)} spent + {_usd(cost)} estimate > {_usd(cap)}",
-                      False, reset_at)
+    return _RR(rule, False, projected, cap, over, False, reset_at)
 
 
 def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: datetime) -> Decision:

@@ -10,12 +10,15 @@ same bindings; the priority options only change how workers read.
 
 from __future__ import annotations
 
+from typing import Any
+
 from kombu import Exchange, Queue
 
 from retrain import tasks
+from retrain.errors import ConfigError
 
 __all__ = ["QUEUES", "ROUTES", "MAX_PRIORITY", "is_redis", "is_amqp", "broker_priority", "kombu_queues",
-           "declare_queues", "transport_options"]
+           "declare_queues", "transport_options", "longest_hard_limit_s", "check_visibility_timeout"]
 
 # Queue names and each task's queue come from the task table (retrain.tasks).
 QUEUES: tuple[str, ...] = tasks.QUEUES
@@ -84,6 +87,23 @@ def declare_queues(connection, queues) -> list[str]:
         finally:
             channel.close()
     return found
+
+
+def longest_hard_limit_s(settings: Any) -> int:
+    """The longest hard time limit of any task in the table (its default included), in seconds."""
+    return max(hard for _, hard in (tasks.DEFAULT_LIMITS.of(settings),
+                                    *(t.limits.of(settings) for t in tasks.TASKS.values())))
+
+
+def check_visibility_timeout(settings: Any) -> None:
+    """The one check of the Redis visibility timeout: it must exceed the longest hard time limit,
+    or Redis hands a task that is still running to a second worker (fault tests may allow it)."""
+    if not is_redis(settings.broker_url) or settings.allow_short_visibility_timeout:
+        return
+    longest = longest_hard_limit_s(settings)
+    if settings.visibility_timeout_s <= longest:
+        raise ConfigError(f"RETRAIN_VISIBILITY_TIMEOUT_S={settings.visibility_timeout_s} must exceed the longest hard "
+                          f"time limit ({longest} s), or Redis redelivers tasks that are still running")
 
 
 def transport_options(url: str, visibility_timeout_s: int | None = None) -> dict:

@@ -48,7 +48,7 @@ from datetime import datetime
 from typing import Any
 
 from retrain.artifacts import ArtifactRef
-from retrain.errors import ArtifactError, PayloadError
+from retrain.errors import ArtifactError, PayloadError, VersionProtectedError, VersionUnavailableError
 from retrain.storage.models import AliasHistoryRow, VersionRow
 from retrain.storage.repo import Tx
 from retrain.versioning import BumpDecision, SemVer, VersionSpec, decide_bump
@@ -86,14 +86,6 @@ __all__ = [
 ALIASES: tuple[str, ...] = ("production", "candidate", "canary", "previous")
 ARTIFACTS_LOCK = "retrain:artifacts"
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
-
-
-class VersionUnavailableError(PayloadError):
-    """Raised when a version named for a rollback, an alias move or a load does not exist or was deleted."""
-
-
-class VersionProtectedError(PayloadError):
-    """Raised when deleting a version that an alias, the rollback target or a running rollout still needs."""
 
 
 def aliases_lock(model: str) -> str:

@@ -204,7 +204,7 @@ class PostgresRouteNotices:
             if ready:
                 try:
                     self._conn.poll()
-                except Exception:
+                except Exception:  # whatever the driver raised: the connection is suspect; drop it, raise the same
                     self._drop()
                     raise
                 hits = [n for n in self._conn.notifies if n.payload == self.model]
@@ -217,7 +217,7 @@ class PostgresRouteNotices:
         try:
             with self._conn.cursor() as cur:
                 cur.execute("SELECT 1")
-        except Exception:
+        except Exception:  # whatever the driver raised: the connection is suspect; drop it, raise the same
             self._drop()
             raise
 
@@ -417,14 +417,14 @@ class ModelRouter:
                 return False  # never stop serving because an alias was cleared
             try:
                 prod = self._get(wanted.production_sha256)
-            except Exception as exc:
+            except Exception as exc:  # loading runs the model's own code: keep serving what we have
                 self._fail(f"loading production {wanted.production}", exc)
                 return False
             canary, routing = None, wanted
             if wanted.canary is not None and wanted.share_pct > 0:
                 try:
                     canary = self._get(wanted.canary_sha256)
-                except Exception as exc:
+                except Exception as exc:  # loading runs the model's own code: serve production alone
                     self._fail(f"loading canary {wanted.canary}", exc)
                     routing = Routing(wanted.production, wanted.production_sha256)
             else:

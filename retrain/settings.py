@@ -8,13 +8,24 @@ Redis (or RabbitMQ) for a real deployment.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from retrain.clock import time_zone
 from retrain.errors import ConfigError
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "TimeZoneName", "load_settings"]
+
+
+def _known_zone(name: str) -> str:
+    time_zone(name)
+    return name
+
+
+#: An IANA time zone name, checked by :func:`retrain.clock.time_zone` (settings and the model file).
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 
 class Settings(BaseSettings):
@@ -34,7 +45,7 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=60.0, gt=0)
     retention_interval_s: float = Field(default=3600.0, gt=0)
     beat_lease_s: float = Field(default=30.0, gt=0, description="One beat sends at a time: its lease (workers.beat)")
-    timezone: str = "UTC"
+    timezone: TimeZoneName = "UTC"
     training_slots: int = Field(default=2, ge=1, le=3)
     max_attempts: int = Field(default=3, ge=1)
     lease_s: float = Field(default=120.0, gt=0)
@@ -68,17 +79,6 @@ class Settings(BaseSettings):
 
         return (parse_file_mode if info.field_name == "artifact_file_mode" else parse_dir_mode)(v)
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {v!r}") from exc
-        return v
-
     def model_post_init(self, _ctx) -> None:
         home = self.home
         if not self.database_url:
@@ -87,11 +87,9 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{(home / 'broker.db').as_posix()}"
         if self.artifact_root is None:
             self.artifact_root = home / "artifacts"
-        if self.visibility_timeout_s <= self.train_time_limit_s and not self.allow_short_visibility_timeout:
-            raise ValueError(
-                "RETRAIN_VISIBILITY_TIMEOUT_S must exceed RETRAIN_TRAIN_TIME_LIMIT_S, "
-                "or Redis redelivers a training that is still running"
-            )
+        from retrain.queues import check_visibility_timeout
+
+        check_visibility_timeout(self)  # a ConfigError, which pydantic passes through as it is
 
     def config_path(self) -> Path:
         """The model file: RETRAIN_CONFIG, else ./retrain.toml, else the shipped example."""

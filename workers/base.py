@@ -167,12 +167,12 @@ def retrain_task(app, name: str, *, bind: bool = False) -> Callable:
                                  max_retries=policy.max_retries)
             except (Retry, SoftTimeLimitExceeded):
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any other failure is kept as a dead letter, then raised
                 # Late acks would otherwise drop the message silently: keep it, then fail loudly.
                 log.exception("%s failed", name)
                 try:
                     dead_letter(name, f"{type(exc).__name__}: {exc}", payload)
-                except Exception:
+                except Exception:  # noqa: BLE001 - the task's own error, raised next, matters more
                     log.exception("%s: could not write the dead letter", name)
                 raise
             if relays:

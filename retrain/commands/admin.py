@@ -16,8 +16,9 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from retrain.commands.common import _ctx, _out, _publish_outbox
+from retrain.commands.common import _ctx, _out, _publish_outbox, with_json
 from retrain.errors import PayloadError
+from retrain.policy import format_usd
 
 __all__ = [
     "register",
@@ -33,13 +34,6 @@ __all__ = [
 def _clip(text: str | None, width: int) -> str:
     text = text or ""
     return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _money(v: Any) -> str:
-    if not isinstance(v, (int, float)):
-        return "-"
-    # A few seconds of training cost a fraction of a cent: "$0.00" would hide it.
-    return f"${v:,.2f}" if v == 0 or abs(v) >= 0.995 else f"${v:.4f}"
 
 
 def _num(v: float) -> str:
@@ -115,7 +109,7 @@ def format_value(rule: str, v: Any) -> str:
     if rule in _HOURS:
         return f"{v:.1f} h since last" if isinstance(v, (int, float)) else str(v)
     if rule in _MONEY:
-        return _money(v) + " projected"
+        return format_usd(v) + " projected"
     if rule == "roi":
         return f"{v:.3g}" if isinstance(v, (int, float)) else str(v)
     if rule == "coalesce":
@@ -139,7 +133,7 @@ def format_limit(rule: str, v: Any) -> str:
     if rule in _COUNTS:
         return f"< {v} a day"
     if rule in _MONEY:
-        return f"<= {_money(v)}"
+        return f"<= {format_usd(v)}"
     if rule == "roi":
         return f">= {v:g}"
     if rule in ("paused", "budget_override") and isinstance(v, bool):
@@ -162,7 +156,7 @@ def _rule_verdict(r: dict) -> str:
 
 def _price(v: Any) -> str:
     """Money that may be far below a cent (a value per prediction)."""
-    return f"${v:.3g}" if isinstance(v, (int, float)) and 0 < abs(v) < 0.001 else _money(v)
+    return f"${v:.3g}" if isinstance(v, (int, float)) and 0 < abs(v) < 0.001 else format_usd(v)
 
 
 _GAP_SOURCES = {"evidence.baseline_accuracy-current_accuracy": "validated baseline - live accuracy",
@@ -187,7 +181,7 @@ def value_model_lines(vm: dict) -> list[str]:
     ]
     per = vm.get("value_per_correct_usd")
     if vm.get("basis") == "returns":
-        lines.append(f"value        returns: 2 x notional {_money(vm.get('notional_usd'))} x mean |return| "
+        lines.append(f"value        returns: 2 x notional {format_usd(vm.get('notional_usd'))} x mean |return| "
                      f"{vm.get('mean_abs_return', 0):.3g} (on {vm.get('returns_measured_on', 0):,} outcomes) = "
                      f"{_price(per)} a correct prediction")
     elif per is not None:
@@ -195,7 +189,8 @@ def value_model_lines(vm: dict) -> list[str]:
                      f"{_price(vm.get('value_per_accuracy_point_usd'))} = {_price(per)} a correct prediction")
     else:  # a decision recorded before the value basis existed
         lines.append(f"value        {_price(vm.get('value_per_accuracy_point_usd'))} an accuracy point a prediction")
-    lines.append(f"benefit      {_money(vm.get('benefit_usd'))}; estimate {_money(vm.get('estimated_cost_usd'))}; "
+    lines.append(f"benefit      {format_usd(vm.get('benefit_usd'))}; "
+                 f"estimate {format_usd(vm.get('estimated_cost_usd'))}; "
                  f"ROI {'-' if roi is None else f'{roi:.3g}'}"
                  + (f" (threshold >= {vm['min_roi']:g})" if vm.get("min_roi") is not None else ""))
     below, cur, floor = vm.get("below_floor"), vm.get("current_accuracy"), vm.get("accuracy_floor")
@@ -232,7 +227,7 @@ def render_decision(d: dict) -> str:
             lines.append(f"  budget override requested: {(req.get('evidence') or {}).get('override_reason') or 'no reason'}")
     detail = d.get("detail") or {}
     est = detail.get("estimate") or {}
-    lines.append(f"  decision {d['id']}  request {d['request_id']}  estimate {_money(d['estimated_cost_usd'])}"
+    lines.append(f"  decision {d['id']}  request {d['request_id']}  estimate {format_usd(d['estimated_cost_usd'])}"
                  + (f" ({est.get('source')})" if est.get("source") else ""))
     rows = [[r["rule"], _rule_verdict(r), format_value(r["rule"], r.get("value")),
              format_limit(r["rule"], r.get("limit")), _clip(r.get("detail"), 80)] for r in d["rules"]]
@@ -340,7 +335,7 @@ def render_costs(data: dict[str, Any]) -> str:
     def cap(r: dict) -> str:
         if r["cap_usd"] is None:
             return "-"
-        return f"{_money(r['cap_usd'])} ({r['used_pct']:.0f} %)"
+        return f"{format_usd(r['cap_usd'])} ({r['used_pct']:.0f} %)"
 
     def line(r: dict) -> list[Any]:
         return [r["period"], r["model"], r["runs"], f"{r['actual_usd']:.4f}", f"{r['held_usd']:.4f}",
@@ -360,10 +355,11 @@ def render_costs(data: dict[str, Any]) -> str:
     out += ["", f"This month ({data['month']}) by model, with the next run's estimate",
             table(mrows, ["month"] + heads[1:] + ["next est. $"])]
     t, m = data["today"], data["this_month"]
-    out += ["", f"today {_money(t['total_usd'])} of {_money(data['caps']['daily_usd'])} daily cap "
-                f"({t['used_pct'] or 0:.0f} %); this month {_money(m['total_usd'])} of "
-                f"{_money(data['caps']['monthly_usd'])} monthly cap ({m['used_pct'] or 0:.0f} %)"]
-    odd = [f"{name} checks the global caps as {_money(c['global_daily_usd'])}/day, {_money(c['global_monthly_usd'])}/month"
+    out += ["", f"today {format_usd(t['total_usd'])} of {format_usd(data['caps']['daily_usd'])} daily cap "
+                f"({t['used_pct'] or 0:.0f} %); this month {format_usd(m['total_usd'])} of "
+                f"{format_usd(data['caps']['monthly_usd'])} monthly cap ({m['used_pct'] or 0:.0f} %)"]
+    odd = [f"{name} checks the global caps as {format_usd(c['global_daily_usd'])}/day, "
+           f"{format_usd(c['global_monthly_usd'])}/month"
            for name, c in data["caps"]["per_model"].items()
            if (c["global_daily_usd"], c["global_monthly_usd"]) != (data["caps"]["daily_usd"], data["caps"]["monthly_usd"])]
     if odd:
@@ -397,10 +393,6 @@ def cmd_audit(args) -> int:
 # ---------------------------------------------------------------- parser
 def register(sub) -> None:
     """Add this area's subcommands to the parser."""
-
-    def with_json(sp):
-        sp.add_argument("--json", action="store_true", help="print JSON for scripts")
-        return sp
 
     tr = sub.add_parser("train", help="ask for a retraining now (manual trigger; every rule still applies)")
     tr.add_argument("model")

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 
 from retrain.errors import BrokerUnavailableError, ConfigError, RetrainError, StoreUnavailableError
 
-__all__ = ["_ctx", "_out", "_publish_outbox", "_short", "note_database_url", "unreachable"]
+__all__ = ["_ctx", "_out", "_publish_outbox", "_short", "with_json", "note_database_url", "unreachable"]
 
 
 def _ctx():
@@ -37,6 +37,12 @@ def _out(args, data: Any, text: str) -> None:
     from retrain.report import to_json
 
     print(to_json(data) if getattr(args, "json", False) else text)
+
+
+def with_json(parser):
+    """Give a subcommand's parser ``--json`` (what :func:`_out` reads); returns the parser."""
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parser
 
 
 def _short(v: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from retrain.commands.common import _ctx, _out, _short
+from retrain.commands.common import _ctx, _out, _short, with_json
 from retrain.errors import PayloadError
 
 __all__ = ["register", "render_versions", "render_show", "render_gc"]
@@ -207,10 +207,6 @@ def cmd_gc(args) -> int:
 # ---------------------------------------------------------------- parser
 def register(sub) -> None:
     """Add this area's subcommands to the parser."""
-
-    def with_json(sp):
-        sp.add_argument("--json", action="store_true", help="print JSON for scripts")
-        return sp
 
     v = with_json(sub.add_parser("versions", help="a model's versions: numbers and why, aliases, data, metrics, cost"))
     v.add_argument("model")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retrain.commands.common import _ctx, _out, _publish_outbox
+from retrain.commands.common import _ctx, _out, _publish_outbox, with_json
 
 __all__ = ["register", "cmd_rollout", "cmd_promote", "render_rollout"]
 
@@ -100,9 +100,9 @@ def cmd_promote(args) -> int:
 
 def register(sub) -> None:
     """Add this area's subcommands to the parser."""
-    ro = sub.add_parser("rollout", help="a model's shadow or staged rollout: stage, figures, what the next step needs")
+    ro = with_json(sub.add_parser("rollout",
+                                  help="a model's shadow or staged rollout: stage, figures, what the next step needs"))
     ro.add_argument("model")
-    ro.add_argument("--json", action="store_true", help="print JSON for scripts")
     ro.set_defaults(fn=cmd_rollout)
 
     pr = sub.add_parser("promote", help="confirm the next rollout step when rollout.manual_gate is set")

@@ -20,7 +20,8 @@ from sqlalchemy import Text, and_, case, cast, delete, func, literal, or_, selec
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from retrain.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
+from retrain.domain import Decision, RetrainRequest, Severity, TriggerKind
+from retrain.errors import UnknownModelError
 from retrain.storage.db import Database
 from retrain.storage.models import (
     AliasHistoryRow,
@@ -123,7 +124,8 @@ class Tx:
         else:
             row = self.s.get(ModelRow, model)
             if row is None:
-                raise KeyError(model)
+                known = ", ".join(self.model_names()) or "none"
+                raise UnknownModelError(f"unknown model {model!r}; configured: {known}")
             row.paused = paused
         what = "paused" if paused else "resumed"
         self.audit(now, "admin", actor, f"automatic retraining {what} for {model or 'all models'}: {reason}", model=model)
@@ -299,15 +301,6 @@ class Tx:
         row.open_key = None
 
     # ----------------------------------------------------------------- decisions
-    def record_decision(self, d: Decision, trigger: str) -> str:
-        did = new_id()
-        self.s.add(DecisionRow(
-            id=did, request_id=d.request_id, model=d.model, trigger=trigger, verdict=d.verdict.value,
-            decided_at=d.decided_at, rules=[r.to_json() for r in d.rules], summary=d.summary,
-            defer_until=d.defer_until, estimated_cost_usd=d.estimated_cost_usd, detail=d.detail,
-        ))
-        return did
-
     def decision(self, decision_id: str) -> DecisionRow | None:
         return self.s.get(DecisionRow, decision_id)
 
@@ -317,21 +310,14 @@ class Tx:
             q = q.where(DecisionRow.model == model)
         return list(self.s.scalars(q.order_by(DecisionRow.decided_at.desc()).limit(limit)))
 
-    @staticmethod
-    def to_decision(row: DecisionRow) -> Decision:
-        return Decision(
-            request_id=row.request_id, model=row.model, verdict=Verdict(row.verdict), decided_at=row.decided_at,
-            rules=tuple(RuleResult.from_json(r) for r in row.rules), defer_until=row.defer_until,
-            estimated_cost_usd=row.estimated_cost_usd, detail=row.detail or {},
-        )
-
     # ----------------------------------------------------------------- runs
     def create_run(self, *, model: str, request_id: str, decision_id: str, trigger: str, priority: int,
                    now: datetime) -> str:
-        rid = new_id()
-        self.s.add(RunRow(id=rid, model=model, request_id=request_id, decision_id=decision_id, trigger=trigger,
-                          priority=priority, state="queued", attempt=0, created_at=now, usage={}))
-        return rid
+        """A new queued run: :func:`retrain.lifecycle.new_run`, the one place a run's state is written."""
+        from retrain.lifecycle import new_run  # the lifecycle is built on this store
+
+        return new_run(self, model=model, request_id=request_id, decision_id=decision_id, trigger=trigger,
+                       priority=priority, now=now)
 
     def run(self, run_id: str, for_update: bool = False) -> RunRow | None:
         q = select(RunRow).where(RunRow.id == run_id)
@@ -497,49 +483,11 @@ class Tx:
         return {v: rid for v, rid in self.s.execute(q)}
 
     # ----------------------------------------------------------------- decision state & ledger (retrain.steps.decide)
-    def spend_summary(self, *, day: str, month: str, model: str) -> tuple[float, float, float, float]:
-        """(spend today, this month, the model's today, the model's this month) in one aggregate.
-
-        Reservations of runs still in flight count as spent: that is what keeps
-        concurrent decisions from overspending.
-        """
-        c = CostRow
-        in_day, is_model = c.day == day, c.model == model
-        zero = literal(0.0)
-        q = select(
-            func.coalesce(func.sum(case((in_day, c.amount_usd), else_=zero)), zero),
-            func.coalesce(func.sum(c.amount_usd), zero),
-            func.coalesce(func.sum(case((and_(in_day, is_model), c.amount_usd), else_=zero)), zero),
-            func.coalesce(func.sum(case((is_model, c.amount_usd), else_=zero)), zero),
-        ).where(c.month == month)
-        today, this_month, model_today, model_month = self.s.execute(q).one()
-        return float(today), float(this_month), float(model_today), float(model_month)
-
     def actual_costs(self, model: str, limit: int = 10) -> list[float]:
         """The model's last ``limit`` measured run costs from the ledger, oldest first (the estimate's input)."""
         q = (select(CostRow.amount_usd).where(CostRow.model == model, CostRow.kind == "actual")
              .order_by(CostRow.id.desc()).limit(limit))
         return [float(v) for v in reversed(self.s.scalars(q).all())]
-
-    def run_window(self, model: str, since: datetime, day_start: datetime) -> tuple[list[datetime], str | None, int]:
-        """(the model's run starts since ``since``, its oldest active run id, runs started by all models
-        since ``day_start``); cancelled runs never count. Two queries."""
-        r = RunRow
-        q = (select(r.id, r.created_at, r.state).where(
-            r.model == model, or_(r.created_at >= since, r.state.in_(ACTIVE_RUN_STATES)))
-            .order_by(r.created_at))
-        starts: list[datetime] = []
-        active: str | None = None
-        for rid, created, state in self.s.execute(q):
-            if state == "cancelled":
-                continue
-            if created >= since:
-                starts.append(created)
-            if active is None and state in ACTIVE_RUN_STATES:
-                active = rid
-        today = self.s.scalar(select(func.count()).select_from(r).where(
-            r.created_at >= day_start, r.state != "cancelled")) or 0
-        return starts, active, int(today)
 
     def traffic_since(self, model: str, since: datetime, version: str | None = None) -> tuple[int, int, int]:
         """(labelled results, correct ones, unlabelled predictions) in the metric buckets since ``since``."""
@@ -563,14 +511,6 @@ class Tx:
             func.coalesce(func.sum(newest.c.served), 0), func.count(func.distinct(newest.c.minute)),
             func.min(newest.c.minute), func.max(newest.c.minute))).one()
         return int(served), int(minutes), first, last
-
-    def release_reservation(self, run_id: str, reason: str, now: datetime) -> float:
-        """Release what a run still holds in reservations (a cancelled or failed run); returns the amount."""
-        held = self.held_reservation(run_id)
-        if held:
-            model = self.s.scalar(select(CostRow.model).where(CostRow.run_id == run_id).limit(1))
-            self.add_cost(run_id, model or "", "release", -held, now, {"reason": reason})
-        return held
 
     def reservation_period(self, run_id: str) -> tuple[str, str] | None:
         """(day, month) the run's reservation was booked to, if it has one."""
@@ -605,11 +545,6 @@ class Tx:
     def report_resources(self, node: str, reading: dict, now: datetime) -> None:
         """A training node's free memory, CPU load and free disk, for the decision's resource rule."""
         self.set_control(f"resources:{node}", {**reading, "at": now.isoformat()}, node, now)
-
-    def resource_reports(self, since: datetime) -> list[dict]:
-        """Readings reported by training nodes since ``since``, each with its ``node``."""
-        q = select(ControlRow).where(ControlRow.key.startswith("resources:"), ControlRow.updated_at >= since)
-        return [{**r.value, "node": r.key.partition(":")[2]} for r in self.s.scalars(q)]
 
     def open_request_locked(self, request_id: str, name: str) -> tuple[RequestRow | None, bool]:
         """The request row, locked for update, and whether :meth:`lock` ``name`` was taken:
@@ -819,13 +754,6 @@ class Tx:
         self.s.execute(update(c).where(c.key == f"lease:{name}", c.updated_by == holder)
                        .values(updated_by="", value={}, updated_at=datetime(2000, 1, 1).astimezone())
                        .execution_options(synchronize_session=False))
-
-    def lease_holder(self, name: str, now: datetime) -> str | None:
-        row = self.s.get(ControlRow, f"lease:{name}")
-        if row is None or not row.updated_by:
-            return None
-        ttl = float((row.value or {}).get("ttl_s", 0))
-        return row.updated_by if row.updated_at >= now - timedelta(seconds=ttl) else None
 
 
 @dataclass(frozen=True)

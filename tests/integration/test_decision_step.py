@@ -16,8 +16,8 @@ import pytest
 
 from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.domain import TRIGGER_PRIORITY, RetrainRequest, Severity, TriggerKind
-from retrain.errors import PayloadError
+from retrain.domain import TRIGGER_PRIORITY, Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
+from retrain.errors import PayloadError, UnknownModelError
 from retrain.payloads import ManualRequestPayload
 from retrain.policy import RULES, ResourceReading
 from retrain.steps.decide import decide_request, resolve_pending
@@ -96,9 +96,13 @@ def _request(ctx, model: str = "alpha", trigger: TriggerKind = TriggerKind.PERFO
     return rid
 
 
-def _decision(ctx, res):
+def _decision(ctx, res) -> Decision:
     with ctx.store.tx() as tx:
-        return tx.to_decision(tx.decision(res.decision_id))
+        row = tx.decision(res.decision_id)
+        return Decision(request_id=row.request_id, model=row.model, verdict=Verdict(row.verdict),
+                        decided_at=row.decided_at, rules=tuple(RuleResult.from_json(r) for r in row.rules),
+                        defer_until=row.defer_until, estimated_cost_usd=row.estimated_cost_usd,
+                        detail=row.detail or {})
 
 
 def _rule(decision, name):
@@ -331,6 +335,15 @@ def test_an_emergency_bypasses_approval_cooldown_and_limits_and_the_bypass_is_au
     # (noon is outside the off-peak window too: not a rule for emergencies, so recorded as bypassed)
     assert set(event.data["would_have_failed"]) == {"approval", "cooldown", "daily_runs", "offpeak"}
     assert event.data["why"] == "emergency"
+
+
+def test_pausing_an_unknown_model_names_it_and_the_configured_ones(sqlite_url, tmp_path):
+    # Given a store that knows alpha and beta
+    ctx = _ctx(sqlite_url, tmp_path)
+    # When an unknown model is paused, Then the error is ours and names it and the known ones
+    with pytest.raises(UnknownModelError, match=r"unknown model 'gamma'; configured: alpha, beta"):
+        with ctx.store.tx() as tx:
+            tx.set_paused("gamma", True, "ops", "typo", NOW)
 
 
 def test_pause_one_model_or_all_rejects_with_reason_paused(sqlite_url, tmp_path):

@@ -57,6 +57,13 @@ def _rows(ctx, run_id: str) -> list[tuple[str, float, str, str]]:
         return [(r.kind, r.amount_usd, r.day, r.at.strftime("%Y-%m-%d")) for r in rows]
 
 
+def _spend(tx, model: str, day: datetime) -> tuple[float, float, float, float]:
+    """(spend today, this month, the model's today, the model's this month) as the decision reads them."""
+    st = tx.decision_snapshot(model, now=day, history=timedelta(days=31), window=timedelta(hours=1),
+                              report_max_age=timedelta(minutes=10))
+    return st.spend_today, st.spend_month, st.model_spend_today, st.model_spend_month
+
+
 def test_a_run_that_trains_after_midnight_turns_its_reservation_into_its_cost_on_the_same_day(any_db_url, tmp_path):
     # Given a run approved at 23:50 with its $0.50 estimate reserved
     ctx = _ctx(any_db_url, tmp_path)
@@ -70,8 +77,8 @@ def test_a_run_that_trains_after_midnight_turns_its_reservation_into_its_cost_on
     with ctx.store.tx() as tx:
         usage = tx.run(run_id).usage
         held = tx.held_reservation(run_id)
-        today = tx.spend_summary(day="2026-01-05", month="2026-01", model="direction")
-        tomorrow = tx.spend_summary(day="2026-01-06", month="2026-01", model="direction")
+        today = _spend(tx, "direction", datetime(2026, 1, 5, 12, tzinfo=timezone.utc))
+        tomorrow = _spend(tx, "direction", datetime(2026, 1, 6, 12, tzinfo=timezone.utc))
     assert [(k, d, at) for k, _, d, at in rows] == [("reservation", "2026-01-05", "2026-01-05"),
                                                     ("release", "2026-01-05", "2026-01-06"),
                                                     ("actual", "2026-01-05", "2026-01-06")]
@@ -98,5 +105,5 @@ def test_a_run_that_fails_gives_its_reservation_back(sqlite_url, tmp_path):
                                                                  ("release", -0.5, "2026-01-05")]
     with ctx.store.tx() as tx:
         assert tx.held_reservation(run_id) == 0.0
-        assert tx.spend_summary(day="2026-01-05", month="2026-01", model="direction") == (0.0, 0.0, 0.0, 0.0)
+        assert _spend(tx, "direction", datetime(2026, 1, 5, 12, tzinfo=timezone.utc)) == (0.0, 0.0, 0.0, 0.0)
         assert tx.run(run_id).state == "failed"

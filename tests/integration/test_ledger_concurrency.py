@@ -216,7 +216,10 @@ def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_
     assert sum(d.estimated_cost_usd for d in decisions if d.verdict == "approve") == pytest.approx(4.0)
     with ctx.store.tx() as tx:
         assert sum(tx.held_reservation(r.id) for r in new_runs) == pytest.approx(4.0)
-        assert tx.spend_summary(day=f"{NOW:%Y-%m-%d}", month=f"{NOW:%Y-%m}", model="m4")[0] <= 8.5
+        # as the decision reads the day's spend
+        st = tx.decision_snapshot("m4", now=NOW, history=timedelta(days=31), window=timedelta(hours=1),
+                                  report_max_age=timedelta(minutes=10))
+        assert st.spend_today <= 8.5
     assert sorted(m.payload["run_id"] for m in outbox) == sorted(r.id for r in new_runs)
 
 

@@ -3,9 +3,26 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 CORE = Path(__file__).resolve().parents[2] / "retrain"
+
+# A string naming a module of workers/ ("workers.base", "workers.benchmarks.", "workers.app:x"):
+# what importlib.import_module, __import__ or a "module:attr" path would load.
+_WORKERS_NAME = re.compile(r"^workers(\.\w+)*\.?(:[\w.]+)?$")
+
+#: The only places retrain/ reaches workers/, and why each must. The CLI is the operator's one
+#: command, and these three commands need Celery itself, which retrain/ never imports.
+WORKERS_ALLOWED: dict[str, dict[str, str]] = {
+    "cli.py": {
+        "workers.demo": "`retrain demo` runs the loop through an in-process Celery worker",
+        "workers.benchmarks": "`retrain bench NAME` runs the benchmarks that need real Celery workers",
+    },
+    "commands/common.py": {
+        "workers.base": "a command that changed state publishes its outbox at once through the Celery app",
+    },
+}
 
 
 def _modules():
@@ -20,6 +37,22 @@ def _imports(tree: ast.AST) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module:
             names.add(node.module)
     return names
+
+
+def _workers_references(tree: ast.AST) -> set[str]:
+    """Modules of workers/ that ``tree`` imports, by statement or by name in a string."""
+    found = {n for n in _imports(tree) if n == "workers" or n.startswith("workers.")}
+    found |= {node.value.split(":")[0].rstrip(".") for node in ast.walk(tree)
+              if isinstance(node, ast.Constant) and isinstance(node.value, str) and _WORKERS_NAME.match(node.value)}
+    return found
+
+
+def test_the_core_reaches_workers_only_where_the_allow_list_says_why():
+    # Given every module under retrain/, When their imports and the module names in their strings are read
+    found = {str(p.relative_to(CORE)): refs for p in _modules()
+             if (refs := _workers_references(ast.parse(p.read_text())))}
+    # Then each reference to workers/ is on the allow-list with its reason, and every entry is still needed
+    assert found == {path: set(refs) for path, refs in WORKERS_ALLOWED.items()}
 
 
 def test_no_core_module_imports_celery():
