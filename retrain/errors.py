@@ -11,6 +11,7 @@
     ├── SchemaOutdatedError    the database is behind the code's migrations (permanent)
     ├── ArtifactError          an artifact is missing or does not match its sha256 (permanent)
     ├── StaleLeaseError        a write by a run that no longer holds its lease (permanent)
+    ├── TransitionError        a run move its lifecycle does not allow (a bug, permanent)
     ├── TrainingError          the model's own training code failed (permanent for that attempt)
     └── TransientError         worth retrying: a service is briefly unreachable
         ├── StoreUnavailableError  the database did not answer
@@ -33,6 +34,7 @@ __all__ = [
     "SchemaOutdatedError",
     "ArtifactError",
     "StaleLeaseError",
+    "TransitionError",
     "TrainingError",
     "TransientError",
     "StoreUnavailableError",
@@ -75,6 +77,10 @@ class ArtifactError(RetrainError):
 
 class StaleLeaseError(RetrainError):
     """Raised when a run's effect is written by an attempt that lost its lease."""
+
+
+class TransitionError(RetrainError):
+    """Raised when a run is asked to make a move its lifecycle does not allow."""
 
 
 class TrainingError(RetrainError):

@@ -1,17 +1,45 @@
-"""A training run's lifecycle: the states it moves through and how it ends.
+"""A training run's lifecycle: the states it moves through, and the only code that moves it.
 
 ::
 
     queued ──► training ──► validating ──► shadow ──► rollout ──► done
-      ▲  │        │   │          │            │          │
-      │  │        │   └──────────┴────────────┴──────────┴──► rejected | failed | cancelled
-      │  └────────┴──► dead      (attempts used up: RETRAIN_MAX_ATTEMPTS)
-      └───────────┘  lease expired, waiting for a slot or a dependency: back to queued
+
+    training ──► queued            the lease was lost, the attempt failed, or no slot: back in line
+    training ──► training          a new attempt takes over an expired lease
+    validating ──► rollout         no shadow (canary at once), or promoted at once ('promoting')
+    shadow ──► done                shadow passed and no staged rollout is configured
+    validating | shadow | rollout ──► rejected       the validation or rollout verdict
+    any state not final ──► failed | cancelled;  queued | training ──► dead
 
 ``done``, ``rejected``, ``failed``, ``dead`` and ``cancelled`` are final. A run moves
-only along these arrows; :func:`can_move` says whether a move is one of them, and
-:func:`finish` ends a run in one place: the reason on the row, the cost reservation
-and the training slot given back, and an audit event, in the caller's transaction.
+only along :data:`TRANSITIONS`, and only through the functions below, one per move
+(a test reads the source for any other write of a run's state or stage):
+
+======================  =============================  ==========================================
+function                move                           who (fenced by attempt / lease owner)
+======================  =============================  ==========================================
+:func:`new_run`         (new) -> queued                decide: an approved request
+:func:`start_training`  queued | training -> training  train: the claim, a new attempt (the fence)
+:func:`hold`            queued | training -> queued    train: waits for a slot or a dependency
+:func:`progress`        training (stage only)          train: the lease holder (attempt)
+:func:`requeue`         training -> queued             train / reconcile: attempt failed or lost
+:func:`to_validating`   training -> validating         train: the lease holder (attempt, owner)
+:func:`enter_shadow`    validating -> shadow           validate
+:func:`enter_canary`    validating | shadow -> rollout validate / rollout: the first canary stage
+:func:`advance_canary`  rollout (stage only)           rollout: the next canary stage
+:func:`to_promotion`    validating -> rollout          validate: promoted at once (``promoting``)
+:func:`complete`        shadow | rollout -> done       promotion
+:func:`reject`          validating | shadow | rollout  validation or rollout verdict
+                        -> rejected
+:func:`fence`           (no move)                      checks that an attempt still holds the lease
+:func:`finish`          any -> failed | dead |         failures, with the run's holdings given
+                        cancelled | rejected           back and an audit event (optionally fenced)
+======================  =============================  ==========================================
+
+A move the table does not allow raises :class:`TransitionError` naming the run, its
+state and the move; a write by an attempt that lost its lease raises
+:class:`~retrain.errors.StaleLeaseError`. :func:`finish` alone answers False instead,
+so that ending a run twice (a duplicate message) is harmless.
 """
 
 from __future__ import annotations
@@ -20,18 +48,23 @@ from datetime import datetime
 
 from retrain import slots
 from retrain.domain import RunState
+from retrain.errors import StaleLeaseError, TransitionError
 from retrain.storage.models import RunRow
-from retrain.storage.repo import Tx
+from retrain.storage.repo import Tx, new_id
 
-__all__ = ["TRANSITIONS", "FINAL", "can_move", "finish"]
+__all__ = ["TRANSITIONS", "FINAL", "TransitionError", "can_move", "fence", "new_run", "start_training", "hold", "progress",
+           "requeue", "to_validating", "enter_shadow", "enter_canary", "advance_canary", "to_promotion", "complete",
+           "reject", "finish"]
 
 _Q, _T, _V, _S, _R = RunState.QUEUED, RunState.TRAINING, RunState.VALIDATING, RunState.SHADOW, RunState.ROLLOUT
 _DONE, _REJ, _FAIL, _DEAD, _CANC = RunState.DONE, RunState.REJECTED, RunState.FAILED, RunState.DEAD, RunState.CANCELLED
 
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _Q: frozenset({_T, _FAIL, _DEAD, _CANC}),
-    _T: frozenset({_Q, _V, _FAIL, _DEAD, _CANC}),
-    _V: frozenset({_S, _R, _DONE, _REJ, _FAIL, _CANC}),
+    # training -> training: a new attempt takes over a lease that expired (or that its own
+    # process holds but no longer runs); the attempt counter moves on, fencing the old one off.
+    _T: frozenset({_T, _Q, _V, _FAIL, _DEAD, _CANC}),
+    _V: frozenset({_S, _R, _REJ, _FAIL, _CANC}),
     _S: frozenset({_R, _DONE, _REJ, _FAIL, _CANC}),
     _R: frozenset({_DONE, _REJ, _FAIL, _CANC}),
     _DONE: frozenset(), _REJ: frozenset(), _FAIL: frozenset(), _DEAD: frozenset(), _CANC: frozenset(),
@@ -44,19 +77,149 @@ def can_move(src: str | RunState, dst: str | RunState) -> bool:
     return RunState(dst) in TRANSITIONS[RunState(src)]
 
 
-def finish(tx: Tx, run: RunRow, state: str | RunState, reason: str, now: datetime, *, actor: str = "system") -> bool:
+def _move(run: RunRow, target: RunState, move: str) -> None:
+    if not can_move(run.state, target):
+        allowed = ", ".join(sorted(s.value for s in TRANSITIONS[RunState(run.state)])) or "nothing (final)"
+        raise TransitionError(f"run {run.id} of {run.model} is {run.state}: {move} would move it to "
+                              f"{target.value}, which its lifecycle does not allow (from {run.state}: {allowed})")
+    run.state = target.value
+
+
+def _stay(run: RunRow, state: RunState, move: str) -> None:
+    """A change of stage within ``state``: refused, like a move, when the run is elsewhere."""
+    if run.state != state.value:
+        raise TransitionError(f"run {run.id} of {run.model} is {run.state}: {move} needs it {state.value}")
+
+
+def fence(run: RunRow, *, attempt: int, owner: str | None = None, doing: str = "stopped") -> None:
+    """Raise :class:`~retrain.errors.StaleLeaseError` unless ``attempt`` (and ``owner``) still trains the run.
+
+    ``doing`` ends the message: what the stale attempt does not get to write.
+    """
+    if run.attempt != attempt or run.state != _T.value or (owner is not None and run.lease_owner != owner):
+        raise StaleLeaseError(f"run {run.id} attempt {attempt} lost its lease (now attempt {run.attempt}, "
+                              f"owner {run.lease_owner}, state {run.state}); {doing}")
+
+
+def _drop_lease(run: RunRow) -> None:
+    run.lease_owner, run.lease_expires_at = None, None
+
+
+def new_run(tx: Tx, *, model: str, request_id: str, decision_id: str, trigger: str, priority: int,
+            now: datetime) -> str:
+    """A run is born ``queued``, waiting for a training slot. Returns its id."""
+    rid = new_id()
+    tx.s.add(RunRow(id=rid, model=model, request_id=request_id, decision_id=decision_id, trigger=trigger,
+                    priority=priority, state=_Q.value, attempt=0, created_at=now, usage={}))
+    return rid
+
+
+def start_training(run: RunRow, *, owner: str, now: datetime, lease_until: datetime) -> int:
+    """A new attempt takes the run's lease (``queued`` or an expired ``training``). Returns the attempt,
+    the fencing token every later write of this attempt is checked against."""
+    if run.state == _T.value and run.lease_owner not in (None, owner) and run.lease_expires_at is not None \
+            and run.lease_expires_at > now:
+        raise StaleLeaseError(f"run {run.id} is held by {run.lease_owner} until {run.lease_expires_at.isoformat()}; "
+                              f"{owner} cannot start another attempt")
+    _move(run, _T, "start_training")
+    run.attempt += 1
+    run.stage, run.progress, run.blocked_on = "loading data", 0.05, None
+    run.lease_owner, run.lease_expires_at, run.heartbeat_at = owner, lease_until, now
+    run.started_at = run.started_at or now
+    return run.attempt
+
+
+def hold(run: RunRow, reason: str) -> None:
+    """Keep the run queued, saying what it waits for (an expired attempt goes back in line)."""
+    if run.state == _T.value:
+        _move(run, _Q, "hold")
+        _drop_lease(run)
+    else:
+        _stay(run, _Q, "hold")
+    run.blocked_on, run.stage = reason, "waiting"
+
+
+def progress(run: RunRow, stage: str, pct: float, *, attempt: int) -> None:
+    """The training attempt that holds the lease reports its stage."""
+    fence(run, attempt=attempt, doing=f"stage '{stage}' not recorded")
+    run.stage, run.progress = stage, pct
+
+
+def requeue(run: RunRow, *, attempt: int, reason: str, now: datetime) -> None:
+    """Attempt ``attempt`` failed or lost its lease: the run goes back in line to be sent again."""
+    fence(run, attempt=attempt, doing="not queued again")
+    _move(run, _Q, "requeue")
+    run.stage, run.blocked_on, run.error = "retrying", None, reason
+    _drop_lease(run)
+    run.dispatched_at = now
+
+
+def to_validating(run: RunRow, version: str | None, *, attempt: int, owner: str) -> None:
+    """The attempt holding the lease registered ``version``: the run goes to validation."""
+    fence(run, attempt=attempt, owner=owner, doing="nothing registered")
+    _move(run, _V, "to_validating")
+    run.stage, run.progress, run.candidate_version = _V.value, 1.0, version
+    _drop_lease(run)
+
+
+def enter_shadow(run: RunRow) -> None:
+    """The candidate passed the holdout and is scored on live traffic, serving none."""
+    _move(run, _S, "enter_shadow")
+    run.stage = _S.value
+
+
+def enter_canary(run: RunRow, share_pct: float) -> None:
+    """The candidate serves its first canary share."""
+    _move(run, _R, "enter_canary")
+    run.stage = f"canary {share_pct:g}%"
+
+
+def advance_canary(run: RunRow, share_pct: float) -> None:
+    """The canary moves to its next stage's share."""
+    _stay(run, _R, "advance_canary")
+    run.stage = f"canary {share_pct:g}%"
+
+
+def to_promotion(run: RunRow) -> None:
+    """The candidate passed validation and is promoted at once (no live phase): the promote step is next."""
+    _move(run, _R, "to_promotion")
+    run.stage = "promoting"
+
+
+def complete(run: RunRow, now: datetime) -> None:
+    """The candidate is production: the run is done."""
+    _move(run, _DONE, "complete")
+    run.stage, run.finished_at = _DONE.value, now
+
+
+def reject(run: RunRow, reason: str, now: datetime, *, stage: str = _REJ.value) -> None:
+    """Validation or the rollout judged the candidate: production stays. ``stage`` says how it ended
+    (rejected, shadow_rejected, rolled_back, aborted, inconclusive); the caller audits the figures."""
+    _move(run, _REJ, "reject")
+    run.stage, run.finished_at, run.error = stage, now, reason
+    _drop_lease(run)
+
+
+def finish(tx: Tx, run: RunRow, state: str | RunState, reason: str, now: datetime, *, actor: str = "system",
+           attempt: int | None = None, owner: str | None = None) -> bool:
     """End a run in ``state`` (failed, dead, cancelled, rejected) with its reason.
 
     Gives back what the run still holds (its cost reservation and its training
     slot) and writes the audit event. Returns False, changing nothing, when the run
-    cannot move there (it already ended).
+    cannot move there (it already ended), or, given ``attempt`` or ``owner``, when
+    the run is no longer trained by that attempt or lease holder.
     """
     target = RunState(state)
-    if target not in FINAL or not can_move(run.state, target):
+    if target not in FINAL or target is _DONE or not can_move(run.state, target):
+        return False
+    if (attempt is not None or owner is not None) and (
+            run.state != _T.value or (attempt is not None and run.attempt != attempt)
+            or (owner is not None and run.lease_owner != owner)):
         return False
     attempt = run.attempt
-    run.state, run.error, run.finished_at = target.value, reason, now
-    run.lease_owner, run.lease_expires_at = None, None
+    _move(run, target, "finish")
+    run.error, run.finished_at = reason, now
+    _drop_lease(run)
     run.stage = target.value
     reserved = tx.held_reservation(run.id)
     if reserved:

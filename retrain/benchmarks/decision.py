@@ -196,8 +196,9 @@ def _bench_config(n_models: int):
 
 def _seed(ctx, now: datetime, rng: random.Random) -> None:
     """A month of history for every model (see the module docstring)."""
+    from retrain import lifecycle
     from retrain.steps.requests import sync_models
-    from retrain.storage.models import CostRow, RunRow
+    from retrain.storage.models import CostRow
 
     sync_models(ctx)
     with ctx.store.tx() as tx:
@@ -221,20 +222,22 @@ def _seed(ctx, now: datetime, rng: random.Random) -> None:
                                 "fn": n - correct - (n - correct) // 2, "ret_sum": 0.0, "ret_sq_sum": 0.0,
                                 "unlabelled": 0})
             tx.add_buckets(buckets)
-            runs, costs = [], []
+            costs = []
             for k in range(12):
                 at = now - timedelta(days=30) + timedelta(days=2.4 * k, minutes=rng.randrange(600))
-                rid = str(uuid.uuid4())
-                runs.append({"id": rid, "model": name, "request_id": str(uuid.uuid4()),
-                             "decision_id": str(uuid.uuid4()), "trigger": "performance", "priority": 7,
-                             "state": "done", "attempt": 1, "created_at": at, "started_at": at,
-                             "finished_at": at + timedelta(minutes=5), "stage": "done", "progress": 1.0,
-                             "usage": {}})
+                # A finished run of the past, moved through its lifecycle like any other.
+                rid = lifecycle.new_run(tx, model=name, request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
+                                        trigger="performance", priority=7, now=at)
+                run = tx.run(rid)
+                attempt = lifecycle.start_training(run, owner="bench", now=at, lease_until=at)
+                lifecycle.to_validating(run, None, attempt=attempt, owner="bench")
+                lifecycle.to_promotion(run)
+                lifecycle.complete(run, at + timedelta(minutes=5))
                 est, actual = 0.4, rng.uniform(0.2, 0.8)
                 for kind, amount in (("reservation", est), ("release", -est), ("actual", actual)):
                     costs.append({"run_id": rid, "model": name, "kind": kind, "amount_usd": amount, "at": at,
                                   "day": at.strftime("%Y-%m-%d"), "month": at.strftime("%Y-%m"), "detail": {}})
-            tx.s.execute(RunRow.__table__.insert(), runs)
+            tx.s.flush()  # the runs before their cost rows
             tx.s.execute(CostRow.__table__.insert(), costs)
 
 
@@ -256,10 +259,19 @@ def _new_request(ctx, rng: random.Random, now: datetime) -> str:
 
 
 def _finish(ctx, run_id: str, rng: random.Random) -> None:
-    """What the training step does at the end: the reservation becomes the measured cost."""
+    """What the training step does at the end: the reservation becomes the measured cost.
+
+    The run walks its lifecycle to ``done`` at once (trained, validated, promoted): the
+    benchmark times decisions, not the steps that would move it there."""
+    from retrain import lifecycle
+
     with ctx.store.tx() as tx:
         run = tx.run(run_id, for_update=True)
-        run.state, run.finished_at = "done", ctx.now()
+        now = ctx.now()
+        attempt = lifecycle.start_training(run, owner=ctx.worker_id, now=now, lease_until=now)
+        lifecycle.to_validating(run, None, attempt=attempt, owner=ctx.worker_id)
+        lifecycle.to_promotion(run)
+        lifecycle.complete(run, now)
         held = tx.held_reservation(run_id)
         tx.add_cost(run_id, run.model, "release", -held, ctx.now(), {"reason": "replaced by actual cost"})
         tx.add_cost(run_id, run.model, "actual", held * rng.uniform(0.5, 1.5), ctx.now(), {})

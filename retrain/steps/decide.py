@@ -42,6 +42,7 @@ from retrain.context import Context
 from retrain.costs import estimate_cost
 from retrain.domain import Decision, RetrainRequest, RuleResult, Verdict
 from retrain.errors import PayloadError
+from retrain.lifecycle import new_run
 from retrain.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate
 from retrain.storage.models import RequestRow
 from retrain.storage.repo import DecisionState, Tx
@@ -251,8 +252,8 @@ def _apply(tx: Tx, row: RequestRow, req: RetrainRequest, decision: Decision, now
 def start_run(tx: Tx, row: RequestRow, req: RetrainRequest, decision_id: str, estimate: float,
               now: datetime) -> str:
     """Create the run, reserve its estimate in the ledger and send it to training (one commit)."""
-    run_id = tx.create_run(model=req.model, request_id=req.id, decision_id=decision_id, trigger=req.trigger.value,
-                           priority=req.priority, now=now)
+    run_id = new_run(tx, model=req.model, request_id=req.id, decision_id=decision_id, trigger=req.trigger.value,
+                     priority=req.priority, now=now)
     tx.close_request(row, "approved")
     row.run_id = run_id
     tx.add_cost(run_id, req.model, "reservation", estimate, now, {"decision_id": decision_id, "estimate": True})

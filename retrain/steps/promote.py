@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from retrain.context import Context
+from retrain.lifecycle import complete
 from retrain.storage.models import RunRow
 from retrain.storage.repo import Tx
 from retrain.steps.sweep import refresh_drift_reference
@@ -65,7 +66,7 @@ def finish_promotion(tx: Tx, run: RunRow, now: datetime, reason: str) -> str | N
     model_row = tx.model_row(model)
     if model_row is not None and model_row.deployed_at is None:
         model_row.deployed_at = now
-    run.state, run.stage, run.finished_at = "done", "done", now
+    complete(run, now)
     tx.audit(now, "promotion", "promotion", f"{model} {version} is production (previous: {old or 'none'})",
              model=model, subject=version, data={"run_id": run.id, "previous": old, "reason": reason})
     # Drift is judged against what production was trained on: the new version's training window.

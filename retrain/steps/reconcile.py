@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from retrain import slots
 from retrain.context import Context
-from retrain.lifecycle import finish
+from retrain.lifecycle import finish, requeue
 from retrain.tasks import DECIDE, PROMOTE, TRAIN, VALIDATE
 from retrain.waiting import wake
 
@@ -88,8 +88,7 @@ def _expired_leases(tx, ctx: Context, now: datetime, out: ReconcileResult) -> No
                 out.dead.append(run.id)
             continue
         slots.release(tx, run.id, attempt)
-        run.state, run.stage, run.blocked_on, run.error = "queued", "retrying", None, lost
-        run.lease_owner, run.lease_expires_at, run.dispatched_at = None, None, now
+        requeue(run, attempt=attempt, reason=lost, now=now)
         tx.audit(now, "run", "reconciler", f"run of {run.model}: {lost}; sent again", model=run.model,
                  subject=run.id, data={"attempt": attempt, "owner": owner})
         tx.enqueue(TRAIN, {"v": 1, "run_id": run.id}, now, priority=run.priority)

@@ -39,6 +39,7 @@ from retrain.context import Context
 from retrain.emergency import EmergencyConfig
 from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
 from retrain.errors import ArtifactError, RetrainError, TransientError
+from retrain.lifecycle import advance_canary, enter_canary, enter_shadow, reject
 from retrain.rollout import PairedCounts, Phase, RolloutState, ShadowVerdict, StageVerdict, canary_emergency, \
     judge_shadow, judge_stage
 from retrain.steps.promote import finish_promotion
@@ -102,7 +103,7 @@ def begin_rollout(tx: Tx, ctx: Context, run: RunRow, cfg: ModelConfig, productio
     if state.phase is Phase.SHADOW:
         v = cfg.validation
         tx.move_alias(run.model, "candidate", version, actor="validation", reason=holdout_detail, now=now)
-        run.state, run.stage = "shadow", "shadow"
+        enter_shadow(run)
         tx.version(run.model, version).status = "candidate"
         tx.audit(now, "validation", "validation",
                  f"{run.model} {version} enters shadow against production {production}: "
@@ -128,7 +129,7 @@ def _enter_canary(tx: Tx, run: RunRow, ro: RolloutRow, cfg: ModelConfig, now: da
     tx.move_alias(run.model, "canary", ro.candidate_version, actor=ACTOR, reason=f"canary at {share:g}%: {why}",
                   now=now, share_pct=share)
     tx.version(run.model, ro.candidate_version).status = "canary"
-    run.state, run.stage = "rollout", f"canary {share:g}%"
+    enter_canary(run, share)
     tx.audit(now, "rollout", ACTOR, f"{run.model} {ro.candidate_version} canary at {share:g}% of traffic "
              f"(stage 1 of {len(_state(ro, cfg).stages)}): {why}", model=run.model, subject=ro.candidate_version,
              data={"run_id": run.id, "share_pct": share, "stage": 1})
@@ -302,7 +303,7 @@ def _apply(tx: Tx, cfg: ModelConfig, run: RunRow, ro: RolloutRow, action: str, r
         ro.gate = ro.gate_by = None
         tx.move_alias(model, "canary", version, actor=ACTOR, reason=f"stage {nxt.stage + 1}: {nxt.share_pct:g}%",
                       now=now, share_pct=nxt.share_pct)
-        run.stage = f"canary {nxt.share_pct:g}%"
+        advance_canary(run, nxt.share_pct)
         tx.audit(now, "rollout", ACTOR, f"{model} {version} canary {old_share:g}% -> {nxt.share_pct:g}% "
                  f"(stage {nxt.stage + 1} of {len(state.stages)}): {reason}", model=model, subject=version,
                  data={"run_id": run.id, "share_pct": nxt.share_pct, "figures": figures})
@@ -324,8 +325,8 @@ def _apply(tx: Tx, cfg: ModelConfig, run: RunRow, ro: RolloutRow, action: str, r
     status = {"rollback": "rolled_back", "reject": "rejected"}.get(action, "withdrawn")
     if row is not None and row.status in ("candidate", "canary"):
         row.status = status
-    run.state, run.finished_at, run.error = "rejected", now, reason
-    run.stage = {"rollback": "rolled_back", "reject": "shadow_rejected", "abort": "aborted"}.get(action, "inconclusive")
+    reject(run, reason, now,
+           stage={"rollback": "rolled_back", "reject": "shadow_rejected", "abort": "aborted"}.get(action, "inconclusive"))
     data = {"run_id": run.id, "figures": figures, "share_pct": was_share, "production": ro.baseline_version}
     if action == "rollback":
         tx.audit(now, "rollback", ACTOR, f"{model} canary {version} rolled back automatically at {was_share:g}% "

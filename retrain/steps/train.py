@@ -35,7 +35,7 @@ from retrain import slots
 from retrain.clock import monotonic
 from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
 from retrain.errors import ConfigError, StaleLeaseError, TrainingError, TransientError
-from retrain.lifecycle import finish
+from retrain import lifecycle
 from retrain.slots import SLOT_LOCK
 from retrain.waiting import dependency_blocker, describe_dependency, slot_wait, wake
 from retrain.storage.repo import Tx
@@ -146,20 +146,21 @@ def _deps(ctx: Context) -> dict[str, tuple[str, ...]]:
     return {name: tuple(m.depends_on) for name, m in ctx.config.models.items()}
 
 
-def _end(tx: Tx, ctx: Context, run, state: str, reason: str, now: datetime, actor: str = "system") -> None:
+def _end(tx: Tx, ctx: Context, run, state: str, reason: str, now: datetime, actor: str = "system", *,
+         attempt: int | None = None, owner: str | None = None) -> bool:
     """End the run (retrain.lifecycle.finish) and hand what it freed to the runs that wait."""
-    if finish(tx, run, state, reason, now, actor=actor):
-        wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=now)
+    if not lifecycle.finish(tx, run, state, reason, now, actor=actor, attempt=attempt, owner=owner):
+        return False
+    wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=now)
+    return True
 
 
 def _hold(tx: Tx, run, reason: str, now: datetime) -> None:
     """Keep the run queued, saying what it waits for: Postgres remembers it, not the broker."""
-    if run.state == "training":  # an attempt whose lease expired: back in line
-        run.state, run.lease_owner, run.lease_expires_at = "queued", None, None
     if run.blocked_on != reason:
         tx.audit(now, "run", "orchestrator", f"run of {run.model} waits for {reason}", model=run.model,
                  subject=run.id, data={"blocked_on": reason})
-    run.blocked_on, run.stage = reason, "waiting"
+    lifecycle.hold(run, reason)  # an attempt whose lease expired goes back in line
 
 
 def _claim(ctx: Context, run_id: str, now: datetime) -> tuple[str, int | None, str]:
@@ -198,10 +199,7 @@ def _claim(ctx: Context, run_id: str, now: datetime) -> tuple[str, int | None, s
         if slot is None:
             _hold(tx, run, slot_wait(s.training_slots), now)
             return "busy", None, run.blocked_on
-        run.attempt += 1
-        run.state, run.stage, run.progress, run.blocked_on = "training", "loading data", 0.05, None
-        run.lease_owner, run.lease_expires_at, run.heartbeat_at = ctx.worker_id, lease_until, now
-        run.started_at = run.started_at or now
+        lifecycle.start_training(run, owner=ctx.worker_id, now=now, lease_until=lease_until)
         tx.audit(now, "training", ctx.worker_id,
                  f"training of {run.model} started (attempt {run.attempt} of {s.max_attempts}, slot {slot})",
                  model=run.model, subject=run.id, data={"attempt": run.attempt, "slot": slot})
@@ -239,7 +237,7 @@ def _set_progress(ctx: Context, run_id: str, attempt: int, stage: str, pct: floa
         run = _renew(tx, ctx, run_id, attempt)
         if run is None:
             raise StaleLeaseError(f"run {run_id} attempt {attempt} lost its lease before '{stage}'; stopped")
-        run.stage, run.progress = stage, pct
+        lifecycle.progress(run, stage, pct, attempt=attempt)
     _report(progress, stage, pct)
 
 
@@ -321,9 +319,7 @@ def _retry_or_die(ctx: Context, run_id: str, attempt: int, error: str) -> TrainR
             reason = f"attempt {attempt} of {ctx.settings.max_attempts} failed: {error}"
             _end(tx, ctx, run, "dead", reason, now)
             return TrainResult(run_id, "dead", detail=reason)
-        run.error = f"attempt {attempt} failed: {error}"
-        run.state, run.stage, run.blocked_on = "queued", "retrying", None
-        run.lease_owner, run.lease_expires_at, run.dispatched_at = None, None, now
+        lifecycle.requeue(run, attempt=attempt, reason=f"attempt {attempt} failed: {error}", now=now)
         slots.release(tx, run_id, attempt)
         tx.audit(now, "run", ctx.worker_id, f"attempt {attempt} of {run.model} failed, retrying: {error}",
                  model=run.model, subject=run.id, data={"attempt": attempt, "error": error})
@@ -387,9 +383,7 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
     except (TrainingError, ConfigError) as exc:
         # Deterministic: the same data and code would fail again. The run fails now.
         with ctx.store.tx() as tx:
-            run = tx.run(run_id, for_update=True)
-            if run.attempt == attempt and run.state == "training":
-                _end(tx, ctx, run, "failed", str(exc), ctx.now())
+            _end(tx, ctx, tx.run(run_id, for_update=True), "failed", str(exc), ctx.now(), attempt=attempt)
         return TrainResult(run_id, "failed", detail=str(exc))
     except (StaleLeaseError, TransientError, *passthrough):
         raise
@@ -476,9 +470,7 @@ def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, 
     with ctx.store.tx() as tx:
         tx.lock(versions_lock(cfg.name))
         run = tx.run(run_id, for_update=True)
-        if run.attempt != attempt or run.lease_owner != ctx.worker_id or run.state != "training":
-            raise StaleLeaseError(f"run {run_id} attempt {attempt} lost its lease (now attempt {run.attempt}, "
-                                  f"owner {run.lease_owner}, state {run.state}); nothing registered")
+        lifecycle.fence(run, attempt=attempt, owner=ctx.worker_id, doing="nothing registered")
         # The training window is what the fit saw; the holdout (the newest rows) is recorded apart.
         v = register_version(tx, NewVersion(
             model=cfg.name, spec=spec, artifact=artifact, reference_sha256=reference.sha256,
@@ -491,9 +483,7 @@ def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, 
         ), now=finished, actor=ctx.worker_id, artifacts=ctx.artifacts,
             note=f"; fit {usage.wall_seconds:.2f}s, cost ${cost.total_usd:.4f}",
             audit_data={"rows": int(cut), "usage": asdict(usage), "cost": asdict(cost)}).version
-        run.state, run.stage, run.progress = "validating", "validating", 1.0
-        run.candidate_version = str(v)
-        run.lease_owner, run.lease_expires_at = None, None
+        lifecycle.to_validating(run, str(v), attempt=attempt, owner=ctx.worker_id)
         run.usage = {**asdict(usage), **asdict(cost)}
         reserved = tx.held_reservation(run.id)
         if reserved:
@@ -540,7 +530,4 @@ def fail_run(ctx: Context, run_id: str, reason: str) -> bool:
     """
     with ctx.store.tx() as tx:
         run = tx.run(run_id, for_update=True)
-        if run is None or run.state != "training" or run.lease_owner != ctx.worker_id:
-            return False
-        _end(tx, ctx, run, "failed", reason, ctx.now())
-        return True
+        return run is not None and _end(tx, ctx, run, "failed", reason, ctx.now(), owner=ctx.worker_id)

@@ -28,7 +28,7 @@ import numpy as np
 
 from retrain.context import Context
 from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
-from retrain.lifecycle import finish
+from retrain.lifecycle import finish, reject, to_promotion
 from retrain.metrics import finite_metrics, score
 from retrain.rollout import PairedCounts, judge_paired
 from retrain.steps.rollout_step import begin_rollout
@@ -111,11 +111,11 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
                 # Proven on live traffic next: shadow, then the canary stages (retrain.steps.rollout_step).
                 status = begin_rollout(tx, ctx, run, cfg, prod_name, now, detail)
                 return ValidateResult(run_id, status, detail, cand_m, prod_m)
-            run.state, run.stage = "rollout", "promoting"
+            to_promotion(run)
             tx.move_alias(run.model, "candidate", cand.version, actor="validation", reason=detail, now=now)
             tx.enqueue(PROMOTE, {"v": 1, "run_id": run.id}, now, priority=run.priority)
         else:
-            run.state, run.stage, run.finished_at, run.error = "rejected", "rejected", now, detail
+            reject(run, detail, now)
             cand.status = "rejected"
             tx.audit(now, "validation", "validation", f"{run.model} {cand.version} rejected: {detail}",
                      model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m,
