@@ -120,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="end with a backtest comparison of auto, never and every:1d on the same market")
     demo.set_defaults(fn=cmd_demo)
 
-    with_json(sub.add_parser("status", help="models, production versions, metrics, requests, runs, spend")).set_defaults(fn=cmd_status)
+    status = with_json(sub.add_parser("status", help="models, production versions, metrics, requests, runs, spend"))
+    status.set_defaults(fn=cmd_status)
 
     drift = with_json(sub.add_parser("drift", help="the model's latest drift check, feature by feature"))
     drift.add_argument("model")

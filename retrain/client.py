@@ -48,8 +48,9 @@ __all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender"]
 
 log = logging.getLogger("retrain.client")
 
-#: ``sender(task_name, payload, queue, priority)``; raises when the broker is unreachable.
-Sender = Callable[[str, dict, str, int], None]
+#: ``sender(task_name, payload, queue, priority)``; raises when the broker is unreachable. An ingest
+#: payload may come packed already (:class:`EncodedIngest`, from the relay process).
+Sender = Callable[[str, Any, str, int], None]
 
 _NAN = float("nan")
 _INTS, _STRS = {int}, {str}
@@ -199,7 +200,8 @@ def kombu_sender(broker_url: str, *, connect_timeout_s: float = 2.0, amqp_max_pr
 
     def send(task: str, payload: dict | EncodedIngest, queue: str, priority: int) -> None:
         task_id = str(uuid.uuid4())
-        if type(payload) is EncodedIngest:  # the body as it came: no decoding, no encoding
+        body: bytes | tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]
+        if isinstance(payload, EncodedIngest):  # the body as it came: no decoding, no encoding
             body, batch_id = payload.body, payload.batch_id
             encoding = {"content_type": "application/json", "content_encoding": "utf-8"}
         else:
@@ -412,7 +414,7 @@ class RetrainClient:
         self.idle_flush_s = idle_flush_s
         # id -> (prediction item, when gathered); insertion-ordered: the first is the oldest.
         self._pending: dict[str, tuple[tuple, float]] = {}
-        self._waiting: collections.deque[tuple[dict, int]] = collections.deque()
+        self._waiting: collections.deque[tuple[dict[str, Any] | EncodedIngest, int]] = collections.deque()
         self._waiting_rows = 0
         self._width: dict[str, int] = {}
         # One lock for the flusher's side (drain and send); the reporting calls never take it.
@@ -635,7 +637,8 @@ class RetrainClient:
                 kept = [(o, h) for o, h in zip(outcomes, hits) if h is not None]
                 outcomes, hits = [k[0] for k in kept], [k[1] for k in kept]
             if hits:
-                parts.append((list(map(_FIRST, hits)), list(map(_SECOND, hits)), outcomes))
+                # No None left in hits: the orphans went their own way above.
+                parts.append((list(map(_FIRST, hits)), list(map(_SECOND, hits)), outcomes))  # type: ignore[arg-type]
         # Predictions that waited too long, or too many waiting: sent unlabelled, oldest first.
         cutoff = now_ts - self.prediction_ttl_s
         excess = len(pending) - self.max_pending_predictions
@@ -782,7 +785,7 @@ class RetrainClient:
             self._width[b.model] = b.n_features
         self._enqueue(b.payload(), len(b))
 
-    def enqueue_payload(self, payload: dict, rows: int) -> None:
+    def enqueue_payload(self, payload: dict[str, Any] | EncodedIngest, rows: int) -> None:
         """Queue an ingest payload packed elsewhere (the relay process gets its batches so);
         it is sent, retried and bounded like the client's own."""
         with self._lock:
@@ -790,7 +793,7 @@ class RetrainClient:
         if self._thread is not None:
             self._wake.set()
 
-    def _enqueue(self, payload: dict, rows: int) -> None:
+    def _enqueue(self, payload: dict[str, Any] | EncodedIngest, rows: int) -> None:
         self._waiting.append((payload, rows))
         self._waiting_rows += rows
         while len(self._waiting) > self.max_waiting_batches:
@@ -809,7 +812,7 @@ class RetrainClient:
                 with self._drop_lock:
                     reported = self._unreported_drops
                 if reported:  # added to what the payload carries already (a relay's parent counts too)
-                    if type(payload) is EncodedIngest:  # its body stays as it is: a message of their own
+                    if isinstance(payload, EncodedIngest):  # its body stays as it is: a message of their own
                         self._waiting.appendleft((_drop_notice(payload.model), 0))
                         continue
                     payload = {**payload, "client_dropped": payload.get("client_dropped", 0) + reported}

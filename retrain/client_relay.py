@@ -48,9 +48,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any
 
 from retrain.client import EncodedIngest, encode_ingest
 from retrain.clock import monotonic
@@ -88,6 +89,12 @@ def _frame(header: dict, body: bytes = b"") -> bytes:
     return struct.pack(">II", 4 + len(head) + len(body), len(head)) + head + body
 
 
+def _pipes(proc: subprocess.Popen[bytes]) -> tuple[IO[bytes], IO[bytes]]:
+    """The child's stdin and stdout: it is started with both as pipes."""
+    assert proc.stdin is not None and proc.stdout is not None
+    return proc.stdin, proc.stdout
+
+
 class ProcessRelay:
     """A client sender that hands each message to a relay child process; never blocks.
 
@@ -106,7 +113,7 @@ class ProcessRelay:
         self.python = python
         #: ``on_lost(rows, why)``: set by the client to count rows the child died holding.
         self.on_lost: Callable[[int, str], None] | None = None
-        self._proc: subprocess.Popen | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
         self._out = b""  # the rest of a frame the pipe did not take at once
         self._lines = b""
         self._lock = threading.RLock()
@@ -136,14 +143,14 @@ class ProcessRelay:
             return limit
 
     # ------------------------------------------------------------------ sender
-    def __call__(self, task: str, payload: dict, queue: str, priority: int) -> None:
+    def __call__(self, task: str, payload: dict[str, Any] | EncodedIngest, queue: str, priority: int) -> None:
         with self._lock:
             self._ensure_child()
             self.pump()
             if self._out:
                 raise RelayBusyError(f"the relay process has not taken the last message yet ({len(self._out)} bytes)")
             if task == INGEST:
-                enc = payload if type(payload) is EncodedIngest else encode_ingest(payload)
+                enc = payload if isinstance(payload, EncodedIngest) else encode_ingest(payload)
                 rows = enc.rows
                 self._write(_frame({"task": task, "queue": queue, "priority": priority, "rows": rows,
                                     "batch_id": enc.batch_id, "model": enc.model,
@@ -202,12 +209,13 @@ class ProcessRelay:
         if proc is None:
             return
         deadline = monotonic() + timeout_s
+        stdin, stdout = _pipes(proc)
         try:
             if self._out:
-                os.set_blocking(proc.stdin.fileno(), True)
-                proc.stdin.write(self._out)
+                os.set_blocking(stdin.fileno(), True)
+                stdin.write(self._out)
                 self._out = b""
-            proc.stdin.close()
+            stdin.close()
         except OSError:
             pass
         try:
@@ -215,10 +223,10 @@ class ProcessRelay:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-        rest = proc.stdout.read() or b""
+        rest = stdout.read() or b""
         self._lines += rest
         self._parse_lines()
-        proc.stdout.close()
+        stdout.close()
         unacked = self._child_written - self._child_done
         if unacked > 0:
             self._count_lost(unacked, "the relay process ended before the broker took them")
@@ -250,10 +258,11 @@ class ProcessRelay:
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, bufsize=0,
                                 close_fds=True, pass_fds=keep)
-        for f in (proc.stdin, proc.stdout):
+        stdin, stdout = _pipes(proc)
+        for f in (stdin, stdout):
             os.set_blocking(f.fileno(), False)
         try:
-            fcntl.fcntl(proc.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
+            fcntl.fcntl(stdin.fileno(), _F_SETPIPE_SZ, _PIPE_BYTES)
         except OSError:  # not Linux, or above /proc/sys/fs/pipe-max-size: partial writes cope
             pass
         self._proc, self._out, self._lines = proc, b"", b""
@@ -262,8 +271,9 @@ class ProcessRelay:
 
     def _write(self, data: bytes) -> None:
         buf = self._out + data if self._out else data
+        assert self._proc is not None  # _ensure_child ran first
         try:
-            n = os.write(self._proc.stdin.fileno(), buf)
+            n = os.write(_pipes(self._proc)[0].fileno(), buf)
         except BlockingIOError:
             n = 0
         except OSError as exc:  # the child is gone; frames it had are counted lost, this one is retried
@@ -276,7 +286,7 @@ class ProcessRelay:
         if proc is None or timeout <= 0:
             return
         try:
-            select.select([proc.stdout], [], [], timeout)
+            select.select([_pipes(proc)[1]], [], [], timeout)
         except (OSError, ValueError):
             pass
 
@@ -284,7 +294,7 @@ class ProcessRelay:
         proc = self._proc
         while proc is not None:
             try:
-                chunk = os.read(proc.stdout.fileno(), 65536)
+                chunk = os.read(_pipes(proc)[1].fileno(), 65536)
             except OSError:  # nothing to read now (BlockingIOError), or the child is gone
                 break
             if not chunk:
@@ -309,12 +319,13 @@ class ProcessRelay:
     def _child_died(self, why: str) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
+            stdin, stdout = _pipes(proc)
             try:
-                self._lines += proc.stdout.read() or b""
+                self._lines += stdout.read() or b""
             except OSError:
                 pass
             self._parse_lines()
-            for f in (proc.stdin, proc.stdout):
+            for f in (stdin, stdout):
                 try:
                     f.close()
                 except OSError:
@@ -404,9 +415,9 @@ def main(argv: list[str] | None = None) -> int:
 
     inner = _dry_run_sender if dry_run else replaying_sender(kombu_sender(url), url)
 
-    def acking(task: str, payload: dict, queue: str, priority: int) -> None:
+    def acking(task: str, payload: dict[str, Any] | EncodedIngest, queue: str, priority: int) -> None:
         inner(task, payload, queue, priority)
-        if task == INGEST and type(payload) is EncodedIngest:  # (not a drop notice)
+        if task == INGEST and isinstance(payload, EncodedIngest):  # (not a drop notice)
             answer(f"ack {payload.rows}")
 
     client = RetrainClient(sender=acking, mode="thread")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -41,7 +42,7 @@ class Clock(Protocol):
     def now(self) -> datetime: ...
 
 
-def timestamp_of(clock: Clock):
+def timestamp_of(clock: Clock) -> Callable[[], float]:
     """A function giving the clock's time in epoch seconds: the clock's own ``timestamp``
     when it has one (the hot path of the client calls it on every report)."""
     return getattr(clock, "timestamp", None) or (lambda: clock.now().timestamp())
@@ -76,12 +77,12 @@ class SimClock:
     def timestamp(self) -> float:
         return self.now().timestamp()
 
-    def set(self, when: datetime) -> "SimClock":
+    def set(self, when: datetime) -> SimClock:
         with self._lock:
             self._now = utc(when)
         return self
 
-    def advance(self, delta: timedelta) -> "SimClock":
+    def advance(self, delta: timedelta) -> SimClock:
         with self._lock:
             self._now = self._now + delta
         return self

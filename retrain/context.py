@@ -38,12 +38,13 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings, clock: Clock, worker_id: str,
-                      config: RetrainConfig | None = None) -> "Context":
+                      config: RetrainConfig | None = None) -> Context:
         """The context of a process: its database, model file and artifact store from ``settings``."""
         from retrain.config import load_config
         from retrain.storage.db import Database
 
         settings.ensure_home()
+        assert settings.artifact_root is not None  # ensure_home fills it in
         return cls(store=Store(Database(settings.database_url)),
                    config=config if config is not None else load_config(settings.config_path()), clock=clock,
                    artifacts=ArtifactStore(settings.artifact_root, file_mode=settings.artifact_file_mode,

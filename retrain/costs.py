@@ -253,7 +253,7 @@ class ResourceMeter:
         while not self._stop.wait(self._interval):
             self._sample()
 
-    def __enter__(self) -> "ResourceMeter":
+    def __enter__(self) -> ResourceMeter:
         self._usage = None
         self._peak = 0
         self._samples = 0

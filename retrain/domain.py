@@ -115,7 +115,7 @@ class RuleResult:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "RuleResult":
+    def from_json(cls, d: dict[str, Any]) -> RuleResult:
         d = dict(d)
         if d.get("retry_at"):
             d["retry_at"] = datetime.fromisoformat(d["retry_at"])
@@ -145,5 +145,6 @@ class Decision:
         failed = self.failed_rules
         if not failed:
             bypassed = [r.rule for r in self.rules if r.bypassed]
-            return f"{self.verdict.value}: all rules passed" + (f" (bypassed: {', '.join(bypassed)})" if bypassed else "")
+            return (f"{self.verdict.value}: all rules passed"
+                    + (f" (bypassed: {', '.join(bypassed)})" if bypassed else ""))
         return f"{self.verdict.value}: " + "; ".join(f"{r.rule} {r.detail}".strip() for r in failed)

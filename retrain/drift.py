@@ -54,9 +54,10 @@ Persistence
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -176,11 +177,8 @@ class DriftReport:
         return d
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "DriftReport":
-        feats = tuple(
-            FeatureDrift(**{k: (float("nan") if v is None and k in _FLOAT_FIELDS else v) for k, v in f.items()})
-            for f in d["features"]
-        )
+    def from_json(cls, d: Mapping[str, Any]) -> DriftReport:
+        feats = tuple(_feature_from_json(f) for f in d["features"])
         return cls(
             features=feats,
             alpha=d["alpha"],
@@ -207,15 +205,23 @@ def _json_safe(d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _feature_from_json(f: Mapping[str, Any]) -> FeatureDrift:
+    kw: dict[str, Any] = {k: (float("nan") if v is None and k in _FLOAT_FIELDS else v) for k, v in f.items()}
+    return FeatureDrift(**kw)
+
+
 def adjust_pvalues(p: ArrayLike, correction: Correction = "bh") -> np.ndarray:
     """Adjusted p-values for a family of tests: Benjamini-Hochberg, Bonferroni or none."""
     p = np.asarray(p, dtype=float)
     if p.size == 0 or correction == "none":
         return p.copy()
+    adjusted: np.ndarray
     if correction == "bonferroni":
-        return np.minimum(1.0, p * p.size)
+        adjusted = np.minimum(1.0, p * p.size)
+        return adjusted
     if correction == "bh":
-        return stats.false_discovery_control(p, method="bh")
+        adjusted = stats.false_discovery_control(p, method="bh")
+        return adjusted
     raise ValueError(f"unknown correction {correction!r}")
 
 
@@ -277,7 +283,8 @@ def ks_pvalue(d: ArrayLike, n: int, m: int) -> np.ndarray:
     """
     big, small = max(n, m), min(n, m)
     root = math.sqrt(round(big * small / (big + small)))
-    return np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * np.asarray(d, dtype=float)), 0.0, 1.0)
+    sf: np.ndarray = np.clip(special.kolmogorov((root + 0.12 + 0.11 / root) * np.asarray(d, dtype=float)), 0.0, 1.0)
+    return sf
 
 
 def _psi_from_props(p_ref: np.ndarray, p_cur: np.ndarray) -> float:
@@ -322,7 +329,8 @@ def _categorical(ref_col: np.ndarray, cur_col: np.ndarray) -> tuple[float, float
 
 def _is_missing(col: np.ndarray) -> np.ndarray:
     if col.dtype.kind == "f":
-        return np.isnan(col)
+        missing: np.ndarray = np.isnan(col)
+        return missing
     if col.dtype.kind == "O":
         return np.array([v is None or (isinstance(v, float) and math.isnan(v)) for v in col], dtype=bool)
     return np.zeros(col.shape, dtype=bool)
@@ -355,7 +363,7 @@ def detect_drift(
         Override the fields of ``config`` (default :class:`DriftConfig`).
     """
     cfg = config or DriftConfig()
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in dict(
             alpha=alpha, correction=correction, min_effect=min_effect, min_psi=min_psi, categorical=categorical
@@ -381,13 +389,13 @@ def detect_drift(
         raise ValueError(f"{len(names)} feature names for {n_feat} columns")
     index = {name: j for j, name in enumerate(names)}
     cat_cols = set()
-    for c in cfg.categorical:
-        if isinstance(c, (int, np.integer)) and not isinstance(c, bool):
-            cat_cols.add(int(c))
-        elif c in index:
-            cat_cols.add(index[c])
+    for cat in cfg.categorical:
+        if isinstance(cat, (int, np.integer)) and not isinstance(cat, bool):
+            cat_cols.add(int(cat))
+        elif cat in index:
+            cat_cols.add(index[cat])
         else:
-            raise ValueError(f"categorical feature {c!r} is not among the feature names")
+            raise ValueError(f"categorical feature {cat!r} is not among the feature names")
     num_cols = [j for j in range(n_feat) if j not in cat_cols]
 
     stat = np.full(n_feat, np.nan)
@@ -488,7 +496,7 @@ class DriftEpisode:
     asks: int = 0
     last_asked_at: datetime | None = None
 
-    def asked_for(self, report: DriftReport, now: datetime) -> "DriftEpisode":
+    def asked_for(self, report: DriftReport, now: datetime) -> DriftEpisode:
         """The episode once a request for ``report`` has been opened at ``now``."""
         asked = dict(self.asked)
         for f in report.features:
@@ -500,14 +508,15 @@ class DriftEpisode:
         """When a persisting drift may ask again without getting worse (back-off doubling per request)."""
         if not reask_after or self.last_asked_at is None or self.asks == 0:
             return None
-        return self.last_asked_at + reask_after * 2 ** (self.asks - 1)
+        due: datetime = self.last_asked_at + reask_after * 2 ** (self.asks - 1)
+        return due
 
     def to_json(self) -> dict[str, Any]:
         return {"reference": self.reference, "asked": {k: round(v, 6) for k, v in self.asked.items()},
                 "asks": self.asks, "last_asked_at": self.last_asked_at.isoformat() if self.last_asked_at else None}
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "DriftEpisode":
+    def from_json(cls, d: Mapping[str, Any]) -> DriftEpisode:
         at = d.get("last_asked_at")
         return cls(str(d["reference"]), {str(k): float(v) for k, v in (d.get("asked") or {}).items()},
                    int(d.get("asks") or 0), datetime.fromisoformat(at) if at else None)
@@ -566,6 +575,7 @@ def judge_drift(report: DriftReport, episode: DriftEpisode, now: datetime, *, he
         return DriftVerdict(True, "worse than at the last request: " + "; ".join(worse), tuple(worse))
     due = episode.next_reask(reask_after)
     if due is not None and now >= due:
+        assert episode.last_asked_at is not None  # next_reask gives no time without it
         hours = (now - episode.last_asked_at).total_seconds() / 3600.0
         return DriftVerdict(True, f"drift persists {hours:.0f} h after the last request (back-off until "
                                   f"{due:%Y-%m-%d %H:%M}) and accuracy is not known to be healthy")

@@ -43,9 +43,10 @@ True
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -112,7 +113,7 @@ class EmergencyConfig:
             raise ValueError("min_history must be >= 2, consecutive >= 1, min_std >= 0")
 
     @classmethod
-    def from_sigma(cls, sigma: float, **kw: Any) -> "EmergencyConfig":
+    def from_sigma(cls, sigma: float, **kw: Any) -> EmergencyConfig:
         """Levels at sigma, sigma + 1, sigma + 2, sigma + 3."""
         return cls(levels=(sigma, sigma + 1, sigma + 2, sigma + 3), **kw)
 
@@ -140,8 +141,9 @@ def _series(items: Sequence[float | Counts], cfg: EmergencyConfig, pooled: tuple
         return _Series(np.empty(0), None, None)
     if not isinstance(items[0], Counts):
         return _Series(np.asarray(items, dtype=float), None, None)
-    cs = [c for c in items if c.n > 0]
-    n = np.array([c.n for c in cs], dtype=float)
+    # Both floats or both Counts: detect_emergency checks it.
+    cs = [c for c in cast("Sequence[Counts]", items) if c.n > 0]
+    n = np.array([c.n for c in cs], dtype=np.float64)
     if cfg.metric == "accuracy":
         values = np.array([c.accuracy for c in cs])
         p = pooled[0] if pooled else 0.5
@@ -163,7 +165,7 @@ def _pooled(items: Sequence[Counts]) -> tuple[float, float]:
     return p, (0.0 if math.isnan(sd) else sd * sd)
 
 
-def _as_list(x: Any) -> list:
+def _as_list(x: Any) -> list[Any]:
     if isinstance(x, (Counts, int, float, np.floating, np.integer)):
         return [x]
     return list(x)
@@ -182,7 +184,7 @@ def detect_emergency(
     """
     cfg = _as_config(cfg)
     recent_l = _as_list(recent)
-    hist_l = list(history)
+    hist_l: list[Any] = list(history)
     if not recent_l:
         return None
     with_counts = isinstance(recent_l[-1], Counts)
@@ -212,6 +214,7 @@ def detect_emergency(
         centre = pooled[0] if pooled else centre  # weighted by bucket size
     if hist.sampling_var is not None:
         tau2 = max(0.0, spread * spread - float(hist.sampling_var[finite].mean()))
+        assert rec.sampling_var is not None  # history of Counts, so recent is Counts too (checked above)
         sig = np.sqrt(tau2 + rec.sampling_var)
     else:
         tau2 = spread * spread
@@ -361,12 +364,12 @@ class EmergencyEpisode:
     severity: str
     production: str
     request_id: str | None = None
-    rolled_back: dict | None = None
+    rolled_back: dict[str, Any] | None = None
     aborted: tuple[str, ...] = ()
 
     @classmethod
-    def observe(cls, episode: "EmergencyEpisode | None", now: datetime, severity: Severity, production: str,
-                gap: timedelta) -> "EmergencyEpisode":
+    def observe(cls, episode: EmergencyEpisode | None, now: datetime, severity: Severity, production: str,
+                gap: timedelta) -> EmergencyEpisode:
         """The episode a firing at ``now`` belongs to: ``episode`` continued, or a new one."""
         if episode is None or now - episode.last_fired_at > gap or now < episode.started_at:
             return cls(now, now, severity.value, production)
@@ -379,7 +382,7 @@ class EmergencyEpisode:
                 "rolled_back": self.rolled_back, "aborted": list(self.aborted)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> "EmergencyEpisode | None":
+    def from_json(cls, d: dict[str, Any] | None) -> EmergencyEpisode | None:
         if not d:
             return None
         return cls(datetime.fromisoformat(d["started_at"]), datetime.fromisoformat(d["last_fired_at"]),

@@ -52,9 +52,9 @@ from retrain.errors import StaleLeaseError, TransitionError
 from retrain.storage.models import RunRow
 from retrain.storage.repo import Tx, new_id
 
-__all__ = ["TRANSITIONS", "FINAL", "TransitionError", "can_move", "fence", "new_run", "start_training", "hold", "progress",
-           "requeue", "to_validating", "enter_shadow", "enter_canary", "advance_canary", "to_promotion", "complete",
-           "reject", "finish"]
+__all__ = ["TRANSITIONS", "FINAL", "TransitionError", "can_move", "fence", "new_run", "start_training", "hold",
+           "progress", "requeue", "to_validating", "enter_shadow", "enter_canary", "advance_canary", "to_promotion",
+           "complete", "reject", "finish"]
 
 _Q, _T, _V, _S, _R = RunState.QUEUED, RunState.TRAINING, RunState.VALIDATING, RunState.SHADOW, RunState.ROLLOUT
 _DONE, _REJ, _FAIL, _DEAD, _CANC = RunState.DONE, RunState.REJECTED, RunState.FAILED, RunState.DEAD, RunState.CANCELLED

@@ -9,6 +9,7 @@ Sharpe ratio is the per-outcome ratio of the strategy's returns
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import numpy as np
 
@@ -42,6 +43,12 @@ def score(estimator, X: np.ndarray, y: np.ndarray, ret: np.ndarray | None = None
     return classification_metrics(y, estimator.predict(X), ret)
 
 
+@overload
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]: ...
+@overload
+def finite_metrics(metrics: None) -> None: ...
+@overload
+def finite_metrics(metrics: dict[str, float] | None) -> dict[str, float] | None: ...
 def finite_metrics(metrics: dict[str, float] | None) -> dict[str, float] | None:
     """The metrics that are numbers (JSON, and Postgres, have no NaN): undefined ones are left out."""
     if metrics is None:

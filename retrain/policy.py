@@ -142,10 +142,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping
-from numbers import Real
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta, timezone
+from numbers import Real
 from statistics import NormalDist
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -193,7 +193,7 @@ _OPEN_CACHE_MAX = 256
 
 # Results are immutable, so the common passing outcomes that depend on no
 # input are built once and shared: fewer allocations on the hot path.
-def _fast_rule_result() -> Any:
+def _fast_rule_result() -> Callable[..., RuleResult]:
     """A maker of RuleResult that skips the frozen dataclass's ``__init__``.
 
     That ``__init__`` sets each of the seven fields through ``object.__setattr__``;
@@ -428,7 +428,7 @@ class Policy:
         })
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> "Policy":
+    def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> Policy:
         """Build from a config table (e.g. ``[policy]`` merged with a model's overrides).
 
         Unknown keys are a :class:`ConfigError` that names them, not a silent no-op.
@@ -529,6 +529,11 @@ def serving_rate(served: int, minutes: int, first: datetime | None, last: dateti
     return served * 86400.0 / covered_s, f"{served:,} served in one minute bucket, spread over {_span(covered_s)}"
 
 
+def _number(v: Any) -> float | None:
+    """An evidence value as a float, or None when it is not a number."""
+    return float(v) if isinstance(v, (int, float)) else None
+
+
 def _span(seconds: float) -> str:
     return f"{seconds / 86400.0:.3g} d" if seconds >= 86400.0 else f"{seconds / 3600.0:.3g} h"
 
@@ -545,29 +550,29 @@ def value_model(request: RetrainRequest, state: StateSnapshot, policy: Policy,
     cur_f = floor_f = None
     n = None
     if ev:
-        base = ev.get("baseline_accuracy")
-        cur = ev.get("current_accuracy")
-        floor = ev.get("accuracy_floor")
-        has_base = isinstance(base, (int, float))
-        has_floor = isinstance(floor, (int, float)) and floor > 0
-        has_cur = isinstance(cur, (int, float))
+        base = _number(ev.get("baseline_accuracy"))
+        cur = _number(ev.get("current_accuracy"))
+        floor = _number(ev.get("accuracy_floor"))
+        if floor is not None and not floor > 0:
+            floor = None
         # Accuracies are fractions in the metrics windows; a value > 1 can only be a percentage.
-        pct = (has_cur and cur > 1.0) or (has_base and base > 1.0)
-        if has_cur:
-            cur_f = cur / 100.0 if pct else float(cur)
-        if has_floor:
-            floor_f = floor / 100.0 if floor > 1.0 else float(floor)
+        pct = (cur is not None and cur > 1.0) or (base is not None and base > 1.0)
+        if cur is not None:
+            cur_f = cur / 100.0 if pct else cur
+        if floor is not None:
+            floor_f = floor / 100.0 if floor > 1.0 else floor
         explicit = ev.get("expected_recovery_points")
         if isinstance(explicit, (int, float)):
             gap = float(explicit)
             source = "evidence.expected_recovery_points"
-        elif cur_f is not None and (has_base or has_floor):
-            base_f = (base / 100.0 if pct else float(base)) if has_base else None
+        elif cur_f is not None and (base is not None or floor is not None):
+            base_f = (base / 100.0 if pct else base) if base is not None else None
             if floor_f is not None and (base_f is None or floor_f > base_f):
                 gap = (floor_f - cur_f) * 100.0
                 source = "evidence.accuracy_floor-current_accuracy"
             else:
-                gap = (base_f - cur_f) * 100.0  # type: ignore[operator]
+                assert base_f is not None  # no floor here, so the baseline is what let us in
+                gap = (base_f - cur_f) * 100.0
                 source = "evidence.baseline_accuracy-current_accuracy"
         counted = ev.get("measured_on", ev.get("n"))
         if isinstance(counted, (int, float)) and not isinstance(counted, bool) and counted >= 1:
@@ -653,7 +658,7 @@ def format_usd(v: Any) -> str:
     if not isinstance(v, Real):
         return "-"
     # Cents for dollars; a training of a few seconds costs a fraction of a cent, and "$0.00" would hide it.
-    return f"${v:,.2f}" if v == 0 or abs(v) >= 0.995 else f"${v:.4f}"
+    return f"${v:,.2f}" if v == 0 or abs(float(v)) >= 0.995 else f"${v:.4f}"
 
 
 def _roi_detail(vm: dict[str, Any], roi: float | None, roi_ok: bool, policy: Policy, cost: float) -> str:
@@ -778,23 +783,25 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
 
     # daily_runs (per model)
     max_runs = policy.max_runs_per_model_per_day
+    day_retry: datetime | None
     if policy.daily_window == "rolling":
         first = bisect_right(starts, now - _DAY) if starts else 0
         count = len(starts) - first
-        retry = starts[first + count - max_runs] + _DAY if count >= max_runs else None
+        day_retry = starts[first + count - max_runs] + _DAY if count >= max_runs else None
         window = "in the last 24 h"
     else:
         midnight = datetime(now.year, now.month, now.day, tzinfo=_UTC)
         count = len(starts) - bisect_left(starts, midnight) if starts else 0
-        retry = midnight + _DAY
+        day_retry = midnight + _DAY
         window = "today (UTC)"
     if count < max_runs:
         add(_RR("daily_runs", True, count, max_runs, f"{count} run(s) {window}", emergency))
     elif emergency:
         add(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}; bypassed (emergency)", True))
     else:
-        add(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}", False, retry))
-        defers.append(retry)  # type: ignore[arg-type]
+        assert day_retry is not None  # count >= max_runs: the rolling window has a retry time too
+        add(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}", False, day_retry))
+        defers.append(day_retry)
         defer_rules.append("daily_runs")
 
     # global_daily_runs

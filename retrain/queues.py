@@ -110,7 +110,8 @@ def transport_options(url: str, visibility_timeout_s: int | None = None) -> dict
     if is_redis(url):
         # kombu's default separator (no "sep" option): a plain Celery producer declares its
         # bindings with it, and one binding in another format breaks every send to the queue.
-        opts = {"priority_steps": list(range(MAX_PRIORITY + 1)), "queue_order_strategy": "priority"}
+        opts: dict[str, Any] = {"priority_steps": list(range(MAX_PRIORITY + 1)),
+                                "queue_order_strategy": "priority"}
         if visibility_timeout_s is not None:
             opts["visibility_timeout"] = visibility_timeout_s
         return opts

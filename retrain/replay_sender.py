@@ -30,6 +30,7 @@ import collections
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
 from retrain.clock import monotonic
 from retrain.queues import is_redis
@@ -37,7 +38,8 @@ from retrain.tasks import INGEST
 
 __all__ = ["replaying_sender", "ReplayStats", "redis_run_id", "redeclare_queues"]
 
-Sender = Callable[[str, dict, str, int], None]
+#: As :data:`retrain.client.Sender`: the payload is a JSON dict or a packed ingest batch.
+Sender = Callable[[str, Any, str, int], None]
 
 
 @dataclass
@@ -91,7 +93,7 @@ def replaying_sender(send: Sender, broker_url: str, *, window_s: float = 120.0, 
     lock = threading.Lock()
     seen: dict[str, str | None] = {"run_id": None}
 
-    def wrapped(task: str, payload: dict, queue: str, priority: int) -> None:
+    def wrapped(task: str, payload: Any, queue: str, priority: int) -> None:
         with lock:
             run_id = probe()  # raises while the broker is down: the caller keeps the message
             if seen["run_id"] is not None and run_id != seen["run_id"]:

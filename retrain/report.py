@@ -8,17 +8,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from retrain import slots
 from retrain.context import Context
 from retrain.windows import Counts
 
+if TYPE_CHECKING:
+    from retrain.storage.models import MetricBucketRow
+
 __all__ = ["status_data", "render_status", "timeline_data", "print_timeline", "table", "to_json", "run_note"]
 
 
 def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o))
+    return json.dumps(obj, indent=2, sort_keys=True,
+                      default=lambda o: o.isoformat() if isinstance(o, datetime) else str(o))
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
@@ -41,6 +45,7 @@ def status_data(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     with ctx.store.tx() as tx:
         for name in tx.model_names():
             m = tx.model_row(name)
+            assert m is not None  # listed by model_names
             prod = tx.alias(name, "production")
             latest = tx.buckets(name, None, _latest_minute(tx, name) - timedelta(hours=1)) if prod else []
             c = _counts(latest)
@@ -109,7 +114,8 @@ def render_status(data: dict[str, Any]) -> str:
                        ["model", "production", "previous", "versions", "n (last h)", "accuracy", "f1", "automation"]))
     parts.append("\nOpen requests")
     parts.append(table([[r["id"][:8], r["model"], r["trigger"], r["status"],
-                         f"{r['defer_until']:%m-%d %H:%M}" if r["defer_until"] else "", (r["decision"] or r["reason"])[:70]]
+                         f"{r['defer_until']:%m-%d %H:%M}" if r["defer_until"] else "",
+                         (r["decision"] or r["reason"])[:70]]
                         for r in data["requests"]], ["id", "model", "trigger", "status", "until", "why"])
                  if data["requests"] else "  none")
     parts.append("\nRecent runs")
@@ -139,7 +145,8 @@ def timeline_data(ctx: Context, model: str, period: timedelta = timedelta(hours=
     metrics: list[dict[str, Any]] = []
     if buckets:
         start = buckets[0].minute
-        cur, acc = start, []
+        cur = start
+        acc: list[MetricBucketRow] = []
         for b in buckets:
             while b.minute >= cur + period:
                 if acc:
@@ -174,7 +181,8 @@ def print_timeline(ctx: Context, model: str, out: TextIO) -> None:
     w(f"Timeline of '{model}'\n\nLive accuracy per 6 hours\n")
     for m in data["metrics"]:
         bar = "#" * int(round(((m["accuracy"] or 0) - 0.40) * 100)) if m["accuracy"] else ""
-        w(f"  {m['start']:%a %d %H:%M}  {_f(m['accuracy'])}  {bar:<25} n={m['n']:<6} served by {', '.join(m['versions'])}\n")
+        w(f"  {m['start']:%a %d %H:%M}  {_f(m['accuracy'])}  {bar:<25} n={m['n']:<6} "
+          f"served by {', '.join(m['versions'])}\n")
     w("\nDecisions\n")
     for d in data["decisions"]:
         w(f"  {d['at']:%a %d %H:%M}  {d['trigger']:<11} {d['summary'][:150]}\n")
@@ -184,4 +192,5 @@ def print_timeline(ctx: Context, model: str, out: TextIO) -> None:
             ["version", "status", "trained", "holdout acc", "why this number"]) + "\n")
     w("\nAlias moves\n")
     for h in data["alias_history"]:
-        w(f"  {h['at']:%a %d %H:%M}  {h['alias']:<10} {h['from'] or '-':>6} -> {h['to'] or '-':<6}  {h['reason'][:90]}\n")
+        w(f"  {h['at']:%a %d %H:%M}  {h['alias']:<10} {h['from'] or '-':>6} -> {h['to'] or '-':<6}  "
+          f"{h['reason'][:90]}\n")

@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 
-def _stats():
+def _stats() -> Any:
     # Imported on first use: scipy.stats adds ~70 MB to every worker that merely imports
     # the task modules (ingest workers never judge a rollout).
     from scipy import stats
@@ -114,7 +114,7 @@ class PairedCounts:
     production_only: int = 0
 
     @classmethod
-    def from_arrays(cls, y: Any, candidate_pred: Any, production_pred: Any, ret: Any = None) -> "PairedCounts":
+    def from_arrays(cls, y: Any, candidate_pred: Any, production_pred: Any, ret: Any = None) -> PairedCounts:
         y = np.asarray(y).astype(np.int8, copy=False).ravel()
         c = np.asarray(candidate_pred).astype(np.int8, copy=False).ravel()
         p = np.asarray(production_pred).astype(np.int8, copy=False).ravel()
@@ -136,7 +136,7 @@ class PairedCounts:
     def n(self) -> int:
         return self.candidate.n
 
-    def __add__(self, other: "PairedCounts") -> "PairedCounts":
+    def __add__(self, other: PairedCounts) -> PairedCounts:
         if not isinstance(other, PairedCounts):
             return NotImplemented
         return PairedCounts(self.candidate + other.candidate, self.production + other.production,
@@ -159,7 +159,7 @@ class PairedCounts:
                 "candidate_only": self.candidate_only, "production_only": self.production_only}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any] | None) -> "PairedCounts":
+    def from_json(cls, d: dict[str, Any] | None) -> PairedCounts:
         if not d:
             return cls()
         return cls(Counts.from_json(d["candidate"]), Counts.from_json(d["production"]),
@@ -204,7 +204,8 @@ def worse_p(canary: Counts, production: Counts, metric: str = "accuracy") -> flo
         if not se2 > 0:
             return 1.0
         t = (canary.mean_return - production.mean_return) / math.sqrt(se2)
-        df = se2 ** 2 / ((vc / canary.n) ** 2 / (canary.n - 1) + (vp / production.n) ** 2 / (production.n - 1) or 1e-300)
+        df = se2 ** 2 / ((vc / canary.n) ** 2 / (canary.n - 1)
+                         + (vp / production.n) ** 2 / (production.n - 1) or 1e-300)
         return float(_stats().t.cdf(t, df))
     table = [[canary.hits, canary.n - canary.hits], [production.hits, production.n - production.hits]]
     return float(_stats().fisher_exact(table, alternative="less").pvalue)
@@ -316,7 +317,8 @@ def judge_paired(paired: PairedCounts, *, metric: str, min_improvement: float, c
     if p_worse <= alpha:
         return "reject", f"worse than production: {summary}"
     if paired.n >= rows_needed and not improved:
-        return "reject", f"below +{min_improvement:.0%} on {paired.n} rows, enough for the test ({rows_needed}): {summary}"
+        return "reject", (f"below +{min_improvement:.0%} on {paired.n} rows, enough for the test ({rows_needed}): "
+                          f"{summary}")
     if improved:
         return "screen", f"better, not yet significant: {summary}"
     return "screen", (f"{paired.n} rows cannot show +{min_improvement:.0%} (the test needs {rows_needed:,}) and do "
@@ -361,7 +363,8 @@ def judge_stage(canary: Counts, production: Counts, *, share: float, stage: int,
         return StageVerdict("rollback", f"emergency on the canary: {emergency.reason} ({summary})", figures)
     if degraded and p_worse <= alpha:
         return StageVerdict("rollback", f"canary worse than production by {-rel:.1%} (limit "
-                            f"{settings.rollback_degradation:.0%}) at p {p_worse:.3g} <= {alpha:.3g}: {summary}", figures)
+                            f"{settings.rollback_degradation:.0%}) at p {p_worse:.3g} <= {alpha:.3g}: {summary}",
+                            figures)
     needs: list[str] = []
     min_samples = settings.stage_min_samples
     if min_samples is None:
@@ -372,7 +375,8 @@ def judge_stage(canary: Counts, production: Counts, *, share: float, stage: int,
                                               power=power)
     figures["min_samples"] = min_samples
     if minutes < settings.stage_min_minutes:
-        needs.append(f"{settings.stage_min_minutes - minutes:.0f} min more (minimum {settings.stage_min_minutes:g} min)")
+        needs.append(f"{settings.stage_min_minutes - minutes:.0f} min more "
+                     f"(minimum {settings.stage_min_minutes:g} min)")
     if canary.n < min_samples:
         needs.append(f"{min_samples - canary.n} more labelled canary outcomes (minimum {min_samples})")
     if degraded:
@@ -470,7 +474,7 @@ class RolloutState:
     finished_at: datetime | None = None
 
     @classmethod
-    def begin(cls, stages: Sequence[float], now: datetime, *, shadow: bool = True) -> "RolloutState":
+    def begin(cls, stages: Sequence[float], now: datetime, *, shadow: bool = True) -> RolloutState:
         stages = tuple(float(s) for s in stages)
         if not stages or stages[-1] != 100.0:
             raise ValueError(f"stages must end at 100, got {list(stages)}")
@@ -484,7 +488,7 @@ class RolloutState:
     def is_final(self) -> bool:
         return self.phase.is_final
 
-    def next(self, action: str, now: datetime) -> "RolloutState":
+    def next(self, action: str, now: datetime) -> RolloutState:
         """The state after ``action``; staying actions return ``self``; an impossible move raises."""
         if action in _STAY:
             return self

@@ -39,6 +39,7 @@ models itself (the backtester does):
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -48,12 +49,15 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
 from retrain.clock import monotonic as time_monotonic
 from retrain.errors import RetrainError
+
+if TYPE_CHECKING:
+    from retrain.storage.repo import Store
 
 __all__ = ["ROUTING_BUCKETS", "routing_bucket", "routes_to_canary", "Routing", "RoutingReader",
            "StoreRoutingReader", "RouteNotices", "PostgresRouteNotices", "RouterStats", "ModelRouter"]
@@ -115,20 +119,35 @@ class Routing:
 RoutingReader = Callable[[str], Routing]
 
 
+class ArtifactLoader(Protocol):
+    """What the router needs of an artifact store (:class:`~retrain.artifacts.ArtifactStore` is one)."""
+
+    def load_object(self, sha256: str) -> Any: ...
+
+
+class PredictionReporter(Protocol):
+    """What the router needs of a client (:class:`~retrain.client.RetrainClient` is one)."""
+
+    def report_prediction(self, model: str, prediction_id: str, features: Any, prediction: int,
+                          version: str, ts: float | None = None) -> None: ...
+
+    def report_outcome(self, model: str, prediction_id: str, label: int, ret: float | None = None) -> None: ...
+
+
 class StoreRoutingReader:
     """Reads ``production`` and ``canary`` (with the canary's share) from the retrain database: one query."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
 
     @classmethod
-    def from_url(cls, database_url: str) -> "StoreRoutingReader":
+    def from_url(cls, database_url: str) -> StoreRoutingReader:
         from retrain.storage.db import Database
         from retrain.storage.repo import Store
 
         return cls(Store(Database(database_url)))
 
-    def notices(self, model: str) -> "PostgresRouteNotices | None":
+    def notices(self, model: str) -> PostgresRouteNotices | None:
         """A listener for the model's alias moves on Postgres; None elsewhere (the router polls)."""
         if not self.store.db.is_postgres:
             return None
@@ -264,7 +283,10 @@ class _Active:
 
     def __init__(self, routing: Routing, production: Any, canary: Any) -> None:
         self.routing, self.production, self.canary = routing, production, canary
-        self.production_version, self.canary_version = routing.production, routing.canary
+        assert routing.production is not None  # refresh() serves nothing without a production version
+        self.production_version: str = routing.production
+        # Read only when a key routes to the canary, which needs a loaded canary, hence its version.
+        self.canary_version = cast(str, routing.canary)
         # routes_to_canary(key, share) is crc32(key) % ROUTING_BUCKETS < share * 100.
         self.limit = routing.share_pct * 100.0 if canary is not None else -1.0
 
@@ -287,7 +309,8 @@ class ModelRouter:
     start: start the background refresh (tests call :meth:`refresh` themselves).
     """
 
-    def __init__(self, model: str, *, reader: RoutingReader, artifacts: Any, client: Any = None,
+    def __init__(self, model: str, *, reader: RoutingReader, artifacts: ArtifactLoader | Callable[[str], Any],
+                 client: PredictionReporter | None = None,
                  refresh_s: float = 1.0, notices: RouteNotices | None = None, resync_s: float = 30.0,
                  start: bool = True) -> None:
         self.model = model
@@ -295,11 +318,15 @@ class ModelRouter:
         self.resync_s = resync_s
         self._notices = notices
         self._reader = reader
-        self._load: Callable[[str], Any] = getattr(artifacts, "load_object", artifacts)
+        self._load = cast("Callable[[str], Any]", getattr(artifacts, "load_object", artifacts))
         self._client = client
         self._report = client.report_prediction if client is not None else None
         # A RetrainClient lets the hot path append to its buffer itself (see predict).
         sink = getattr(client, "_prediction_sink", None)
+        # _due_at and _due are read only when _buffer is not None: they come with it.
+        self._buffer: collections.deque[Any] | None
+        self._due_at: Any
+        self._due: Any
         self._buffer, self._due_at, self._due = sink() if sink is not None else (None, None, None)
         self._active: _Active | None = None
         self._wanted: Routing | None = None
@@ -317,8 +344,9 @@ class ModelRouter:
             self._thread.start()
 
     @classmethod
-    def connect(cls, model: str, *, database_url: str, artifact_root: str | Path, client: Any = None,
-                refresh_s: float = 1.0, resync_s: float = 30.0, start: bool = True) -> "ModelRouter":
+    def connect(cls, model: str, *, database_url: str, artifact_root: str | Path,
+                client: PredictionReporter | None = None,
+                refresh_s: float = 1.0, resync_s: float = 30.0, start: bool = True) -> ModelRouter:
         """A router reading the retrain database and artifact store directly (read-only use);
         on Postgres it follows alias moves by ``LISTEN``, elsewhere it polls every ``refresh_s``."""
         from retrain.artifacts import ArtifactStore
@@ -338,7 +366,8 @@ class ModelRouter:
         """
         a = self._active
         if a is None:
-            raise RetrainError(f"{self.model}: no production version loaded yet ({self._last_error or 'none in the database'})")
+            raise RetrainError(f"{self.model}: no production version loaded yet "
+                               f"({self._last_error or 'none in the database'})")
         # Every object this touches costs here: the model's predict has just evicted our code and
         # data from the CPU's caches (each line below was measured that way). Without a canary no
         # key is hashed; with one, CRC-32 of the key is cheaper than a dict of remembered buckets.
@@ -375,7 +404,8 @@ class ModelRouter:
         (for an app that predicts by itself, in batches, and reports through the client)."""
         a = self._active
         if a is None:
-            raise RetrainError(f"{self.model}: no production version loaded yet ({self._last_error or 'none in the database'})")
+            raise RetrainError(f"{self.model}: no production version loaded yet "
+                               f"({self._last_error or 'none in the database'})")
         if a.limit >= 0.0 and routing_bucket(key) < a.limit:
             return a.canary_version, a.canary
         return a.production_version, a.production
@@ -449,7 +479,7 @@ class ModelRouter:
         if self._notices is not None:
             self._notices.close()
 
-    def __enter__(self) -> "ModelRouter":
+    def __enter__(self) -> ModelRouter:
         return self
 
     def __exit__(self, *exc: Any) -> None:

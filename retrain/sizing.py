@@ -9,8 +9,9 @@ years to fill them, so its triggers could never fire.
 :func:`settings_for_rate` sizes them by *time* instead, each capped at the default:
 
 * performance: at most a month of outcomes as ``min_samples`` (at least 30), a window
-  of three times that when it shrank, 1.25 times otherwise (at least the default 4 h), and ``arl0`` five years of outcomes
-  (at least 500; by simulation a daily model at its baseline then fires about once in
+  of three times that when it shrank, 1.25 times otherwise (at least the default 4 h), and
+  ``arl0`` five years of outcomes (at least 500; by simulation a daily model at its baseline
+  then fires about once in
   60 years of daily sweeps): the CUSUM's threshold follows the
   logarithm of ``arl0``, so a slow model sees a collapse within weeks, not never;
 * drift: at most a month of rows as ``min_rows`` (at least 50), in a window that holds

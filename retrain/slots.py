@@ -26,7 +26,7 @@ from datetime import datetime
 from sqlalchemy import and_, func, or_, select, update
 
 from retrain.storage.models import RunRow, TrainingSlotRow
-from retrain.storage.repo import Tx
+from retrain.storage.repo import Tx, rowcount
 
 __all__ = ["SLOT_LOCK", "SlotHolder", "ensure", "claim", "renew", "release", "holders", "free_count",
            "release_orphans"]
@@ -89,7 +89,7 @@ def renew(tx: Tx, run_id: str, attempt: int, lease_until: datetime) -> bool:
     res = tx.s.execute(update(TrainingSlotRow)
                        .where(TrainingSlotRow.run_id == run_id, TrainingSlotRow.attempt == attempt)
                        .values(lease_expires_at=lease_until))
-    return (res.rowcount or 0) > 0
+    return (rowcount(res)) > 0
 
 
 def release(tx: Tx, run_id: str, attempt: int | None = None) -> int:
@@ -99,7 +99,7 @@ def release(tx: Tx, run_id: str, attempt: int | None = None) -> int:
         cond.append(TrainingSlotRow.attempt == attempt)
     res = tx.s.execute(update(TrainingSlotRow).where(*cond)
                        .values(run_id=None, attempt=None, owner=None, claimed_at=None, lease_expires_at=None))
-    return res.rowcount or 0
+    return rowcount(res)
 
 
 def holders(tx: Tx, now: datetime, limit: int | None = None) -> list[SlotHolder]:
@@ -107,8 +107,13 @@ def holders(tx: Tx, now: datetime, limit: int | None = None) -> list[SlotHolder]
     q = select(TrainingSlotRow).where(TrainingSlotRow.run_id.is_not(None), TrainingSlotRow.lease_expires_at >= now)
     if limit is not None:
         q = q.where(TrainingSlotRow.slot < limit)
-    return [SlotHolder(r.slot, r.run_id, r.attempt, r.owner, r.claimed_at, r.lease_expires_at)
-            for r in tx.s.scalars(q.order_by(TrainingSlotRow.slot))]
+    return [_holder(r) for r in tx.s.scalars(q.order_by(TrainingSlotRow.slot))]
+
+
+def _holder(r: TrainingSlotRow) -> SlotHolder:
+    # A held slot: claim() sets run, attempt, owner and lease together (and release() clears them together).
+    assert r.run_id is not None and r.attempt is not None and r.owner is not None and r.lease_expires_at is not None
+    return SlotHolder(r.slot, r.run_id, r.attempt, r.owner, r.claimed_at, r.lease_expires_at)
 
 
 def free_count(tx: Tx, limit: int, now: datetime) -> int:

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = [
     "INGEST", "SWEEP", "RELAY", "RECONCILE", "RETENTION", "REQUEST_RETRAINING", "DECIDE", "TRAIN", "VALIDATE",
@@ -128,9 +131,10 @@ class TaskSpec:
     relays: bool = True
 
     @property
-    def payload_schema(self) -> type:
+    def payload_schema(self) -> type[BaseModel]:
         """The pydantic model of the task's payload (:mod:`retrain.payloads`)."""
-        return _load(self.schema)
+        schema: type[BaseModel] = _load(self.schema)
+        return schema
 
     @property
     def step_function(self) -> Any:

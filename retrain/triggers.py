@@ -83,16 +83,17 @@ needs far more outcomes than a drop of accuracy: expect this rule to be slow.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from statistics import NormalDist
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from retrain.domain import Severity, TriggerKind
-from retrain.windows import METRICS, CountWindow, Counts
+from retrain.windows import METRICS, Counts, CountWindow
 
 __all__ = [
     "TriggerFiring",
@@ -130,7 +131,7 @@ class TriggerFiring:
         }
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "TriggerFiring":
+    def from_json(cls, d: Mapping[str, Any]) -> TriggerFiring:
         sev = d.get("severity")
         return cls(TriggerKind(d["kind"]), d["reason"], dict(d.get("evidence") or {}), Severity(sev) if sev else None)
 
@@ -348,6 +349,7 @@ def _charts(metric: str, baseline: float, cfg: PerformanceTriggerConfig) -> tupl
 
 
 def _baseline_value(baseline: Mapping[str, float] | float, metric: str) -> float | None:
+    v: float | None
     if isinstance(baseline, (int, float)):
         v = float(baseline)
     else:
@@ -597,7 +599,7 @@ class PerformanceDetector:
         self.cfg = cfg
         self.baseline = _baseline_value(baseline, cfg.metric)
         self._bernoulli = cfg.metric in _BERNOULLI_METRICS and self.baseline is not None
-        if self._bernoulli:
+        if self._bernoulli and self.baseline is not None:  # _bernoulli implies a baseline
             self._p0, charts = _charts(cfg.metric, self.baseline, cfg)
         else:
             self._p0, charts = float("nan"), ()
@@ -642,7 +644,7 @@ class PerformanceDetector:
         """The recent outcomes (since the last firing, at most ``cfg.window``)."""
         return self._window
 
-    def update(self, y_true: Any, y_pred: Any, ret: float = 0.0) -> "PerformanceDetector":
+    def update(self, y_true: Any, y_pred: Any, ret: float = 0.0) -> PerformanceDetector:
         """Add one outcome; :attr:`drift_detected` says whether it made the trigger fire."""
         if self.drift_detected:
             self.drift_detected = False

@@ -50,7 +50,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 from retrain.errors import PayloadError
 
@@ -71,7 +71,7 @@ _SEMVER_RE = re.compile(r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)")
 _DIGEST_RE = re.compile(r"[0-9a-f]{64}")
 _ENTRY_POINT_RE = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
-FeatureSchema = Union[tuple[str, ...], tuple[tuple[str, str], ...]]
+FeatureSchema = tuple[str, ...] | tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, order=True)
@@ -89,7 +89,7 @@ class SemVer:
                 raise PayloadError(f"SemVer.{name} must be a non-negative int, got {value!r}")
 
     @classmethod
-    def parse(cls, text: str) -> "SemVer":
+    def parse(cls, text: str) -> SemVer:
         """Parse ``'1.2.3'``; raise :class:`~retrain.errors.PayloadError` on anything else.
 
         Pre-release and build suffixes are refused: the registry never issues them.
@@ -99,7 +99,7 @@ class SemVer:
             raise PayloadError(f"not a semantic version 'major.minor.patch': {text!r}")
         return cls(int(m[1]), int(m[2]), int(m[3]))
 
-    def bump(self, kind: BumpKind) -> "SemVer":
+    def bump(self, kind: BumpKind) -> SemVer:
         """Return the next version of this ``kind``; lower parts reset to 0."""
         if kind == "major":
             return SemVer(self.major + 1, 0, 0)
@@ -124,10 +124,10 @@ def _normalise_schema(schema: Any) -> FeatureSchema:
         raise PayloadError("feature_schema must name at least one feature")
     if all(isinstance(x, str) for x in items):
         names = items
-        out: FeatureSchema = items  # type: ignore[assignment]
+        out: FeatureSchema = items
     elif all(isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(p, str) for p in x) for x in items):
         out = tuple((str(n), str(t)) for n, t in items)
-        names = tuple(n for n, _ in out)  # type: ignore[misc]
+        names = tuple(n for n, _ in out)
     else:
         raise PayloadError(
             "feature_schema must be all names ('price', ...) or all (name, type) pairs "
@@ -172,7 +172,7 @@ class VersionSpec:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "VersionSpec":
+    def from_json(cls, d: dict[str, Any]) -> VersionSpec:
         try:
             return cls(d["feature_schema"], d["entry_point"], d["config_fingerprint"], d["data_fingerprint"])
         except (KeyError, TypeError) as exc:
@@ -292,5 +292,5 @@ def fingerprint_array(*arrays: Any) -> str:
         h.update(len(header).to_bytes(8, "big"))
         h.update(header)
         h.update(arr.nbytes.to_bytes(8, "big"))
-        h.update(arr.reshape(-1).view(np.uint8))
+        h.update(arr.reshape(-1).view(np.uint8).data)
     return h.hexdigest()

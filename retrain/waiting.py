@@ -76,6 +76,7 @@ def wake(tx: Tx, *, depends_on: dict[str, tuple[str, ...]], limit: int, now: dat
                 run.blocked_on = text
             continue
         if taken >= free:
+            assert run.blocked_on is not None  # q takes only runs with it set
             if not run.blocked_on.startswith(SLOT_WAIT_PREFIX):
                 run.blocked_on = slot_wait(limit)
             continue

@@ -79,7 +79,7 @@ from retrain.windows import Counts
 __all__ = ["level_worse_p", "BackVerdict", "judge_previous", "judge_watch"]
 
 
-def _stats():
+def _stats() -> Any:
     from scipy import stats  # on first use: see retrain.rollout
 
     return stats
@@ -152,7 +152,7 @@ def _fmt(x: float | None) -> str:
     return f"{x:.4f}" if x is not None and math.isfinite(x) else "n/a"
 
 
-def judge_previous(production: Counts, previous_live: Counts, previous_baseline: dict | None, *,
+def judge_previous(production: Counts, previous_live: Counts, previous_baseline: dict[str, float] | None, *,
                    metric: str = "accuracy", confidence: float = 0.95, min_samples: int = 1,
                    previous_service: Counts | None = None, service_span: str = "before it was replaced",
                    holdout_n: int | None = None) -> BackVerdict:
@@ -184,6 +184,7 @@ def judge_previous(production: Counts, previous_live: Counts, previous_baseline:
                            {**figures, "reference": None, "reference_n": None})
     recent = previous_live.metric(metric) if previous_live.n >= min_samples else float("nan")
     then = service.metric(metric) if service.n >= min_samples else float("nan")
+    n: int | None
     if math.isfinite(recent):
         reference, prev, n = "recent", recent, previous_live.n
         p = worse_p(production, previous_live, metric)
@@ -213,8 +214,8 @@ def judge_previous(production: Counts, previous_live: Counts, previous_baseline:
     return BackVerdict("stay", f"previous {'not significantly ' if better else 'not '}better: {summary}", figures)
 
 
-def judge_watch(production: Counts, predecessor_baseline: dict | None, *, promoted_at: datetime, now: datetime,
-                watch_hours: float, degradation: float, confidence: float, metric: str = "accuracy",
+def judge_watch(production: Counts, predecessor_baseline: dict[str, float] | None, *, promoted_at: datetime,
+                now: datetime, watch_hours: float, degradation: float, confidence: float, metric: str = "accuracy",
                 min_samples: int = 1, predecessor_live: Counts | None = None,
                 live_span: str = "before its promotion") -> BackVerdict:
     """After a full promotion: ``rollback``, ``hold``, ``watch``, ``ended`` or ``off``. See the module docstring.

@@ -27,9 +27,10 @@ that a rule comparing them with a threshold cannot fire on an empty window.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -85,13 +86,13 @@ class Counts:
     ret_sq_sum: float = 0.0
 
     @classmethod
-    def of(cls, y_true: Any, y_pred: Any, ret: float = 0.0) -> "Counts":
+    def of(cls, y_true: Any, y_pred: Any, ret: float = 0.0) -> Counts:
         """The counts of a single outcome."""
         t, p = bool(y_true), bool(y_pred)
         return cls(1, int(t and p), int(p and not t), int(not (t or p)), int(t and not p), float(ret), float(ret) ** 2)
 
     @classmethod
-    def from_arrays(cls, y_true: ArrayLike, y_pred: ArrayLike, ret: ArrayLike | None = None) -> "Counts":
+    def from_arrays(cls, y_true: ArrayLike, y_pred: ArrayLike, ret: ArrayLike | None = None) -> Counts:
         """The counts of many outcomes at once (labels are truthy/falsy, e.g. 0/1)."""
         t = np.asarray(y_true).astype(bool, copy=False).ravel()
         p = np.asarray(y_pred).astype(bool, copy=False).ravel()
@@ -110,7 +111,7 @@ class Counts:
             rs, rq = float(r.sum()), float(r @ r)
         return cls(n, tp, pos_pred - tp, n - pos_pred - pos_true + tp, pos_true - tp, rs, rq)
 
-    def __add__(self, other: "Counts") -> "Counts":
+    def __add__(self, other: Counts) -> Counts:
         if not isinstance(other, Counts):
             return NotImplemented
         return Counts(
@@ -123,13 +124,13 @@ class Counts:
             self.ret_sq_sum + other.ret_sq_sum,
         )
 
-    def __radd__(self, other: Any) -> "Counts":
+    def __radd__(self, other: Any) -> Counts:
         # Lets sum(list_of_counts) work without a start value.
         if other == 0:
             return self
         return self.__add__(other)
 
-    def __sub__(self, other: "Counts") -> "Counts":
+    def __sub__(self, other: Counts) -> Counts:
         if not isinstance(other, Counts):
             return NotImplemented
         return Counts(
@@ -205,7 +206,7 @@ class Counts:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "Counts":
+    def from_json(cls, d: dict[str, Any]) -> Counts:
         return cls(**d)
 
 
@@ -282,7 +283,7 @@ class CountWindow(_Metrics):
         self._n = 0
         self._since_resum = 0
 
-    def update(self, y_true: Any, y_pred: Any, ret: float = 0.0, t: Any = None) -> "CountWindow":
+    def update(self, y_true: Any, y_pred: Any, ret: float = 0.0, t: Any = None) -> CountWindow:
         """Add one outcome, dropping the oldest once full; ``t`` is ignored."""
         code = 2 * bool(y_true) + bool(y_pred)
         ret = float(ret)
@@ -396,7 +397,7 @@ class TimeWindow(_Metrics):
             return t.timestamp()
         return float(t)
 
-    def advance(self, t: Any) -> "TimeWindow":
+    def advance(self, t: Any) -> TimeWindow:
         """Move the window's end to ``t`` (seconds or datetime), expiring old buckets."""
         self._roll(math.floor(self._seconds(t) / self.bucket))
         return self
@@ -432,7 +433,7 @@ class TimeWindow(_Metrics):
             self._ret_sq = math.fsum(self._rq_b)
             self._evictions = 0
 
-    def update(self, y_true: Any, y_pred: Any, ret: float = 0.0, t: Any = None) -> "TimeWindow":
+    def update(self, y_true: Any, y_pred: Any, ret: float = 0.0, t: Any = None) -> TimeWindow:
         """Add one outcome observed at ``t`` (seconds or datetime; default: the clock)."""
         k = math.floor(self._seconds(t) / self.bucket)
         self._roll(k)

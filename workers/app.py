@@ -143,6 +143,7 @@ class RetrainConsumer(Consumer):
         registered = self.strategies  # filled by update_strategies before the first message
 
         def on_task_received(message):
+            reason: str | None
             try:
                 size = len(message.body or b"")
                 if size > limit:

@@ -163,7 +163,8 @@ def retrain_task(app, name: str, *, bind: bool = False) -> Callable:
                     return {"skipped": str(exc)}
                 # Never give up on a transient error (the message would be lost with it); back
                 # off to at most max_backoff_s (10 s), so work resumes within seconds of the service's return.
-                raise self.retry(exc=exc, countdown=min(policy.max_backoff_s, 1 + self.request.retries),
+                # self.retry raises Celery's Retry itself, carrying exc: nothing to chain.
+                raise self.retry(exc=exc, countdown=min(policy.max_backoff_s, 1 + self.request.retries),  # noqa: B904
                                  max_retries=policy.max_retries)
             except (Retry, SoftTimeLimitExceeded):
                 raise

@@ -63,8 +63,8 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     from celery.schedules import crontab
     from celery.signals import before_task_publish, task_postrun
 
-    from retrain.clock import SimClock, monotonic
     from retrain.client import RetrainClient
+    from retrain.clock import SimClock, monotonic
     from retrain.examples.direction import market_from_params
     from retrain.report import print_timeline
     from retrain.serving import StoreRoutingReader, routes_to_canary
@@ -128,6 +128,7 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
                 if to_canary.any():
                     canary_model = _model(ctx, model_cache, route.canary_sha256, route.canary)
                     cpred = canary_model.predict(rows.X[to_canary])
+                    assert route.canary is not None  # keys go to the canary only when there is one
                     if route.canary not in canaries:
                         canaries.append(route.canary)
                     if route.canary == canaries[0] and route.share_pct >= 25:
@@ -143,6 +144,7 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
                 base = int(now.timestamp())
                 for i in range(len(rows.y)):
                     served_by = route.canary if to_canary[i] else route.production
+                    assert served_by is not None
                     client.report("direction", f"{base}-{i}", rows.X[i].tolist(), int(pred[i]), served_by,
                                   int(rows.y[i]), float(rows.ret[i]), ts=float(rows.ts[i]))
                 client.flush()
@@ -187,9 +189,12 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     return 0
 
 
-def _model(ctx, cache: dict, sha256: str, version: str):
+def _model(ctx, cache: dict, sha256: str | None, version: str | None):
     """A version's model, loaded once and only after its sha256 checks out (audited if not)."""
     from retrain.registry import load_verified
+
+    # The reader gives a digest with every version it routes to.
+    assert sha256 is not None and version is not None
 
     if sha256 not in cache:
         cache[sha256] = load_verified(ctx, sha256, model="direction", version=version, purpose="serving (demo)")

@@ -13,8 +13,8 @@ import socket
 import threading
 
 from retrain.clock import Clock, SystemClock
-from retrain.costs import read_resources
 from retrain.context import Context
+from retrain.costs import read_resources
 from retrain.settings import Settings, load_settings
 
 _lock = threading.Lock()
@@ -27,6 +27,7 @@ def build_context(settings: Settings | None = None, clock: Clock | None = None) 
     worker_id = settings.worker_id or f"{socket.gethostname()}:{os.getpid()}"
     ctx = Context.from_settings(settings, clock or _clock, worker_id)
     # The decision reads this node's resources when no training node reported any.
+    assert settings.artifact_root is not None  # Context.from_settings made the home
     ctx.resources = functools.partial(read_resources, settings.artifact_root)
     return ctx
 

@@ -47,10 +47,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from retrain.domain import RetrainRequest, Severity, TriggerKind
 from retrain.policy import Policy, ResourceReading, StateSnapshot, decide
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 __all__ = ["run", "run_pure", "run_task", "make_cases", "throwaway_database", "PG_ADMIN_URL"]
 
@@ -238,7 +241,7 @@ def _seed(ctx, now: datetime, rng: random.Random) -> None:
                     costs.append({"run_id": rid, "model": name, "kind": kind, "amount_usd": amount, "at": at,
                                   "day": at.strftime("%Y-%m-%d"), "month": at.strftime("%Y-%m"), "detail": {}})
             tx.s.flush()  # the runs before their cost rows
-            tx.s.execute(CostRow.__table__.insert(), costs)
+            tx.s.execute(cast("Table", CostRow.__table__).insert(), costs)
 
 
 def _new_request(ctx, rng: random.Random, now: datetime) -> str:
@@ -315,7 +318,7 @@ def run_task(n: int = 400, seed: int = 0, admin_url: str = PG_ADMIN_URL) -> dict
         settings = Settings(home=Path(tmp), database_url=url, broker_url="memory://",
                             artifact_root=Path(tmp) / "artifacts")
         ctx = Context(store=Store(Database(url)), config=_bench_config(7), clock=clock,
-                      artifacts=ArtifactStore(settings.artifact_root), settings=settings, worker_id="bench")
+                      artifacts=ArtifactStore(Path(tmp) / "artifacts"), settings=settings, worker_id="bench")
         try:
             _seed(ctx, start, rng)
             floor = _floor(ctx)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -52,8 +53,8 @@ def _watch(stream: list[int], stable: int, new: Callable[[], Any], feed: Callabl
 
 
 def _median(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return float(statistics.median(xs)) if xs else None
+    known = [x for x in xs if x is not None]
+    return float(statistics.median(known)) if known else None
 
 
 def run(seed: int = 0, stable: int = 100_000, after: int = 5_000, seeds: int = 10) -> dict[str, Any]:

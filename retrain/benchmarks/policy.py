@@ -66,6 +66,7 @@ def _river_stream(name: str, n: int, seed: int = 42) -> tuple[np.ndarray, np.nda
     from river.datasets import synth
 
     half, width = n // 2, max(1, n // 100)
+    stream: synth.ConceptDriftStream | synth.SEA | synth.Hyperplane
     if name == "sea":
         stream = synth.ConceptDriftStream(synth.SEA(variant=0, seed=seed), synth.SEA(variant=3, seed=seed + 1),
                                           position=half, width=width, seed=seed)

@@ -56,7 +56,7 @@ def _context(url: str, home: Path, clock):
 
     s = Settings(home=home, database_url=url, broker_url="memory://", artifact_root=home / "artifacts")
     config = load_config(Path(__file__).resolve().parents[1] / "examples" / "direction.toml")
-    return Context(store=Store(Database(url)), config=config, clock=clock, artifacts=ArtifactStore(s.artifact_root),
+    return Context(store=Store(Database(url)), config=config, clock=clock, artifacts=ArtifactStore(home / "artifacts"),
                    settings=s, worker_id="bench")
 
 

@@ -47,10 +47,11 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -263,7 +264,8 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
             relay = ProcessRelay("memory://", dry_run=True) if mode == "relay" else None
             client = RetrainClient(sender=relay or sink, mode=mode, flush_interval_s=1.0, batch_size=5000)
             reader = StoreRoutingReader(store)
-            router = ModelRouter(model, reader=reader, artifacts=artifacts, client=client, notices=reader.notices(model))
+            router = ModelRouter(model, reader=reader, artifacts=artifacts, client=client,
+                                 notices=reader.notices(model))
             # Its thread's start (connect, LISTEN, read the aliases once more) is a one-off, not a
             # prediction's cost: let it finish before the clock runs. Started beside the warm-up, it
             # waited for the GIL there and now and then burnt ~60 ms inside a measured instance.
@@ -280,7 +282,7 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
                 # so that what differs is the router's calls alone.
                 def bare(j):
                     i = lo + j
-                    row, key, pid, label = rows[i], keys[i], pids[i], labels[i]
+                    row, _key, _pid, _label = rows[i], keys[i], pids[i], labels[i]
                     models[j].predict(row)
 
                 def routed(j):
@@ -291,7 +293,8 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
                     report_outcome(model, pid, label, 0.001)
 
                 def background() -> float:
-                    return _thread_cpu([client._thread, router._thread]) + _child_cpu(relay and relay.pid)
+                    child = relay.pid if relay is not None else None
+                    return _thread_cpu([client._thread, router._thread]) + _child_cpu(child)
 
                 _interleaved(bare, routed, min(hi - lo, 1000), block, rate, background)  # warm-up
                 client.flush(10)
@@ -320,8 +323,8 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
             def mean(key: str) -> float:
                 return sum(r[key] * r["n"] for r in runs) / total
 
-            out = {k: mean(k) for k in ("bare_us", "extra_us", "call_extra_us", "background_us", "gc_us",
-                                        "latency_overhead_pct", "rate_per_s")}
+            out: dict[str, Any] = {k: mean(k) for k in ("bare_us", "extra_us", "call_extra_us", "background_us",
+                                                        "gc_us", "latency_overhead_pct", "rate_per_s")}
             out.update(n=total, overhead_pct=100.0 * out["extra_us"] / out["bare_us"],
                        instance_pct=[r["overhead_pct"] for r in runs],
                        instance_background_us=[r["background_us"] for r in runs],
@@ -330,7 +333,8 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
 
         relay = measure("direction", pairs, "relay", rate, instances)
         thread = measure("direction", pairs // 4, "thread", rate, 4)
-        solo = measure("solo", pairs // 2, "relay", rate, max(1, instances // 2))  # no rollout: production serves every key
+        # No rollout: production serves every key.
+        solo = measure("solo", pairs // 2, "relay", rate, max(1, instances // 2))
         # The router's own cost, with a model that does nothing, unpaced: routing and reporting, warm.
         own = measure("noop", pairs // 2, "relay", 10**9, 1)
         return {

@@ -44,7 +44,8 @@ def _since(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise PayloadError(f"--since: not an ISO date or time (e.g. 2026-01-06 or 2026-01-06T12:00): {text!r}") from None
+        raise PayloadError(f"--since: not an ISO date or time (e.g. 2026-01-06 or 2026-01-06T12:00): "
+                           f"{text!r}") from None
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
@@ -159,9 +160,11 @@ def _price(v: Any) -> str:
     return f"${v:.3g}" if isinstance(v, (int, float)) and 0 < abs(v) < 0.001 else format_usd(v)
 
 
-_GAP_SOURCES = {"evidence.baseline_accuracy-current_accuracy": "validated baseline - live accuracy",
-                "evidence.accuracy_floor-current_accuracy": "accuracy floor - live accuracy",
-                "evidence.expected_recovery_points": "given by the request", "default": "default_gap_points"}
+_GAP_SOURCES: dict[str | None, str] = {
+    "evidence.baseline_accuracy-current_accuracy": "validated baseline - live accuracy",
+    "evidence.accuracy_floor-current_accuracy": "accuracy floor - live accuracy",
+    "evidence.expected_recovery_points": "given by the request", "default": "default_gap_points",
+}
 
 
 def value_model_lines(vm: dict) -> list[str]:
@@ -224,7 +227,8 @@ def render_decision(d: dict) -> str:
     if req:
         lines.append(f"  asked by {req.get('requested_by')}: {_clip(req.get('reason'), 150)}")
         if req.get("override_budget"):
-            lines.append(f"  budget override requested: {(req.get('evidence') or {}).get('override_reason') or 'no reason'}")
+            why = (req.get("evidence") or {}).get("override_reason") or "no reason"
+            lines.append(f"  budget override requested: {why}")
     detail = d.get("detail") or {}
     est = detail.get("estimate") or {}
     lines.append(f"  decision {d['id']}  request {d['request_id']}  estimate {format_usd(d['estimated_cost_usd'])}"
@@ -358,10 +362,11 @@ def render_costs(data: dict[str, Any]) -> str:
     out += ["", f"today {format_usd(t['total_usd'])} of {format_usd(data['caps']['daily_usd'])} daily cap "
                 f"({t['used_pct'] or 0:.0f} %); this month {format_usd(m['total_usd'])} of "
                 f"{format_usd(data['caps']['monthly_usd'])} monthly cap ({m['used_pct'] or 0:.0f} %)"]
+    caps = (data["caps"]["daily_usd"], data["caps"]["monthly_usd"])
     odd = [f"{name} checks the global caps as {format_usd(c['global_daily_usd'])}/day, "
            f"{format_usd(c['global_monthly_usd'])}/month"
            for name, c in data["caps"]["per_model"].items()
-           if (c["global_daily_usd"], c["global_monthly_usd"]) != (data["caps"]["daily_usd"], data["caps"]["monthly_usd"])]
+           if (c["global_daily_usd"], c["global_monthly_usd"]) != caps]
     if odd:
         out.append("per-model overrides: " + "; ".join(odd))
     return "\n".join(out)

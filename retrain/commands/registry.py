@@ -147,12 +147,12 @@ def cmd_history(args) -> int:
         return 0
     with ctx.store.tx() as tx:
         rows = tx.alias_moves(args.model, alias=args.alias, limit=args.limit)
-    data = [{"at": h.at, "alias": h.alias, "from": h.from_version, "to": h.to_version, "actor": h.actor,
-             "reason": h.reason} for h in rows]
+    moves = [{"at": h.at, "alias": h.alias, "from": h.from_version, "to": h.to_version, "actor": h.actor,
+              "reason": h.reason} for h in rows]
     text = table([[_when(h["at"], "%Y-%m-%d %H:%M:%S"), h["alias"], h["from"] or "-", "->", h["to"] or "-",
-                   h["actor"], _clip(h["reason"], 80)] for h in data],
+                   h["actor"], _clip(h["reason"], 80)] for h in moves],
                  ["at (UTC)", "alias", "from", "", "to", "actor", "why"])
-    _out(args, data, text if data else f"no alias moves for {args.model}")
+    _out(args, moves, text if moves else f"no alias moves for {args.model}")
     return 0
 
 

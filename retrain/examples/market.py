@@ -351,7 +351,7 @@ class SyntheticMarket:
             if isinstance(ev, FeatureShift):
                 rows = self._span(ts, ev.starts_at, ev.ends_at)
                 if rows.any():
-                    X[np.ix_(rows, list(ev.features))] += ev.shift_sd
+                    X[np.ix_(rows, np.asarray(ev.features, dtype=np.intp))] += ev.shift_sd
 
     def _crash(self, ts: np.ndarray, X: np.ndarray, signal: np.ndarray) -> np.ndarray:
         for ev in self.events:

@@ -34,7 +34,7 @@ import re
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -95,6 +95,11 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _rows(batch: IngestBatch) -> list[list[Any] | None]:
+    # IngestBatch's validator: without n_features, x is one list (or null) per row.
+    return cast("list[list[Any] | None]", batch.x)
+
+
 def _features(batch: IngestBatch, n: int, n_features: int, problems: dict[int, str]) -> np.ndarray:
     if batch.n_features is not None:  # flat or packed, row-major
         if batch.n_features != n_features:
@@ -111,7 +116,7 @@ def _features(batch: IngestBatch, n: int, n_features: int, problems: dict[int, s
         else:
             # Ragged, missing rows or non-numbers: the slow path, row by row.
             X = np.zeros((n, n_features))
-            for i, row in enumerate(batch.x):
+            for i, row in enumerate(_rows(batch)):
                 if row is None or len(row) != n_features:
                     problems.setdefault(i, f"expected {n_features} features, got {0 if row is None else len(row)}")
                     continue
@@ -141,7 +146,8 @@ def check_batch(batch: IngestBatch, n_features: int, now: datetime | None = None
     _note(problems, missing_pred, UNKNOWN_PREDICTION)
     _note(problems, ~missing_pred & (pred != 0) & (pred != 1),
           lambda i: f"prediction must be 0 or 1, got {int(pred[i])}")
-    _note(problems, ~np.isnan(label) & (label != 0) & (label != 1), lambda i: f"label must be 0 or 1, got {int(label[i])}")
+    _note(problems, ~np.isnan(label) & (label != 0) & (label != 1),
+          lambda i: f"label must be 0 or 1, got {int(label[i])}")
     X = _features(batch, n, n_features, problems)
     ret = _numbers(batch.ret, n)
     _note(problems, np.isinf(ret), lambda i: f"return {float(ret[i])!r} is not a finite number")
@@ -180,7 +186,7 @@ def _json_number(v: float) -> float | str | None:
 
 def _dead_row(batch: IngestBatch, c: CheckedBatch, i: int, problem: str, now: datetime) -> dict:
     if batch.n_features is None:
-        row = batch.x[i]
+        row = _rows(batch)[i]
         x = None if row is None else [v if _is_number(v) else str(v) for v in row]
     else:
         x = [_json_number(float(v)) for v in c.X[i]] if c.X.shape[1] == batch.n_features else None
@@ -305,13 +311,13 @@ def _sample_rows(batch: IngestBatch, c: CheckedBatch, good: np.ndarray, rate: fl
     idx = np.flatnonzero(take)
     if idx.size and cap:
         idx = idx[quota.take(batch.model, np.floor(c.ts[idx] / 60.0).astype(np.int64), cap)]
-    idx = idx.tolist()
-    if not idx:
+    picked: list[int] = idx.tolist()
+    if not picked:
         return []
-    X = c.X[idx].tolist()
-    ts, pred, lab, ret = (c.ts[idx].tolist(), c.prediction[idx].astype(int).tolist(),
-                          c.label[idx].astype(int).tolist(), c.ret[idx].tolist())
+    X = c.X[picked].tolist()
+    ts, pred, lab, ret = (c.ts[picked].tolist(), c.prediction[picked].astype(int).tolist(),
+                          c.label[picked].astype(int).tolist(), c.ret[picked].tolist())
     utc = timezone.utc
     return [{"model": batch.model, "version": batch.version[i], "ts": datetime.fromtimestamp(ts[j], tz=utc),
              "features": X[j], "prediction": pred[j], "label": lab[j],
-             "ret": None if math.isnan(ret[j]) else ret[j]} for j, i in enumerate(idx)]
+             "ret": None if math.isnan(ret[j]) else ret[j]} for j, i in enumerate(picked)]

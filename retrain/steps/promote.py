@@ -12,9 +12,9 @@ from datetime import datetime
 
 from retrain.context import Context
 from retrain.lifecycle import complete
+from retrain.steps.sweep import refresh_drift_reference
 from retrain.storage.models import RunRow
 from retrain.storage.repo import Tx
-from retrain.steps.sweep import refresh_drift_reference
 
 __all__ = ["PromoteResult", "promote_run", "finish_promotion", "rollback"]
 
@@ -53,6 +53,7 @@ def finish_promotion(tx: Tx, run: RunRow, now: datetime, reason: str) -> str | N
     Also clears ``candidate`` and ``canary``; called with the model's alias lock held.
     """
     model, version = run.model, run.candidate_version
+    assert version is not None  # a run reaches promotion with its candidate trained
     old = tx.move_alias(model, "production", version, actor="promotion", reason=reason, now=now)
     if old and old != version:
         tx.move_alias(model, "previous", old, actor="promotion", reason=f"replaced by {version}", now=now)
@@ -62,7 +63,9 @@ def finish_promotion(tx: Tx, run: RunRow, now: datetime, reason: str) -> str | N
     for alias in ("candidate", "canary"):
         if tx.alias(model, alias) is not None:
             tx.move_alias(model, alias, None, actor="promotion", reason=f"{version} promoted", now=now)
-    tx.version(model, version).status = "production"
+    row = tx.version(model, version)
+    assert row is not None
+    row.status = "production"
     model_row = tx.model_row(model)
     if model_row is not None and model_row.deployed_at is None:
         model_row.deployed_at = now
@@ -82,15 +85,17 @@ def rollback(ctx: Context, model: str, version: str | None = None, *, actor: str
     (and audited) before any alias moves. A deleted version is refused with the date
     and reason of its deletion. Rules: :func:`retrain.registry.rollback`.
     """
-    from retrain.registry import rollback as registry_rollback
     from retrain.registry import resolve_rollback, verify_artifact
+    from retrain.registry import rollback as registry_rollback
 
     target = version
     with ctx.store.tx() as tx:
         # A repeated message (from_version already out of service) is answered 'skipped' below.
         if from_version is None or from_version in (tx.alias(model, "production"), tx.alias(model, "canary")):
             target = resolve_rollback(tx, model, version)
-            sha = tx.version(model, target).artifact_sha256
+            target_row = tx.version(model, target)
+            assert target_row is not None  # resolve_rollback refuses a version that is not there
+            sha = target_row.artifact_sha256
             verify = True
         else:
             verify = False

@@ -37,11 +37,19 @@ from typing import Any
 from retrain.config import ModelConfig
 from retrain.context import Context
 from retrain.emergency import EmergencyConfig
-from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
 from retrain.errors import ArtifactError, RetrainError, TransientError
+from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
 from retrain.lifecycle import advance_canary, enter_canary, enter_shadow, reject
-from retrain.rollout import PairedCounts, Phase, RolloutState, ShadowVerdict, StageVerdict, canary_emergency, \
-    judge_shadow, judge_stage
+from retrain.rollout import (
+    PairedCounts,
+    Phase,
+    RolloutState,
+    ShadowVerdict,
+    StageVerdict,
+    canary_emergency,
+    judge_shadow,
+    judge_stage,
+)
 from retrain.steps.promote import finish_promotion
 from retrain.storage.models import RolloutRow, RunRow
 from retrain.storage.repo import Tx
@@ -93,18 +101,22 @@ def begin_rollout(tx: Tx, ctx: Context, run: RunRow, cfg: ModelConfig, productio
                   holdout_detail: str) -> str:
     """Start shadow (or, with shadow off, the first canary stage) for a candidate that passed the holdout."""
     version = run.candidate_version
+    assert version is not None  # validated, so trained
     stages = tuple(float(s) for s in cfg.rollout.stages)
     state = RolloutState.begin(stages, now, shadow=cfg.validation.shadow_enabled)
     ro = tx.add_rollout(run_id=run.id, model=run.model, candidate_version=version, baseline_version=production,
-                        phase=state.phase.value, stages=list(stages), stage=state.stage, share_pct=state.share_pct, started_at=now,
-                        stage_started_at=now, canary_started_at=None if state.phase is Phase.SHADOW else now,
+                        phase=state.phase.value, stages=list(stages), stage=state.stage, share_pct=state.share_pct,
+                        started_at=now, stage_started_at=now,
+                        canary_started_at=None if state.phase is Phase.SHADOW else now,
                         updated_at=now, finished_at=None, gate=None, gate_by=None, scored_until=0, paired={},
                         figures={}, history=[], outcome="")
     if state.phase is Phase.SHADOW:
         v = cfg.validation
         tx.move_alias(run.model, "candidate", version, actor="validation", reason=holdout_detail, now=now)
         enter_shadow(run)
-        tx.version(run.model, version).status = "candidate"
+        row = tx.version(run.model, version)
+        assert row is not None
+        row.status = "candidate"
         tx.audit(now, "validation", "validation",
                  f"{run.model} {version} enters shadow against production {production}: "
                  f"{v.shadow_min_hours:g}-{v.shadow_max_hours:g} h, >= {_shadow_rows(tx, run, v)} labelled live rows, "
@@ -118,17 +130,23 @@ def begin_rollout(tx: Tx, ctx: Context, run: RunRow, cfg: ModelConfig, productio
 def _shadow_rows(tx: Tx, run: RunRow, v) -> str:
     if v.shadow_min_rows is not None:
         return f"{v.shadow_min_rows}"
-    gate = (tx.version(run.model, run.candidate_version).metrics or {}).get("gate") or {}
+    assert run.candidate_version is not None
+    cand = tx.version(run.model, run.candidate_version)
+    assert cand is not None
+    gate = (cand.metrics or {}).get("gate") or {}
     return f"{gate['rows_needed']:,} (what the paired test needs)" if gate.get("rows_needed") else "the sized number of"
 
 
 def _enter_canary(tx: Tx, run: RunRow, ro: RolloutRow, cfg: ModelConfig, now: datetime, why: str) -> None:
     share = ro.share_pct
     if tx.alias(run.model, "candidate") == ro.candidate_version:
-        tx.move_alias(run.model, "candidate", None, actor=ACTOR, reason=f"{ro.candidate_version} enters canary", now=now)
+        tx.move_alias(run.model, "candidate", None, actor=ACTOR, reason=f"{ro.candidate_version} enters canary",
+                      now=now)
     tx.move_alias(run.model, "canary", ro.candidate_version, actor=ACTOR, reason=f"canary at {share:g}%: {why}",
                   now=now, share_pct=share)
-    tx.version(run.model, ro.candidate_version).status = "canary"
+    row = tx.version(run.model, ro.candidate_version)
+    assert row is not None
+    row.status = "canary"
     enter_canary(run, share)
     tx.audit(now, "rollout", ACTOR, f"{run.model} {ro.candidate_version} canary at {share:g}% of traffic "
              f"(stage 1 of {len(_state(ro, cfg).stages)}): {why}", model=run.model, subject=ro.candidate_version,
@@ -184,12 +202,14 @@ def evaluate_rollout(ctx: Context, run_id: str) -> RolloutResult:
         now = ctx.now()
         ro = tx.rollout(run_id, for_update=True)
         run = tx.run(run_id, for_update=True)
+        assert ro is not None and run is not None  # read above; rollouts and runs are never deleted
         if ro.phase != phase or (batch is not None and ro.scored_until != scored_until):
             # Another evaluation got here first; its result stands.
             return RolloutResult(run_id, model, "skipped", ro.phase, ro.share_pct, "evaluated concurrently")
         moved = _moved_by_someone_else(tx, ro)
-        if refused or moved:
-            return _apply(tx, cfg, run, ro, "abort", refused or moved, dict(ro.figures), (), now)
+        why = refused or moved
+        if why:
+            return _apply(tx, cfg, run, ro, "abort", why, dict(ro.figures), (), now)
         if phase == Phase.SHADOW.value:
             paired = PairedCounts.from_json(ro.paired) + (batch.paired if batch else PairedCounts())
             ro.paired = paired.to_json()
@@ -256,8 +276,10 @@ def _judge_canary(tx: Tx, cfg: ModelConfig, ro: RolloutRow, now: datetime) -> St
         firing = canary_emergency(pick(ro.baseline_version, window),
                                   pick(ro.candidate_version, max(window, since)), now, ecfg)
         # The same bar as the sweep's: below min_severity an emergency is noise, not a reason to act.
-        if firing is not None and _SEVERITIES.index(firing.severity.value) < _SEVERITIES.index(e.min_severity):
-            firing = None
+        if firing is not None:
+            assert firing.severity is not None  # an emergency firing always has one
+            if _SEVERITIES.index(firing.severity.value) < _SEVERITIES.index(e.min_severity):
+                firing = None
     return judge_stage(canary, production, share=state.share_pct, stage=state.stage, n_stages=len(state.stages),
                        elapsed=now - ro.stage_started_at, settings=cfg.rollout, confidence=cfg.validation.confidence,
                        metric=cfg.primary_metric, emergency=firing, confirmed=ro.gate == "confirmed",
@@ -325,15 +347,16 @@ def _apply(tx: Tx, cfg: ModelConfig, run: RunRow, ro: RolloutRow, action: str, r
     status = {"rollback": "rolled_back", "reject": "rejected"}.get(action, "withdrawn")
     if row is not None and row.status in ("candidate", "canary"):
         row.status = status
-    reject(run, reason, now,
-           stage={"rollback": "rolled_back", "reject": "shadow_rejected", "abort": "aborted"}.get(action, "inconclusive"))
+    stage = {"rollback": "rolled_back", "reject": "shadow_rejected", "abort": "aborted"}.get(action, "inconclusive")
+    reject(run, reason, now, stage=stage)
     data = {"run_id": run.id, "figures": figures, "share_pct": was_share, "production": ro.baseline_version}
     if action == "rollback":
         tx.audit(now, "rollback", ACTOR, f"{model} canary {version} rolled back automatically at {was_share:g}% "
                  f"(production {ro.baseline_version} serves all traffic): {reason}", model=model, subject=version,
                  data=data)
     elif action in ("reject", "inconclusive") and was_share == 0:
-        tx.audit(now, "validation", "validation", f"{model} {version} {'rejected in' if action == 'reject' else 'ended'}"
+        tx.audit(now, "validation", "validation",
+                 f"{model} {version} {'rejected in' if action == 'reject' else 'ended'}"
                  f" shadow{'' if action == 'reject' else ' inconclusive'}; production {ro.baseline_version} "
                  f"unchanged: {reason}", model=model, subject=version, data=data)
     else:
@@ -356,6 +379,7 @@ def confirm_rollout(ctx: Context, model: str, *, actor: str, reason: str = "") -
             raise RetrainError(f"{model} has no rollout in progress (see: retrain rollout {model})")
         _lock(tx, model)
         ro = tx.rollout(active[0].run_id, for_update=True)
+        assert ro is not None  # listed just above
         run_id, was = ro.run_id, ro.gate
         if was != "confirmed":
             ro.gate, ro.gate_by = "confirmed", actor
@@ -375,7 +399,7 @@ def describe_rollout(ctx: Context, model: str) -> dict[str, Any] | None:
             return None
         ro = rows[0]
         cfg = ctx.config.models.get(model)
-        verdict = None
+        verdict: ShadowVerdict | StageVerdict | None = None
         if cfg is not None and ro.phase == Phase.SHADOW.value:
             cand = tx.version(model, ro.candidate_version)
             planned = ((cand.metrics or {}).get("gate") or {}).get("rows_needed") if cand else None
@@ -421,5 +445,6 @@ def abort_rollouts(tx: Tx, cfg: ModelConfig, model: str, reason: str, figures: d
         if ro is None or Phase(ro.phase).is_final:
             continue
         run = tx.run(ro.run_id, for_update=True)
+        assert run is not None  # a rollout belongs to a run
         out.append(_apply(tx, cfg, run, ro, "abort", reason, dict(figures), (), now))
     return out

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 
 import numpy as np
 
@@ -218,7 +219,7 @@ def _performance(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, baseline: di
                  now: datetime, result: SweepResult) -> list[TriggerFiring]:
     fired: list[TriggerFiring] = []
     for metric in cfg.thresholds.metrics:
-        pcfg = _cached(ctx, f"sweep:perf:{cfg.name}:{metric}", cfg, lambda: performance_config(cfg, metric))
+        pcfg = _cached(ctx, f"sweep:perf:{cfg.name}:{metric}", cfg, partial(performance_config, cfg, metric))
         firing = evaluate_performance(counts, baseline, pcfg)
         if firing is not None:
             fired.append(firing)
@@ -254,6 +255,7 @@ def _accuracy_health(cfg: ModelConfig, baseline: dict, counts: np.ndarray, fired
     elif n < t.min_samples or (base is None and not t.accuracy_floor):
         healthy = None  # too few outcomes, or nothing to hold accuracy to
     else:
+        assert upper is not None  # n >= min_samples, so there were outcomes
         healthy = upper >= limit
     return {"healthy": healthy, "accuracy": round(hits / n, 6) if n else None, "n": n,
             "upper_bound": None if upper is None else round(upper, 6), "baseline": base, "limit": round(limit, 6),
@@ -272,7 +274,10 @@ def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, starts: np.nda
     ecfg = _cached(ctx, f"sweep:emergency:{cfg.name}", cfg, lambda: emergency_config(cfg))
     firing = detect_emergency_from_arrays(starts, counts, now, ecfg)
     e = cfg.emergency
-    if firing is None or _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(e.min_severity)]:
+    if firing is None:
+        return None
+    assert firing.severity is not None  # an emergency firing always has one
+    if _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(e.min_severity)]:
         return None
     key = f"emergency:{cfg.name}"
     episode = EmergencyEpisode.observe(EmergencyEpisode.from_json(tx.control(key)), now, firing.severity, prod,
@@ -351,6 +356,7 @@ def _judge_previous(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, window: n
     row = tx.version(cfg.name, previous) if previous and previous != prod else None
     if row is None or row.deleted_at is not None:
         return None
+    assert previous is not None  # a row was found by it
     if row.status == "rolled_back":
         # It became the rollback target by being rolled back itself (by the watch, an operator or an
         # earlier episode): it was found worse than what serves now; going back to it would flip-flop.
@@ -401,7 +407,9 @@ def _roll_back(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, target: str, *
     from retrain.errors import ArtifactError
     from retrain.registry import rollback
 
-    sha = tx.version(cfg.name, target).artifact_sha256
+    target_row = tx.version(cfg.name, target)
+    assert target_row is not None  # the previous alias (or the judged version) points at a registered row
+    sha = target_row.artifact_sha256
     try:
         ctx.artifacts.get_bytes(sha)
     except ArtifactError as exc:

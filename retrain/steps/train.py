@@ -24,24 +24,24 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from retrain import lifecycle, slots
+from retrain.clock import monotonic
 from retrain.config import ModelConfig, resolve_callable
 from retrain.context import Context
 from retrain.costs import CostRates, Opportunity, ResourceMeter, price
-from retrain.policy import serving_rate
-from retrain import slots
-from retrain.clock import monotonic
-from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
 from retrain.errors import ConfigError, StaleLeaseError, TrainingError, TransientError
-from retrain import lifecycle
+from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
+from retrain.policy import serving_rate
+from retrain.registry import NewVersion, register_version, versions_lock
 from retrain.slots import SLOT_LOCK
-from retrain.waiting import dependency_blocker, describe_dependency, slot_wait, wake
 from retrain.storage.repo import Tx
 from retrain.tasks import TRAIN, VALIDATE
-from retrain.registry import NewVersion, register_version, versions_lock
 from retrain.versioning import VersionSpec, fingerprint_array
+from retrain.waiting import dependency_blocker, describe_dependency, slot_wait, wake
 
 __all__ = ["TrainResult", "TrainingData", "train_run", "fail_run", "load_training_data", "load_training_rows",
            "SLOT_LOCK"]
@@ -66,7 +66,10 @@ class TrainResult:
 def _git_commit(entry_point: str) -> str | None:
     module = entry_point.split(":")[0].split(".")[0]
     try:
-        spec_path = Path(__import__(module).__file__).resolve().parent
+        file = __import__(module).__file__
+        if file is None:  # a namespace package: nowhere to ask git
+            return None
+        spec_path = Path(file).resolve().parent
         out = subprocess.run(["git", "-C", str(spec_path), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
@@ -102,7 +105,7 @@ def load_training_rows(ctx: Context, cfg: ModelConfig, now: datetime) -> Trainin
         X = np.asarray([r.features for r in rows], dtype=np.float64).reshape(-1, cfg.n_features)
         y = np.asarray([r.label for r in rows], dtype=np.int64)
         ts = np.asarray([r.ts.timestamp() for r in rows], dtype=np.float64)
-        ret = np.asarray([np.nan if r.ret is None else r.ret for r in rows], dtype=np.float64)
+        ret: np.ndarray | None = np.asarray([np.nan if r.ret is None else r.ret for r in rows], dtype=np.float64)
         return TrainingData(X, y, ts, _returns(ret, len(y), field))
     source = resolve_callable(cfg.data_source, field)
     out = source(now, lookback, dict(cfg.params))
@@ -192,13 +195,15 @@ def _claim(ctx: Context, run_id: str, now: datetime) -> tuple[str, int | None, s
             return "failed", None, reason
         blocker = dependency_blocker(tx, run, cfg.depends_on)
         if blocker is not None:
-            _hold(tx, run, describe_dependency(blocker), now)
-            return "blocked", None, run.blocked_on
+            waits_for = describe_dependency(blocker)
+            _hold(tx, run, waits_for, now)  # which sets run.blocked_on to it
+            return "blocked", None, waits_for
         slot = slots.claim(tx, run_id=run.id, attempt=run.attempt + 1, owner=ctx.worker_id,
                            limit=s.training_slots, now=now, lease_until=lease_until)
         if slot is None:
-            _hold(tx, run, slot_wait(s.training_slots), now)
-            return "busy", None, run.blocked_on
+            waits_for = slot_wait(s.training_slots)
+            _hold(tx, run, waits_for, now)
+            return "busy", None, waits_for
         lifecycle.start_training(run, owner=ctx.worker_id, now=now, lease_until=lease_until)
         tx.audit(now, "training", ctx.worker_id,
                  f"training of {run.model} started (attempt {run.attempt} of {s.max_attempts}, slot {slot})",
@@ -348,9 +353,11 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
                    passthrough: tuple[type[BaseException], ...]) -> TrainResult:
     with ctx.store.tx() as tx:
         run = tx.run(run_id)
+        assert run is not None  # claimed by the caller
         cfg = ctx.config.model(run.model)
         expected = _expected_fit_s(tx, cfg.name)
     _report(progress, "loading data", 0.05)
+    reraised: tuple[type[BaseException], ...] = (StaleLeaseError, TransientError, *passthrough)
     try:
         with _Heartbeat(ctx, run_id, attempt, progress, expected) as beat:
             data = load_training_rows(ctx, cfg, now)
@@ -374,7 +381,7 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
             rng = np.random.default_rng(0)
             ref_idx = np.sort(rng.choice(cut, size=min(cut, REFERENCE_ROWS), replace=False))
             reference = ctx.artifacts.put_object(X[:cut][ref_idx])
-            held = {"X": X[cut:], "y": y[cut:], "ts": ts[cut:]}
+            held: dict[str, Any] = {"X": X[cut:], "y": y[cut:], "ts": ts[cut:]}
             if data.ret is not None:
                 held["ret"] = data.ret[cut:]
             if walk is not None:
@@ -385,7 +392,7 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
         with ctx.store.tx() as tx:
             _end(tx, ctx, tx.run(run_id, for_update=True), "failed", str(exc), ctx.now(), attempt=attempt)
         return TrainResult(run_id, "failed", detail=str(exc))
-    except (StaleLeaseError, TransientError, *passthrough):
+    except reraised:
         raise
     except Exception as exc:  # the model's own code or its data source raised: retry the run
         return _retry_or_die(ctx, run_id, attempt, f"{type(exc).__name__}: {exc}")
@@ -464,12 +471,13 @@ def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, 
               holdout, extra: dict | None = None):
     usage = meter.usage
     cost = _price(ctx, cfg, usage, run_id)
-    spec = VersionSpec(list(cfg.features), cfg.entry_point, cfg.training_fingerprint(),
+    spec = VersionSpec(tuple(cfg.features), cfg.entry_point, cfg.training_fingerprint(),
                        fingerprint_array(X[:cut], y[:cut]))
     finished = ctx.now()
     with ctx.store.tx() as tx:
         tx.lock(versions_lock(cfg.name))
         run = tx.run(run_id, for_update=True)
+        assert run is not None  # claimed by this attempt
         lifecycle.fence(run, attempt=attempt, owner=ctx.worker_id, doing="nothing registered")
         # The training window is what the fit saw; the holdout (the newest rows) is recorded apart.
         v = register_version(tx, NewVersion(
@@ -503,6 +511,7 @@ def _price(ctx: Context, cfg: ModelConfig, usage, run_id: str):
     billed = replace(usage, wall_seconds=max(usage.wall_seconds, c.min_billed_seconds))
     with ctx.store.tx() as tx:
         run = tx.run(run_id)
+        assert run is not None  # claimed by this attempt
         req = tx.request(run.request_id)
         ev = (req.evidence or {}) if req else {}
         now = ctx.now()

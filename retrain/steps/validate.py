@@ -52,7 +52,9 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
         if run is None or run.state != "validating":
             return ValidateResult(run_id, "skipped", f"run is {run.state if run else 'unknown'}")
         cfg = ctx.config.model(run.model)
+        assert run.candidate_version is not None  # set by training before the run validates
         cand = tx.version(run.model, run.candidate_version)
+        assert cand is not None
         prod_name = tx.alias(run.model, "production")
         prod = tx.version(run.model, prod_name) if prod_name else None
         cand_sha, holdout_sha = cand.artifact_sha256, cand.metrics["holdout_sha256"]
@@ -94,9 +96,12 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
     now = ctx.now()
     with ctx.store.tx() as tx:
         run = tx.run(run_id, for_update=True)
+        assert run is not None  # read above; runs are never deleted
         if run.state != "validating":
             return ValidateResult(run_id, "skipped", f"run is {run.state}")
+        assert run.candidate_version is not None
         cand = tx.version(run.model, run.candidate_version)
+        assert cand is not None
         cand.metrics = {**cand.metrics, "holdout": cand_m, "production_holdout": prod_m,
                         "baseline": {k: v for k, v in cand_m.items() if k != "n"}}
         if gate:
@@ -182,9 +187,12 @@ def _fail(ctx: Context, run_id: str, reason: str, cand_m: dict, prod_m: dict | N
     now = ctx.now()
     with ctx.store.tx() as tx:
         run = tx.run(run_id, for_update=True)
+        assert run is not None  # read above; runs are never deleted
         if run.state != "validating":
             return ValidateResult(run_id, "skipped", f"run is {run.state}")
+        assert run.candidate_version is not None
         cand = tx.version(run.model, run.candidate_version)
+        assert cand is not None
         cand.metrics = {**cand.metrics, "holdout": finite_metrics(cand_m), "production_holdout": finite_metrics(prod_m)}
         cand.status = "rejected"
         finish(tx, run, "failed", f"validation of {run.model} {cand.version} failed: {reason}", now,

@@ -8,6 +8,7 @@ step changes (state, audit event, outbox message) commits together or not at all
 from __future__ import annotations
 
 import hashlib
+import typing
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, and_, case, cast, delete, func, literal, or_, select, text, update
+from sqlalchemy import Table, Text, and_, case, cast, delete, func, literal, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.orm import Session
 
 from retrain.domain import Decision, RetrainRequest, Severity, TriggerKind
@@ -52,6 +54,17 @@ __all__ = ["Store", "Tx", "new_id", "OutboxMessage", "DecisionState", "ROUTES_CH
 ACTIVE_RUN_STATES = ("queued", "training", "validating", "shadow", "rollout")
 
 
+def rowcount(res: Result[Any]) -> int:
+    """The rows an UPDATE, DELETE or INSERT matched (0 when the driver does not say)."""
+    # Session.execute types its result as Result; for these statements it is a CursorResult.
+    return typing.cast("CursorResult[Any]", res).rowcount or 0
+
+
+def _table(row: type[Any]) -> Table:
+    # The declarative __table__ is typed as a FromClause; for our mapped rows it is a Table.
+    return typing.cast(Table, row.__table__)
+
+
 def new_id() -> str:
     return str(uuid.uuid4())
 
@@ -71,7 +84,7 @@ class Store:
         self.db = db
 
     @contextmanager
-    def tx(self) -> Iterator["Tx"]:
+    def tx(self) -> Iterator[Tx]:
         with self.db.session() as session:
             yield Tx(session, self.db.is_postgres)
 
@@ -128,7 +141,8 @@ class Tx:
                 raise UnknownModelError(f"unknown model {model!r}; configured: {known}")
             row.paused = paused
         what = "paused" if paused else "resumed"
-        self.audit(now, "admin", actor, f"automatic retraining {what} for {model or 'all models'}: {reason}", model=model)
+        self.audit(now, "admin", actor, f"automatic retraining {what} for {model or 'all models'}: {reason}",
+                   model=model)
 
     def set_control(self, key: str, value: dict, actor: str, now: datetime) -> None:
         row = self.s.get(ControlRow, key)
@@ -160,7 +174,7 @@ class Tx:
 
     def dead_letters_bulk(self, rows: list[dict]) -> None:
         if rows:
-            self.s.execute(DeadLetterRow.__table__.insert(), rows)
+            self.s.execute(_table(DeadLetterRow).insert(), rows)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetterRow]:
         return list(self.s.scalars(select(DeadLetterRow).order_by(DeadLetterRow.id.desc()).limit(limit)))
@@ -184,7 +198,7 @@ class Tx:
 
     def prune_outbox(self, before: datetime) -> int:
         res = self.s.execute(delete(OutboxRow).where(OutboxRow.published_at < before))
-        return res.rowcount or 0
+        return rowcount(res)
 
     # ----------------------------------------------------------------- ingest
     def claim_batch(self, batch_id: str, now: datetime, accepted: int, rejected: int) -> bool:
@@ -194,7 +208,7 @@ class Tx:
             .values(batch_id=batch_id, received_at=now, accepted=accepted, rejected=rejected)
             .on_conflict_do_nothing(index_elements=["batch_id"])
         )
-        return (res.rowcount or 0) == 1
+        return (rowcount(res)) == 1
 
     def add_buckets(self, rows: list[dict]) -> None:
         if not rows:
@@ -210,9 +224,10 @@ class Tx:
 
     def add_samples(self, rows: list[dict]) -> None:
         if rows:
-            self.s.execute(FeatureSampleRow.__table__.insert(), rows)
+            self.s.execute(_table(FeatureSampleRow).insert(), rows)
 
-    def buckets(self, model: str, version: str | None, since: datetime, until: datetime | None = None) -> list[MetricBucketRow]:
+    def buckets(self, model: str, version: str | None, since: datetime,
+                until: datetime | None = None) -> list[MetricBucketRow]:
         q = select(MetricBucketRow).where(MetricBucketRow.model == model, MetricBucketRow.minute >= since)
         if version is not None:
             q = q.where(MetricBucketRow.version == version)
@@ -241,8 +256,9 @@ class Tx:
         )
         if cutoff is None:
             return 0
-        res = self.s.execute(delete(FeatureSampleRow).where(FeatureSampleRow.model == model, FeatureSampleRow.id <= cutoff))
-        return res.rowcount or 0
+        res = self.s.execute(delete(FeatureSampleRow).where(FeatureSampleRow.model == model,
+                                                            FeatureSampleRow.id <= cutoff))
+        return rowcount(res)
 
     # ----------------------------------------------------------------- requests
     def open_request(self, req: RetrainRequest) -> tuple[str, bool]:
@@ -283,7 +299,8 @@ class Tx:
             requested_by=row.requested_by, override_budget=row.override_budget,
         )
 
-    def requests(self, model: str | None = None, statuses: Sequence[str] | None = None, limit: int = 100) -> list[RequestRow]:
+    def requests(self, model: str | None = None, statuses: Sequence[str] | None = None,
+                 limit: int = 100) -> list[RequestRow]:
         q = select(RequestRow)
         if model:
             q = q.where(RequestRow.model == model)
@@ -342,7 +359,8 @@ class Tx:
             RunRow.state.in_(("training", "validating")), RunRow.lease_expires_at < now)))
 
     # ----------------------------------------------------------------- costs
-    def add_cost(self, run_id: str, model: str, kind: str, amount: float, at: datetime, detail: dict | None = None) -> None:
+    def add_cost(self, run_id: str, model: str, kind: str, amount: float, at: datetime,
+                 detail: dict[str, Any] | None = None) -> None:
         """Append a ledger row. A run's release and actual rows are booked to the day and month
         of its reservation (``at`` keeps when they happened): the reservation *becomes* the
         actual cost in the period whose budget admitted it, so a run that finishes after
@@ -385,7 +403,8 @@ class Tx:
         return list(self.s.scalars(q.order_by(VersionRow.major, VersionRow.minor, VersionRow.patch)))
 
     def version(self, model: str, version: str) -> VersionRow | None:
-        return self.s.scalars(select(VersionRow).where(VersionRow.model == model, VersionRow.version == version)).first()
+        return self.s.scalars(select(VersionRow).where(VersionRow.model == model,
+                                                       VersionRow.version == version)).first()
 
     def latest_version(self, model: str) -> VersionRow | None:
         return self.s.scalars(select(VersionRow).where(VersionRow.model == model)
@@ -440,7 +459,7 @@ class Tx:
         res = self.s.execute(self._insert(ScheduleSlotRow.__table__)
                              .values(model=model, slot=slot, fired_at=now, request_id=None)
                              .on_conflict_do_nothing(index_elements=["model", "slot"]))
-        return (res.rowcount or 0) == 1
+        return (rowcount(res)) == 1
 
     # ----------------------------------------------------------------- registry (retrain.registry)
     def version_models(self) -> list[str]:
@@ -480,7 +499,7 @@ class Tx:
         """Candidate version -> run id, for the model's runs still in flight (validating, shadow, rollout)."""
         q = select(RunRow.candidate_version, RunRow.id).where(
             RunRow.model == model, RunRow.state.in_(ACTIVE_RUN_STATES), RunRow.candidate_version.is_not(None))
-        return {v: rid for v, rid in self.s.execute(q)}
+        return {v: rid for v, rid in self.s.execute(q) if v is not None}  # None is filtered out by q already
 
     # ----------------------------------------------------------------- decision state & ledger (retrain.steps.decide)
     def actual_costs(self, model: str, limit: int = 10) -> list[float]:
@@ -560,10 +579,10 @@ class Tx:
             lock = func.pg_advisory_xact_lock(zlib.crc32(name.encode()))
             q = (select(RequestRow, case((is_open, cast(lock, Text)), else_=None))
                  .where(RequestRow.id == request_id).with_for_update())
-            row = self.s.execute(q).first()
-            if row is None:
+            hit = self.s.execute(q).first()
+            if hit is None:
                 return None, False
-            return row[0], row[0].status == "open"
+            return hit[0], hit[0].status == "open"
         status = self.s.scalar(select(RequestRow.status).where(RequestRow.id == request_id))
         if status is None:
             return None, False
@@ -594,7 +613,7 @@ class Tx:
 
     def decision_snapshot(self, model: str, *, now: datetime, history: timedelta, window: timedelta,
                           report_max_age: timedelta, rate_window: timedelta = timedelta(days=30)
-                          ) -> "DecisionState":
+                          ) -> DecisionState:
         """Everything the decision reads about one model and the world, in two statements.
 
         Traffic is read from the model's newest ``RATE_BUCKETS`` metric buckets (all
@@ -689,7 +708,8 @@ class Tx:
         q = (select(a.alias, a.version, a.share_pct, v.artifact_sha256)
              .join(v, and_(v.model == a.model, v.version == a.version))
              .where(a.model == model, a.alias.in_(("production", "canary")), a.version.is_not(None)))
-        return {alias: (version, float(share or 0.0), sha) for alias, version, share, sha in self.s.execute(q)}
+        return {alias: (version, float(share or 0.0), sha) for alias, version, share, sha in self.s.execute(q)
+                if version is not None}  # q filters None out already
 
     # ----------------------------------------------------------------- monitoring (retrain.steps.sweep, workers.beat)
     def bucket_series(self, model: str, version: str, since: datetime,
@@ -747,7 +767,7 @@ class Tx:
                                                                c.updated_at < now - timedelta(seconds=ttl_s)))
                              .values(updated_at=now, updated_by=holder, value={"holder": holder, "ttl_s": ttl_s})
                              .execution_options(synchronize_session=False))
-        return (res.rowcount or 0) == 1
+        return (rowcount(res)) == 1
 
     def release_lease(self, name: str, holder: str) -> None:
         c = ControlRow
@@ -806,7 +826,8 @@ def _decision_sql() -> tuple[Any, Any]:
     from sqlalchemy import Float, String, bindparam, cast, null, true, union_all
 
     model = bindparam("model", type_=String)
-    since, midnight = bindparam("since", type_=RunRow.created_at.type), bindparam("midnight", type_=RunRow.created_at.type)
+    since = bindparam("since", type_=RunRow.created_at.type)
+    midnight = bindparam("midnight", type_=RunRow.created_at.type)
     minute_t = MetricBucketRow.minute.type
     rate_since, window, now = (bindparam("rate_since", type_=minute_t), bindparam("window", type_=minute_t),
                                bindparam("now", type_=minute_t))
@@ -867,8 +888,9 @@ def _decision_sql() -> tuple[Any, Any]:
     costs = select(literal("cost"), last_costs.c.run_id, last_costs.c.at, literal("actual"),
                    last_costs.c.amount_usd, cast(null(), ControlRow.value.type))
     reports = select(literal("res"), ControlRow.key, ControlRow.updated_at, literal(""), cast(null(), Float),
-                     ControlRow.value).where(ControlRow.key.startswith("resources:"),
-                                             ControlRow.updated_at >= bindparam("reports", type_=ControlRow.updated_at.type))
+                     ControlRow.value).where(
+        ControlRow.key.startswith("resources:"),
+        ControlRow.updated_at >= bindparam("reports", type_=ControlRow.updated_at.type))
     many = union_all(runs, costs, reports)
     _DECISION_SQL.extend((one, many))
     return one, many

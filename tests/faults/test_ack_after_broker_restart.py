@@ -12,8 +12,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import FINAL_RUN, RedisServer, fault_env, publish_outbox, queue_runs, runs, store_for, \
-    write_model_file
+from tests.faults.harness import (
+    FINAL_RUN,
+    RedisServer,
+    fault_env,
+    publish_outbox,
+    queue_runs,
+    runs,
+    store_for,
+    write_model_file,
+)
 from tests.procs import start_worker, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]

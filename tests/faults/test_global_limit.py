@@ -13,8 +13,18 @@ import time
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, fault_env, held_slots, publish_outbox, queue_runs, RedisServer, runs,
-                                  stop_all, store_for, write_model_file)
+from tests.faults.harness import (
+    FINAL_RUN,
+    RedisServer,
+    fault_env,
+    held_slots,
+    publish_outbox,
+    queue_runs,
+    runs,
+    stop_all,
+    store_for,
+    write_model_file,
+)
 from tests.faults.slow_model import fit_intervals, max_overlap
 from tests.procs import start_beat, start_worker, wait_for
 

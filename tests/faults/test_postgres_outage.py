@@ -18,8 +18,19 @@ import uuid
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, fault_env, PrivatePostgres, publish_outbox, queue_runs, RedisServer, runs,
-                                  stop_all, store_for, versions, write_model_file)
+from tests.faults.harness import (
+    FINAL_RUN,
+    PrivatePostgres,
+    RedisServer,
+    fault_env,
+    publish_outbox,
+    queue_runs,
+    runs,
+    stop_all,
+    store_for,
+    versions,
+    write_model_file,
+)
 from tests.procs import start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]

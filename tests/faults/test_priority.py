@@ -9,8 +9,16 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.harness import (fault_env, publish_outbox, queue_runs, RedisServer, runs, stop_all, store_for,
-                                  write_model_file)
+from tests.faults.harness import (
+    RedisServer,
+    fault_env,
+    publish_outbox,
+    queue_runs,
+    runs,
+    stop_all,
+    store_for,
+    write_model_file,
+)
 from tests.procs import start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]

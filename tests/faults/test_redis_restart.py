@@ -21,8 +21,17 @@ import pytest
 
 from retrain.client import RetrainClient, kombu_sender
 from retrain.replay_sender import ReplayStats, replaying_sender
-from tests.faults.harness import (FINAL_REQUEST, FINAL_RUN, audit, fault_env, RedisServer, runs, stop_all, store_for,
-                                  write_model_file)
+from tests.faults.harness import (
+    FINAL_REQUEST,
+    FINAL_RUN,
+    RedisServer,
+    audit,
+    fault_env,
+    runs,
+    stop_all,
+    store_for,
+    write_model_file,
+)
 from tests.procs import start_beat, start_worker, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(180)]

@@ -16,8 +16,19 @@ import uuid
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, fault_env, holder, publish_outbox, queue_runs, RedisServer, runs,
-                                  stop_all, store_for, versions, write_model_file)
+from tests.faults.harness import (
+    FINAL_RUN,
+    RedisServer,
+    fault_env,
+    holder,
+    publish_outbox,
+    queue_runs,
+    runs,
+    stop_all,
+    store_for,
+    versions,
+    write_model_file,
+)
 from tests.faults.slow_model import fit_intervals
 from tests.procs import start_beat, start_worker, wait_for
 

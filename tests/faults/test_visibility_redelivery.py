@@ -22,8 +22,20 @@ import time
 
 import pytest
 
-from tests.faults.harness import (FINAL_RUN, HELD, audit, fault_env, publish_outbox, queue_runs, RedisServer, runs,
-                                  stop_all, store_for, versions, write_model_file)
+from tests.faults.harness import (
+    FINAL_RUN,
+    HELD,
+    RedisServer,
+    audit,
+    fault_env,
+    publish_outbox,
+    queue_runs,
+    runs,
+    stop_all,
+    store_for,
+    versions,
+    write_model_file,
+)
 from tests.faults.slow_model import fit_intervals
 from tests.procs import start_beat, start_worker, wait_for
 

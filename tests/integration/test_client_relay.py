@@ -21,8 +21,8 @@ import pytest
 
 from retrain.client import RetrainClient
 from tests.conftest import free_port, start_redis
-from tests.procs import until
 from tests.integration.test_client_redis import _queued, _rows
+from tests.procs import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

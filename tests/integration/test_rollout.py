@@ -18,8 +18,7 @@ from retrain.steps.dispatch import run_step
 from retrain.steps.rollout_step import confirm_rollout, describe_rollout
 from retrain.windows import Counts
 from tests.conftest import T0, make_context
-from tests.rollout_world import App, add_version, aliases, config, make_production, market, rollout_row, \
-    start_candidate
+from tests.rollout_world import App, add_version, aliases, config, make_production, market, rollout_row, start_candidate
 
 pytestmark = pytest.mark.timeout(120)
 MODEL = "direction"

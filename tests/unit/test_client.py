@@ -6,11 +6,10 @@ the real Redis side is in tests/integration/test_client_redis.py.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-
-import json
 
 import numpy as np
 import pytest
@@ -19,8 +18,8 @@ from retrain.client import EncodedIngest, RetrainClient, encode_ingest
 from retrain.clock import SimClock
 from retrain.columns import pack_f8, unpack_f8
 from retrain.errors import PayloadError
-from tests.procs import until
 from retrain.payloads import IngestBatch, parse_payload
+from tests.procs import until
 
 T = 1_767_571_200.0
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from retrain.evidence import (independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds)
+from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
 from retrain.rollout import PairedCounts, judge_paired, mcnemar_p
 
 

@@ -20,8 +20,15 @@ import retrain.payloads as payloads
 from retrain.client import RetrainClient, encode_ingest
 from retrain.columns import pack_f8, unpack_f8
 from retrain.errors import PayloadError
-from retrain.payloads import (DecidePayload, IngestBatch, ManualRequestPayload, RollbackPayload, RunPayload,
-                              SweepPayload, parse_payload)
+from retrain.payloads import (
+    DecidePayload,
+    IngestBatch,
+    ManualRequestPayload,
+    RollbackPayload,
+    RunPayload,
+    SweepPayload,
+    parse_payload,
+)
 
 T = 1_767_571_200.0
 

@@ -238,8 +238,8 @@ def test_impossible_moves_are_refused():
 
 
 def test_rollout_settings_refuse_stages_that_do_not_end_at_100():
-    from retrain.errors import ConfigError
     from retrain.config import parse_config
+    from retrain.errors import ConfigError
 
     base = {"models": {"m": {"entry_point": "a.b:c", "features": ["x"]}}}
     for stages in ([10, 50], [50, 10, 100], [0, 100], [10, 10, 100]):

@@ -4,7 +4,6 @@ performance trigger: a daily model sees a collapse within weeks and rarely fires
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from retrain.sizing import settings_for_rate
 from retrain.triggers import PerformanceTriggerConfig, evaluate_performance

@@ -164,7 +164,9 @@ def run(batches: int = 60, rows: int = 2000, rounds: int = 3, timeout_s: float =
         deadline = time.monotonic() + timeout_s
         while True:
             with store.tx() as tx:
-                if tx.run(run_id).stage == "fitting":
+                run = tx.run(run_id)
+                assert run is not None
+                if run.stage == "fitting":
                     break
             if trainer.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the training did not start:\n{(tmp / 'train.log').read_text()[-3000:]}")

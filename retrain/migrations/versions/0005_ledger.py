@@ -19,9 +19,8 @@ Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-26
 """
-from alembic import op
 import sqlalchemy as sa  # noqa: F401
-
+from alembic import op
 
 revision = '0005'
 down_revision = '0004'
