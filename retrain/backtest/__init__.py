@@ -30,25 +30,27 @@ version. Times are ISO 8601 UTC strings; money is USD; accuracies are fractions.
 
 Top level:
 
-``schema_version`` (int), ``partial`` (bool: Ctrl-C stopped the run; figures cover what
+``schema_version`` (int), ``partial`` (bool: Ctrl-C or SIGTERM stopped the run; figures cover what
 was replayed), ``policies_requested`` (list of labels, the primary first), ``data``
 (``source``, ``rows``, ``skipped_rows``, ``features``, ``start``, ``end``,
 ``rows_per_minute``, ``has_return``, ``columns``), ``settings`` (``model``, ``config``,
 ``label_delay``, ``warmup``, ``warmup_end``, ``period``, ``sweep_every``,
-``approve_after``), ``model_config`` (the effective model settings, decision policy and
+``approve_after``, ``widened``: one sentence per window of the model file widened for a
+slow stream), ``model_config`` (the effective model settings, decision policy and
 cost rates of the primary policy), ``data_drift`` (list of ``{start, end, drifted,
 share_drifted, drifted_features, mean_statistic, max_statistic, rows}``: the data after
 the warm-up against the warm-up rows, the same for every policy), ``elapsed_s``, then
 **every key of the primary policy's object** (below), and ``policies``: an object
 mapping each policy label (``auto``, ``never``, ``every:1d``, ...) to its object, in the
-order run (one entry without ``--compare``).
+order asked for (one entry without ``--compare``). Labels are as the user wrote them
+(``every:7d`` stays ``every:7d``); two spellings of one period are one policy, the first kept.
 
 A policy's object:
 
 =====================  ====================================================================
 key                    meaning
 =====================  ====================================================================
-policy                 its label: ``auto``, ``never`` or ``every:<duration>``
+policy                 its label: ``auto``, ``never`` or ``every:<duration>`` as written
 partial                true when this policy's replay was interrupted
 replayed_until         simulated time the replay reached
 rows                   rows in the data
@@ -57,6 +59,12 @@ accuracy               mean accuracy over every prediction after the warm-up (nu
 accuracy_by_period     list of ``{start, end, accuracy, n}`` per ``--period`` (default 1 day)
 sharpe                 per-prediction Sharpe ratio of the strategy (long on 1, short on 0),
                        mean / standard deviation, not annualised; null without ``--return``
+baselines              trivial predictors scored on the same predictions: ``majority`` (the
+                       class most frequent among the warm-up's labels known at its end) and,
+                       with ``--return``, ``always_up``; each ``{label, predicts, accuracy,
+                       sharpe}``
+skill                  accuracy minus the best baseline's (null without predictions): at or
+                       below 0, the model shows no skill on this data
 retrainings            trainings after the initial one
 trainings              every training started, the initial one included
 promotions             versions that became production
@@ -79,7 +87,14 @@ drift                  the sweep's drift checks: ``{time, version, drifted, shar
 timeline               accuracy per plot bin: ``{start, end, accuracy, n}``
 timeline_width_s       width of those bins, seconds
 elapsed_s              wall time of the replay (not part of the result: differs run to run)
-notes                  anything the replay had to skip or assume, as sentences
+notes                  sentences: each setting that cannot act at the data's rate (a trigger
+                       whose window never holds its minimum sample, a holdout too small for the
+                       improvement asked, a shadow or canary stage that cannot gather its rows
+                       in time, and then whether walk-forward judges the candidates instead...),
+                       with the field and a value that fits, from the settings
+                       the replay ran with; what the results show (every request turned down,
+                       and by which rules; retrainings never promoted, and why; no skill);
+                       anything the replay had to skip
 =====================  ====================================================================
 
 Only ``cost_usd``, the versions' ``cost_usd`` and ``elapsed_s`` depend on the machine

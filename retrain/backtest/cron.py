@@ -88,10 +88,32 @@ class Crontab:
 
     def fired(self, after: datetime, until: datetime) -> list[datetime]:
         """The whole minutes ``t`` with ``after < t <= until`` at which the entry fires."""
-        t = after.astimezone(timezone.utc).replace(second=0, microsecond=0) + _MINUTE
         out = []
-        while t <= until:
-            if self.matches(t):
-                out.append(t)
-            t += _MINUTE
+        t = self.next_after(after)
+        while t is not None and t <= until:
+            out.append(t)
+            t = self.next_after(t)
         return out
+
+    def next_after(self, after: datetime, horizon_days: int = 366 * 8) -> datetime | None:
+        """The first whole minute ``t > after`` at which the entry fires (None within ``horizon_days``).
+
+        Walks days, then the entry's hours and minutes of a matching day, in local time; each
+        candidate is checked with :meth:`matches` on its UTC minute, so that local times a
+        DST change skips never fire and one it repeats fires twice, as minute by minute.
+        """
+        start = after.astimezone(timezone.utc).replace(second=0, microsecond=0) + _MINUTE
+        local = start.astimezone(self.tz)
+        hours, minutes = sorted(self.hours), sorted(self.minutes)
+        day = local.date()
+        for _ in range(horizon_days):
+            if (day.day in self.days_of_month and day.month in self.months
+                    and (day.isoweekday() % 7) in self.days_of_week):
+                # A local time the clocks fall back over happens twice (fold 0 and 1): both count.
+                times = sorted({datetime(day.year, day.month, day.day, h, m, tzinfo=self.tz, fold=fold)
+                                .astimezone(timezone.utc) for h in hours for m in minutes for fold in (0, 1)})
+                for t in times:
+                    if t >= start and self.matches(t):
+                        return t
+            day += timedelta(days=1)
+        return None

@@ -62,8 +62,9 @@ class ReplayData:
 
     @property
     def rows_per_minute(self) -> float:
+        """Rows a minute: the intervals between rows over the span (one row a day is 1/1440 exactly)."""
         minutes = max(self.span.total_seconds() / 60.0, 1.0)
-        return len(self) / minutes
+        return max(len(self) - 1, 1) / minutes
 
     def key(self, i: int) -> str:
         return self.keys[i] if self.keys is not None else str(i)

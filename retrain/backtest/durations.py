@@ -7,6 +7,8 @@ A bare number is seconds. Used by every backtest option that takes a duration
 datetime.timedelta(seconds=5400)
 >>> format_duration(parse_duration("1d")), format_duration(parse_duration("1249m"))
 ('1d', '20h49m')
+>>> human_duration(parse_duration("5w4d23h40m48s")), human_duration(parse_duration("90m"))
+('40d', '1.5h')
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import timedelta
 
 from retrain.errors import ConfigError
 
-__all__ = ["parse_duration", "format_duration"]
+__all__ = ["parse_duration", "format_duration", "human_duration"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -60,3 +62,18 @@ def format_duration(d: timedelta) -> str:
         if n:
             parts.append(f"{n}{unit}")
     return "".join(parts)
+
+
+def human_duration(d: timedelta) -> str:
+    """``d`` rounded for a title or a sentence, in its largest unit: ``40d``, ``1.5h``, ``20m``, ``3y``.
+
+    Below 10 of the unit one decimal is kept (dropped when it is 0); from 10 on, none.
+    Years (365 days) only from 2 years on, so that ``400d`` stays in days.
+    """
+    secs = abs(d.total_seconds())
+    for unit, size in (("y", 365 * 86400), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if secs >= size * (2 if unit == "y" else 1) or unit == "s":
+            v = secs / size
+            text = f"{v:.0f}" if v >= 10 or round(v, 1).is_integer() else f"{v:.1f}"
+            return ("-" if d.total_seconds() < 0 else "") + text + unit
+    return "0s"  # pragma: no cover

@@ -26,17 +26,17 @@ Every policy trains on the replay's own visible history (see
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
 from retrain.backtest.durations import format_duration, parse_duration
 from retrain.backtest.source import DATA_SOURCE, PARAM
-from retrain.config import RetrainConfig, parse_config
+from retrain.config import ModelConfig, RetrainConfig, parse_config
 from retrain.errors import ConfigError
 
 __all__ = ["PolicySpec", "parse_policy", "parse_policies", "configure", "default_config", "DEFAULT_ENTRY_POINT",
-           "DEFAULT_MODEL", "EVERY_OVERRIDES"]
+           "DEFAULT_MODEL", "EVERY_OVERRIDES", "widen_for_rate"]
 
 DEFAULT_ENTRY_POINT = "retrain.examples.direction:train"
 DEFAULT_MODEL = "backtest"
@@ -49,11 +49,18 @@ EVERY_OVERRIDES: dict[str, Any] = {"cooldown_hours": 0.0, "max_runs_per_model_pe
 
 @dataclass(frozen=True)
 class PolicySpec:
+    """One policy to replay. Two specs are the same policy when kind and period agree
+    (``every:7d`` is ``every:1w``); ``text`` is only how the user spelled it."""
+
     kind: Literal["auto", "never", "every"]
     period: timedelta | None = None
+    text: str | None = field(default=None, compare=False)
 
     @property
     def label(self) -> str:
+        """The policy as the user wrote it (``every:7d`` stays ``every:7d``): the report's key."""
+        if self.text:
+            return self.text
         return f"every:{format_duration(self.period)}" if self.kind == "every" else self.kind
 
 
@@ -63,10 +70,11 @@ def parse_policy(text: str) -> PolicySpec:
     if s in ("auto", "never"):
         return PolicySpec(s)  # type: ignore[arg-type]
     if s.startswith("every:"):
-        period = parse_duration(s[len("every:"):], f"policy {text!r}")
+        written = s[len("every:"):].replace(" ", "")
+        period = parse_duration(written, f"policy {text!r}")
         if period <= timedelta(0):
             raise ConfigError(f"policy {text!r}: the period must be positive")
-        return PolicySpec("every", period)
+        return PolicySpec("every", period, text=f"every:{written}")
     raise ConfigError(f"policy: expected auto, never or every:<duration> (e.g. every:1d), got {text!r}")
 
 
@@ -76,9 +84,26 @@ def parse_policies(primary: str, compare: str | None) -> list[PolicySpec]:
     for part in (compare or "").split(","):
         if part.strip():
             spec = parse_policy(part)
-            if spec.label not in {s.label for s in specs}:
+            if spec not in specs:  # every:24h repeats every:1d: the first spelling is kept
                 specs.append(spec)
     return specs
+
+
+def _sized(rate: float, m: dict[str, Any]) -> dict[str, Any]:
+    """The windows a stream of ``rate`` outcomes a minute needs for the sample sizes in ``m`` (a model body).
+
+    The performance window holds 1.25 x ``thresholds.min_samples`` outcomes, the emergency
+    bucket 1.25 x ``emergency.min_samples``; the feature sample keeps twice ``drift.min_rows``
+    rows per drift window (all rows of a slow stream), and the drift window holds 1.25 x
+    ``drift.min_rows`` sampled rows.
+    """
+    rate = max(rate, 1e-9)
+    t, d, e = m["thresholds"], m["drift"], m["emergency"]
+    sample_rate = min(1.0, max(0.01, 2 * d["min_rows"] / (rate * d["current_minutes"])))
+    return {"thresholds.window_minutes": math.ceil(1.25 * t["min_samples"] / rate),
+            "sample.rate": round(sample_rate, 4),
+            "drift.current_minutes": math.ceil(1.25 * d["min_rows"] / (rate * sample_rate)),
+            "emergency.bucket_minutes": math.ceil(1.25 * e["min_samples"] / rate)}
 
 
 def default_config(features: tuple[str, ...], rows_per_minute: float, lookback: timedelta) -> RetrainConfig:
@@ -90,24 +115,64 @@ def default_config(features: tuple[str, ...], rows_per_minute: float, lookback: 
     windows are widened so that the same sample sizes fit in them; the
     thresholds and sample sizes themselves are the defaults. The feature sample
     (which drift and shadow validation read) keeps about 1,000 rows per 240
-    minutes, all rows of a slower stream.
+    minutes, all rows of a slower stream. :func:`widen_for_rate` does the same
+    for a model file's settings left at their defaults.
     """
-    rate = max(rows_per_minute, 1e-9)
-    window = max(240, math.ceil(1.25 * 2000 / rate))
-    sample_rate = min(1.0, max(0.01, 1000 / (rate * 240)))
-    drift_window = max(240, math.ceil(1.25 * 500 / (rate * sample_rate)))
-    bucket = max(5, math.ceil(25 / rate))
-    model = {
+    body: dict[str, Any] = {
+        "name": DEFAULT_MODEL,
         "description": "default backtest model: the example's scikit-learn classifier",
         "entry_point": DEFAULT_ENTRY_POINT,
         "features": list(features),
         "lookback_hours": max(lookback.total_seconds() / 3600.0, 1.0),
-        "thresholds": {"window_minutes": window},
-        "drift": {"current_minutes": drift_window},
-        "emergency": {"bucket_minutes": bucket},
-        "sample": {"rate": round(sample_rate, 4)},
     }
-    return parse_config({"models": {DEFAULT_MODEL: model}}, source="<backtest default>")
+    defaults = ModelConfig.model_validate(body).model_dump(mode="json")
+    for path, value in _sized(rows_per_minute, defaults).items():
+        section, key = path.split(".")
+        current = defaults[section][key]
+        # The sample rate is sized both ways (a fast stream keeps fewer rows); windows only widen.
+        body.setdefault(section, {})[key] = value if path == "sample.rate" else max(current, value)
+    return parse_config({"models": {DEFAULT_MODEL: body}}, source="<backtest default>")
+
+
+def widen_for_rate(config: RetrainConfig, model: str, rows_per_minute: float,
+                   lookback: timedelta) -> tuple[RetrainConfig, list[str]]:
+    """``config`` with ``model``'s windows widened for a slow stream, as :func:`default_config` does.
+
+    Only settings the model file leaves at their defaults change, and only upwards
+    (a window the file sets is the user's choice: the report's notes say if it cannot
+    act at the data's rate). ``lookback_hours``, when not set, becomes the warm-up, as
+    without ``--config``. Returns the config and one sentence per change.
+    """
+    cfg = config.model(model)
+    body = cfg.model_dump(mode="json")
+    changed: list[str] = []
+
+    def explicit(section: str | None, key: str) -> bool:
+        if section is None:
+            return key in cfg.model_fields_set
+        return section in cfg.model_fields_set and key in getattr(cfg, section).model_fields_set
+
+    def fmt(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    want = {**_sized(rows_per_minute, body), "lookback_hours": max(lookback.total_seconds() / 3600.0, 1.0)}
+    for path, value in want.items():
+        section, _, key = path.rpartition(".")
+        section = section or None
+        current = body[section][key] if section else body[key]
+        if explicit(section, key) or value <= current:
+            continue
+        if section:
+            body[section] = {**body[section], key: value}
+        else:
+            body[key] = value
+        changed.append(f"models.{model}.{path} widened from {fmt(current)} to {fmt(value)} for a stream of "
+                       f"{rows_per_minute:.3g} rows a minute (not set in {config.source})")
+    if not changed:
+        return config, []
+    data = config.model_dump(mode="json", exclude={"models", "source"})
+    data["models"] = {**{k: v.model_dump(mode="json") for k, v in config.models.items()}, model: body}
+    return parse_config(data, source=config.source), changed
 
 
 def configure(base: RetrainConfig, model: str, spec: PolicySpec, token: str) -> RetrainConfig:

@@ -1,32 +1,45 @@
 """The replay driver: one policy over the rows, on a simulated clock, through the workers' own steps.
 
-Per tick of ``sweep_every`` simulated time, at tick time ``T`` (the clock reads ``T``):
+Ticks lie on a grid of ``sweep_every`` simulated time. At a tick ``T`` (the clock reads ``T``):
 
 1. **Outcomes.** Rows predicted earlier whose label is visible (``ts + label_delay
-   <= T``) are reported through :func:`retrain.steps.ingest.ingest`, one
-   :class:`~retrain.payloads.IngestBatch` per tick, under the version that
-   served them: metric buckets per version, the feature sample.
+   <= T``) and that a model served are reported through
+   :func:`retrain.steps.ingest.ingest`, in :class:`~retrain.payloads.IngestBatch`\ es of
+   at most 20,000 rows, under the version that served them: metric buckets per
+   version, the feature sample.
 2. **Beat.** What ``celeryconfig.beat_schedule`` would have fired by ``T``: the
    first training once the warm-up is over, the model's schedule entries
    (:mod:`retrain.backtest.cron`, slot keys by
    :func:`retrain.steps.requests.slot_key`), the fixed period of an
-   ``every:`` policy, ``retrain.sweep``, ``retrain.evaluate_rollouts`` when that
-   step exists, and ``retrain.reconcile`` and ``retrain.retention`` hourly. After each, the outbox is
-   drained in-process (:func:`retrain.steps.dispatch.drain`), so decide,
-   train, validate and promote run exactly as on the workers.
+   ``every:`` policy, ``retrain.sweep`` (when every trigger is off: when a deferred
+   request is due, hourly while labels come in, daily otherwise),
+   ``retrain.evaluate_rollouts`` while a run is in flight, ``retrain.reconcile``
+   hourly while a run is in flight (an in-process replay loses no message and
+   no lease otherwise) and ``retrain.retention`` every ``retention.max_age_days`` at
+   most, after something changed, and once at the end (it only deletes old
+   versions, and its cost grows with every version ever made). After a step that
+   enqueued work, the outbox is drained in-process
+   (:func:`retrain.steps.dispatch.drain`), so decide, train, validate and promote
+   run exactly as on the workers.
 3. **Operator.** A simulated operator approves what has waited ``approve_after``
    for approval (the first-week gate), as the demo's does.
-4. **Serving.** Rows with ``T <= ts < T + tick`` are predicted by the versions
+4. **Serving.** Rows from ``T`` to the next tick are predicted by the versions
    the aliases name at ``T``: ``production``, or ``canary`` for the rows that
    :func:`retrain.serving.routes_to_canary` sends there by the hash of the
    row's routing key. No model before the first training: no prediction.
 
-A training takes no simulated time: its version serves from the next rows on.
-Ctrl-C stops the loop between steps; what was replayed is still reported.
+Ticks where nothing can happen are skipped (see :func:`replay`): the warm-up, and,
+on a slow stream, the hours between two rows. A training takes no simulated time:
+its version serves from the next rows on. Ctrl-C (or SIGTERM inside
+:func:`retrain.backtest.run.stop_on_sigterm`) stops the loop where it is: the
+outcome says ``partial``, and what was replayed is still reported.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable
@@ -41,15 +54,16 @@ from retrain.backtest.cron import Crontab
 from retrain.backtest.data import ReplayData
 from retrain.backtest.policies import PolicySpec, configure
 from retrain.backtest.source import VisibleHistory, registered
-from retrain.clock import SimClock, monotonic
-from retrain.config import RetrainConfig
+from retrain.clock import SimClock, monotonic, utc
+from retrain.config import ModelConfig, RetrainConfig
 from retrain.context import Context
 from retrain.errors import PayloadError
 
-__all__ = ["ReplayOptions", "ReplayOutcome", "replay", "template_database", "Progress", "OPERATOR"]
+__all__ = ["ReplayOptions", "ReplayOutcome", "replay", "template_database", "timers", "Progress", "OPERATOR"]
 
 OPERATOR = "backtest operator"
 _HOURLY = timedelta(hours=1)
+_DAILY = timedelta(days=1)
 _INITIAL_RETRY = timedelta(hours=1)
 
 # (policy label, fraction done of this policy, simulated time, trainings so far)
@@ -64,6 +78,8 @@ class ReplayOptions:
     # None: nobody answers, requests waiting for approval wait for ever.
     approve_after: timedelta | None = timedelta(minutes=30)
     period: timedelta = timedelta(days=1)
+    # False: run every tick of the grid, even those where nothing can happen (for tests: same results).
+    skip_idle: bool = True
 
 
 @dataclass
@@ -160,13 +176,101 @@ class _Serving:
         return est
 
 
+class _Writes:
+    """Counts the replay database's writes per table (an engine event), so that the loop can tell,
+    without a query, whether a step changed anything that matters to what comes next."""
+
+    _SQL = re.compile(r"\s*(?:INSERT\s+(?:OR\s+\w+\s+)?INTO|UPDATE|DELETE\s+FROM)\s+[\"`]?(\w+)", re.IGNORECASE)
+
+    def __init__(self, engine) -> None:
+        from sqlalchemy import event
+
+        from retrain.storage.models import (AliasRow, AuditRow, DecisionRow, OutboxRow, RequestRow, RolloutRow,
+                                            RunRow, TrainingSlotRow, VersionRow)
+
+        self.counts: dict[str, int] = {}
+        self.aliases = (AliasRow.__tablename__,)
+        # The loop's state: requests, decisions, runs, rollouts, aliases, versions; every change is audited too.
+        self.control = (RequestRow.__tablename__, DecisionRow.__tablename__, RunRow.__tablename__,
+                        RolloutRow.__tablename__, AliasRow.__tablename__, VersionRow.__tablename__,
+                        AuditRow.__tablename__)
+        # Every transition of the loop is audited (a request, a decision, a training, a stage...); a
+        # rollout's evaluation that only counted more rows is not.
+        self.audit = (AuditRow.__tablename__,)
+        # What a drain acts on: messages to run, runs waiting for a slot.
+        self.work = (OutboxRow.__tablename__, RunRow.__tablename__, TrainingSlotRow.__tablename__)
+        event.listen(engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:
+        m = self._SQL.match(statement)
+        if m:
+            table = m.group(1).lower()
+            self.counts[table] = self.counts.get(table, 0) + 1
+
+    def of(self, tables: tuple[str, ...]) -> int:
+        return sum(self.counts.get(t, 0) for t in tables)
+
+
+_UNITS_S = (("_seconds", 1.0), ("_s", 1.0), ("_minutes", 60.0), ("_hours", 3600.0), ("_days", 86400.0))
+
+
+def timers(cfg: ModelConfig) -> list[float]:
+    """Every duration of the model's settings (``*_minutes``, ``*_hours``, ``*_days``, ``*_s``), in seconds,
+    leaving out the sections this policy has switched off.
+
+    A state change at ``T`` (a training, a decision, a stage) can make a step act again at ``T``
+    plus one of these (a shadow's minimum or maximum, a stage's, a refire delay, a drift
+    check's interval...), with no new data in between: the replay wakes up then.
+    """
+    body = cfg.model_dump(mode="json")
+    off = set()
+    if not cfg.thresholds.metrics:
+        off.add("thresholds")
+    for section in ("drift", "emergency", "rollout"):
+        if not body.get(section, {}).get("enabled", True):
+            off.add(section)
+    out: set[float] = set()
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if path == "" and k in off:
+                    continue
+                if path == "validation" and k.startswith("shadow_") and not cfg.validation.shadow_enabled:
+                    continue
+                walk(v, f"{path}.{k}" if path else k)
+        elif isinstance(node, (int, float)) and not isinstance(node, bool) and node > 0:
+            for suffix, unit in _UNITS_S:
+                if path.endswith(suffix):
+                    out.add(float(node) * unit)
+                    break
+
+    walk(body, "")
+    return sorted(out)
+
+
 def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, opts: ReplayOptions,
            workdir: Path, template: Path, progress: Progress | None = None) -> ReplayOutcome:
-    """Replay ``data`` under ``spec``; the returned outcome's context still holds the store."""
+    """Replay ``data`` under ``spec``; the returned outcome's context still holds the store.
+
+    Ticks lie on the grid ``t0 + k * sweep_every``. A tick where nothing can happen is
+    skipped: nothing runs before the warm-up's end, and after it a tick runs when labels
+    become visible (while a trigger watches them or a run, request or rollout is in
+    flight), when beat or the operator has something due (the first training, an
+    ``every:`` period, a schedule entry, an approval), when a deferred request is due, or
+    at a duration of the model's settings (:func:`timers`) after a tick that changed the
+    loop's state. A skipped tick would have run the same steps on the same state: no new
+    outcome, nothing due. The one difference: a trigger's window keeps its old outcomes
+    until the next tick that runs (the windows slide with the data, not between rows).
+    """
+    from sqlalchemy import func, select
+
     from retrain.payloads import IngestBatch
     from retrain.steps.dispatch import STEPS, drain, run_step
+    from retrain.tasks import DECIDE, EVALUATE_ROLLOUTS, RECONCILE, REQUEST_RETRAINING, RETENTION, SWEEP
     from retrain.steps.ingest import ingest
     from retrain.steps.requests import slot_key, sync_models
+    from retrain.storage.models import DecisionRow, RequestRow
 
     tick = opts.sweep_every.total_seconds()
     delay = opts.label_delay.total_seconds()
@@ -180,49 +284,117 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
     pred = np.full(n, -1, dtype=np.int8)
     served_by = np.full(n, None, dtype=object)
 
+    def on_grid(t: float) -> float:
+        """The first tick at or after ``t``."""
+        return t0 + math.ceil((t - t0) / tick - 1e-9) * tick
+
     with registered(history) as token:
         config = configure(base, model, spec, token)
         ctx = _context(workdir, template, config, clock)
+        writes = _Writes(ctx.store.db.engine)
         cfg = config.model(model)
         out = ReplayOutcome(spec, model, ctx, config, history, _dt(warm_end_s), pred, served_by, _dt(t0))
         sync_models(ctx)
         serving = _Serving(ctx, model)
         crons = {slot: Crontab.from_fields(fields, config.settings.timezone)
                  for slot, fields in cfg.schedule.crontab_fields().items()}
+        wait_for = [d for d in timers(cfg) if d < t_end - t0]
         started = monotonic()
-        served = reported = 0  # rows [0, served) predicted; [0, reported) reported if predicted
+        # Nothing runs before the warm-up is over (no model, nothing to watch): start there.
+        T = max(t0, on_grid(warm_end_s))
+        served = reported = int(np.searchsorted(ts, T, side="left"))  # rows before T: no model served them
         initial_at: float | None = None
         next_every = warm_end_s + spec.period.total_seconds() if spec.kind == "every" else None
         last_reconcile = last_housekeeping = t0
+        last_retention: float | None = None
+        retention_seen = -1
+        # Retention's cost grows with every version ever made (tombstones included) and all it does
+        # is delete old versions: every max_age_days at most (and once at the end), not hourly.
+        retention_every = max(_DAILY.total_seconds(), cfg.retention.max_age_days * 86400.0)
         watching = bool(cfg.thresholds.metrics) or cfg.drift.enabled or cfg.emergency.enabled
         has_rollouts: bool | None = None
         trainings = 0
         last_pct = -1
+        wakeups: list[float] = []  # heap of tick times some timer may act at
+        state_seen = -1  # control writes when `busy` and `deferred_at` were last read
+        busy, deferred_at = False, None
+        aliases_seen = -1
+        prod = canary = None
+        share = 0.0
 
         has_model = False
         # Requests waiting for approval, by id, with the time they started waiting.
         pending: dict[str, datetime] = {}
 
         def on_result(task: str, result: Any) -> None:
-            if task == "retrain.decide" and getattr(result, "verdict", None) == "pending_approval":
+            if task == DECIDE and getattr(result, "verdict", None) == "pending_approval":
                 pending.setdefault(result.request_id, clock.now())
 
         def step(task: str, payload: dict) -> None:
+            before = writes.of(writes.work)
             run_step(ctx, task, payload)
-            drain(ctx, on_result=on_result)
+            # Nothing enqueued and no run moved: the drain would find nothing to do.
+            if writes.of(writes.work) != before:
+                drain(ctx, on_result=on_result)
 
         def request(reason: str, trigger: str, **extra) -> None:
-            step("retrain.request_retraining", {"v": 1, "model": model, "reason": reason, "trigger": trigger,
-                                                "requested_by": "backtest", **extra})
+            step(REQUEST_RETRAINING, {"v": 1, "model": model, "reason": reason, "trigger": trigger,
+                                      "requested_by": "backtest", **extra})
 
-        T = t0
+        def control_state() -> tuple[bool, float | None]:
+            """Is a request, a run or a rollout in flight; when is the next deferred request due?"""
+            nonlocal state_seen, busy, deferred_at
+            seen = writes.of(writes.control)
+            if seen != state_seen:
+                with ctx.store.tx() as tx:
+                    open_requests = tx.s.scalar(select(func.count()).select_from(RequestRow).where(
+                        RequestRow.model == model, RequestRow.open_key.is_not(None)))
+                    # Whatever retrain.evaluate_rollouts would evaluate counts too (a rollout outliving its run).
+                    busy = (bool(open_requests) or tx.active_run(model) is not None
+                            or bool(tx.active_rollouts(model)))
+                    due = tx.s.scalar(select(func.min(DecisionRow.defer_until)).select_from(RequestRow).join(
+                        DecisionRow, DecisionRow.id == RequestRow.decision_id).where(
+                        RequestRow.model == model, RequestRow.status == "deferred"))
+                deferred_at = None if due is None else utc(due).timestamp()
+                state_seen = writes.of(writes.control)
+            return busy, deferred_at
+
+        def next_tick(T: float) -> float:
+            """The next tick where something can happen (see the docstring)."""
+            if not opts.skip_idle:
+                return T + tick
+            in_flight, deferred = control_state()
+            due = [t_end]
+            if reported < n and (watching or in_flight):
+                due.append(float(ts[reported]) + delay)
+            if not has_model and initial_at is not None:
+                due.append(initial_at + _INITIAL_RETRY.total_seconds())
+            if next_every is not None:
+                due.append(next_every)
+            for cron in crons.values():
+                at = cron.next_after(_dt(T))
+                if at is not None:
+                    due.append(at.timestamp())
+            if opts.approve_after is not None and pending:
+                due.append(min(pending.values()).timestamp() + opts.approve_after.total_seconds())
+            if deferred is not None:
+                due.append(deferred)
+            while wakeups and wakeups[0] <= T:
+                heapq.heappop(wakeups)
+            if wakeups:
+                due.append(wakeups[0])
+            return max(T + tick, on_grid(min(due)))
+
+        last_T = T - tick
         try:
             while T < t_end:
                 now = _dt(T)
                 clock.set(now)
+                audited = writes.of(writes.audit)
                 # 1. outcomes whose labels are visible by now
                 upto = int(np.searchsorted(ts, T - delay, side="right"))
                 upto = min(upto, served)
+                ingested = upto > reported
                 if upto > reported:
                     idx = np.arange(reported, upto)
                     idx = idx[pred[idx] >= 0]
@@ -236,55 +408,70 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
                             ret=data.ret[part].tolist() if data.ret is not None else [None] * len(part))
                         ingest(ctx, batch)
                     reported = upto
-                # 2. beat: nothing runs before the warm-up is over (no model, nothing to watch)
-                if T >= warm_end_s:
-                    if not has_model and (initial_at is None or T - initial_at >= _INITIAL_RETRY.total_seconds()):
-                        initial_at = T
-                        request("initial model: trained on the warm-up", "manual", approved_by=OPERATOR)
-                    if next_every is not None and T >= next_every:
-                        while next_every <= T:
-                            next_every += spec.period.total_seconds()
-                        request(f"fixed schedule ({spec.label})", "schedule", slot=f"{spec.label}@{now:%Y-%m-%dT%H:%M}",
-                                approved_by=OPERATOR, override_budget=True,
-                                override_reason=f"backtest baseline: retrain {spec.label}, subject to nothing else")
-                    for slot, cron in crons.items():
-                        for at in cron.fired(_dt(T - tick), now):
-                            # Keyed by the instant the entry fired, as beat keys it, not by the tick's time.
-                            request(f"scheduled {slot} retraining", "schedule",
-                                    slot=slot_key(slot, at, config.settings.timezone))
-                    # With every trigger off the sweep has only housekeeping left (deferred requests, the
-                    # sample's bound): hourly is enough, and it is most of a tick's cost.
-                    if watching or T - last_housekeeping >= _HOURLY.total_seconds():
-                        last_housekeeping = T
-                        step("retrain.sweep", {"v": 1})
-                    if has_rollouts is None:
-                        has_rollouts = "retrain.evaluate_rollouts" in STEPS
-                    if has_rollouts:
-                        try:
-                            step("retrain.evaluate_rollouts", {"v": 1})
-                        except PayloadError as exc:  # a payload contract we do not know yet: say so, go on
-                            has_rollouts = False
-                            out.notes.append(f"retrain.evaluate_rollouts refused {{'v': 1}}: {exc}; not run")
-                    if T - last_reconcile >= _HOURLY.total_seconds():
-                        last_reconcile = T
-                        step("retrain.reconcile", {"v": 1})
-                        if "retrain.retention" in STEPS:
-                            step("retrain.retention", {"v": 1})
+                # 2. beat (T is past the warm-up's end)
+                if not has_model and (initial_at is None or T - initial_at >= _INITIAL_RETRY.total_seconds()):
+                    initial_at = T
+                    request("initial model: trained on the warm-up", "manual", approved_by=OPERATOR)
+                if next_every is not None and T >= next_every:
+                    while next_every <= T:
+                        next_every += spec.period.total_seconds()
+                    request(f"fixed schedule ({spec.label})", "schedule", slot=f"{spec.label}@{now:%Y-%m-%dT%H:%M}",
+                            approved_by=OPERATOR, override_budget=True,
+                            override_reason=f"backtest baseline: retrain {spec.label}, subject to nothing else")
+                for slot, cron in crons.items():
+                    for at in cron.fired(_dt(last_T), now):
+                        # Keyed by the instant the entry fired, as beat keys it, not by the tick's time.
+                        request(f"scheduled {slot} retraining", "schedule",
+                                slot=slot_key(slot, at, config.settings.timezone))
+                in_flight, deferred = control_state()
+                # With every trigger off the sweep has only housekeeping left (deferred requests, the
+                # sample's bound): when a request is due, hourly while rows come in, daily otherwise.
+                since = T - last_housekeeping
+                if (watching or (deferred is not None and deferred <= T) or since >= _DAILY.total_seconds()
+                        or (ingested and since >= _HOURLY.total_seconds())):
+                    last_housekeeping = T
+                    step(SWEEP, {"v": 1})
+                    in_flight, deferred = control_state()
+                if has_rollouts is None:
+                    has_rollouts = EVALUATE_ROLLOUTS in STEPS
+                if has_rollouts and in_flight:  # nothing in flight: no rollout to evaluate
+                    try:
+                        step(EVALUATE_ROLLOUTS, {"v": 1})
+                    except PayloadError as exc:  # a payload contract we do not know yet: say so, go on
+                        has_rollouts = False
+                        out.notes.append(f"retrain.evaluate_rollouts refused {{'v': 1}}: {exc}; not run")
+                # Housekeeping: the reconciler finds lost messages and expired leases, which an in-process
+                # replay never has while nothing is in flight; retention only deletes old versions.
+                if in_flight and T - last_reconcile >= _HOURLY.total_seconds():
+                    last_reconcile = T
+                    step(RECONCILE, {"v": 1})
+                if RETENTION in STEPS and writes.of(writes.control) != retention_seen and (
+                        last_retention is None or T - last_retention >= retention_every):
+                    last_retention = T
+                    step(RETENTION, {"v": 1})
+                    retention_seen = writes.of(writes.control)
                 # 3. the operator
                 if opts.approve_after is not None and pending:
                     due = [rid for rid, at in pending.items() if at <= now - opts.approve_after]
                     for rid in due:
                         del pending[rid]
                     out.approvals += _approve(ctx, due, on_result)
-                # 4. serve the rows of this tick with the versions in place now
-                prod, canary, share = serving.state()
+                # A transition: the model's timers may act on it later, with no new data.
+                if writes.of(writes.audit) != audited:
+                    for d in wait_for:
+                        heapq.heappush(wakeups, on_grid(T + d))
+                # 4. serve the rows until the next tick with the versions in place now
+                if writes.of(writes.aliases) != aliases_seen:
+                    aliases_seen = writes.of(writes.aliases)
+                    prod, canary, share = serving.state()
                 has_model = prod is not None
-                hi = int(np.searchsorted(ts, T + tick, side="left"))
+                T_next = min(next_tick(T), t_end)
+                hi = int(np.searchsorted(ts, T_next, side="left"))
                 if hi > served:
                     if prod is not None:
                         _predict(data, serving, served, hi, prod, canary, share, pred, served_by)
                     served = hi
-                T += tick
+                last_T, T = T, T_next
                 out.replayed_until = _dt(min(T, t_end))
                 pct = int(100 * (T - t0) / (t_end - t0))
                 if progress is not None and pct != last_pct:
@@ -292,6 +479,9 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
                     with ctx.store.tx() as tx:
                         trainings = len(tx.versions(model))
                     progress(spec.label, min(1.0, (T - t0) / (t_end - t0)), out.replayed_until, trainings)
+            # Retention's last pass, so that the versions end as hourly passes would have left them.
+            if RETENTION in STEPS and writes.of(writes.control) != retention_seen:
+                step(RETENTION, {"v": 1})
         except KeyboardInterrupt:
             out.partial = True
         out.elapsed_s = monotonic() - started

@@ -18,14 +18,15 @@ from typing import Any
 import numpy as np
 
 from retrain.backtest.data import ReplayData
+from retrain.backtest.notes import outcome_notes, rate_notes
 from retrain.backtest.replay import ReplayOptions, ReplayOutcome
 from retrain.domain import TriggerKind
 
-__all__ = ["policy_report", "data_drift", "bins", "timeline_width", "INITIAL_REASON"]
+__all__ = ["policy_report", "data_drift", "bins", "timeline_width", "baselines", "INITIAL_REASON"]
 
 INITIAL_REASON = "initial model"
 _NICE = [timedelta(minutes=m) for m in (1, 5, 10, 15, 30, 60, 120, 180, 360, 720)] + \
-        [timedelta(days=d) for d in (1, 2, 7, 14, 28)]
+        [timedelta(days=d) for d in (1, 2, 7, 14, 28, 56, 91, 182, 364, 728)]
 
 
 def _iso(t: datetime | float | None) -> str | None:
@@ -88,6 +89,38 @@ def _reasons(rules: list[dict], verdict: str, names: dict[str, str]) -> list[str
     return ["all rules passed" + (f" (bypassed: {', '.join(bypassed)})" if bypassed else "")]
 
 
+def _sharpe(data: ReplayData, pred: np.ndarray, used: np.ndarray) -> float | None:
+    """Per-prediction Sharpe ratio of the strategy long on 1, short on 0, over the ``used`` rows."""
+    if data.ret is None or int(used.sum()) < 2:
+        return None
+    strat = np.where(pred[used] == 1, data.ret[used], -data.ret[used])
+    sd = float(np.std(strat, ddof=1))
+    return float(np.mean(strat) / sd) if sd > 0 else 0.0
+
+
+def baselines(data: ReplayData, used: np.ndarray, warm_end: datetime,
+              label_delay: timedelta = timedelta(0)) -> dict[str, dict[str, Any]]:
+    """Trivial predictors scored on the ``used`` rows (the policy's own): does the model have skill?
+
+    ``majority``: the class most frequent among the warm-up's labels known at its end (the
+    training window of the first model; "up" on a tie); ``always_up`` (only with returns):
+    predict 1 every time, i.e. hold the asset. Each: ``{label, predicts, accuracy, sharpe}``.
+    """
+    known = data.ts + label_delay.total_seconds() <= warm_end.timestamp()
+    ys = data.y[known]
+    majority = int(ys.mean() >= 0.5) if ys.size else 1
+    out: dict[str, dict[str, Any]] = {}
+    for key, label, cls in (("majority", f"majority class ({majority}, the warm-up's)", majority),
+                            ("always_up", "always up", 1)):
+        if key == "always_up" and data.ret is None:
+            continue
+        pred = np.full(len(data), cls, dtype=np.int8)
+        n = int(used.sum())
+        acc = float((pred[used] == data.y[used]).mean()) if n else None
+        out[key] = {"label": label, "predicts": cls, "accuracy": _num(acc), "sharpe": _num(_sharpe(data, pred, used))}
+    return out
+
+
 def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions) -> dict[str, Any]:
     """One policy's object of ``report.json`` (see the schema in :mod:`retrain.backtest`)."""
     from sqlalchemy import select
@@ -100,11 +133,9 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
     hit = pred == data.y
     n = int(used.sum())
     accuracy = float(hit[used].mean()) if n else None
-    sharpe = None
-    if data.ret is not None and n > 1:
-        strat = np.where(pred[used] == 1, data.ret[used], -data.ret[used])
-        sd = float(np.std(strat, ddof=1))
-        sharpe = float(np.mean(strat) / sd) if sd > 0 else 0.0
+    sharpe = _sharpe(data, pred, used)
+    trivial = baselines(data, used, outcome.warm_end, opts.label_delay)
+    best = max((b["accuracy"] for b in trivial.values() if b["accuracy"] is not None), default=None)
 
     with outcome.ctx.store.tx() as tx:
         requests = tx.requests(model, limit=1_000_000)
@@ -163,12 +194,19 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
             })
 
     notes = list(outcome.notes)
+    cfg = outcome.config.model(model)
+    gaps = np.diff(data.ts)
+    notes += rate_notes(cfg, rows_per_minute=data.rows_per_minute, label_delay=opts.label_delay,
+                        after_warmup=max(data.end - outcome.warm_end, timedelta(0)),
+                        row_gap=timedelta(seconds=float(np.median(gaps)) if gaps.size else 0.0),
+                        every=outcome.spec.period if outcome.spec.kind == "every" else None, accuracy=accuracy,
+                        approve_after=opts.approve_after, retrains=outcome.spec.kind != "never")
     if promotions == 0:
         failed = [r.error for r in started if r.error]
         notes.append("no model ever served: " + (f"the training failed ({failed[0]})" if failed else
                                                  "nothing was trained after the warm-up"))
     width = timeline_width(data)
-    return {
+    report: dict[str, Any] = {
         "policy": outcome.spec.label,
         "partial": outcome.partial,
         "replayed_until": _iso(outcome.replayed_until),
@@ -177,6 +215,8 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
         "accuracy": _num(accuracy),
         "accuracy_by_period": _accuracy_bins(data, hit, used, opts.period),
         "sharpe": _num(sharpe),
+        "baselines": trivial,
+        "skill": None if accuracy is None or best is None else _num(accuracy - best),
         "retrainings": len(started) - len(initial),
         "trainings": len(started),
         "promotions": promotions,
@@ -192,6 +232,8 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
         "elapsed_s": round(outcome.elapsed_s, 3),
         "notes": notes,
     }
+    report["notes"] += outcome_notes(report, trivial)
+    return report
 
 
 def _drift_entry(at: datetime, version: str | None, report: dict) -> dict[str, Any]:

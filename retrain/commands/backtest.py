@@ -3,12 +3,14 @@
 ``retrain backtest DATA --time COL --label COL [--return COL] [--features A,B,...]
 [--config FILE] [--policy auto|never|every:<duration>] [--compare P,P,...]
 [--label-delay D] [--warmup D] [--period D] [--sweep-every D] [--approve-after D|never]
-[--keep-state] [--quiet] --out DIR``
+[--keep-state] [--jobs N] [--quiet] --out DIR``
 
 Replays DATA through the same steps the workers run, on a simulated clock, once per
 policy, and writes ``DIR/report.json`` and ``DIR/report.html`` (see
 :mod:`retrain.backtest` for the report's schema). Ctrl-C stops cleanly: the report
-is written with what was replayed and marked partial (exit code 130).
+is written with what was replayed and marked partial (exit code 130), and so does SIGTERM
+(exit code 143); the temporary databases are removed either way. A signal that comes once
+every replay has finished waits until the report is written in full.
 """
 
 from __future__ import annotations
@@ -18,10 +20,31 @@ import sys
 __all__ = ["register", "cmd_backtest"]
 
 
+#: Exit status after SIGTERM (128 + 15), as after Ctrl-C it is 130 (128 + 2).
+EXIT_TERMINATED = 143
+EXIT_INTERRUPTED = 130
+
+
 def cmd_backtest(args) -> int:
+    from retrain.backtest.run import Terminated, stop_on_sigterm
+
+    with stop_on_sigterm() as state:
+        try:
+            code = _backtest(args)
+        except Terminated:  # before the replay began (reading the data): nothing to report
+            print("retrain: terminated before the replay began; no report", file=sys.stderr)
+            return EXIT_TERMINATED
+    if state["terminated"]:
+        if code == 0:  # it came once every replay had finished: the report is whole
+            print("retrain: terminated; every replay had finished, the report is complete", file=sys.stderr)
+        return EXIT_TERMINATED
+    return code
+
+
+def _backtest(args) -> int:
     from retrain.backtest.data import load_data
     from retrain.backtest.policies import parse_policies
-    from retrain.backtest.run import BacktestSettings, ProgressBar, run_backtest, summary_text
+    from retrain.backtest.run import BacktestSettings, ProgressBar, hold_signals, run_backtest, summary_text
     from retrain.config import load_config
 
     features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
@@ -32,14 +55,15 @@ def cmd_backtest(args) -> int:
     specs = parse_policies(args.policy, args.compare)
     settings = BacktestSettings(policies=[s.label for s in specs], config=config, label_delay=args.label_delay,
                                 warmup=args.warmup, period=args.period, sweep_every=args.sweep_every,
-                                approve_after=args.approve_after, keep_state=args.keep_state)
+                                approve_after=args.approve_after, keep_state=args.keep_state, jobs=args.jobs)
     bar = None if args.quiet else ProgressBar(len(specs))
     report = run_backtest(data, settings, out=args.out, progress=bar if bar is not None else False)
-    print(summary_text(report))
-    print(f"\nreport: {args.out}/report.json, {args.out}/report.html")
+    with hold_signals():  # the report is written: a signal now must not cut its summary short
+        print(summary_text(report))
+        print(f"\nreport: {args.out}/report.json, {args.out}/report.html")
     if report.get("partial"):
         print("retrain: interrupted; the report covers what was replayed (partial)", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 
@@ -68,6 +92,8 @@ def register(sub) -> None:
                    "for approval after this long; 'never' leaves them waiting (default 30m)")
     p.add_argument("--keep-state", action="store_true", help="keep each policy's database and artifacts under "
                    "OUT/state/<policy> (inspect with RETRAIN_HOME=OUT/state/auto retrain status)")
+    p.add_argument("--jobs", type=int, default=None, help="policies replayed at once, each in its own process "
+                   "(default: one per CPU, at most one per policy; 1: one after the other in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output directory for report.json, report.html and the plots")
     p.set_defaults(fn=cmd_backtest)

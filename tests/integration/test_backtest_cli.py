@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from retrain.backtest import market_data, parse_policy, write_csv
 from retrain.backtest.replay import ReplayOptions, replay, template_database
@@ -111,3 +112,101 @@ def test_run_comparison_gives_the_demo_a_report_and_a_summary(tmp_path):
     assert report["policies"]["every:4h"]["retrainings"] >= 2
     assert "every:4h" in text and len(text.splitlines()) == 5
     assert (tmp_path / "bt" / "report.html").exists()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_sigterm_writes_the_partial_report_and_leaves_no_temporary_folder(tmp_path, jobs):
+    import os
+    import re
+    import signal
+    import sys
+
+    from tests.procs import Proc, retrain_env, wait_for
+
+    # Given a backtest of three policies running in its own process, with a temporary folder of its own
+    csv = write_csv(market_data(days=3.0, rows_per_minute=4, n_features=4), tmp_path / "history.csv")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "bt"
+    env = retrain_env(TMPDIR=str(tmp))
+    proc = Proc("backtest", [sys.executable, "-c", "import sys; from retrain.cli import main; sys.exit(main())",
+                             "backtest", str(csv), "--time", "time", "--label", "label", "--return", "ret",
+                             "--label-delay", "1m", "--compare", "never,every:6h", "--jobs", jobs,
+                             "--out", str(out)], env, tmp_path)
+    try:
+        # When it has replayed a tenth of the way (the progress bar says so), it gets SIGTERM
+        def progressed():
+            return any(int(p) >= 10 for p in re.findall(r"\]\s+(\d+)%", proc.log()))
+
+        wait_for("10 % of the replay", progressed, timeout=240, procs=[proc])
+        os.kill(proc.p.pid, signal.SIGTERM)
+        proc.p.wait(timeout=240)
+    finally:
+        code = proc.stop()
+    # Then it exits as a terminated process does, having written what it replayed
+    assert code == 143, proc.log()[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["partial"] and report["policies"]
+    assert all(p["partial"] for p in report["policies"].values() if p.get("replayed_until") is None
+               or p["replayed_until"] < report["data"]["end"])
+    assert (out / "report.html").exists() and "partial" in proc.log()
+    # and its temporary databases are gone
+    assert [p.name for p in tmp.iterdir()] == []
+
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_sigterm_once_every_replay_has_finished_waits_for_the_whole_report(tmp_path, monkeypatch, capsys, jobs):
+    import os
+    import signal
+
+    import retrain.backtest.run as run_mod
+
+    # Given a backtest whose replays have all finished, with a temporary folder of its own
+    csv = write_csv(market_data(days=0.5, rows_per_minute=2, n_features=2), tmp_path / "history.csv")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    real_write = run_mod.write_report
+
+    def sigterm_then_write(report, out):
+        # When SIGTERM comes just as the report starts to be written
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_write(report, out)
+
+    monkeypatch.setattr(run_mod, "write_report", sigterm_then_write)
+    code = main(["backtest", str(csv), "--time", "time", "--label", "label", "--compare", "never",
+                 "--jobs", jobs, "--quiet", "--out", str(tmp_path / "bt")])
+    # Then the report is written in full, the command exits as a terminated process does, and says so
+    assert code == 143
+    report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    assert not report["partial"] and list(report["policies"]) == ["auto", "never"]
+    assert (tmp_path / "bt" / "report.html").exists()
+    assert "the report is complete" in capsys.readouterr().err
+    # and the temporary databases are gone, and SIGTERM is handled as before the command
+    assert [p.name for p in tmp.iterdir()] == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+def test_a_model_file_on_a_slow_stream_gets_widened_windows_and_labels_stay_as_written(tmp_path, capsys):
+    # Given one row a minute and a model file that says nothing about windows, the sample or the lookback
+    csv = write_csv(market_data(days=1.0, rows_per_minute=1, n_features=2), tmp_path / "history.csv")
+    model_file = tmp_path / "m.toml"
+    model_file.write_text('[models.slow]\nentry_point = "retrain.examples.direction:train"\n'
+                          'features = ["f0", "f1"]\n[models.slow.drift]\nmin_rows = 200\n')
+    # When it is backtested with --config, comparing policies spelled in days
+    code = main(["backtest", str(csv), "--time", "time", "--label", "label", "--config", str(model_file),
+                 "--policy", "auto", "--compare", "every:7d,every:30d,every:1w", "--warmup", "6h", "--quiet",
+                 "--out", str(tmp_path / "bt")])
+    # Then the windows it left out are widened as without --config (from its own sample sizes), and said so
+    assert code == 0
+    report = json.loads((tmp_path / "bt" / "report.json").read_text())
+    model = report["model_config"]["model"]
+    assert model["thresholds"]["window_minutes"] == 2500 and model["emergency"]["bucket_minutes"] == 25
+    assert model["drift"]["current_minutes"] == 250 and model["drift"]["min_rows"] == 200
+    assert report["settings"]["sweep_every"] == "55m"
+    assert any("thresholds.window_minutes widened from 240 to 2500" in w for w in report["settings"]["widened"])
+    assert "Widened for this stream's rate" in (tmp_path / "bt" / "report.html").read_text()
+    # and the policies keep the user's spelling (every:1w is every:7d: run once)
+    assert list(report["policies"]) == ["auto", "every:7d", "every:30d"]
+    # and the notes say what cannot act at this rate
+    assert any("performance trigger cannot fire" in n for n in report["notes"])

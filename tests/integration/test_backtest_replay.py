@@ -157,7 +157,7 @@ def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(tmp_path):
     data = _stream(days=1.5)
     bar = Interrupting(2, out=open(tmp_path / "progress.txt", "w"))
     # When the backtest runs
-    report = run_backtest(data, _settings(("auto", "never")), out=tmp_path / "out", progress=bar)
+    report = run_backtest(data, _settings(("auto", "never"), jobs=1), out=tmp_path / "out", progress=bar)
     bar.out.close()
     # Then it stops, says so, and writes what it has
     assert report["partial"] and report["policies"]["auto"]["partial"] and "never" not in report["policies"]
@@ -165,3 +165,91 @@ def test_ctrl_c_stops_cleanly_and_writes_a_partial_report(tmp_path):
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["partial"] and (tmp_path / "out" / "report.html").exists()
     assert "%" in (tmp_path / "progress.txt").read_text()
+
+
+def test_policies_side_by_side_give_the_same_report_as_one_after_the_other():
+    # Given a short stream and three policies
+    data = _stream(days=2.5, shift=timedelta(hours=30))
+    # When they are replayed one after the other, then two at a time in their own processes
+    one = run_backtest(data, _settings(("auto", "never", "every:12h"), jobs=1))
+    two = run_backtest(data, _settings(("auto", "never", "every:12h"), jobs=2))
+    # Then the report is the same, in the order asked for
+    assert list(two["policies"]) == list(one["policies"]) == ["auto", "never", "every:12h"]
+    for label in one["policies"]:
+        assert _comparable(two["policies"][label]) == _comparable(one["policies"][label]), label
+    assert two["policies"]["every:12h"]["retrainings"] >= 2
+
+
+def test_ctrl_c_stops_policies_running_side_by_side_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    # Given a progress bar interrupted at a third of the run, and a temporary folder of our own
+    class Interrupting(ProgressBar):
+        def __call__(self, label, fraction, now, trainings):
+            super().__call__(label, fraction, now, trainings)
+            if sum(self._done.values()) / self.total >= 0.3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    data = _stream(days=2)
+    bar = Interrupting(2, out=open(tmp_path / "progress.txt", "w"))
+    # When two policies replay side by side
+    report = run_backtest(data, _settings(("auto", "every:6h"), jobs=2), out=tmp_path / "out", progress=bar)
+    bar.out.close()
+    # Then both stop where they were, the report says so, and the temporary databases are gone
+    assert report["partial"] and set(report["policies"]) == {"auto", "every:6h"}
+    for p in report["policies"].values():
+        assert p["partial"] and datetime.fromisoformat(p["replayed_until"]) < data.end
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["partial"]
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def _busy_daily_model():
+    """A model file for a daily stream where every gate and timer can act: deferrals (cooldown, off-peak
+    schedule), a shadow with minimum and maximum hours, canary stages, the first week's approval."""
+    from retrain.config import parse_config
+
+    return parse_config({"settings": {"timezone": "UTC"}, "models": {"d": {
+        "entry_point": "retrain.examples.direction:train", "features": ["ret_1d", "ret_5d", "vol_20d", "z_1d"],
+        "lookback_hours": 24 * 60,
+        "thresholds": {"min_samples": 20, "window_minutes": 1440 * 40},
+        "drift": {"min_rows": 20, "current_minutes": 1440 * 30},
+        "emergency": {"bucket_minutes": 1440 * 3, "min_samples": 2, "history_buckets": 10},
+        "validation": {"shadow_min_hours": 24, "shadow_max_hours": 96, "shadow_min_rows": 3,
+                       "holdout_fraction": 0.3, "min_improvement": 0.0},
+        "rollout": {"stages": [50.0, 100.0], "stage_min_minutes": 60, "stage_min_samples": 1,
+                    "stage_max_minutes": 2880},
+        "schedule": {"daily": "12:00"},
+        "policy": {"cooldown_hours": 30, "max_runs_per_model_per_day": 5},
+    }}}, source="busy daily model")
+
+
+def test_skipping_the_ticks_where_nothing_can_happen_changes_no_result(tmp_path):
+    import tempfile
+
+    from retrain.backtest import parse_policy
+    from retrain.backtest.replay import ReplayOptions, replay, template_database
+    from retrain.backtest.summary import policy_report
+    from retrain.backtest.synthetic import daily_history
+
+    # Given five months of daily rows and a model whose gates and timers all act on a daily stream
+    data = daily_history(years=0.45)
+    config = _busy_daily_model()
+    dense = ReplayOptions(label_delay=timedelta(days=1), warmup=timedelta(days=60), sweep_every=timedelta(hours=4),
+                          skip_idle=False)
+    sparse = ReplayOptions(**{**dense.__dict__, "skip_idle": True})
+    # When each policy replays every tick of the grid, then only the ticks where something can happen
+    for policy in ("auto", "every:3d", "never"):
+        reports = []
+        for opts in (dense, sparse):
+            with tempfile.TemporaryDirectory(dir=tmp_path) as tmp:
+                out = replay(data, config, "d", parse_policy(policy), opts, Path(tmp) / "w",
+                             template_database(Path(tmp)))
+                try:
+                    reports.append(policy_report(data, out, opts))
+                finally:
+                    out.ctx.store.db.dispose()
+        # Then the reports agree in every decision, version, drift check and prediction
+        assert _comparable(reports[1]) == _comparable(reports[0]), policy
+        assert reports[0]["trainings"] >= 2 or policy == "never"

@@ -10,7 +10,8 @@ import pytest
 from retrain.backtest.cron import Crontab
 from retrain.backtest.data import from_arrays, load_data, market_data, write_csv
 from retrain.backtest.durations import format_duration, parse_duration
-from retrain.backtest.policies import EVERY_OVERRIDES, configure, default_config, parse_policies, parse_policy
+from retrain.backtest.policies import (EVERY_OVERRIDES, configure, default_config, parse_policies, parse_policy,
+                                      widen_for_rate)
 from retrain.backtest.source import DATA_SOURCE, PARAM, VisibleHistory, registered, visible_history
 from retrain.errors import ConfigError, PayloadError
 
@@ -42,8 +43,20 @@ def test_durations_format_compactly():
 
 def test_policy_labels_parse_and_compare_keeps_the_primary_first_without_repeats():
     specs = parse_policies("auto", "never, every:1d,auto,every:24h,every:7d")
-    assert [s.label for s in specs] == ["auto", "never", "every:1d", "every:1w"]
+    assert [s.label for s in specs] == ["auto", "never", "every:1d", "every:7d"]
     assert parse_policy("EVERY:12h").period == timedelta(hours=12)
+
+
+@pytest.mark.parametrize("text", ["every:7d", "every:30d", "every:90m", "every:1h30m", "every:36h", "every:1w"])
+def test_policy_labels_stay_as_the_user_wrote_them(text):
+    # Given a period that a canonical spelling would rewrite (7d -> 1w, 30d -> 4w2d, 90m -> 1h30m)
+    spec = parse_policy(text)
+    # Then the label, the report's key, is the user's own
+    assert spec.label == text
+    # and two spellings of one period are one policy: the first spelling is kept
+    assert parse_policy("every:1w") == parse_policy("every:7d")
+    assert [s.label for s in parse_policies("every:7d", "every:1w,every:168h")] == ["every:7d"]
+    assert parse_policy(" Every: 30d ").label == "every:30d"
 
 
 @pytest.mark.parametrize("text", ["sometimes", "every:", "every:0s", "every:xyz"])
@@ -80,6 +93,41 @@ def test_default_model_widens_windows_for_slow_streams_keeping_sample_sizes():
     assert slow.lookback_hours == 12 and slow.entry_point == "retrain.examples.direction:train"
 
 
+def _model_file(tmp_path, body: str):
+    from retrain.config import load_config
+
+    path = tmp_path / "m.toml"
+    path.write_text('[models.m]\nentry_point = "retrain.examples.direction:train"\nfeatures = ["a"]\n' + body)
+    return load_config(path)
+
+
+def test_a_model_file_gets_the_windows_widened_for_a_slow_stream_where_it_is_silent(tmp_path):
+    # Given a model file that sets the performance window but leaves drift, emergency, sample and lookback alone
+    config = _model_file(tmp_path, "[models.m.thresholds]\nwindow_minutes = 360\n")
+    # When it is sized for a stream of one row a minute with a 12-hour warm-up
+    widened, notes = widen_for_rate(config, "m", rows_per_minute=1.0, lookback=timedelta(hours=12))
+    m, default = widened.model("m"), default_config(("a",), 1.0, timedelta(hours=12)).model("backtest")
+    # Then what it left at the defaults is widened as without --config, what it set is kept
+    assert m.thresholds.window_minutes == 360
+    assert (m.drift.current_minutes, m.emergency.bucket_minutes, m.sample.rate) == \
+        (default.drift.current_minutes, default.emergency.bucket_minutes, default.sample.rate) == (625, 25, 1.0)
+    assert m.lookback_hours == 24  # the default is longer than the warm-up: never narrowed
+    assert any("drift.current_minutes widened from 240 to 625" in n for n in notes)
+    assert not any("thresholds.window_minutes" in n for n in notes)
+    # And on a fast stream nothing changes
+    same, none = widen_for_rate(config, "m", rows_per_minute=50.0, lookback=timedelta(hours=12))
+    assert same is config and none == []
+
+
+def test_widening_follows_the_model_files_own_sample_sizes(tmp_path):
+    # Given a model file asking for 500 outcomes per window and 100 drift rows, on a daily stream
+    config = _model_file(tmp_path, "[models.m.thresholds]\nmin_samples = 500\n[models.m.drift]\nmin_rows = 100\n")
+    m = widen_for_rate(config, "m", rows_per_minute=1 / 1440, lookback=timedelta(days=365))[0].model("m")
+    # Then the windows hold 1.25 times those sizes at that rate, and the lookback is the warm-up
+    assert m.thresholds.window_minutes == 1.25 * 500 * 1440
+    assert m.drift.current_minutes == 1.25 * 100 * 1440 and m.lookback_hours == 365 * 24
+
+
 # -- crontab ---------------------------------------------------------------------------
 
 
@@ -94,6 +142,23 @@ def test_crontab_fires_the_minutes_of_its_fields_in_the_tick():
     assert not weekly.fired(T0, T0 + timedelta(hours=23))  # a Monday
     fired = every15.fired(T0, T0 + timedelta(hours=1))
     assert [t.minute for t in fired] == [15, 30, 45, 0] and fired[-1] == T0 + timedelta(hours=1)
+
+
+@pytest.mark.parametrize("fields,zone", [({"minute": "0", "hour": "2"}, "Europe/Paris"),
+                                         ({"minute": "0,30", "hour": "1-3"}, "America/New_York"),
+                                         ({"minute": "30", "hour": "2", "day_of_week": "sun"}, "Europe/Paris"),
+                                         ({"minute": "0", "hour": "2", "day_of_month": "31"}, "UTC"),
+                                         ({"minute": "*/20"}, "Europe/Paris")])
+def test_crontab_next_fire_agrees_with_a_minute_by_minute_scan_across_dst(fields, zone):
+    c = Crontab.from_fields(fields, zone)
+    for start in (datetime(2026, 3, 20, tzinfo=timezone.utc), datetime(2026, 10, 20, tzinfo=timezone.utc)):
+        end = start + timedelta(days=45)
+        scan, t = [], start + timedelta(minutes=1)
+        while t <= end:
+            if c.matches(t):
+                scan.append(t)
+            t += timedelta(minutes=1)
+        assert c.fired(start, end) == scan
 
 
 def test_crontab_reads_local_time_of_the_zone():
