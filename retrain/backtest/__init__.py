@@ -107,8 +107,14 @@ report.html is one self-contained page (plots as data URIs) with ``accuracy.png`
 from retrain.backtest.data import ReplayData, from_arrays, load_data, market_data, write_csv
 from retrain.backtest.durations import format_duration, parse_duration
 from retrain.backtest.policies import PolicySpec, parse_policies, parse_policy
-from retrain.backtest.run import SCHEMA_VERSION, BacktestSettings, run_backtest, run_comparison, summary_text, \
-    write_report
+from retrain.backtest.run import (
+           SCHEMA_VERSION,
+           BacktestSettings,
+           run_backtest,
+           run_comparison,
+           summary_text,
+           write_report,
+)
 
 __all__ = ["ReplayData", "from_arrays", "load_data", "market_data", "write_csv", "format_duration", "parse_duration",
            "PolicySpec", "parse_policies", "parse_policy", "SCHEMA_VERSION", "BacktestSettings", "run_backtest",

@@ -70,7 +70,7 @@ class Crontab:
     tz: ZoneInfo
 
     @classmethod
-    def from_fields(cls, fields: dict[str, str], timezone_name: str) -> "Crontab":
+    def from_fields(cls, fields: dict[str, str], timezone_name: str) -> Crontab:
         dow = _field(fields.get("day_of_week", "*"), 0, 7, _DAYS)
         return cls(
             minutes=_field(fields.get("minute", "*"), 0, 59),

@@ -115,7 +115,7 @@ def _summary_table(report: dict[str, Any]) -> str:
             f"<td class=num>{p.get('promotions', '-')}</td><td class=num>{p.get('rollbacks', '-')}</td>"
             f"<td class=num>{cost}</td>"
             f"<td>{escape(trig)}</td><td class=num>{len(p.get('decisions', []))}</td></tr>")
-    first = next(iter(pols.values()), {})
+    first: dict[str, Any] = next(iter(pols.values()), {})
     maj = (first.get("baselines") or {}).get("majority", {})
     head = ("<table><tr><th>policy</th><th>accuracy after warm-up</th>"
             f"<th>baseline: {escape(maj.get('label', 'majority class'))}</th>"
@@ -196,18 +196,18 @@ def _decisions_table(p: dict[str, Any]) -> str:
                      "in the way (report.json lists every one):</p><table><tr><th>trigger</th><th>verdict</th>"
                      "<th>rules</th><th>count</th><th>first (UTC)</th><th>last (UTC)</th></tr>" + rows
                      + "</table>" + more + f"<p class=meta>The last {_RECENT_ROWS} (repeats folded):</p>")
-    rows = []
+    recent: list[str] = []
     for d in folded[-_RECENT_ROWS:]:
         when = _time(d["time"]) + (f" .. {_time(d['last'])} <b>&times;{d['count']}</b>" if d["count"] > 1 else "")
         if d["count"] > 1:
             d = {**d, "request": f"(the first of {d['count']}) " + (d.get("request") or "")}
         reasons = "<br>".join(escape(r[:300]) for r in d["reasons"])
         req = f"<div class=meta>{escape(d['request'][:300])}</div>" if d.get("request") else ""
-        rows.append(f"<tr><td>{when}</td><td>{escape(d['trigger'])}</td>"
+        recent.append(f"<tr><td>{when}</td><td>{escape(d['trigger'])}</td>"
                     f"<td class='v-{escape(d['verdict'])}'>{escape(d['verdict'])}</td>"
                     f"<td class=reasons>{reasons}{req}</td></tr>")
     parts.append("<table><tr><th>time (UTC)</th><th>trigger</th><th>verdict</th><th>reasons; the request</th></tr>"
-                 + "".join(rows) + "</table>")
+                 + "".join(recent) + "</table>")
     return "".join(parts)
 
 

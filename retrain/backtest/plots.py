@@ -154,7 +154,7 @@ def accuracy_png(report: dict[str, Any]) -> bytes:
     marked = False
     for i, (label, p) in enumerate(report["policies"].items()):
         color = COLORS[i % len(COLORS)]
-        versions = p.get("versions", [])
+        versions: list[dict[str, Any]] = p.get("versions", [])
         series.append((label, color, [_t(v["trained_at"]) for v in versions]))
         promoted = [_t(v["promoted_at"]) for v in versions if v.get("promoted_at")]
         if promoted and len(versions) > _MAX_MARKERS:
@@ -164,10 +164,10 @@ def accuracy_png(report: dict[str, Any]) -> bytes:
         pts = _trailing(p.get("timeline", []), min_n)
         if not pts:
             continue
-        xs, ys = zip(*pts)
+        times, ys = zip(*pts)
         lows.append(min(ys))
         highs.append(max(ys))
-        ax.plot(xs, ys, color=color, lw=2.2 if i == 0 else 1.6, ls=_STYLES[i % len(_STYLES)],
+        ax.plot(times, ys, color=color, lw=2.2 if i == 0 else 1.6, ls=_STYLES[i % len(_STYLES)],
                 label=f"{label} (mean {p['accuracy']:.3f})" if p.get("accuracy") is not None else label, alpha=0.9)
         if len(versions) > _MAX_MARKERS:
             continue  # the panel below counts them
@@ -185,7 +185,8 @@ def accuracy_png(report: dict[str, Any]) -> bytes:
                 tr = _t(v["rolled_back_at"])
                 ax.plot([tr], [_value_at(pts, tr)], marker="X", ms=9, color="#d62728", mec="black", mew=0.5,
                         ls="none")
-    for name, b in (next(iter(report["policies"].values()), {}).get("baselines") or {}).items():
+    first: dict[str, Any] = next(iter(report["policies"].values()), {})
+    for name, b in (first.get("baselines") or {}).items():
         if b.get("accuracy") is not None:
             ax.axhline(b["accuracy"], color="#555", lw=1.0, ls=(0, (1, 3)) if name == "majority" else (0, (5, 3)),
                        label=f"baseline: {b['label']} ({b['accuracy']:.3f})")
@@ -292,5 +293,5 @@ def _width_label(report: dict[str, Any]) -> str:
 
     from retrain.backtest.durations import human_duration
 
-    p = next(iter(report["policies"].values()), {})
+    p: dict[str, Any] = next(iter(report["policies"].values()), {})
     return human_duration(timedelta(seconds=p.get("timeline_width_s", 3600)))

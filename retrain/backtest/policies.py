@@ -34,6 +34,7 @@ from retrain.backtest.durations import format_duration, parse_duration
 from retrain.backtest.source import DATA_SOURCE, PARAM
 from retrain.config import ModelConfig, RetrainConfig, parse_config
 from retrain.errors import ConfigError
+from retrain.sizing import settings_for_rate
 
 __all__ = ["PolicySpec", "parse_policy", "parse_policies", "configure", "default_config", "DEFAULT_ENTRY_POINT",
            "DEFAULT_MODEL", "EVERY_OVERRIDES", "widen_for_rate"]
@@ -61,7 +62,7 @@ class PolicySpec:
         """The policy as the user wrote it (``every:7d`` stays ``every:7d``): the report's key."""
         if self.text:
             return self.text
-        return f"every:{format_duration(self.period)}" if self.kind == "every" else self.kind
+        return f"every:{format_duration(self.period)}" if self.period is not None else self.kind
 
 
 def parse_policy(text: str) -> PolicySpec:
@@ -90,20 +91,34 @@ def parse_policies(primary: str, compare: str | None) -> list[PolicySpec]:
 
 
 def _sized(rate: float, m: dict[str, Any]) -> dict[str, Any]:
-    """The windows a stream of ``rate`` outcomes a minute needs for the sample sizes in ``m`` (a model body).
+    """The settings a stream of ``rate`` outcomes a minute needs, from the sample sizes in ``m`` (a model body).
 
-    The performance window holds 1.25 x ``thresholds.min_samples`` outcomes, the emergency
-    bucket 1.25 x ``emergency.min_samples``; the feature sample keeps twice ``drift.min_rows``
-    rows per drift window (all rows of a slow stream), and the drift window holds 1.25 x
-    ``drift.min_rows`` sampled rows.
+    The triggers' sample sizes, windows and false-alarm rate are sized by time
+    (:func:`retrain.sizing.settings_for_rate`: at most a month of outcomes per sample,
+    windows that hold them); the feature sample keeps twice ``drift.min_rows`` rows per
+    drift window (all rows of a slow stream).
     """
     rate = max(rate, 1e-9)
     t, d, e = m["thresholds"], m["drift"], m["emergency"]
-    sample_rate = min(1.0, max(0.01, 2 * d["min_rows"] / (rate * d["current_minutes"])))
-    return {"thresholds.window_minutes": math.ceil(1.25 * t["min_samples"] / rate),
-            "sample.rate": round(sample_rate, 4),
-            "drift.current_minutes": math.ceil(1.25 * d["min_rows"] / (rate * sample_rate)),
-            "emergency.bucket_minutes": math.ceil(1.25 * e["min_samples"] / rate)}
+    sized = settings_for_rate(rate, min_samples=t["min_samples"], window_minutes=t["window_minutes"],
+                              arl0=t["arl0"], drift_min_rows=d["min_rows"], drift_current_minutes=d["current_minutes"],
+                              emergency_min_samples=e["min_samples"], emergency_bucket_minutes=e["bucket_minutes"],
+                              emergency_history_buckets=e["history_buckets"])
+    sample_rate = min(1.0, max(0.01, 2 * sized["drift.min_rows"] / (rate * sized["drift.current_minutes"])))
+    sized["drift.current_minutes"] = max(sized["drift.current_minutes"],
+                                         math.ceil(1.25 * sized["drift.min_rows"] / (rate * sample_rate)))
+    return {**sized, "sample.rate": round(sample_rate, 4)}
+
+
+#: Settings that only shrink for a slow stream (sample sizes, the false-alarm rate); windows only widen,
+#: the sample rate goes both ways.
+_SHRINK = frozenset({"thresholds.min_samples", "thresholds.arl0", "drift.min_rows", "emergency.history_buckets"})
+
+
+def _apply(path: str, current: Any, value: Any) -> Any:
+    if path == "sample.rate":
+        return value
+    return min(current, value) if path in _SHRINK else max(current, value)
 
 
 def default_config(features: tuple[str, ...], rows_per_minute: float, lookback: timedelta) -> RetrainConfig:
@@ -111,12 +126,13 @@ def default_config(features: tuple[str, ...], rows_per_minute: float, lookback: 
 
     The triggers' defaults are built for a stream of at least ~10 outcomes a
     minute (2,000 outcomes in a 240-minute window, 500 sampled rows for drift,
-    20 outcomes per 5-minute emergency bucket). On a slower stream their
-    windows are widened so that the same sample sizes fit in them; the
-    thresholds and sample sizes themselves are the defaults. The feature sample
-    (which drift and shadow validation read) keeps about 1,000 rows per 240
-    minutes, all rows of a slower stream. :func:`widen_for_rate` does the same
-    for a model file's settings left at their defaults.
+    20 outcomes per 5-minute emergency bucket). On a slower stream they are sized
+    by time (:func:`retrain.sizing.settings_for_rate`): sample sizes of at most a
+    month of outcomes, windows that hold them, a false alarm in about five years
+    of outcomes. The feature sample (which drift and shadow validation read)
+    keeps about 1,000 rows per 240 minutes, all rows of a slower stream.
+    :func:`widen_for_rate` does the same for a model file's settings left at
+    their defaults.
     """
     body: dict[str, Any] = {
         "name": DEFAULT_MODEL,
@@ -129,8 +145,7 @@ def default_config(features: tuple[str, ...], rows_per_minute: float, lookback: 
     for path, value in _sized(rows_per_minute, defaults).items():
         section, key = path.split(".")
         current = defaults[section][key]
-        # The sample rate is sized both ways (a fast stream keeps fewer rows); windows only widen.
-        body.setdefault(section, {})[key] = value if path == "sample.rate" else max(current, value)
+        body.setdefault(section, {})[key] = _apply(path, current, value)
     return parse_config({"models": {DEFAULT_MODEL: body}}, source="<backtest default>")
 
 
@@ -156,17 +171,26 @@ def widen_for_rate(config: RetrainConfig, model: str, rows_per_minute: float,
         return f"{v:g}" if isinstance(v, float) else str(v)
 
     want = {**_sized(rows_per_minute, body), "lookback_hours": max(lookback.total_seconds() / 3600.0, 1.0)}
+    # A sample size the file sets stands: its window holds 1.25 times it at this rate.
+    rate = max(rows_per_minute, 1e-9)
+    if explicit("thresholds", "min_samples"):
+        want["thresholds.window_minutes"] = math.ceil(1.25 * cfg.thresholds.min_samples / rate)
+    if explicit("drift", "min_rows"):
+        want["drift.current_minutes"] = math.ceil(1.25 * cfg.drift.min_rows / (rate * want["sample.rate"]))
     for path, value in want.items():
-        section, _, key = path.rpartition(".")
-        section = section or None
+        prefix, _, key = path.rpartition(".")
+        section = prefix or None
         current = body[section][key] if section else body[key]
-        if explicit(section, key) or value <= current:
+        # A model file's sample rate only rises (its own choice for a fast stream stands).
+        value = _apply(path, current, value) if section and path != "sample.rate" else max(current, value)
+        if explicit(section, key) or value == current:
             continue
         if section:
             body[section] = {**body[section], key: value}
         else:
             body[key] = value
-        changed.append(f"models.{model}.{path} widened from {fmt(current)} to {fmt(value)} for a stream of "
+        verb = "widened" if value > current else "lowered"
+        changed.append(f"models.{model}.{path} {verb} from {fmt(current)} to {fmt(value)} for a stream of "
                        f"{rows_per_minute:.3g} rows a minute (not set in {config.source})")
     if not changed:
         return config, []

@@ -1,4 +1,4 @@
-"""The replay driver: one policy over the rows, on a simulated clock, through the workers' own steps.
+r"""The replay driver: one policy over the rows, on a simulated clock, through the workers' own steps.
 
 Ticks lie on a grid of ``sweep_every`` simulated time. At a tick ``T`` (the clock reads ``T``):
 
@@ -150,10 +150,8 @@ class _Serving:
         self.ctx, self.model = ctx, model
         self._estimators: dict[str, Any] = {}
         self._sha: dict[str, str] = {}
-        try:
-            from retrain.serving import routes_to_canary  # type: ignore[attr-defined]
-        except ImportError:  # staged rollout not in this build: production serves every row
-            routes_to_canary = None
+        from retrain.serving import routes_to_canary
+
         self.routes_to_canary = routes_to_canary
 
     def state(self) -> tuple[str | None, str | None, float]:
@@ -165,7 +163,9 @@ class _Serving:
             share = float(canary_row.share_pct or 0.0) if canary_row is not None else 0.0
             for v in (prod, canary):
                 if v is not None and v not in self._sha:
-                    self._sha[v] = tx.version(self.model, v).artifact_sha256
+                    row = tx.version(self.model, v)
+                    assert row is not None, f"alias of {self.model} points at a missing version {v}"
+                    self._sha[v] = row.artifact_sha256
         return prod, canary, share
 
     def estimator(self, version: str):
@@ -185,8 +185,17 @@ class _Writes:
     def __init__(self, engine) -> None:
         from sqlalchemy import event
 
-        from retrain.storage.models import (AliasRow, AuditRow, DecisionRow, OutboxRow, RequestRow, RolloutRow,
-                                            RunRow, TrainingSlotRow, VersionRow)
+        from retrain.storage.models import (
+            AliasRow,
+            AuditRow,
+            DecisionRow,
+            OutboxRow,
+            RequestRow,
+            RolloutRow,
+            RunRow,
+            TrainingSlotRow,
+            VersionRow,
+        )
 
         self.counts: dict[str, int] = {}
         self.aliases = (AliasRow.__tablename__,)
@@ -267,10 +276,10 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
 
     from retrain.payloads import IngestBatch
     from retrain.steps.dispatch import STEPS, drain, run_step
-    from retrain.tasks import DECIDE, EVALUATE_ROLLOUTS, RECONCILE, REQUEST_RETRAINING, RETENTION, SWEEP
     from retrain.steps.ingest import ingest
     from retrain.steps.requests import slot_key, sync_models
     from retrain.storage.models import DecisionRow, RequestRow
+    from retrain.tasks import DECIDE, EVALUATE_ROLLOUTS, RECONCILE, REQUEST_RETRAINING, RETENTION, SWEEP
 
     tick = opts.sweep_every.total_seconds()
     delay = opts.label_delay.total_seconds()
@@ -304,7 +313,8 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
         T = max(t0, on_grid(warm_end_s))
         served = reported = int(np.searchsorted(ts, T, side="left"))  # rows before T: no model served them
         initial_at: float | None = None
-        next_every = warm_end_s + spec.period.total_seconds() if spec.kind == "every" else None
+        every_s = spec.period.total_seconds() if spec.kind == "every" and spec.period is not None else None
+        next_every = warm_end_s + every_s if every_s is not None else None
         last_reconcile = last_housekeeping = t0
         last_retention: float | None = None
         retention_seen = -1
@@ -412,9 +422,9 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
                 if not has_model and (initial_at is None or T - initial_at >= _INITIAL_RETRY.total_seconds()):
                     initial_at = T
                     request("initial model: trained on the warm-up", "manual", approved_by=OPERATOR)
-                if next_every is not None and T >= next_every:
+                if next_every is not None and every_s is not None and T >= next_every:
                     while next_every <= T:
-                        next_every += spec.period.total_seconds()
+                        next_every += every_s
                     request(f"fixed schedule ({spec.label})", "schedule", slot=f"{spec.label}@{now:%Y-%m-%dT%H:%M}",
                             approved_by=OPERATOR, override_budget=True,
                             override_reason=f"backtest baseline: retrain {spec.label}, subject to nothing else")

@@ -15,8 +15,8 @@ import signal
 import sys
 import tempfile
 import threading
-from contextlib import contextmanager
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path

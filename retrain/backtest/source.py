@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +30,7 @@ DATA_SOURCE = "retrain.backtest.source:visible_history"
 PARAM = "backtest_source"
 
 _LOCK = threading.Lock()
-_REGISTRY: dict[str, "VisibleHistory"] = {}
+_REGISTRY: dict[str, VisibleHistory] = {}
 _IDS = itertools.count(1)
 
 

@@ -10,8 +10,14 @@ import pytest
 from retrain.backtest.cron import Crontab
 from retrain.backtest.data import from_arrays, load_data, market_data, write_csv
 from retrain.backtest.durations import format_duration, parse_duration
-from retrain.backtest.policies import (EVERY_OVERRIDES, configure, default_config, parse_policies, parse_policy,
-                                      widen_for_rate)
+from retrain.backtest.policies import (
+    EVERY_OVERRIDES,
+    configure,
+    default_config,
+    parse_policies,
+    parse_policy,
+    widen_for_rate,
+)
 from retrain.backtest.source import DATA_SOURCE, PARAM, VisibleHistory, registered, visible_history
 from retrain.errors import ConfigError, PayloadError
 

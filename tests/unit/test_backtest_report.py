@@ -62,9 +62,14 @@ def test_a_daily_stream_is_told_why_each_gate_and_trigger_cannot_act():
     cfg = _model(rate, timedelta(days=365))
     notes = _notes(cfg, rate, DAY, timedelta(days=365), accuracy=0.5)
     text = "\n".join(notes)
-    # Then the performance, drift and emergency triggers each get a note naming its fields
-    assert "performance trigger cannot fire: it needs 2,000 outcomes" in text
-    assert "drift trigger cannot fire" in text and "emergency detector cannot fire" in text
+    # Then the triggers, sized by time for this rate (retrain.sizing), can each fire: no note
+    assert "cannot fire" not in text
+    # while the fast-stream sizes, set in a model file, each get a note naming its fields
+    fast = _model(rate, timedelta(days=365), thresholds={"min_samples": 2000, "window_minutes": 240},
+                  drift={"min_rows": 500, "current_minutes": 240}, emergency={"history_buckets": 120})
+    fast_text = "\n".join(_notes(fast, rate, DAY, timedelta(days=365), accuracy=0.5))
+    assert "performance trigger cannot fire: it needs 2,000 outcomes" in fast_text
+    assert "drift trigger cannot fire" in fast_text and "emergency detector cannot fire" in fast_text
     # and the live gates, sized by their tests, are said to be replaced by walk-forward (not a dead end)
     live = [n for n in notes if n.startswith("live validation cannot conclude in time")]
     assert len(live) == 1 and re.search(r"shadow needs [\d,]+ paired rows \(what its paired test needs for \+2%", live[0])
