@@ -57,7 +57,7 @@ STREAMS = ("sea", "stagger", "agrawal", "hyperplane", "sea_stationary")
 REAL = ("sp500", "trump")
 SETS = STREAMS + REAL
 #: rate name -> (seconds between rows, rows at scale 1)
-RATES = {"daily": (86400.0, 1500), "5min": (300.0, 288 * 28), "stream": (60.0, 1440 * 10)}
+RATES = {"daily": (86400.0, 730), "5min": (300.0, 288 * 14), "stream": (60.0, 1440 * 7)}
 STREAM_NOTE = "stream: one row a minute, each standing for a minute of a 5,000-a-second stream (sampled)"
 START = datetime(2013, 2, 8, tzinfo=timezone.utc).timestamp()
 
