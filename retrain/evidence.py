@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["paired_rows_needed", "independent_rows_needed", "GatePlan", "plan_gate", "walk_forward_folds",
-           "MIN_DISCORDANCE"]
+__all__ = ["paired_rows_needed", "unplanned_paired_rows", "independent_rows_needed", "GatePlan", "plan_gate",
+           "walk_forward_folds", "MIN_DISCORDANCE"]
 
 #: Floor of the disagreement share used for sizing: two fits of the same model on overlapping
 #: data can disagree on almost no holdout row, which would size the gate at a handful of rows.
@@ -63,6 +63,15 @@ def paired_rows_needed(p_production: float, min_improvement: float, *, discordan
     za, zb = _z(confidence), _z(power)
     n = ((za * math.sqrt(psi) + zb * math.sqrt(max(psi - delta * delta, 0.0))) / delta) ** 2
     return int(math.ceil(n))
+
+
+def unplanned_paired_rows(level: float | None, validation: Any) -> int:
+    """The paired rows for a gate with no plan from training (a version trained before gates were
+    sized, or a backtest note): at production's ``level`` (0.5 when unknown) and the floor disagreement.
+    ``validation`` is a ``ValidationSettings``."""
+    v = validation
+    return paired_rows_needed(0.5 if level is None else level, v.min_improvement, discordance=MIN_DISCORDANCE,
+                              confidence=v.confidence, power=v.power)
 
 
 def independent_rows_needed(p_production: float, degradation: float, *, confidence: float, power: float) -> int:

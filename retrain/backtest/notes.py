@@ -145,15 +145,13 @@ def gate_rows(cfg: ModelConfig, accuracy: float | None = None) -> tuple[int, int
     v, r = cfg.validation, cfg.rollout
     shadow, stage = v.shadow_min_rows, r.stage_min_samples
     if shadow is None or stage is None:
-        from retrain.evidence import MIN_DISCORDANCE, independent_rows_needed, paired_rows_needed
+        from retrain.evidence import independent_rows_needed, unplanned_paired_rows
 
-        level = accuracy if accuracy is not None else 0.5
-        power = getattr(v, "power", 0.8)
         if shadow is None:
-            shadow = paired_rows_needed(level, v.min_improvement, discordance=MIN_DISCORDANCE,
-                                        confidence=v.confidence, power=power)
+            shadow = unplanned_paired_rows(accuracy, v)
         if stage is None:
-            stage = independent_rows_needed(level, r.rollback_degradation, confidence=v.confidence, power=power)
+            stage = independent_rows_needed(0.5 if accuracy is None else accuracy, r.rollback_degradation,
+                                            confidence=v.confidence, power=v.power)
     return int(shadow), int(stage)
 
 

@@ -38,7 +38,7 @@ from retrain.config import ModelConfig
 from retrain.context import Context
 from retrain.emergency import EmergencyConfig
 from retrain.errors import ArtifactError, RetrainError, TransientError
-from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
+from retrain.evidence import unplanned_paired_rows
 from retrain.lifecycle import advance_canary, enter_canary, enter_shadow, reject
 from retrain.rollout import (
     PairedCounts,
@@ -238,10 +238,8 @@ def _judge_shadow(cfg: ModelConfig, ro: RolloutRow, paired: PairedCounts, now: d
     # Without a plan (a version trained before gates were sized) the paired test's rows are sized
     # from production's level at the +min_improvement goal and the floor disagreement.
     if planned_rows is None and cfg.validation.shadow_min_rows is None:
-        v = cfg.validation
-        level = paired.production.accuracy if paired.n >= 30 else 0.5
-        planned_rows = paired_rows_needed(level, v.min_improvement, discordance=MIN_DISCORDANCE,
-                                          confidence=v.confidence, power=v.power)
+        level = paired.production.accuracy if paired.n >= 30 else None
+        planned_rows = unplanned_paired_rows(level, cfg.validation)
     return judge_shadow(paired, now - ro.started_at, cfg.validation, metric=cfg.primary_metric,
                         manual_gate=cfg.rollout.manual_gate and cfg.rollout.enabled, confirmed=ro.gate == "confirmed",
                         min_rows=planned_rows)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrain.context import Context
-from retrain.evidence import MIN_DISCORDANCE, paired_rows_needed
+from retrain.evidence import unplanned_paired_rows
 from retrain.lifecycle import finish, reject, to_promotion
 from retrain.metrics import finite_metrics, score
 from retrain.rollout import PairedCounts, judge_paired
@@ -159,9 +159,8 @@ def _holdout_screen(cfg, holdout: dict, cand_model, prod_model, prod_end: float 
         paired = PairedCounts.from_arrays(y, cand_model.predict(X), prod_model.predict(X), ret)
     else:
         paired = PairedCounts()
-    needed = int(gate.get("rows_needed") or paired_rows_needed(
-        paired.production.accuracy if paired.n >= 30 else 0.5, v.min_improvement, discordance=MIN_DISCORDANCE,
-        confidence=v.confidence, power=v.power))
+    needed = int(gate.get("rows_needed")
+                 or unplanned_paired_rows(paired.production.accuracy if paired.n >= 30 else None, v))
     verdict, said = judge_paired(paired, metric=cfg.primary_metric, min_improvement=v.min_improvement,
                                  confidence=v.confidence, rows_needed=needed, final=False)
     seen = f" ({n_all - len(y)} of its {n_all} rows left out: production trained on them)" if len(y) < n_all else ""
