@@ -197,10 +197,13 @@ def test_ctrl_c_stops_policies_running_side_by_side_and_leaves_no_temporary_fold
     # When two policies replay side by side
     report = run_backtest(data, _settings(("auto", "every:6h"), jobs=2), out=tmp_path / "out", progress=bar)
     bar.out.close()
-    # Then both stop where they were, the report says so, and the temporary databases are gone
+    # Then a policy still running stops where it was (on a loaded machine the other may have finished
+    # before the interrupt: its report is whole), the report says so, and the temporary databases are gone
     assert report["partial"] and set(report["policies"]) == {"auto", "every:6h"}
-    for p in report["policies"].values():
-        assert p["partial"] and datetime.fromisoformat(p["replayed_until"]) < data.end
+    stopped = [p for p in report["policies"].values() if p["partial"]]
+    assert stopped
+    for p in stopped:
+        assert datetime.fromisoformat(p["replayed_until"]) < data.end
     assert json.loads((tmp_path / "out" / "report.json").read_text())["partial"]
     assert list((tmp_path / "tmp").iterdir()) == []
 
