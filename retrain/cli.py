@@ -62,7 +62,7 @@ def cmd_drift(args) -> int:
 
     ctx = _ctx()
     with ctx.store.tx() as tx:
-        row = tx.latest_drift_report(args.model)
+        row = tx.monitoring.latest_drift_report(args.model)
         data = None if row is None else {"at": row.at, "version": row.version, "drifted": row.drifted,
                                          "report": row.report}
     if data is None:

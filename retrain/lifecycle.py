@@ -36,21 +36,26 @@ function                move                           who (fenced by attempt / 
                         cancelled | rejected           back and an audit event (optionally fenced)
 ======================  =============================  ==========================================
 
-A move the table does not allow raises :class:`TransitionError` naming the run, its
-state and the move; a write by an attempt that lost its lease raises
-:class:`~retrain.errors.StaleLeaseError`. :func:`finish` alone answers False instead,
-so that ending a run twice (a duplicate message) is harmless.
+Each function takes the unit of work and the run as read (a frozen
+:class:`~retrain.records.RunRecord`), writes the move through
+:meth:`~retrain.ports.RunRepository.write` (which refuses it if the run's state or
+attempt changed since it was read) and returns the run as it now is. A move the table
+does not allow raises :class:`TransitionError` naming the run, its state and the move;
+a write by an attempt that lost its lease raises :class:`~retrain.errors.StaleLeaseError`.
+:func:`finish` alone answers False instead, so that ending a run twice (a duplicate
+message) is harmless.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
+from typing import Any
 
-from retrain import slots
 from retrain.domain import RunState
 from retrain.errors import StaleLeaseError, TransitionError
-from retrain.storage.models import RunRow
-from retrain.storage.repo import Tx, new_id
+from retrain.ports import UnitOfWork
+from retrain.records import RunRecord
 
 __all__ = ["TRANSITIONS", "FINAL", "TransitionError", "can_move", "fence", "new_run", "start_training", "hold",
            "progress", "requeue", "to_validating", "enter_shadow", "enter_canary", "advance_canary", "to_promotion",
@@ -70,6 +75,7 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     _DONE: frozenset(), _REJ: frozenset(), _FAIL: frozenset(), _DEAD: frozenset(), _CANC: frozenset(),
 }
 FINAL: frozenset[RunState] = frozenset(s for s, nxt in TRANSITIONS.items() if not nxt)
+_NO_LEASE: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
 
 def can_move(src: str | RunState, dst: str | RunState) -> bool:
@@ -77,21 +83,22 @@ def can_move(src: str | RunState, dst: str | RunState) -> bool:
     return RunState(dst) in TRANSITIONS[RunState(src)]
 
 
-def _move(run: RunRow, target: RunState, move: str) -> None:
+def _move(tx: UnitOfWork, run: RunRecord, target: RunState, move: str, **changes: Any) -> RunRecord:
     if not can_move(run.state, target):
         allowed = ", ".join(sorted(s.value for s in TRANSITIONS[RunState(run.state)])) or "nothing (final)"
         raise TransitionError(f"run {run.id} of {run.model} is {run.state}: {move} would move it to "
                               f"{target.value}, which its lifecycle does not allow (from {run.state}: {allowed})")
-    run.state = target.value
+    return tx.runs.write(run, {"state": target.value, **changes})
 
 
-def _stay(run: RunRow, state: RunState, move: str) -> None:
+def _stay(tx: UnitOfWork, run: RunRecord, state: RunState, move: str, **changes: Any) -> RunRecord:
     """A change of stage within ``state``: refused, like a move, when the run is elsewhere."""
     if run.state != state.value:
         raise TransitionError(f"run {run.id} of {run.model} is {run.state}: {move} needs it {state.value}")
+    return tx.runs.write(run, changes)
 
 
-def fence(run: RunRow, *, attempt: int, owner: str | None = None, doing: str = "stopped") -> None:
+def fence(run: RunRecord, *, attempt: int, owner: str | None = None, doing: str = "stopped") -> None:
     """Raise :class:`~retrain.errors.StaleLeaseError` unless ``attempt`` (and ``owner``) still trains the run.
 
     ``doing`` ends the message: what the stale attempt does not get to write.
@@ -101,107 +108,91 @@ def fence(run: RunRow, *, attempt: int, owner: str | None = None, doing: str = "
                               f"owner {run.lease_owner}, state {run.state}); {doing}")
 
 
-def _drop_lease(run: RunRow) -> None:
-    run.lease_owner, run.lease_expires_at = None, None
+def new_run(tx: UnitOfWork, *, model: str, request_id: str, decision_id: str, trigger: str, priority: int,
+            now: datetime) -> RunRecord:
+    """A run is born ``queued``, waiting for a training slot."""
+    run = RunRecord(id=str(uuid.uuid4()), model=model, request_id=request_id, decision_id=decision_id, trigger=trigger,
+                    priority=priority, state=_Q.value, attempt=0, lease_owner=None, lease_expires_at=None,
+                    created_at=now, started_at=None, finished_at=None, stage="", progress=0.0, error=None,
+                    candidate_version=None, blocked_on=None, usage={}, heartbeat_at=None, dispatched_at=None)
+    tx.runs.insert(run)
+    return run
 
 
-def new_run(tx: Tx, *, model: str, request_id: str, decision_id: str, trigger: str, priority: int,
-            now: datetime) -> str:
-    """A run is born ``queued``, waiting for a training slot. Returns its id."""
-    rid = new_id()
-    tx.s.add(RunRow(id=rid, model=model, request_id=request_id, decision_id=decision_id, trigger=trigger,
-                    priority=priority, state=_Q.value, attempt=0, created_at=now, usage={}))
-    return rid
-
-
-def start_training(run: RunRow, *, owner: str, now: datetime, lease_until: datetime) -> int:
-    """A new attempt takes the run's lease (``queued`` or an expired ``training``). Returns the attempt,
-    the fencing token every later write of this attempt is checked against."""
+def start_training(tx: UnitOfWork, run: RunRecord, *, owner: str, now: datetime, lease_until: datetime) -> RunRecord:
+    """A new attempt takes the run's lease (``queued`` or an expired ``training``). The returned run's
+    ``attempt`` is the fencing token every later write of this attempt is checked against."""
     if run.state == _T.value and run.lease_owner not in (None, owner) and run.lease_expires_at is not None \
             and run.lease_expires_at > now:
         raise StaleLeaseError(f"run {run.id} is held by {run.lease_owner} until {run.lease_expires_at.isoformat()}; "
                               f"{owner} cannot start another attempt")
-    _move(run, _T, "start_training")
-    run.attempt += 1
-    run.stage, run.progress, run.blocked_on = "loading data", 0.05, None
-    run.lease_owner, run.lease_expires_at, run.heartbeat_at = owner, lease_until, now
-    run.started_at = run.started_at or now
-    return run.attempt
+    return _move(tx, run, _T, "start_training", attempt=run.attempt + 1, stage="loading data", progress=0.05,
+                 blocked_on=None, lease_owner=owner, lease_expires_at=lease_until, heartbeat_at=now,
+                 started_at=run.started_at or now)
 
 
-def hold(run: RunRow, reason: str) -> None:
+def hold(tx: UnitOfWork, run: RunRecord, reason: str) -> RunRecord:
     """Keep the run queued, saying what it waits for (an expired attempt goes back in line)."""
     if run.state == _T.value:
-        _move(run, _Q, "hold")
-        _drop_lease(run)
-    else:
-        _stay(run, _Q, "hold")
-    run.blocked_on, run.stage = reason, "waiting"
+        return _move(tx, run, _Q, "hold", blocked_on=reason, stage="waiting", **_NO_LEASE)
+    return _stay(tx, run, _Q, "hold", blocked_on=reason, stage="waiting")
 
 
-def progress(run: RunRow, stage: str, pct: float, *, attempt: int) -> None:
+def progress(tx: UnitOfWork, run: RunRecord, stage: str, pct: float, *, attempt: int) -> RunRecord:
     """The training attempt that holds the lease reports its stage."""
     fence(run, attempt=attempt, doing=f"stage '{stage}' not recorded")
-    run.stage, run.progress = stage, pct
+    return tx.runs.write(run, {"stage": stage, "progress": pct})
 
 
-def requeue(run: RunRow, *, attempt: int, reason: str, now: datetime) -> None:
+def requeue(tx: UnitOfWork, run: RunRecord, *, attempt: int, reason: str, now: datetime) -> RunRecord:
     """Attempt ``attempt`` failed or lost its lease: the run goes back in line to be sent again."""
     fence(run, attempt=attempt, doing="not queued again")
-    _move(run, _Q, "requeue")
-    run.stage, run.blocked_on, run.error = "retrying", None, reason
-    _drop_lease(run)
-    run.dispatched_at = now
+    return _move(tx, run, _Q, "requeue", stage="retrying", blocked_on=None, error=reason, dispatched_at=now,
+                 **_NO_LEASE)
 
 
-def to_validating(run: RunRow, version: str | None, *, attempt: int, owner: str) -> None:
+def to_validating(tx: UnitOfWork, run: RunRecord, version: str | None, *, attempt: int, owner: str,
+                  usage: dict[str, Any] | None = None) -> RunRecord:
     """The attempt holding the lease registered ``version``: the run goes to validation."""
     fence(run, attempt=attempt, owner=owner, doing="nothing registered")
-    _move(run, _V, "to_validating")
-    run.stage, run.progress, run.candidate_version = _V.value, 1.0, version
-    _drop_lease(run)
+    extra = {"usage": usage} if usage is not None else {}
+    return _move(tx, run, _V, "to_validating", stage=_V.value, progress=1.0, candidate_version=version,
+                 **_NO_LEASE, **extra)
 
 
-def enter_shadow(run: RunRow) -> None:
+def enter_shadow(tx: UnitOfWork, run: RunRecord) -> RunRecord:
     """The candidate passed the holdout and is scored on live traffic, serving none."""
-    _move(run, _S, "enter_shadow")
-    run.stage = _S.value
+    return _move(tx, run, _S, "enter_shadow", stage=_S.value)
 
 
-def enter_canary(run: RunRow, share_pct: float) -> None:
+def enter_canary(tx: UnitOfWork, run: RunRecord, share_pct: float) -> RunRecord:
     """The candidate serves its first canary share."""
-    _move(run, _R, "enter_canary")
-    run.stage = f"canary {share_pct:g}%"
+    return _move(tx, run, _R, "enter_canary", stage=f"canary {share_pct:g}%")
 
 
-def advance_canary(run: RunRow, share_pct: float) -> None:
+def advance_canary(tx: UnitOfWork, run: RunRecord, share_pct: float) -> RunRecord:
     """The canary moves to its next stage's share."""
-    _stay(run, _R, "advance_canary")
-    run.stage = f"canary {share_pct:g}%"
+    return _stay(tx, run, _R, "advance_canary", stage=f"canary {share_pct:g}%")
 
 
-def to_promotion(run: RunRow) -> None:
+def to_promotion(tx: UnitOfWork, run: RunRecord) -> RunRecord:
     """The candidate passed validation and is promoted at once (no live phase): the promote step is next."""
-    _move(run, _R, "to_promotion")
-    run.stage = "promoting"
+    return _move(tx, run, _R, "to_promotion", stage="promoting")
 
 
-def complete(run: RunRow, now: datetime) -> None:
+def complete(tx: UnitOfWork, run: RunRecord, now: datetime) -> RunRecord:
     """The candidate is production: the run is done."""
-    _move(run, _DONE, "complete")
-    run.stage, run.finished_at = _DONE.value, now
+    return _move(tx, run, _DONE, "complete", stage=_DONE.value, finished_at=now)
 
 
-def reject(run: RunRow, reason: str, now: datetime, *, stage: str = _REJ.value) -> None:
+def reject(tx: UnitOfWork, run: RunRecord, reason: str, now: datetime, *, stage: str = _REJ.value) -> RunRecord:
     """Validation or the rollout judged the candidate: production stays. ``stage`` says how it ended
     (rejected, shadow_rejected, rolled_back, aborted, inconclusive); the caller audits the figures."""
-    _move(run, _REJ, "reject")
-    run.stage, run.finished_at, run.error = stage, now, reason
-    _drop_lease(run)
+    return _move(tx, run, _REJ, "reject", stage=stage, finished_at=now, error=reason, **_NO_LEASE)
 
 
-def finish(tx: Tx, run: RunRow, state: str | RunState, reason: str, now: datetime, *, actor: str = "system",
-           attempt: int | None = None, owner: str | None = None) -> bool:
+def finish(tx: UnitOfWork, run: RunRecord, state: str | RunState, reason: str, now: datetime, *,
+           actor: str = "system", attempt: int | None = None, owner: str | None = None) -> bool:
     """End a run in ``state`` (failed, dead, cancelled, rejected) with its reason.
 
     Gives back what the run still holds (its cost reservation and its training
@@ -216,15 +207,11 @@ def finish(tx: Tx, run: RunRow, state: str | RunState, reason: str, now: datetim
             run.state != _T.value or (attempt is not None and run.attempt != attempt)
             or (owner is not None and run.lease_owner != owner)):
         return False
-    attempt = run.attempt
-    _move(run, target, "finish")
-    run.error, run.finished_at = reason, now
-    _drop_lease(run)
-    run.stage = target.value
-    reserved = tx.held_reservation(run.id)
+    _move(tx, run, target, "finish", error=reason, finished_at=now, stage=target.value, **_NO_LEASE)
+    reserved = tx.ledger.held_reservation(run.id)
     if reserved:
-        tx.add_cost(run.id, run.model, "release", -reserved, now, {"reason": reason})
-    slots.release(tx, run.id)
-    tx.audit(now, "run", actor, f"run of {run.model} {target.value}: {reason}", model=run.model, subject=run.id,
-             data={"state": target.value, "reason": reason, "attempt": attempt})
+        tx.ledger.add(run.id, run.model, "release", -reserved, now, {"reason": reason})
+    tx.slots.release(run.id)
+    tx.audit.record(now, "run", actor, f"run of {run.model} {target.value}: {reason}", model=run.model,
+                    subject=run.id, data={"state": target.value, "reason": reason, "attempt": run.attempt})
     return True

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from retrain.storage.repo import OutboxMessage, Store
+from retrain.records import OutboxMessage
+from retrain.storage.repo import Store
 
 __all__ = ["relay", "prune_published", "Publisher", "KEEP_PUBLISHED"]
 
@@ -26,14 +27,14 @@ def relay(store: Store, publish: Publisher, now: datetime, *, min_age: timedelta
     sent = 0
     while True:
         with store.tx() as tx:
-            batch = tx.pending_outbox(limit=min(limit - sent, 100), older_than=now - min_age if min_age else None)
+            batch = tx.outbox.pending(limit=min(limit - sent, 100), older_than=now - min_age if min_age else None)
             if not batch:
                 return sent
             done = []
             for msg in batch:
                 publish(msg)
                 done.append(msg.id)
-            tx.mark_published(done, now)
+            tx.outbox.mark_published(done, now)
         sent += len(done)
         if sent >= limit:
             return sent
@@ -42,4 +43,4 @@ def relay(store: Store, publish: Publisher, now: datetime, *, min_age: timedelta
 def prune_published(store: Store, now: datetime, keep: timedelta = KEEP_PUBLISHED) -> int:
     """Delete messages published more than ``keep`` ago; unpublished ones are never touched."""
     with store.tx() as tx:
-        return tx.prune_outbox(now - keep)
+        return tx.outbox.prune(now - keep)

@@ -1,6 +1,6 @@
 """The model registry: versions, aliases, rollback, tombstones and verified loading (ADAPT-014).
 
-A service over one transaction (:class:`~retrain.storage.repo.Tx`): every function
+A service over one transaction (:class:`~retrain.ports.UnitOfWork`): every function
 that changes state takes the ``tx`` of the step that calls it, so the version, the
 alias move and its audit event commit together or not at all. The one exception is
 :func:`load_verified`, which writes its refusal to the audit log in a transaction of
@@ -49,8 +49,8 @@ from typing import Any
 
 from retrain.artifacts import ArtifactRef
 from retrain.errors import ArtifactError, PayloadError, VersionProtectedError, VersionUnavailableError
-from retrain.storage.models import AliasHistoryRow, VersionRow
-from retrain.storage.repo import Tx
+from retrain.ports import UnitOfWork
+from retrain.records import AliasMove, StoredVersion
 from retrain.versioning import BumpDecision, SemVer, VersionSpec, decide_bump
 
 __all__ = [
@@ -139,7 +139,7 @@ class Registered:
     sha256: str
 
 
-def _parent_spec(row: VersionRow | None) -> VersionSpec | None:
+def _parent_spec(row: StoredVersion | None) -> VersionSpec | None:
     spec = (row.params or {}).get("spec") if row is not None else None
     if not spec:
         return None
@@ -149,7 +149,7 @@ def _parent_spec(row: VersionRow | None) -> VersionSpec | None:
         return None  # a version registered by hand without a spec: compare with nothing
 
 
-def register_version(tx: Tx, new: NewVersion, *, now: datetime, actor: str, artifacts: Any = None,
+def register_version(tx: UnitOfWork, new: NewVersion, *, now: datetime, actor: str, artifacts: Any = None,
                      note: str = "", audit_data: dict[str, Any] | None = None) -> Registered:
     """Give ``new`` the next semantic version of its model and record it, with its audit event.
 
@@ -168,11 +168,11 @@ def register_version(tx: Tx, new: NewVersion, *, now: datetime, actor: str, arti
             raise ArtifactError(f"cannot register a version of {new.model}: artifact(s) "
                                 f"{', '.join(d[:12] for d in missing)} vanished after they were written "
                                 "(collected as orphans?); retrain to write them again")
-    latest_row = tx.latest_version(new.model)
-    parent = new.parent_version if new.parent_version is not None else tx.alias(new.model, "production")
+    latest_row = tx.versions.latest(new.model)
+    parent = new.parent_version if new.parent_version is not None else tx.aliases.get(new.model, "production")
     if parent is None and latest_row is not None:
         parent = latest_row.version
-    parent_row = tx.version(new.model, parent) if parent else None
+    parent_row = tx.versions.get(new.model, parent) if parent else None
     if parent_row is None:
         parent = None
     parent_spec = _parent_spec(parent_row)
@@ -185,7 +185,7 @@ def register_version(tx: Tx, new: NewVersion, *, now: datetime, actor: str, arti
         metrics["reference_sha256"] = new.reference_sha256
     if new.holdout_sha256:
         metrics["holdout_sha256"] = new.holdout_sha256
-    tx.add_version(
+    tx.versions.add(
         model=new.model, version=str(v), major=v.major, minor=v.minor, patch=v.patch, status="registered",
         created_at=now, deleted_at=None, deleted_reason=None, artifact_sha256=new.artifact.sha256,
         artifact_size=new.artifact.size, bump_kind=bump.kind, bump_reason=bump.reason, parent_version=parent,
@@ -195,17 +195,17 @@ def register_version(tx: Tx, new: NewVersion, *, now: datetime, actor: str, arti
         git_commit=new.git_commit, request_id=new.request_id, decision_id=new.decision_id, run_id=new.run_id,
         cost_usd=float(new.cost_usd),
     )
-    tx.audit(now, "version", actor, f"{new.model} {v} registered ({bump.reason}){note}", model=new.model,
-             subject=str(v), data={"sha256": new.artifact.sha256, "size": new.artifact.size, "parent": parent,
-                                   "bump": bump.kind, "run_id": new.run_id, **(audit_data or {})})
+    tx.audit.record(now, "version", actor, f"{new.model} {v} registered ({bump.reason}){note}", model=new.model,
+                    subject=str(v), data={"sha256": new.artifact.sha256, "size": new.artifact.size, "parent": parent,
+                                          "bump": bump.kind, "run_id": new.run_id, **(audit_data or {})})
     return Registered(new.model, str(v), parent, bump, new.artifact.sha256)
 
 
 # ---------------------------------------------------------------------------- aliases
-def _live_row(tx: Tx, model: str, version: str) -> VersionRow:
-    row = tx.version(model, version)
+def _live_row(tx: UnitOfWork, model: str, version: str) -> StoredVersion:
+    row = tx.versions.get(model, version)
     if row is None:
-        live = [r.version for r in tx.versions(model, include_deleted=False)]
+        live = [r.version for r in tx.versions.all(model, include_deleted=False)]
         raise VersionUnavailableError(
             f"{model} has no version {version}; live versions: {', '.join(live) or 'none'} "
             f"(see: retrain versions {model})")
@@ -216,7 +216,7 @@ def _live_row(tx: Tx, model: str, version: str) -> VersionRow:
     return row
 
 
-def move_alias(tx: Tx, model: str, alias: str, version: str | None, *, actor: str, reason: str, now: datetime,
+def move_alias(tx: UnitOfWork, model: str, alias: str, version: str | None, *, actor: str, reason: str, now: datetime,
                share_pct: float = 0.0) -> str | None:
     """Point ``alias`` at a live ``version`` (None clears it); recorded in the alias history.
 
@@ -228,7 +228,7 @@ def move_alias(tx: Tx, model: str, alias: str, version: str | None, *, actor: st
     tx.lock(aliases_lock(model))
     if version is not None:
         _live_row(tx, model, version)
-    return tx.move_alias(model, alias, version, actor=actor, reason=reason, now=now, share_pct=share_pct)
+    return tx.aliases.move(model, alias, version, actor=actor, reason=reason, now=now, share_pct=share_pct)
 
 
 @dataclass(frozen=True)
@@ -243,20 +243,20 @@ class RollbackOutcome:
     detail: str = ""
 
 
-def resolve_rollback(tx: Tx, model: str, version: str | None = None) -> str:
+def resolve_rollback(tx: UnitOfWork, model: str, version: str | None = None) -> str:
     """The version a rollback goes to: ``version`` if named; else, while a canary is out,
     the production version (the canary is withdrawn); else the ``previous`` alias.
 
     Raises :class:`VersionUnavailableError` when there is none, or it was deleted.
     """
     if version is None:
-        aliases = tx.aliases(model)
+        aliases = tx.aliases.all(model)
         canary = aliases.get("canary")
         prod = aliases.get("production")
         if canary is not None and canary.version and prod is not None and prod.version:
             version = prod.version
         else:
-            version = tx.alias(model, "previous")
+            version = tx.aliases.get(model, "previous")
         if version is None:
             raise VersionUnavailableError(
                 f"{model} has no previous version to roll back to; name one (see: retrain versions {model})")
@@ -264,7 +264,7 @@ def resolve_rollback(tx: Tx, model: str, version: str | None = None) -> str:
     return version
 
 
-def rollback(tx: Tx, model: str, version: str | None = None, *, actor: str, reason: str, now: datetime,
+def rollback(tx: UnitOfWork, model: str, version: str | None = None, *, actor: str, reason: str, now: datetime,
              from_version: str | None = None, data: dict | None = None) -> RollbackOutcome:
     """Serve ``version`` (default: see :func:`resolve_rollback`) as production; audited.
 
@@ -275,58 +275,60 @@ def rollback(tx: Tx, model: str, version: str | None = None, *, actor: str, reas
     (e.g. the figures of an automatic rollback) is added to the audit event.
     """
     tx.lock(aliases_lock(model))
-    current = tx.alias(model, "production")
-    canary = tx.alias(model, "canary")
+    current = tx.aliases.get(model, "production")
+    canary = tx.aliases.get(model, "canary")
     if from_version is not None and from_version not in (current, canary):
         detail = f"{from_version} is already out of service (production {current or '-'}); nothing to do"
-        tx.audit(now, "rollback", actor, f"{model} rollback skipped: {detail}", model=model, subject=from_version,
-                 data={"from": from_version, "production": current, "reason": reason})
+        tx.audit.record(now, "rollback", actor, f"{model} rollback skipped: {detail}", model=model,
+                        subject=from_version,
+                        data={"from": from_version, "production": current, "reason": reason})
         return RollbackOutcome(model, "skipped", current, None, None, detail)
     target = resolve_rollback(tx, model, version)
     row = _live_row(tx, model, target)
     if target == current and canary is None:
         detail = f"{target} is already production; nothing to roll back"
-        tx.audit(now, "rollback", actor, f"{model} rollback to {target}: {detail}", model=model, subject=target,
-                 data={"from": current, "to": target, "reason": reason})
+        tx.audit.record(now, "rollback", actor, f"{model} rollback to {target}: {detail}", model=model, subject=target,
+                        data={"from": current, "to": target, "reason": reason})
         return RollbackOutcome(model, "unchanged", current, None, None, detail)
 
     why = f"rollback: {reason}"
     withdrawn = None
     if canary is not None and canary != target:
-        tx.move_alias(model, "canary", None, actor=actor, reason=why, now=now)
+        tx.aliases.move(model, "canary", None, actor=actor, reason=why, now=now)
         withdrawn = canary
-        canary_row = tx.version(model, canary)
+        canary_row = tx.versions.get(model, canary)
         if canary_row is not None and canary_row.deleted_at is None:
-            canary_row.status = "rolled_back"
+            tx.versions.update(canary_row, status="rolled_back")
     elif canary is not None:
-        tx.move_alias(model, "canary", None, actor=actor, reason=f"{canary} is now production", now=now)
+        tx.aliases.move(model, "canary", None, actor=actor, reason=f"{canary} is now production", now=now)
     replaced = None
     if current != target:
-        tx.move_alias(model, "production", target, actor=actor, reason=why, now=now)
+        tx.aliases.move(model, "production", target, actor=actor, reason=why, now=now)
         if current:
-            tx.move_alias(model, "previous", current, actor=actor, reason=f"rolled back from {current} to {target}",
-                          now=now)
-            cur_row = tx.version(model, current)
+            tx.aliases.move(model, "previous", current, actor=actor, reason=f"rolled back from {current} to {target}",
+                            now=now)
+            cur_row = tx.versions.get(model, current)
             if cur_row is not None:
-                cur_row.status = "rolled_back"
+                tx.versions.update(cur_row, status="rolled_back")
             replaced = current
-    if tx.alias(model, "candidate") == withdrawn and withdrawn is not None:
-        tx.move_alias(model, "candidate", None, actor=actor, reason=why, now=now)
-    row.status = "production"
+    if tx.aliases.get(model, "candidate") == withdrawn and withdrawn is not None:
+        tx.aliases.move(model, "candidate", None, actor=actor, reason=why, now=now)
+    tx.versions.update(row, status="production")
     parts = [f"production {current or '-'} -> {target}" if current != target else f"production stays {target}"]
     if withdrawn:
         parts.append(f"canary {withdrawn} withdrawn")
     detail = "; ".join(parts)
-    tx.audit(now, "rollback", actor, f"{model} rolled back: {detail}: {reason}", model=model, subject=target,
-             data={**(data or {}), "from": current, "to": target, "canary_withdrawn": withdrawn, "reason": reason})
+    tx.audit.record(now, "rollback", actor, f"{model} rolled back: {detail}: {reason}", model=model, subject=target,
+                    data={**(data or {}), "from": current, "to": target, "canary_withdrawn": withdrawn,
+                          "reason": reason})
     return RollbackOutcome(model, "rolled_back", target, replaced, withdrawn, detail)
 
 
 # ---------------------------------------------------------------------------- retention support
-def protected_versions(tx: Tx, model: str) -> dict[str, str]:
+def protected_versions(tx: UnitOfWork, model: str) -> dict[str, str]:
     """Versions retention must keep, each with why: alias targets, the rollback target, runs in flight."""
     out: dict[str, str] = {}
-    aliases = tx.aliases(model)
+    aliases = tx.aliases.all(model)
     for name in ALIASES:
         row = aliases.get(name)
         if row is not None and row.version:
@@ -337,15 +339,16 @@ def protected_versions(tx: Tx, model: str) -> dict[str, str]:
     prod = aliases.get("production")
     if prod is not None and prod.version and not (aliases.get("previous") and aliases["previous"].version):
         # No 'previous' alias yet: production's parent is what a rollback would need.
-        prod_row = tx.version(model, prod.version)
+        prod_row = tx.versions.get(model, prod.version)
         if prod_row is not None and prod_row.parent_version:
             out.setdefault(prod_row.parent_version, "parent of production (rollback target)")
-    for version, run_id in tx.active_run_versions(model).items():
+    for version, run_id in tx.runs.active_versions(model).items():
         out.setdefault(version, f"run {run_id[:8]} is still validating or rolling it out")
     return out
 
 
-def delete_version(tx: Tx, model: str, version: str, *, actor: str, reason: str, now: datetime) -> VersionRow:
+def delete_version(tx: UnitOfWork, model: str, version: str, *, actor: str, reason: str,
+                   now: datetime) -> StoredVersion:
     """Tombstone a version: status ``deleted``, ``deleted_at`` and the reason set, row and history kept.
 
     Refuses a protected version (:func:`protected_versions`). The artifact files are
@@ -358,23 +361,23 @@ def delete_version(tx: Tx, model: str, version: str, *, actor: str, reason: str,
     if version in guard:
         raise VersionProtectedError(f"{model} {version} cannot be deleted: {guard[version]}")
     before = row.status
-    row.status, row.deleted_at, row.deleted_reason = "deleted", now, reason
-    tx.audit(now, "retention", actor, f"{model} {version} deleted ({reason}); record and history kept",
-             model=model, subject=version,
-             data={"sha256": row.artifact_sha256, "size": row.artifact_size, "status_before": before,
-                   "reference_sha256": (row.metrics or {}).get("reference_sha256"),
-                   "holdout_sha256": (row.metrics or {}).get("holdout_sha256"), "reason": reason})
+    row = tx.versions.update(row, status="deleted", deleted_at=now, deleted_reason=reason)
+    tx.audit.record(now, "retention", actor, f"{model} {version} deleted ({reason}); record and history kept",
+                    model=model, subject=version,
+                    data={"sha256": row.artifact_sha256, "size": row.artifact_size, "status_before": before,
+                          "reference_sha256": (row.metrics or {}).get("reference_sha256"),
+                          "holdout_sha256": (row.metrics or {}).get("holdout_sha256"), "reason": reason})
     return row
 
 
-def version_digests(row: VersionRow) -> list[str]:
+def version_digests(row: StoredVersion) -> list[str]:
     """The artifact files a version needs: the model, and its drift reference and holdout samples."""
     metrics = row.metrics or {}
     found = [row.artifact_sha256, metrics.get("reference_sha256"), metrics.get("holdout_sha256")]
     return [d for d in found if isinstance(d, str) and _DIGEST_RE.fullmatch(d)]
 
 
-def referenced_digests(tx: Tx, *, excluding: Collection[tuple[str, str]] = ()) -> set[str]:
+def referenced_digests(tx: UnitOfWork, *, excluding: Collection[tuple[str, str]] = ()) -> set[str]:
     """Every artifact digest a live version of any model references.
 
     The one definition garbage collection trusts: an artifact kept anywhere else
@@ -383,7 +386,7 @@ def referenced_digests(tx: Tx, *, excluding: Collection[tuple[str, str]] = ()) -
     """
     skip = set(excluding)
     out: set[str] = set()
-    for model, version, sha, metrics in tx.live_version_refs():
+    for model, version, sha, metrics in tx.versions.live_refs():
         if (model, version) in skip:
             continue
         for d in (sha, metrics.get("reference_sha256"), metrics.get("holdout_sha256")):
@@ -415,19 +418,19 @@ def describe_alias_state(state: AliasState | None) -> str:
     return f"{state.version} since {state.since:%Y-%m-%d %H:%M:%S} ({state.actor}: {state.reason})"
 
 
-def aliases_at(tx: Tx, model: str, at: datetime) -> dict[str, AliasState]:
+def aliases_at(tx: UnitOfWork, model: str, at: datetime) -> dict[str, AliasState]:
     """Every alias of ``model`` as it was at ``at`` (aliases never set by then are left out)."""
     out: dict[str, AliasState] = {}
-    for name in tx.alias_names(model):
-        h: AliasHistoryRow | None = tx.alias_set_at(model, name, at)
+    for name in tx.aliases.names(model):
+        h: AliasMove | None = tx.aliases.set_at(model, name, at)
         if h is not None:
             out[name] = AliasState(name, h.to_version, h.at, h.actor, h.reason)
     return out
 
 
-def served_at(tx: Tx, model: str, at: datetime) -> str | None:
+def served_at(tx: UnitOfWork, model: str, at: datetime) -> str | None:
     """The production version of ``model`` at time ``at`` (None: nothing in production then)."""
-    h = tx.alias_set_at(model, "production", at)
+    h = tx.aliases.set_at(model, "production", at)
     return h.to_version if h is not None else None
 
 
@@ -476,7 +479,7 @@ class VersionRecord:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _record(row: VersionRow, aliases: Iterable[str]) -> VersionRecord:
+def _record(row: StoredVersion, aliases: Iterable[str]) -> VersionRecord:
     params = dict(row.params or {})
     spec = params.pop("spec", None) or {}
     hyper = params.pop("params", {}) or {}
@@ -497,39 +500,39 @@ def _record(row: VersionRow, aliases: Iterable[str]) -> VersionRecord:
     )
 
 
-def _alias_map(tx: Tx, model: str) -> dict[str, list[str]]:
+def _alias_map(tx: UnitOfWork, model: str) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for name, row in tx.aliases(model).items():
+    for name, row in tx.aliases.all(model).items():
         if row.version:
             out.setdefault(row.version, []).append(name)
     return out
 
 
-def version_records(tx: Tx, model: str, *, include_deleted: bool = True) -> list[VersionRecord]:
+def version_records(tx: UnitOfWork, model: str, *, include_deleted: bool = True) -> list[VersionRecord]:
     """Every version of ``model``, newest number first."""
     amap = _alias_map(tx, model)
-    rows = tx.versions(model, include_deleted=include_deleted)
+    rows = tx.versions.all(model, include_deleted=include_deleted)
     return [_record(r, amap.get(r.version, ())) for r in reversed(rows)]
 
 
-def resolve_ref(tx: Tx, ref: str) -> tuple[str, str]:
+def resolve_ref(tx: UnitOfWork, ref: str) -> tuple[str, str]:
     """``MODEL@VERSION`` or ``MODEL@ALIAS`` (or just ``MODEL``: production) to (model, version)."""
     model, _, name = ref.partition("@")
     if not model:
         raise PayloadError(f"expected MODEL@VERSION, got {ref!r}")
     name = name or "production"
-    if name in tx.alias_names(model) or name in ALIASES:
-        version = tx.alias(model, name)
+    if name in tx.aliases.names(model) or name in ALIASES:
+        version = tx.aliases.get(model, name)
         if version is None:
             raise VersionUnavailableError(f"{model} has no version behind alias {name!r}")
         return model, version
     return model, name
 
 
-def version_record(tx: Tx, model: str, version: str) -> VersionRecord:
-    row = tx.version(model, version)
+def version_record(tx: UnitOfWork, model: str, version: str) -> VersionRecord:
+    row = tx.versions.get(model, version)
     if row is None:
-        live = [r.version for r in tx.versions(model, include_deleted=False)]
+        live = [r.version for r in tx.versions.all(model, include_deleted=False)]
         raise VersionUnavailableError(f"{model} has no version {version}; live versions: {', '.join(live) or 'none'}")
     return _record(row, _alias_map(tx, model).get(version, ()))
 
@@ -539,9 +542,9 @@ def _refuse(ctx: Any, exc: ArtifactError, sha256: str, *, model: str | None, ver
             actor: str | None) -> None:
     what = f"{model} {version}" if model and version else (model or "an artifact")
     with ctx.store.tx() as tx:
-        tx.audit(ctx.now(), "artifact", actor or ctx.worker_id,
-                 f"refused to load {what} for {purpose}: {exc}", model=model, subject=version,
-                 data={"sha256": sha256, "purpose": purpose, "error": str(exc)})
+        tx.audit.record(ctx.now(), "artifact", actor or ctx.worker_id,
+                        f"refused to load {what} for {purpose}: {exc}", model=model, subject=version,
+                        data={"sha256": sha256, "purpose": purpose, "error": str(exc)})
 
 
 def verify_artifact(ctx: Any, sha256: str, *, model: str | None = None, version: str | None = None,

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from retrain import slots
 from retrain.context import Context
+from retrain.ports import UnitOfWork
 from retrain.windows import Counts
 
 if TYPE_CHECKING:
-    from retrain.storage.models import MetricBucketRow
+    from retrain.records import MetricBucket
 
 __all__ = ["status_data", "render_status", "timeline_data", "print_timeline", "table", "to_json", "run_note"]
 
@@ -43,20 +44,20 @@ def status_data(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
     now = now or ctx.now()
     out: dict[str, Any] = {"now": now, "models": [], "runs": [], "requests": [], "spend": {}}
     with ctx.store.tx() as tx:
-        for name in tx.model_names():
-            m = tx.model_row(name)
+        for name in tx.models.names():
+            m = tx.models.get(name)
             assert m is not None  # listed by model_names
-            prod = tx.alias(name, "production")
-            latest = tx.buckets(name, None, _latest_minute(tx, name) - timedelta(hours=1)) if prod else []
+            prod = tx.aliases.get(name, "production")
+            latest = tx.monitoring.buckets(name, None, _latest_minute(tx, name) - timedelta(hours=1)) if prod else []
             c = _counts(latest)
             out["models"].append({
-                "model": name, "production": prod, "previous": tx.alias(name, "previous"),
-                "candidate": tx.alias(name, "candidate"), "paused": m.paused, "deployed_at": m.deployed_at,
-                "versions": len(tx.versions(name, include_deleted=False)),
+                "model": name, "production": prod, "previous": tx.aliases.get(name, "previous"),
+                "candidate": tx.aliases.get(name, "candidate"), "paused": m.paused, "deployed_at": m.deployed_at,
+                "versions": len(tx.versions.all(name, include_deleted=False)),
                 "last_hour": {"n": c.n, "accuracy": c.accuracy if c.n else None, "f1": c.f1 if c.n else None,
                               "sharpe": c.sharpe if c.n > 1 else None},
             })
-        for r in tx.runs(limit=20):
+        for r in tx.runs.newest(limit=20):
             out["runs"].append({"id": r.id, "model": r.model, "trigger": r.trigger, "state": r.state,
                                 "stage": r.stage, "progress": r.progress, "attempt": r.attempt,
                                 "candidate": r.candidate_version, "created_at": r.created_at,
@@ -68,14 +69,15 @@ def status_data(ctx: Context, now: datetime | None = None) -> dict[str, Any]:
         out["training_slots"] = {"limit": limit, "held": [
             {"slot": h.slot, "run_id": h.run_id, "attempt": h.attempt, "owner": h.owner,
              "lease_expires_at": h.lease_expires_at} for h in slots.holders(tx, now, limit)]}
-        for q in tx.requests(statuses=("open", "deferred", "pending_approval"), limit=50):
-            d = tx.decision(q.decision_id) if q.decision_id else None
+        for q in tx.requests.newest(statuses=("open", "deferred", "pending_approval"), limit=50):
+            d = tx.decisions.get(q.decision_id) if q.decision_id else None
             out["requests"].append({"id": q.id, "model": q.model, "trigger": q.trigger, "status": q.status,
                                     "reason": q.reason, "defer_until": d.defer_until if d else None,
                                     "decision": d.summary if d else None})
         day, month = now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
-        out["spend"] = {"today_usd": round(tx.spend(day=day), 4), "month_usd": round(tx.spend(month=month), 4)}
-        out["pause_all"] = bool((tx.control("pause_all") or {}).get("paused"))
+        out["spend"] = {"today_usd": round(tx.ledger.spend(day=day), 4),
+                        "month_usd": round(tx.ledger.spend(month=month), 4)}
+        out["pause_all"] = bool((tx.controls.get("pause_all") or {}).get("paused"))
     return out
 
 
@@ -91,13 +93,8 @@ def run_note(state: str, blocked_on: str | None, error: str | None) -> str:
     return ""
 
 
-def _latest_minute(tx, model: str) -> datetime:
-    from sqlalchemy import func, select
-
-    from retrain.storage.models import MetricBucketRow
-
-    m = tx.s.scalar(select(func.max(MetricBucketRow.minute)).where(MetricBucketRow.model == model))
-    return m or datetime(1970, 1, 1).astimezone()
+def _latest_minute(tx: UnitOfWork, model: str) -> datetime:
+    return tx.monitoring.latest_minute(model) or datetime(1970, 1, 1).astimezone()
 
 
 def _f(x, fmt=".3f"):
@@ -137,16 +134,16 @@ def render_status(data: dict[str, Any]) -> str:
 
 def timeline_data(ctx: Context, model: str, period: timedelta = timedelta(hours=6)) -> dict[str, Any]:
     with ctx.store.tx() as tx:
-        buckets = tx.buckets(model, None, datetime(1970, 1, 1).astimezone())
-        events = tx.audit_events(model, limit=100_000)
-        history = tx.alias_history(model, limit=10_000)
-        versions = tx.versions(model)
-        decisions = tx.decisions(model, limit=10_000)
+        buckets = tx.monitoring.buckets(model, None, datetime(1970, 1, 1).astimezone())
+        events = tx.audit.events(model, limit=100_000)
+        history = tx.aliases.history(model, limit=10_000)
+        versions = tx.versions.all(model)
+        decisions = tx.decisions.newest(model, limit=10_000)
     metrics: list[dict[str, Any]] = []
     if buckets:
         start = buckets[0].minute
         cur = start
-        acc: list[MetricBucketRow] = []
+        acc: list[MetricBucket] = []
         for b in buckets:
             while b.minute >= cur + period:
                 if acc:

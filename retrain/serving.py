@@ -155,7 +155,7 @@ class StoreRoutingReader:
 
     def __call__(self, model: str) -> Routing:
         with self.store.tx() as tx:
-            routes = tx.serving_routes(model)
+            routes = tx.aliases.serving_routes(model)
         prod, canary = routes.get("production"), routes.get("canary")
         if canary is not None and canary[1] <= 0:
             canary = None
@@ -179,7 +179,7 @@ class RouteNotices(Protocol):
 class PostgresRouteNotices:
     """``LISTEN`` for one model's alias moves on a dedicated autocommit connection (psycopg2).
 
-    ``Tx.move_alias`` sends ``pg_notify(ROUTES_CHANNEL, model)`` in the moving transaction,
+    ``aliases.move`` sends ``pg_notify(ROUTES_CHANNEL, model)`` in the moving transaction,
     so a notice arrives exactly when a move commits. Waiting is a ``select`` on the
     connection's socket and a pipe (for :meth:`interrupt`): no query, no GIL, until then.
     """
@@ -321,8 +321,8 @@ class ModelRouter:
         self._load = cast("Callable[[str], Any]", getattr(artifacts, "load_object", artifacts))
         self._client = client
         self._report = client.report_prediction if client is not None else None
-        # A RetrainClient lets the hot path append to its buffer itself (see predict).
-        sink = getattr(client, "_prediction_sink", None)
+        # A RetrainClient lets the hot path append to its buffer itself (retrain.client.PredictionSink).
+        sink = getattr(client, "prediction_sink", None)
         # _due_at and _due are read only when _buffer is not None: they come with it.
         self._buffer: collections.deque[Any] | None
         self._due_at: Any

@@ -21,11 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select
-
 from retrain import slots
-from retrain.storage.models import RunRow
-from retrain.storage.repo import ACTIVE_RUN_STATES, Tx
+from retrain.ports import UnitOfWork
+from retrain.records import RunRecord
 from retrain.tasks import TRAIN
 
 __all__ = ["dependency_blocker", "describe_dependency", "slot_wait", "wake"]
@@ -33,18 +31,15 @@ __all__ = ["dependency_blocker", "describe_dependency", "slot_wait", "wake"]
 SLOT_WAIT_PREFIX = "a free training slot"
 
 
-def dependency_blocker(tx: Tx, run: RunRow, depends_on: Iterable[str]) -> RunRow | None:
+def dependency_blocker(tx: UnitOfWork, run: RunRecord, depends_on: Iterable[str]) -> RunRecord | None:
     """The oldest active run of one of ``depends_on`` created before ``run``, if any."""
     deps = [m for m in depends_on if m != run.model]
     if not deps:
         return None
-    earlier = or_(RunRow.created_at < run.created_at, and_(RunRow.created_at == run.created_at, RunRow.id < run.id))
-    q = (select(RunRow).where(RunRow.model.in_(deps), RunRow.state.in_(ACTIVE_RUN_STATES), earlier)
-         .order_by(RunRow.created_at, RunRow.id).limit(1))
-    return tx.s.scalars(q).first()
+    return tx.runs.blocker(run, deps)
 
 
-def describe_dependency(blocker: RunRow) -> str:
+def describe_dependency(blocker: RunRecord) -> str:
     return f"{blocker.model} run {blocker.id[:8]} ({blocker.state}) to finish"
 
 
@@ -52,7 +47,7 @@ def slot_wait(limit: int) -> str:
     return f"{SLOT_WAIT_PREFIX} ({limit} of {limit} in use)"
 
 
-def wake(tx: Tx, *, depends_on: dict[str, tuple[str, ...]], limit: int, now: datetime,
+def wake(tx: UnitOfWork, *, depends_on: dict[str, tuple[str, ...]], limit: int, now: datetime,
          skip_dispatched_after: datetime | None = None, scan: int = 200) -> list[str]:
     """Send ``retrain.train`` for the best waiting runs, as many as there are free slots.
 
@@ -62,28 +57,24 @@ def wake(tx: Tx, *, depends_on: dict[str, tuple[str, ...]], limit: int, now: dat
     sent again recently and whose message may still be on its way. Returns the ids sent.
     """
     free = slots.free_count(tx, limit, now)
-    q = (select(RunRow).where(RunRow.state == "queued", RunRow.blocked_on.is_not(None))
-         .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id).limit(scan))
-    if tx.pg:
-        q = q.with_for_update(skip_locked=True)  # a run being claimed right now is in good hands
     sent: list[str] = []
     taken = 0
-    for run in tx.s.scalars(q):
+    for run in tx.runs.waiting(scan):
         blocker = dependency_blocker(tx, run, depends_on.get(run.model, ()))
         if blocker is not None:
             text = describe_dependency(blocker)
             if run.blocked_on != text:
-                run.blocked_on = text
+                tx.runs.note(run, blocked_on=text)
             continue
         if taken >= free:
-            assert run.blocked_on is not None  # q takes only runs with it set
+            assert run.blocked_on is not None  # waiting() takes only runs with it set
             if not run.blocked_on.startswith(SLOT_WAIT_PREFIX):
-                run.blocked_on = slot_wait(limit)
+                tx.runs.note(run, blocked_on=slot_wait(limit))
             continue
         taken += 1
         if skip_dispatched_after is not None and run.dispatched_at and run.dispatched_at > skip_dispatched_after:
             continue  # sent again a moment ago and on its way: it still counts against the free slots
-        tx.enqueue(TRAIN, {"v": 1, "run_id": run.id}, now, priority=run.priority)
-        run.dispatched_at = now
+        tx.outbox.enqueue(TRAIN, {"v": 1, "run_id": run.id}, now, priority=run.priority)
+        tx.runs.note(run, dispatched_at=now)
         sent.append(run.id)
     return sent

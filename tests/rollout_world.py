@@ -20,8 +20,8 @@ from retrain.examples.direction import train
 from retrain.examples.market import Regime, SyntheticMarket
 from retrain.serving import ModelRouter, StoreRoutingReader
 from retrain.steps.dispatch import drain, run_step
-from retrain.storage.repo import new_id
 from tests.conftest import T0
+from tests.runs import make_run
 
 MODEL = "direction"
 FEATURES = [f"f{i}" for i in range(8)]
@@ -71,29 +71,25 @@ def add_version(ctx, version: str, regime: str, seed: int = 99, *, store=None, a
     hold = artifacts.put_object(holdout)
     major, minor, patch = (int(p) for p in version.split("."))
     with store.tx() as tx:
-        tx.add_version(model=MODEL, version=version, major=major, minor=minor, patch=patch, status="registered",
-                       created_at=now, deleted_at=None, artifact_sha256=art.sha256, artifact_size=art.size,
-                       bump_kind="minor", bump_reason="test", parent_version=None, feature_schema=FEATURES,
-                       params={}, metrics={"holdout_sha256": hold.sha256, "holdout_rows": len(holdout["y"])})
+        tx.versions.add(model=MODEL, version=version, major=major, minor=minor, patch=patch, status="registered",
+                        created_at=now, deleted_at=None, artifact_sha256=art.sha256, artifact_size=art.size,
+                        bump_kind="minor", bump_reason="test", parent_version=None, feature_schema=FEATURES,
+                        params={}, metrics={"holdout_sha256": hold.sha256, "holdout_rows": len(holdout["y"])})
     return art.sha256
 
 
 def make_production(ctx, version: str, *, store=None, now=None) -> None:
     store, now = store or ctx.store, now or ctx.now()
     with store.tx() as tx:
-        tx.move_alias(MODEL, "production", version, actor="test", reason="given", now=now)
-        tx.version(MODEL, version).status = "production"
+        tx.aliases.move(MODEL, "production", version, actor="test", reason="given", now=now)
+        tx.versions.update(tx.versions.get(MODEL, version), status="production")
 
 
 def new_candidate_run(store, version: str, now: datetime) -> str:
     """A run whose candidate has just been trained, with its ``retrain.validate`` message in the outbox."""
     with store.tx() as tx:
-        run_id = tx.create_run(model=MODEL, request_id=new_id(), decision_id=new_id(), trigger="manual", priority=3,
-                               now=now)
-    with store.tx() as tx:
-        run = tx.run(run_id)
-        run.state, run.stage, run.candidate_version = "validating", "validating", version
-        tx.enqueue("retrain.validate", {"v": 1, "run_id": run_id}, now, priority=3)
+        run_id = make_run(tx, MODEL, now, state="validating", version=version).id
+        tx.outbox.enqueue("retrain.validate", {"v": 1, "run_id": run_id}, now, priority=3)
     return run_id
 
 
@@ -161,9 +157,9 @@ class App:
 
 def rollout_row(ctx, run_id: str):
     with ctx.store.tx() as tx:
-        return tx.rollout(run_id)
+        return tx.rollouts.get(run_id)
 
 
 def aliases(ctx) -> dict[str, tuple[str | None, float]]:
     with ctx.store.tx() as tx:
-        return {a: (r.version, r.share_pct) for a, r in tx.aliases(MODEL).items()}
+        return {a: (r.version, r.share_pct) for a, r in tx.aliases.all(MODEL).items()}

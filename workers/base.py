@@ -27,7 +27,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from retrain.errors import PayloadError, StaleLeaseError, TransientError
 from retrain.outbox import relay
 from retrain.payloads import parse_payload
-from retrain.storage.repo import OutboxMessage
+from retrain.records import OutboxMessage
 from retrain.tasks import TASKS
 from workers import runtime
 
@@ -121,13 +121,13 @@ def dead_letter(name: str, reason: str, payload: Any) -> None:
     model = model[:128] if model else None
     try:
         with ctx.store.tx() as tx:
-            tx.dead_letter(ctx.now(), name, reason, body, model)
+            tx.dead_letters.add(ctx.now(), name, reason, body, model)
     except Exception as exc:  # noqa: BLE001 - a value the database refused: keep it as text instead
         if isinstance(exc, TransientError):
             raise
         log.warning("%s: dead letter stored as text (%s)", name, type(exc).__name__)
         with ctx.store.tx() as tx:
-            tx.dead_letter(ctx.now(), name, reason, {"unstorable": _text(repr(payload)[:10_000])}, None)
+            tx.dead_letters.add(ctx.now(), name, reason, {"unstorable": _text(repr(payload)[:10_000])}, None)
     log.warning("%s: payload rejected and kept in dead_letters: %s", name, reason)
 
 

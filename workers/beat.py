@@ -4,7 +4,7 @@
 is Celery's file-backed scheduler with two additions:
 
 * **A lease.** Before it sends anything, the scheduler takes the ``beat`` lease in
-  the database (``Tx.hold_lease``: one conditional UPDATE of a ``controls`` row, so
+  the database (``controls.hold_lease``: one conditional UPDATE of a ``controls`` row, so
   it works on Postgres and SQLite alike, whatever the broker) and renews it at least
   every third of ``RETRAIN_BEAT_LEASE_S`` (default 30 s). A second beat finds the
   lease held and waits, trying again every third of the lease; when the first one
@@ -69,7 +69,7 @@ class LockedScheduler(PersistentScheduler):
         ctx = runtime.context()
         try:
             with ctx.store.tx() as tx:
-                held = tx.hold_lease(LEASE, self.holder, ctx.now(), self.lease_s)
+                held = tx.controls.hold_lease(LEASE, self.holder, ctx.now(), self.lease_s)
         except Exception as exc:  # noqa: BLE001 - a beat that cannot renew must stop sending
             log.warning("beat %s cannot reach the database to renew its lease (%s); sending nothing", self.holder,
                         exc)
@@ -93,7 +93,7 @@ class LockedScheduler(PersistentScheduler):
             if self._holding:
                 ctx = runtime.context()
                 with ctx.store.tx() as tx:
-                    tx.release_lease(LEASE, self.holder)
+                    tx.controls.release_lease(LEASE, self.holder)
                 self._holding = False
         except Exception:  # noqa: BLE001 - the lease then simply runs out
             log.exception("beat %s could not release its lease", self.holder)

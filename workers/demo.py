@@ -224,8 +224,8 @@ def _operator_approves(ctx, send, now, after: timedelta) -> None:
     from retrain.steps.decide import resolve_pending
 
     with ctx.store.tx() as tx:
-        waiting = [r.id for r in tx.requests(statuses=("pending_approval",))
-                   if r.decision_id and tx.decision(r.decision_id).decided_at <= now - after]
+        waiting = [r.id for r in tx.requests.newest(statuses=("pending_approval",))
+                   if r.decision_id and tx.decisions.get(r.decision_id).decided_at <= now - after]
     for rid in waiting:
         resolve_pending(ctx, rid, approve=True, actor="demo operator", reason="reviewed the evidence")
     if waiting:
@@ -240,7 +240,7 @@ _SHOWN = {"request", "decision", "version", "validation", "shadow", "rollout", "
 
 def _echo_events(ctx, after_id: int, say) -> int:
     with ctx.store.tx() as tx:
-        events = [e for e in tx.audit_events("direction", limit=50) if e.id > after_id]
+        events = [e for e in tx.audit.events("direction", limit=50) if e.id > after_id]
     for e in events:
         if e.kind in _SHOWN:
             say(f"    {e.at:%a %H:%M}  {e.kind:<10} {e.message}")

@@ -156,14 +156,14 @@ class _Serving:
 
     def state(self) -> tuple[str | None, str | None, float]:
         with self.ctx.store.tx() as tx:
-            aliases = tx.aliases(self.model)
+            aliases = tx.aliases.all(self.model)
             prod = aliases["production"].version if "production" in aliases else None
             canary_row = aliases.get("canary")
             canary = canary_row.version if canary_row is not None else None
             share = float(canary_row.share_pct or 0.0) if canary_row is not None else 0.0
             for v in (prod, canary):
                 if v is not None and v not in self._sha:
-                    row = tx.version(self.model, v)
+                    row = tx.versions.get(self.model, v)
                     assert row is not None, f"alias of {self.model} points at a missing version {v}"
                     self._sha[v] = row.artifact_sha256
         return prod, canary, share
@@ -185,29 +185,18 @@ class _Writes:
     def __init__(self, engine) -> None:
         from sqlalchemy import event
 
-        from retrain.storage.models import (
-            AliasRow,
-            AuditRow,
-            DecisionRow,
-            OutboxRow,
-            RequestRow,
-            RolloutRow,
-            RunRow,
-            TrainingSlotRow,
-            VersionRow,
-        )
+        from retrain.storage.schema import TABLES as T
 
         self.counts: dict[str, int] = {}
-        self.aliases = (AliasRow.__tablename__,)
+        self.aliases = (T["aliases"],)
         # The loop's state: requests, decisions, runs, rollouts, aliases, versions; every change is audited too.
-        self.control = (RequestRow.__tablename__, DecisionRow.__tablename__, RunRow.__tablename__,
-                        RolloutRow.__tablename__, AliasRow.__tablename__, VersionRow.__tablename__,
-                        AuditRow.__tablename__)
+        self.control = (T["retrain_requests"], T["decisions"], T["training_runs"], T["rollouts"], T["aliases"],
+                        T["model_versions"], T["audit_events"])
         # Every transition of the loop is audited (a request, a decision, a training, a stage...); a
         # rollout's evaluation that only counted more rows is not.
-        self.audit = (AuditRow.__tablename__,)
+        self.audit = (T["audit_events"],)
         # What a drain acts on: messages to run, runs waiting for a slot.
-        self.work = (OutboxRow.__tablename__, RunRow.__tablename__, TrainingSlotRow.__tablename__)
+        self.work = (T["outbox"], T["training_runs"], T["training_slots"])
         event.listen(engine, "before_cursor_execute", self._seen)
 
     def _seen(self, conn, cursor, statement, parameters, context, executemany) -> None:
@@ -272,13 +261,11 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
     outcome, nothing due. The one difference: a trigger's window keeps its old outcomes
     until the next tick that runs (the windows slide with the data, not between rows).
     """
-    from sqlalchemy import func, select
 
     from retrain.payloads import IngestBatch
     from retrain.steps.dispatch import STEPS, drain, run_step
     from retrain.steps.ingest import ingest
     from retrain.steps.requests import slot_key, sync_models
-    from retrain.storage.models import DecisionRow, RequestRow
     from retrain.tasks import DECIDE, EVALUATE_ROLLOUTS, RECONCILE, REQUEST_RETRAINING, RETENTION, SWEEP
 
     tick = opts.sweep_every.total_seconds()
@@ -357,14 +344,11 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
             seen = writes.of(writes.control)
             if seen != state_seen:
                 with ctx.store.tx() as tx:
-                    open_requests = tx.s.scalar(select(func.count()).select_from(RequestRow).where(
-                        RequestRow.model == model, RequestRow.open_key.is_not(None)))
+                    open_requests = tx.requests.open_count(model)
                     # Whatever retrain.evaluate_rollouts would evaluate counts too (a rollout outliving its run).
-                    busy = (bool(open_requests) or tx.active_run(model) is not None
-                            or bool(tx.active_rollouts(model)))
-                    due = tx.s.scalar(select(func.min(DecisionRow.defer_until)).select_from(RequestRow).join(
-                        DecisionRow, DecisionRow.id == RequestRow.decision_id).where(
-                        RequestRow.model == model, RequestRow.status == "deferred"))
+                    busy = (bool(open_requests) or tx.runs.active(model) is not None
+                            or bool(tx.rollouts.active(model)))
+                    due = tx.requests.next_deferred(model)
                 deferred_at = None if due is None else utc(due).timestamp()
                 state_seen = writes.of(writes.control)
             return busy, deferred_at
@@ -487,7 +471,7 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
                 if progress is not None and pct != last_pct:
                     last_pct = pct
                     with ctx.store.tx() as tx:
-                        trainings = len(tx.versions(model))
+                        trainings = len(tx.versions.all(model))
                     progress(spec.label, min(1.0, (T - t0) / (t_end - t0)), out.replayed_until, trainings)
             # Retention's last pass, so that the versions end as hourly passes would have left them.
             if RETENTION in STEPS and writes.of(writes.control) != retention_seen:

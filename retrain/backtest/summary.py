@@ -123,10 +123,6 @@ def baselines(data: ReplayData, used: np.ndarray, warm_end: datetime,
 
 def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions) -> dict[str, Any]:
     """One policy's object of ``report.json`` (see the schema in :mod:`retrain.backtest`)."""
-    from sqlalchemy import select
-
-    from retrain.storage.models import DriftReportRow
-
     model = outcome.model
     pred = outcome.pred
     used = (pred >= 0) & (data.ts >= outcome.warm_end.timestamp())
@@ -138,23 +134,21 @@ def policy_report(data: ReplayData, outcome: ReplayOutcome, opts: ReplayOptions)
     best = max((b["accuracy"] for b in trivial.values() if b["accuracy"] is not None), default=None)
 
     with outcome.ctx.store.tx() as tx:
-        requests = tx.requests(model, limit=1_000_000)
+        requests = tx.requests.newest(model, limit=1_000_000)
         req_by_id = {r.id: r for r in requests}
-        decisions = tx.decisions(model, limit=1_000_000)
-        versions = tx.versions(model)
-        history = tx.alias_history(model, limit=1_000_000)
-        runs = tx.runs(model, limit=1_000_000)
-        actual = [c for c in tx.cost_rows() if c.kind == "actual" and c.model == model]
-        drift_rows = list(tx.s.scalars(select(DriftReportRow).where(DriftReportRow.model == model)
-                                       .order_by(DriftReportRow.at, DriftReportRow.id)))
-        drift = [_drift_entry(r.at, r.version, r.report) for r in drift_rows]
+        decisions = tx.decisions.newest(model, limit=1_000_000)
+        versions = tx.versions.all(model)
+        history = tx.aliases.history(model, limit=1_000_000)
+        runs = tx.runs.newest(model, limit=1_000_000)
+        actual = [c for c in tx.ledger.entries() if c.kind == "actual" and c.model == model]
+        drift = [_drift_entry(r.at, r.version, r.report) for r in tx.monitoring.drift_reports(model)]
 
         triggers = {k.value: 0 for k in TriggerKind}
         for r in requests:
             triggers[r.trigger] = triggers.get(r.trigger, 0) + 1
 
         run_names = {r.id: f"({r.candidate_version})" if r.candidate_version else "(not trained yet)" for r in
-                     tx.runs(model, limit=1_000_000)}
+                     tx.runs.newest(model, limit=1_000_000)}
         decision_list = []
         # Ids are random: order by what was decided, so that the same replay lists them the same way.
         for d in sorted(decisions, key=lambda d: (d.decided_at, d.trigger, d.verdict, d.summary or "")):

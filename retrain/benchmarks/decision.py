@@ -47,13 +47,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from retrain.domain import RetrainRequest, Severity, TriggerKind
 from retrain.policy import Policy, ResourceReading, StateSnapshot, decide
 
 if TYPE_CHECKING:
-    from sqlalchemy import Table
+    pass
 
 __all__ = ["run", "run_pure", "run_task", "make_cases", "throwaway_database", "PG_ADMIN_URL"]
 
@@ -201,19 +201,18 @@ def _seed(ctx, now: datetime, rng: random.Random) -> None:
     """A month of history for every model (see the module docstring)."""
     from retrain import lifecycle
     from retrain.steps.requests import sync_models
-    from retrain.storage.models import CostRow
 
     sync_models(ctx)
     with ctx.store.tx() as tx:
         for i, name in enumerate(sorted(ctx.config.models)):
-            tx.model_row(name).deployed_at = now - timedelta(days=3 if i == 0 else 90)
-            tx.add_version(model=name, version="1.0.0", major=1, minor=0, patch=0, status="production",
-                           created_at=now - timedelta(days=40), deleted_at=None, artifact_sha256="0" * 64,
-                           artifact_size=1, bump_kind="initial", bump_reason="bench", parent_version=None,
-                           data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
-                           params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
-                           decision_id=None, run_id=None, cost_usd=0.0)
-            tx.move_alias(name, "production", "1.0.0", actor="bench", reason="seed", now=now - timedelta(days=40))
+            tx.models.set_deployed(name, now - timedelta(days=3 if i == 0 else 90))
+            tx.versions.add(model=name, version="1.0.0", major=1, minor=0, patch=0, status="production",
+                            created_at=now - timedelta(days=40), deleted_at=None, artifact_sha256="0" * 64,
+                            artifact_size=1, bump_kind="initial", bump_reason="bench", parent_version=None,
+                            data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
+                            params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
+                            decision_id=None, run_id=None, cost_usd=0.0)
+            tx.aliases.move(name, "production", "1.0.0", actor="bench", reason="seed", now=now - timedelta(days=40))
             start = now.replace(second=0, microsecond=0) - timedelta(days=1)
             acc = rng.uniform(0.55, 0.60)
             buckets = []
@@ -224,29 +223,27 @@ def _seed(ctx, now: datetime, rng: random.Random) -> None:
                                 "tp": correct // 2, "tn": correct - correct // 2, "fp": (n - correct) // 2,
                                 "fn": n - correct - (n - correct) // 2, "ret_sum": 0.0, "ret_sq_sum": 0.0,
                                 "unlabelled": 0})
-            tx.add_buckets(buckets)
+            tx.monitoring.add_buckets(buckets)
             costs = []
             for k in range(12):
                 at = now - timedelta(days=30) + timedelta(days=2.4 * k, minutes=rng.randrange(600))
                 # A finished run of the past, moved through its lifecycle like any other.
-                rid = lifecycle.new_run(tx, model=name, request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
-                                        trigger="performance", priority=7, now=at)
-                run = tx.run(rid)
-                attempt = lifecycle.start_training(run, owner="bench", now=at, lease_until=at)
-                lifecycle.to_validating(run, None, attempt=attempt, owner="bench")
-                lifecycle.to_promotion(run)
-                lifecycle.complete(run, at + timedelta(minutes=5))
+                run = lifecycle.new_run(tx, model=name, request_id=str(uuid.uuid4()),
+                                        decision_id=str(uuid.uuid4()), trigger="performance", priority=7, now=at)
+                rid = run.id
+                run = lifecycle.start_training(tx, run, owner="bench", now=at, lease_until=at)
+                run = lifecycle.to_validating(tx, run, None, attempt=run.attempt, owner="bench")
+                run = lifecycle.to_promotion(tx, run)
+                lifecycle.complete(tx, run, at + timedelta(minutes=5))
                 est, actual = 0.4, rng.uniform(0.2, 0.8)
                 for kind, amount in (("reservation", est), ("release", -est), ("actual", actual)):
                     costs.append({"run_id": rid, "model": name, "kind": kind, "amount_usd": amount, "at": at,
                                   "day": at.strftime("%Y-%m-%d"), "month": at.strftime("%Y-%m"), "detail": {}})
-            tx.s.flush()  # the runs before their cost rows
-            tx.s.execute(cast("Table", CostRow.__table__).insert(), costs)
+            tx.ledger.add_many(costs)  # after the runs (it flushes them first)
 
 
 def _new_request(ctx, rng: random.Random, now: datetime) -> str:
-    from retrain.domain import TRIGGER_PRIORITY
-    from retrain.storage.models import RequestRow
+    from retrain.domain import RetrainRequest, Severity
 
     trig = rng.choices(_TRIGGERS, _WEIGHTS)[0]
     evidence: dict[str, Any] = {}
@@ -254,10 +251,10 @@ def _new_request(ctx, rng: random.Random, now: datetime) -> str:
         evidence = {"baseline_accuracy": 0.60, "current_accuracy": rng.uniform(0.50, 0.58), "version": "1.0.0"}
     rid = str(uuid.uuid4())
     with ctx.store.tx() as tx:
-        tx.s.add(RequestRow(id=rid, model=f"m{rng.randrange(len(ctx.config.models))}", trigger=trig.value,
-                            priority=TRIGGER_PRIORITY[trig], status="open", reason="bench", evidence=evidence,
-                            severity="HIGH" if trig is TriggerKind.EMERGENCY else None, requested_by="bench",
-                            override_budget=False, created_at=now, updated_at=now, open_key=None))
+        tx.requests.open(RetrainRequest(
+            id=rid, model=f"m{rng.randrange(len(ctx.config.models))}", trigger=trig, created_at=now, reason="bench",
+            evidence=evidence, severity=Severity.HIGH if trig is TriggerKind.EMERGENCY else None,
+            requested_by="bench"), exclusive=False)
     return rid
 
 
@@ -269,15 +266,15 @@ def _finish(ctx, run_id: str, rng: random.Random) -> None:
     from retrain import lifecycle
 
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         now = ctx.now()
-        attempt = lifecycle.start_training(run, owner=ctx.worker_id, now=now, lease_until=now)
-        lifecycle.to_validating(run, None, attempt=attempt, owner=ctx.worker_id)
-        lifecycle.to_promotion(run)
-        lifecycle.complete(run, now)
-        held = tx.held_reservation(run_id)
-        tx.add_cost(run_id, run.model, "release", -held, ctx.now(), {"reason": "replaced by actual cost"})
-        tx.add_cost(run_id, run.model, "actual", held * rng.uniform(0.5, 1.5), ctx.now(), {})
+        run = lifecycle.start_training(tx, run, owner=ctx.worker_id, now=now, lease_until=now)
+        run = lifecycle.to_validating(tx, run, None, attempt=run.attempt, owner=ctx.worker_id)
+        run = lifecycle.to_promotion(tx, run)
+        lifecycle.complete(tx, run, now)
+        held = tx.ledger.held_reservation(run_id)
+        tx.ledger.add(run_id, run.model, "release", -held, ctx.now(), {"reason": "replaced by actual cost"})
+        tx.ledger.add(run_id, run.model, "actual", held * rng.uniform(0.5, 1.5), ctx.now(), {})
 
 
 def _floor(ctx, n: int = 300) -> dict[str, float]:
@@ -286,14 +283,12 @@ def _floor(ctx, n: int = 300) -> dict[str, float]:
     The machines are shared and noisy; the step's figures read best as a multiple
     of this one, measured in the same run.
     """
-    from sqlalchemy import text
-
     clock_ns = time.perf_counter_ns
     timings = []
     for _ in range(n):
         t0 = clock_ns()
         with ctx.store.tx() as tx:
-            tx.s.execute(text("SELECT 1"))
+            tx.ping()
         timings.append(clock_ns() - t0)
     timings.sort()
     return {"tx_select1_p50_ms": round(_pct(timings, 0.50) / 1000.0, 3),

@@ -195,10 +195,10 @@ def _register(store, artifacts, model: str, version: str, est, now: datetime) ->
     ref = artifacts.put_object(est)
     major, minor, patch = (int(p) for p in version.split("."))
     with store.tx() as tx:
-        tx.add_version(model=model, version=version, major=major, minor=minor, patch=patch, status="registered",
-                       created_at=now, deleted_at=None, artifact_sha256=ref.sha256, artifact_size=ref.size,
-                       bump_kind="minor", bump_reason="bench", parent_version=None, feature_schema=[],
-                       params={}, metrics={})
+        tx.versions.add(model=model, version=version, major=major, minor=minor, patch=patch, status="registered",
+                        created_at=now, deleted_at=None, artifact_sha256=ref.sha256, artifact_size=ref.size,
+                        bump_kind="minor", bump_reason="bench", parent_version=None, feature_schema=[],
+                        params={}, metrics={})
 
 
 class _Noop:
@@ -254,11 +254,11 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
         for model, (a, b) in (("direction", (prod, canary)), ("noop", (_Noop(), _Noop())), ("solo", (prod, None))):
             _register(store, artifacts, model, "1.0.0", a, now)
             with store.tx() as tx:
-                tx.move_alias(model, "production", "1.0.0", actor="bench", reason="bench", now=now)
+                tx.aliases.move(model, "production", "1.0.0", actor="bench", reason="bench", now=now)
             if b is not None:  # a rollout in progress: the canary at 10 %
                 _register(store, artifacts, model, "1.1.0", b, now)
                 with store.tx() as tx:
-                    tx.move_alias(model, "canary", "1.1.0", actor="bench", reason="bench", now=now, share_pct=10.0)
+                    tx.aliases.move(model, "canary", "1.1.0", actor="bench", reason="bench", now=now, share_pct=10.0)
 
         def measure_one(model: str, lo: int, hi: int, mode: str, rate: int) -> dict[str, Any]:
             relay = ProcessRelay("memory://", dry_run=True) if mode == "relay" else None
@@ -366,6 +366,7 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
 
 def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
     """Seconds from an automatic rollback's commit to the router serving production only."""
+    from retrain import lifecycle
     from retrain.artifacts import ArtifactStore
     from retrain.clock import SystemClock
     from retrain.config import parse_config
@@ -389,7 +390,7 @@ def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
         now = ctx.now()
         _register(store, artifacts, "direction", "1.0.0", prod, now)
         with store.tx() as tx:
-            tx.move_alias("direction", "production", "1.0.0", actor="bench", reason="bench", now=now)
+            tx.aliases.move("direction", "production", "1.0.0", actor="bench", reason="bench", now=now)
         modes = ("notify", "poll") if kind == "postgresql" else ("poll",)
         follow_s: dict[str, list[float]] = {m: [] for m in modes}
         n = 0
@@ -404,11 +405,11 @@ def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
                     now = ctx.now()
                     _register(store, artifacts, "direction", version, canary, now)
                     with store.tx() as tx:
-                        run_id = tx.create_run(model="direction", request_id=f"bench-{n}", decision_id=f"bench-{n}",
-                                               trigger="manual", priority=3, now=now)
-                    with store.tx() as tx:
-                        run = tx.run(run_id)
-                        run.candidate_version = version
+                        # A run trained to this version, walked through its lifecycle like any other.
+                        run = lifecycle.new_run(tx, model="direction", request_id=f"bench-{n}",
+                                                decision_id=f"bench-{n}", trigger="manual", priority=3, now=now)
+                        run = lifecycle.start_training(tx, run, owner="bench", now=now, lease_until=now)
+                        run = lifecycle.to_validating(tx, run, version, attempt=run.attempt, owner="bench")
                         begin_rollout(tx, ctx, run, cfg.model("direction"), "1.0.0", now, "bench")
                     deadline = time.perf_counter() + 10 * refresh_s + 5
                     while router.routing.canary != version and time.perf_counter() < deadline:
@@ -417,7 +418,7 @@ def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
                     time.sleep((t * 0.37 % 1.0) * refresh_s)
                     minute = ctx.now().replace(second=0, microsecond=0)
                     with store.tx() as tx:
-                        tx.add_buckets([
+                        tx.monitoring.add_buckets([
                             {"model": "direction", "version": "1.0.0", "minute": minute, "n": 2000, "tp": 600,
                              "tn": 600, "fp": 400, "fn": 400, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0},
                             {"model": "direction", "version": version, "minute": minute, "n": 300, "tp": 54,

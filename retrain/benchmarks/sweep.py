@@ -61,15 +61,15 @@ def _seed(ctx, engine, names: list[str], rng) -> None:
     bases = {name: round(float(rng.uniform(0.55, 0.65)), 3) for name in names}
     with ctx.store.tx() as tx:
         for name in names:
-            tx.model_row(name).deployed_at = NOW - timedelta(days=30)
+            tx.models.set_deployed(name, NOW - timedelta(days=30))
             base = bases[name]
-            tx.add_version(model=name, version="1.0.0", major=1, minor=0, patch=0, status="production",
-                           created_at=NOW - timedelta(days=30), deleted_at=None, artifact_sha256="0" * 64,
-                           artifact_size=1, bump_kind="initial", bump_reason="bench", parent_version=None,
-                           data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=FEATURES,
-                           params={}, metrics={"baseline": {"accuracy": base}}, git_commit=None, request_id=None,
-                           decision_id=None, run_id=None, cost_usd=0.0)
-            tx.move_alias(name, "production", "1.0.0", actor="bench", reason="seed", now=NOW - timedelta(days=30))
+            tx.versions.add(model=name, version="1.0.0", major=1, minor=0, patch=0, status="production",
+                            created_at=NOW - timedelta(days=30), deleted_at=None, artifact_sha256="0" * 64,
+                            artifact_size=1, bump_kind="initial", bump_reason="bench", parent_version=None,
+                            data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=FEATURES,
+                            params={}, metrics={"baseline": {"accuracy": base}}, git_commit=None, request_id=None,
+                            decision_id=None, run_id=None, cost_usd=0.0)
+            tx.aliases.move(name, "production", "1.0.0", actor="bench", reason="seed", now=NOW - timedelta(days=30))
 
     def buckets():
         for i, name in enumerate(names):

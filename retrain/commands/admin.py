@@ -88,7 +88,7 @@ def cmd_pause(args, paused: bool) -> int:
 
     sync_models(ctx)
     with ctx.store.tx() as tx:
-        tx.set_paused(None if args.all else args.model, paused, args.actor, args.reason, ctx.now())
+        tx.models.set_paused(None if args.all else args.model, paused, args.actor, args.reason, ctx.now())
     what = "paused" if paused else "resumed"
     print(f"{what} automatic retraining for {'all models' if args.all else args.model}"
           + ("; requests are rejected (reason 'paused') until resume" if paused else ""))
@@ -248,12 +248,12 @@ def render_decision(d: dict) -> str:
 def cmd_decisions(args) -> int:
     ctx = _ctx()
     with ctx.store.tx() as tx:
-        rows = tx.decisions(args.model, limit=args.limit if not args.verdict else max(args.limit * 10, 500))
+        rows = tx.decisions.newest(args.model, limit=args.limit if not args.verdict else max(args.limit * 10, 500))
         if args.verdict:
             rows = [d for d in rows if d.verdict == args.verdict][: args.limit]
         data = []
         for d in rows:
-            req = tx.request(d.request_id)
+            req = tx.requests.get(d.request_id)
             data.append({
                 "id": d.id, "at": d.decided_at, "model": d.model, "trigger": d.trigger, "verdict": d.verdict,
                 "request_id": d.request_id, "rules": d.rules, "defer_until": d.defer_until,
@@ -278,8 +278,8 @@ def costs_data(ctx, now: datetime, days: int) -> dict[str, Any]:
     month = now.strftime("%Y-%m")
     since_month = min(first_day[:7], month)
     with ctx.store.tx() as tx:
-        totals = tx.ledger_totals(since_month)
-        estimates = {m: estimate_cost(tx.actual_costs(m), cfg.first_run_cost_usd)
+        totals = tx.ledger.totals(since_month)
+        estimates = {m: estimate_cost(tx.ledger.actual_costs(m), cfg.first_run_cost_usd)
                      for m, cfg in sorted(ctx.config.models.items())}
     glob = Policy.from_mapping({"offpeak_start": None, "offpeak_end": None, **ctx.config.policy})
     policies = {m: ctx.config.policy_for(m) for m in ctx.config.models}
@@ -385,7 +385,7 @@ def cmd_costs(args) -> int:
 def cmd_audit(args) -> int:
     ctx = _ctx()
     with ctx.store.tx() as tx:
-        rows = tx.audit_log(model=args.model, kinds=args.kind, actor=args.actor, subject=args.subject,
+        rows = tx.audit.log(model=args.model, kinds=args.kind, actor=args.actor, subject=args.subject,
                             since=_since(args.since) if args.since else None, limit=args.limit)
     data = [{"id": e.id, "at": e.at, "model": e.model, "kind": e.kind, "actor": e.actor, "subject": e.subject,
              "message": e.message, "data": e.data} for e in rows]

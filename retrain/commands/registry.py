@@ -146,7 +146,7 @@ def cmd_history(args) -> int:
         _out(args, data, head + "\n\n" + body + (f"\n\nproduction: {describe_alias_state(prod)}" if prod else ""))
         return 0
     with ctx.store.tx() as tx:
-        rows = tx.alias_moves(args.model, alias=args.alias, limit=args.limit)
+        rows = tx.aliases.moves(args.model, alias=args.alias, limit=args.limit)
     moves = [{"at": h.at, "alias": h.alias, "from": h.from_version, "to": h.to_version, "actor": h.actor,
               "reason": h.reason} for h in rows]
     text = table([[_when(h["at"], "%Y-%m-%d %H:%M:%S"), h["alias"], h["from"] or "-", "->", h["to"] or "-",

@@ -2,7 +2,7 @@
 
 One transaction does all of it, under one lock:
 
-1. ``DECISION_LOCK`` (``Tx.open_request_locked``, ``Tx.lock``): on Postgres a
+1. ``DECISION_LOCK`` (``requests.get_open_locked``, ``UnitOfWork.lock``): on Postgres a
    transaction-scoped advisory lock (``pg_advisory_xact_lock``), released by the
    commit. Every decision and every approval takes it before reading anything it
    decides on, so read-check-reserve is serial across processes and machines: the
@@ -44,8 +44,8 @@ from retrain.domain import Decision, RetrainRequest, RuleResult, Verdict
 from retrain.errors import PayloadError
 from retrain.lifecycle import new_run
 from retrain.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate
-from retrain.storage.models import RequestRow
-from retrain.storage.repo import DecisionState, Tx
+from retrain.ports import UnitOfWork
+from retrain.records import DecisionState, RequestRecord
 from retrain.tasks import DECIDE, TRAIN
 
 __all__ = [
@@ -105,7 +105,7 @@ def _resources(reports: list[dict], fallback: ResourceReading | None) -> tuple[R
     return fallback, "read locally" if fallback is not None else "none"
 
 
-def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, now: datetime,
+def load_snapshot(tx: UnitOfWork, ctx: Context, req: RetrainRequest, now: datetime,
                   resources: ResourceReading | None = None) -> tuple[RetrainRequest, StateSnapshot, dict[str, Any]]:
     """Everything :func:`decide` needs to know, read in two statements.
 
@@ -114,9 +114,9 @@ def load_snapshot(tx: Tx, ctx: Context, req: RetrainRequest, now: datetime,
     the resource reading were made of, for the decision record.
     """
     cfg = ctx.config.model(req.model)
-    st = tx.decision_snapshot(req.model, now=now, history=_HISTORY,
-                              window=timedelta(minutes=cfg.thresholds.window_minutes),
-                              report_max_age=RESOURCE_REPORT_MAX_AGE, rate_window=_RATE_WINDOW)
+    st = tx.decision_state.snapshot(req.model, now=now, history=_HISTORY,
+                                    window=timedelta(minutes=cfg.thresholds.window_minutes),
+                                    report_max_age=RESOURCE_REPORT_MAX_AGE, rate_window=_RATE_WINDOW)
     rate, rate_source = serving_rate(st.served, st.served_minutes, st.served_first, st.served_last, now)
     estimate = estimate_cost(st.actual_costs, cfg.first_run_cost_usd)
     reading, reading_source = _resources(st.resource_reports, resources)
@@ -171,21 +171,21 @@ def decide_request(ctx: Context, request_id: str, resources: ResourceReading | N
         # A redelivered message for a decided request is answered without queueing for the
         # lock: a request leaves 'open' only under the lock, and whatever reopens it sends
         # a fresh message.
-        row, locked = tx.open_request_locked(request_id, DECISION_LOCK)
+        row, locked = tx.requests.get_open_locked(request_id, DECISION_LOCK)
         if row is None:
             raise PayloadError(f"unknown request {request_id}")
         if not locked or row.status != "open":
             return DecideResult(request_id, None, f"already {row.status}", skipped=True)
         now = ctx.now()
-        req, snapshot, record = load_snapshot(tx, ctx, tx.to_request(row), now, resources)
+        req, snapshot, record = load_snapshot(tx, ctx, row.to_request(), now, resources)
         prod = record["production"]
         fired_on = (row.evidence or {}).get("version")
         if fired_on and prod and fired_on != prod:
             # The trigger judged a version that no longer serves: its evidence is stale.
-            tx.close_request(row, "superseded")
-            tx.audit(now, "decision", "policy", f"{row.trigger} request for {row.model} superseded: it fired on "
-                     f"{fired_on}, production is now {prod}", model=row.model, subject=row.id,
-                     data={"request_id": row.id, "verdict": "superseded"})
+            tx.requests.close(row, "superseded")
+            tx.audit.record(now, "decision", "policy", f"{row.trigger} request for {row.model} superseded: it fired on "
+                            f"{fired_on}, production is now {prod}", model=row.model, subject=row.id,
+                            data={"request_id": row.id, "verdict": "superseded"})
             return DecideResult(request_id, "superseded", f"fired on {fired_on}; production is {prod}")
         decision = decide(req, snapshot, policy_for(ctx, req.model), now)
         decision = replace(decision, detail={**decision.detail, **record})
@@ -193,14 +193,14 @@ def decide_request(ctx: Context, request_id: str, resources: ResourceReading | N
         return _apply(tx, row, req, decision, now, actor="policy")
 
 
-def _keep_floor_clock(tx: Tx, model: str, snapshot: StateSnapshot, decision: Decision, now: datetime) -> None:
+def _keep_floor_clock(tx: UnitOfWork, model: str, snapshot: StateSnapshot, decision: Decision, now: datetime) -> None:
     """Start the floor clock at the first finding below the floor, stop it at one that is not below;
     an undecided finding (below, but not significantly) leaves it as it is."""
     below = (decision.detail.get("value_model") or {}).get("below_floor")
     if below is True and snapshot.below_floor_since is None:
-        tx.set_floor_clock(model, now, now)
+        tx.controls.set_floor_clock(model, now, now)
     elif below is False and snapshot.below_floor_since is not None:
-        tx.set_floor_clock(model, None, now)
+        tx.controls.set_floor_clock(model, None, now)
 
 
 def _rule_json(r: RuleResult) -> dict[str, Any]:
@@ -210,16 +210,15 @@ def _rule_json(r: RuleResult) -> dict[str, Any]:
             "bypassed": r.bypassed, "retry_at": r.retry_at.isoformat() if r.retry_at else None}
 
 
-def _apply(tx: Tx, row: RequestRow, req: RetrainRequest, decision: Decision, now: datetime,
+def _apply(tx: UnitOfWork, row: RequestRecord, req: RetrainRequest, decision: Decision, now: datetime,
            actor: str) -> DecideResult:
     rules = [_rule_json(r) for r in decision.rules]
-    did = tx.add_decision(decision, req.trigger.value, rules)
-    row.decision_id = did
-    tx.audit(now, "decision", actor, f"{req.trigger.value} request for {req.model}: {decision.summary}",
-             model=req.model, subject=did,
-             data={"request_id": req.id, "verdict": decision.verdict.value, "rules": rules,
-                   "defer_until": decision.defer_until.isoformat() if decision.defer_until else None,
-                   "estimated_cost_usd": decision.estimated_cost_usd, "detail": decision.detail})
+    did = tx.decisions.add(decision, req.trigger.value, rules)
+    tx.audit.record(now, "decision", actor, f"{req.trigger.value} request for {req.model}: {decision.summary}",
+                    model=req.model, subject=did,
+                    data={"request_id": req.id, "verdict": decision.verdict.value, "rules": rules,
+                          "defer_until": decision.defer_until.isoformat() if decision.defer_until else None,
+                          "estimated_cost_usd": decision.estimated_cost_usd, "detail": decision.detail})
     run_id = None
     v = decision.verdict
     # A bypass is recorded on its own when it let a run through: rules that failed and
@@ -230,38 +229,37 @@ def _apply(tx: Tx, row: RequestRow, req: RetrainRequest, decision: Decision, now
         emergency = decision.detail.get("emergency") and any(r != "roi" for r in past)
         why = override or "; ".join(w for w in ("emergency" if emergency else None,
                                                  decision.detail.get("roi_yields_to")) if w)
-        tx.audit(now, "bypass", req.requested_by if override else actor,
-                 f"{req.trigger.value} request for {req.model} approved past {', '.join(past)} ({why})",
-                 model=req.model, subject=did,
-                 data={"request_id": req.id, "would_have_failed": past, "why": why,
-                       "bypassed": [r.rule for r in decision.rules if r.bypassed]})
+        tx.audit.record(now, "bypass", req.requested_by if override else actor,
+                        f"{req.trigger.value} request for {req.model} approved past {', '.join(past)} ({why})",
+                        model=req.model, subject=did,
+                        data={"request_id": req.id, "would_have_failed": past, "why": why,
+                              "bypassed": [r.rule for r in decision.rules if r.bypassed]})
     if v is Verdict.APPROVE:
         run_id = start_run(tx, row, req, did, decision.estimated_cost_usd, now)
     elif v is Verdict.DEFER:
-        row.status = "deferred"
+        tx.requests.update(row, status="deferred", decision_id=did)
     elif v is Verdict.PENDING_APPROVAL:
-        row.status = "pending_approval"
+        tx.requests.update(row, status="pending_approval", decision_id=did)
     elif v is Verdict.COALESCED:
-        tx.close_request(row, "coalesced")
-        row.run_id = run_id = decision.detail.get("coalesced_with")
+        run_id = decision.detail.get("coalesced_with")
+        tx.requests.close(row, "coalesced", decision_id=did, run_id=run_id)
     else:
-        tx.close_request(row, "rejected")
+        tx.requests.close(row, "rejected", decision_id=did)
     return DecideResult(req.id, v.value, decision.summary, did, run_id)
 
 
-def start_run(tx: Tx, row: RequestRow, req: RetrainRequest, decision_id: str, estimate: float,
+def start_run(tx: UnitOfWork, row: RequestRecord, req: RetrainRequest, decision_id: str, estimate: float,
               now: datetime) -> str:
     """Create the run, reserve its estimate in the ledger and send it to training (one commit)."""
     run_id = new_run(tx, model=req.model, request_id=req.id, decision_id=decision_id, trigger=req.trigger.value,
-                     priority=req.priority, now=now)
-    tx.close_request(row, "approved")
-    row.run_id = run_id
-    tx.add_cost(run_id, req.model, "reservation", estimate, now, {"decision_id": decision_id, "estimate": True})
-    tx.audit(now, "run", "policy", f"training run queued for {req.model} (priority {req.priority}); "
-             f"${estimate:.4f} reserved", model=req.model, subject=run_id,
-             data={"request_id": req.id, "decision_id": decision_id, "estimate_usd": estimate,
-                   "trigger": req.trigger.value, "requested_by": req.requested_by})
-    tx.enqueue(TRAIN, {"v": 1, "run_id": run_id}, now, priority=req.priority)
+                     priority=req.priority, now=now).id
+    tx.requests.close(row, "approved", decision_id=decision_id, run_id=run_id)
+    tx.ledger.add(run_id, req.model, "reservation", estimate, now, {"decision_id": decision_id, "estimate": True})
+    tx.audit.record(now, "run", "policy", f"training run queued for {req.model} (priority {req.priority}); "
+                    f"${estimate:.4f} reserved", model=req.model, subject=run_id,
+                    data={"request_id": req.id, "decision_id": decision_id, "estimate_usd": estimate,
+                          "trigger": req.trigger.value, "requested_by": req.requested_by})
+    tx.outbox.enqueue(TRAIN, {"v": 1, "run_id": run_id}, now, priority=req.priority)
     return run_id
 
 
@@ -278,37 +276,37 @@ def resolve_pending(ctx: Context, ident: str, *, approve: bool, actor: str, reas
         tx.lock(DECISION_LOCK)
         now = ctx.now()
         row = _find_pending(tx, ident)
-        req = tx.to_request(row)
-        d = tx.decision(row.decision_id) if row.decision_id else None
+        req = row.to_request()
+        d = tx.decisions.get(row.decision_id) if row.decision_id else None
         if d is not None:
-            d.resolved_by, d.resolved_at = actor, now
+            tx.decisions.resolve(d.id, actor, now)
         subject = d.id if d is not None else row.id
         data = {"request_id": row.id, "decision_id": d.id if d else None, "approved": approve, "reason": reason}
         if approve:
-            tx.audit(now, "approval", actor, f"approved retraining of {req.model}: {reason or 'no reason given'}",
-                     model=req.model, subject=subject, data=data)
-            row.evidence = {**(row.evidence or {}), "approved_by": actor}
-            row.status = "open"
-            tx.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
+            tx.audit.record(now, "approval", actor,
+                            f"approved retraining of {req.model}: {reason or 'no reason given'}",
+                            model=req.model, subject=subject, data=data)
+            tx.requests.update(row, evidence={**(row.evidence or {}), "approved_by": actor}, status="open")
+            tx.outbox.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
             return DecideResult(req.id, "approve", f"approved by {actor}; sent back to the decision", subject)
-        tx.audit(now, "approval", actor, f"rejected retraining of {req.model}: {reason}", model=req.model,
-                 subject=subject, data=data)
-        tx.close_request(row, "rejected")
+        tx.audit.record(now, "approval", actor, f"rejected retraining of {req.model}: {reason}", model=req.model,
+                        subject=subject, data=data)
+        tx.requests.close(row, "rejected")
         return DecideResult(req.id, "reject", f"rejected by {actor}: {reason}", subject)
 
 
-def _find_pending(tx: Tx, ident: str) -> RequestRow:
-    row = tx.request(ident, for_update=True)
+def _find_pending(tx: UnitOfWork, ident: str) -> RequestRecord:
+    row = tx.requests.get(ident, for_update=True)
     if row is None:
-        d = tx.decision(ident)
-        row = tx.request(d.request_id, for_update=True) if d else None
+        d = tx.decisions.get(ident)
+        row = tx.requests.get(d.request_id, for_update=True) if d else None
     if row is None and len(ident) >= 4:
         # The CLI shows 8-character ids; accept a unique prefix of a waiting request or its decision.
-        hits = [r for r in tx.requests(statuses=("pending_approval",), limit=1000)
+        hits = [r for r in tx.requests.newest(statuses=("pending_approval",), limit=1000)
                 if r.id.startswith(ident) or (r.decision_id or "").startswith(ident)]
         if len(hits) > 1:
             raise PayloadError(f"{ident} matches {len(hits)} waiting requests; give more of the id")
-        row = tx.request(hits[0].id, for_update=True) if hits else None
+        row = tx.requests.get(hits[0].id, for_update=True) if hits else None
     if row is None:
         raise PayloadError(f"no request or decision with id {ident}")
     if row.status != "pending_approval":

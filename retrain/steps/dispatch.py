@@ -40,8 +40,8 @@ def drain(ctx: Context, *, limit: int = 10_000, on_result: Callable[[str, Any], 
     ran = 0
     while ran < limit:
         with ctx.store.tx() as tx:
-            batch = tx.pending_outbox(limit=50)
-            tx.mark_published([m.id for m in batch], ctx.now())
+            batch = tx.outbox.pending(limit=50)
+            tx.outbox.mark_published([m.id for m in batch], ctx.now())
         if not batch:
             if _wake_waiting(ctx):
                 continue  # a run held back by a dependency may start now (the reconciler's job on workers)

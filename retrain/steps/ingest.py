@@ -203,9 +203,9 @@ def ingest(ctx: Context, batch: IngestBatch) -> IngestResult:
     n = len(batch.id)
     if model_cfg is None:
         with ctx.store.tx() as tx:
-            if not tx.claim_batch(batch.batch_id, now, 0, n):
+            if not tx.monitoring.claim_batch(batch.batch_id, now, 0, n):
                 return IngestResult(batch.batch_id, True, 0, 0, {})
-            tx.dead_letter(now, INGEST, f"unknown model {batch.model!r}", batch.model_dump(), batch.model)
+            tx.dead_letters.add(now, INGEST, f"unknown model {batch.model!r}", batch.model_dump(), batch.model)
         return IngestResult(batch.batch_id, False, 0, n, {"unknown model": n})
 
     try:
@@ -226,15 +226,15 @@ def ingest(ctx: Context, batch: IngestBatch) -> IngestResult:
     samples = (_sample_rows(batch, checked, good, model_cfg.sample.rate, model_cfg.sample.max_per_minute, quota)
                if accepted else [])
     with ctx.store.tx() as tx:
-        if not tx.claim_batch(batch.batch_id, now, accepted, len(dead)):
+        if not tx.monitoring.claim_batch(batch.batch_id, now, accepted, len(dead)):
             return IngestResult(batch.batch_id, True, 0, 0, {})
-        tx.dead_letters_bulk(dead)
+        tx.dead_letters.add_many(dead)
         if batch.client_dropped:
-            tx.audit(now, "client", "client", f"the client dropped {batch.client_dropped} rows of {batch.model} "
-                     "before this batch (broker unreachable or buffer full)", model=batch.model,
-                     data={"dropped": batch.client_dropped, "batch_id": batch.batch_id})
-        tx.add_buckets(buckets)
-        tx.add_samples(samples)
+            tx.audit.record(now, "client", "client", f"the client dropped {batch.client_dropped} rows of {batch.model} "
+                            "before this batch (broker unreachable or buffer full)", model=batch.model,
+                            data={"dropped": batch.client_dropped, "batch_id": batch.batch_id})
+        tx.monitoring.add_buckets(buckets)
+        tx.monitoring.add_samples(samples)
     return IngestResult(batch.batch_id, False, accepted, len(dead), reasons)
 
 

@@ -12,9 +12,9 @@ from datetime import datetime
 
 from retrain.context import Context
 from retrain.lifecycle import complete
+from retrain.ports import UnitOfWork
+from retrain.records import RunRecord
 from retrain.steps.sweep import refresh_drift_reference
-from retrain.storage.models import RunRow
-from retrain.storage.repo import Tx
 
 __all__ = ["PromoteResult", "promote_run", "finish_promotion", "rollback"]
 
@@ -36,10 +36,10 @@ def promote_run(ctx: Context, run_id: str) -> PromoteResult:
     """
     now = ctx.now()
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         if run is None or run.state != "rollout":
             return PromoteResult(run_id, "skipped", detail=f"run is {run.state if run else 'unknown'}")
-        if tx.rollout(run_id) is not None:
+        if tx.rollouts.get(run_id) is not None:
             return PromoteResult(run_id, "skipped", detail="a staged rollout moves this run (retrain rollout MODEL)")
         tx.lock(f"retrain:aliases:{run.model}")
         reason = f"run {run.id[:8]} ({run.trigger}) validated"
@@ -47,31 +47,31 @@ def promote_run(ctx: Context, run_id: str) -> PromoteResult:
         return PromoteResult(run_id, "promoted", run.candidate_version, old, reason)
 
 
-def finish_promotion(tx: Tx, run: RunRow, now: datetime, reason: str) -> str | None:
+def finish_promotion(tx: UnitOfWork, run: RunRecord, now: datetime, reason: str) -> str | None:
     """The run's candidate becomes ``production`` and the old one ``previous``; audited. Returns the old one.
 
     Also clears ``candidate`` and ``canary``; called with the model's alias lock held.
     """
     model, version = run.model, run.candidate_version
     assert version is not None  # a run reaches promotion with its candidate trained
-    old = tx.move_alias(model, "production", version, actor="promotion", reason=reason, now=now)
+    old = tx.aliases.move(model, "production", version, actor="promotion", reason=reason, now=now)
     if old and old != version:
-        tx.move_alias(model, "previous", old, actor="promotion", reason=f"replaced by {version}", now=now)
-        old_row = tx.version(model, old)
+        tx.aliases.move(model, "previous", old, actor="promotion", reason=f"replaced by {version}", now=now)
+        old_row = tx.versions.get(model, old)
         if old_row is not None:
-            old_row.status = "retired"
+            tx.versions.update(old_row, status="retired")
     for alias in ("candidate", "canary"):
-        if tx.alias(model, alias) is not None:
-            tx.move_alias(model, alias, None, actor="promotion", reason=f"{version} promoted", now=now)
-    row = tx.version(model, version)
+        if tx.aliases.get(model, alias) is not None:
+            tx.aliases.move(model, alias, None, actor="promotion", reason=f"{version} promoted", now=now)
+    row = tx.versions.get(model, version)
     assert row is not None
-    row.status = "production"
-    model_row = tx.model_row(model)
+    tx.versions.update(row, status="production")
+    model_row = tx.models.get(model)
     if model_row is not None and model_row.deployed_at is None:
-        model_row.deployed_at = now
-    complete(run, now)
-    tx.audit(now, "promotion", "promotion", f"{model} {version} is production (previous: {old or 'none'})",
-             model=model, subject=version, data={"run_id": run.id, "previous": old, "reason": reason})
+        tx.models.set_deployed(model, now)
+    complete(tx, run, now)
+    tx.audit.record(now, "promotion", "promotion", f"{model} {version} is production (previous: {old or 'none'})",
+                    model=model, subject=version, data={"run_id": run.id, "previous": old, "reason": reason})
     # Drift is judged against what production was trained on: the new version's training window.
     refresh_drift_reference(tx, model, version, now, actor="promotion", reason=f"{version} promoted")
     return old
@@ -91,9 +91,10 @@ def rollback(ctx: Context, model: str, version: str | None = None, *, actor: str
     target = version
     with ctx.store.tx() as tx:
         # A repeated message (from_version already out of service) is answered 'skipped' below.
-        if from_version is None or from_version in (tx.alias(model, "production"), tx.alias(model, "canary")):
+        if from_version is None or from_version in (tx.aliases.get(model, "production"), tx.aliases.get(model,
+                                                                                                        "canary")):
             target = resolve_rollback(tx, model, version)
-            target_row = tx.version(model, target)
+            target_row = tx.versions.get(model, target)
             assert target_row is not None  # resolve_rollback refuses a version that is not there
             sha = target_row.artifact_sha256
             verify = True

@@ -76,8 +76,8 @@ def reconcile(ctx: Context) -> ReconcileResult:
 
 def _expired_leases(tx, ctx: Context, now: datetime, out: ReconcileResult) -> None:
     cap = ctx.settings.max_attempts
-    for stale in tx.expired_leases(now):
-        run = tx.run(stale.id, for_update=True)
+    for stale in tx.runs.expired_leases(now):
+        run = tx.runs.get(stale.id, for_update=True)
         if run is None or run.state != "training" or run.lease_expires_at is None or run.lease_expires_at >= now:
             continue  # renewed or finished since it was read
         owner, attempt = run.lease_owner, run.attempt
@@ -88,10 +88,10 @@ def _expired_leases(tx, ctx: Context, now: datetime, out: ReconcileResult) -> No
                 out.dead.append(run.id)
             continue
         slots.release(tx, run.id, attempt)
-        requeue(run, attempt=attempt, reason=lost, now=now)
-        tx.audit(now, "run", "reconciler", f"run of {run.model}: {lost}; sent again", model=run.model,
-                 subject=run.id, data={"attempt": attempt, "owner": owner})
-        tx.enqueue(TRAIN, {"v": 1, "run_id": run.id}, now, priority=run.priority)
+        requeue(tx, run, attempt=attempt, reason=lost, now=now)
+        tx.audit.record(now, "run", "reconciler", f"run of {run.model}: {lost}; sent again", model=run.model,
+                        subject=run.id, data={"attempt": attempt, "owner": owner})
+        tx.outbox.enqueue(TRAIN, {"v": 1, "run_id": run.id}, now, priority=run.priority)
         out.requeued.append(run.id)
 
 
@@ -99,7 +99,7 @@ def _lost_run_messages(tx, ctx: Context, now: datetime, out: ReconcileResult) ->
     stale = now - timedelta(seconds=ctx.settings.requeue_after_s)
     budget = slots.free_count(tx, ctx.settings.training_slots, now)
     states = sorted({state for state, _ in STEP_OF_STATE})
-    candidates = sorted(tx.runs(states=states, limit=1000), key=lambda r: (-r.priority, r.created_at))
+    candidates = sorted(tx.runs.newest(states=states, limit=1000), key=lambda r: (-r.priority, r.created_at))
     for run in candidates:
         if run.id in out.requeued or run.id in out.woken or _last_sign(run) >= stale:
             continue
@@ -112,26 +112,26 @@ def _lost_run_messages(tx, ctx: Context, now: datetime, out: ReconcileResult) ->
             if budget <= 0:
                 continue  # it could not start anyway; a slot that frees wakes it
             budget -= 1
-        locked = tx.run(run.id, for_update=True)
+        locked = tx.runs.get(run.id, for_update=True)
         if locked is None or locked.state != run.state:
             continue
-        locked.dispatched_at = now
-        tx.audit(now, "run", "reconciler", f"no sign of run {run.id[:8]} of {run.model} ({run.state}) since "
-                 f"{_last_sign(run).isoformat()}: its message may be lost; {task} sent again",
-                 model=run.model, subject=run.id, data={"task": task})
-        tx.enqueue(task, {"v": 1, "run_id": run.id}, now, priority=run.priority)
+        tx.runs.note(locked, dispatched_at=now)
+        tx.audit.record(now, "run", "reconciler", f"no sign of run {run.id[:8]} of {run.model} ({run.state}) since "
+                        f"{_last_sign(run).isoformat()}: its message may be lost; {task} sent again",
+                        model=run.model, subject=run.id, data={"task": task})
+        tx.outbox.enqueue(task, {"v": 1, "run_id": run.id}, now, priority=run.priority)
         out.resent.append(run.id)
 
 
 def _lost_request_messages(tx, stale: datetime, now: datetime, out: ReconcileResult) -> None:
-    for req in tx.requests(statuses=("open",), limit=500):
+    for req in tx.requests.newest(statuses=("open",), limit=500):
         if req.updated_at >= stale:
             continue
-        row = tx.request(req.id, for_update=True)
+        row = tx.requests.get(req.id, for_update=True)
         if row is None or row.status != "open":
             continue
-        row.updated_at = now  # the next look is one RETRAIN_REQUEUE_AFTER_S away
-        tx.audit(now, "request", "reconciler", f"{row.trigger} request for {row.model} still undecided since "
-                 f"{req.updated_at.isoformat()}: retrain.decide sent again", model=row.model, subject=row.id)
-        tx.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
+        row = tx.requests.update(row, updated_at=now)  # the next look is one RETRAIN_REQUEUE_AFTER_S away
+        tx.audit.record(now, "request", "reconciler", f"{row.trigger} request for {row.model} still undecided since "
+                        f"{req.updated_at.isoformat()}: retrain.decide sent again", model=row.model, subject=row.id)
+        tx.outbox.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
         out.requests.append(row.id)

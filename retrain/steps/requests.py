@@ -49,18 +49,20 @@ def request_retraining(ctx: Context, p: ManualRequestPayload) -> RequestResult:
     req = RetrainRequest(id=new_id(), model=p.model, trigger=trigger, created_at=now, reason=p.reason,
                          evidence=evidence, requested_by=p.requested_by, override_budget=p.override_budget)
     with ctx.store.tx() as tx:
-        if p.slot is not None and not tx.claim_slot(p.model, p.slot, now):
+        if p.slot is not None and not tx.monitoring.claim_schedule_slot(p.model, p.slot, now):
             return RequestResult(None, False, f"slot {p.slot} of {p.model} already fired")
         if p.override_budget or p.approved_by:
             _supersede_open(tx, req, now)
-        rid, created = tx.open_request(req)
+        rid, created = tx.requests.open(req)
         if created:
-            tx.audit(now, "request", p.requested_by, f"{trigger.value} retraining of {p.model} requested: {p.reason}"
-                     + (f" (budget override: {p.override_reason or 'no reason given'})" if p.override_budget else ""),
-                     model=p.model, subject=rid,
-                     data={"request_id": rid, "trigger": trigger.value, "override_budget": p.override_budget,
-                           "override_reason": p.override_reason, "approved_by": p.approved_by, "slot": p.slot})
-            tx.enqueue(DECIDE, {"v": 1, "request_id": rid}, now, priority=req.priority)
+            tx.audit.record(now, "request", p.requested_by,
+                            f"{trigger.value} retraining of {p.model} requested: {p.reason}"
+                            + (f" (budget override: {p.override_reason or 'no reason given'})"
+                               if p.override_budget else ""),
+                            model=p.model, subject=rid,
+                            data={"request_id": rid, "trigger": trigger.value, "override_budget": p.override_budget,
+                                  "override_reason": p.override_reason, "approved_by": p.approved_by, "slot": p.slot})
+            tx.outbox.enqueue(DECIDE, {"v": 1, "request_id": rid}, now, priority=req.priority)
         return RequestResult(rid, created, "opened" if created else "joined the open request")
 
 
@@ -71,16 +73,16 @@ def _supersede_open(tx, req: RetrainRequest, now) -> None:
     its time and was decided without the override or the approval.
     """
     key = f"{req.model}:{req.trigger.value}"
-    for row in tx.requests(req.model, statuses=("open", "deferred", "pending_approval")):
+    for row in tx.requests.newest(req.model, statuses=("open", "deferred", "pending_approval")):
         if row.open_key != key:
             continue
-        row = tx.request(row.id, for_update=True)  # a decision in flight finishes first
+        row = tx.requests.get(row.id, for_update=True)  # a decision in flight finishes first
         if row.status in ("open", "deferred", "pending_approval"):
             was = row.status
-            tx.close_request(row, "superseded")
-            tx.audit(now, "request", req.requested_by, f"{was} {req.trigger.value} request for {req.model} "
-                     f"superseded by {req.requested_by}'s request {req.id}", model=req.model, subject=row.id,
-                     data={"request_id": row.id, "superseded_by": req.id})
+            tx.requests.close(row, "superseded")
+            tx.audit.record(now, "request", req.requested_by, f"{was} {req.trigger.value} request for {req.model} "
+                            f"superseded by {req.requested_by}'s request {req.id}", model=req.model, subject=row.id,
+                            data={"request_id": row.id, "superseded_by": req.id})
 
 
 CONFIG_CONTROL = "config"
@@ -89,7 +91,7 @@ CONFIG_CONTROL = "config"
 def sync_models(ctx: Context) -> list[str]:
     """Make sure every configured model has its row; configuration changes are audited.
 
-    A model's own table is fingerprinted per model (``Tx.ensure_model``); the
+    A model's own table is fingerprinted per model (``models.ensure``); the
     global part (``[settings]``, ``[policy]``, ``[costs]``) is fingerprinted here
     and kept in the ``controls`` table, so that a change of a global cap or price
     is in the audit trail too. Workers call this at start-up, several at once:
@@ -105,19 +107,19 @@ def sync_models(ctx: Context) -> list[str]:
     fingerprint = hashlib.sha256(json.dumps(global_part, sort_keys=True).encode()).hexdigest()
     with ctx.store.tx() as tx:
         tx.lock("retrain:config")
-        old = tx.control(CONFIG_CONTROL) or {}
+        old = tx.controls.get(CONFIG_CONTROL) or {}
         if old.get("fingerprint") != fingerprint:
             before = old.get("config") or {}
             changed = sorted(f"{part}.{k}" for part in global_part
                              for k in set(global_part[part]) | set(before.get(part) or {})
                              if global_part[part].get(k) != (before.get(part) or {}).get(k))
             what = "recorded" if not old else f"changed: {', '.join(changed) or 'no field'}"
-            tx.audit(now, "config", "system", f"global configuration {what} (from {cfg_all.source})",
-                     data={"from": old.get("fingerprint"), "to": fingerprint, "changed": changed,
-                           "config": global_part})
-            tx.set_control(CONFIG_CONTROL, {"fingerprint": fingerprint, "config": global_part,
-                                            "source": cfg_all.source}, "system", now)
+            tx.audit.record(now, "config", "system", f"global configuration {what} (from {cfg_all.source})",
+                            data={"from": old.get("fingerprint"), "to": fingerprint, "changed": changed,
+                                  "config": global_part})
+            tx.controls.set(CONFIG_CONTROL, {"fingerprint": fingerprint, "config": global_part,
+                                             "source": cfg_all.source}, "system", now)
         for name, cfg in sorted(ctx.config.models.items()):
-            if tx.ensure_model(name, cfg.description, cfg.model_dump(mode="json"), cfg.fingerprint(), now):
+            if tx.models.ensure(name, cfg.description, cfg.model_dump(mode="json"), cfg.fingerprint(), now):
                 added.append(name)
     return added

@@ -125,7 +125,7 @@ def _tombstone(ctx: Context, model: str, now: datetime, actor: str, dry_run: boo
     policy = retention_policy(ctx, model)
     with ctx.store.tx() as tx:
         tx.lock(aliases_lock(model))
-        rows = {r.version: r for r in tx.versions(model)}
+        rows = {r.version: r for r in tx.versions.all(model)}
         protected = protected_versions(tx, model)
         plan = plan_retention([VersionInfo(v, r.created_at, r.deleted_at is not None) for v, r in rows.items()],
                               set(protected), now, policy)
@@ -149,7 +149,7 @@ def run_retention(ctx: Context, models: list[str] | None = None, *, actor: str =
     """Apply retention to ``models`` (default: every model with versions) and collect orphans; see module docstring."""
     now = ctx.now()
     with ctx.store.tx() as tx:
-        names = tx.version_models()
+        names = tx.versions.models()
     if models:
         wanted = set(models)
         names = [m for m in names if m in wanted]
@@ -184,8 +184,8 @@ def run_retention(ctx: Context, models: list[str] | None = None, *, actor: str =
     report = GcReport(now, dry_run, results, files, temp)
     if not dry_run and (report.deleted_versions or files or temp):
         with ctx.store.tx() as tx:
-            tx.audit(now, "retention", actor, f"garbage collection {report.summary()}",
-                     data={"versions": [f"{d.model} {d.version}" for d in report.deleted_versions],
-                           "files": [{"sha256": f.sha256, "size": f.size, "what": f.what} for f in files],
-                           "temp_files": temp})
+            tx.audit.record(now, "retention", actor, f"garbage collection {report.summary()}",
+                            data={"versions": [f"{d.model} {d.version}" for d in report.deleted_versions],
+                                  "files": [{"sha256": f.sha256, "size": f.size, "what": f.what} for f in files],
+                                  "temp_files": temp})
     return report

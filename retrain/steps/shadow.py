@@ -58,7 +58,7 @@ def score_new_rows(ctx: Context, *, model: str, candidate_sha256: str, baseline:
     est = None
     while n < _MAX_ROWS:
         with ctx.store.tx() as tx:
-            rows = tx.shadow_rows(model, baseline, since, last, _PAGE)
+            rows = tx.monitoring.shadow_rows(model, baseline, since, last, _PAGE)
         if not rows:
             break
         if est is None:

@@ -69,7 +69,8 @@ import numpy as np
 from retrain.config import ModelConfig
 from retrain.context import Context
 from retrain.domain import RetrainRequest, Severity, TriggerKind
-from retrain.storage.repo import Tx, new_id
+from retrain.ports import UnitOfWork
+from retrain.storage.repo import new_id
 from retrain.tasks import DECIDE
 from retrain.triggers import PerformanceTriggerConfig, TriggerFiring, evaluate_performance, wilson_upper
 
@@ -123,16 +124,16 @@ def _request(model: str, firing: TriggerFiring, now: datetime) -> RetrainRequest
                           evidence=firing.evidence, severity=firing.severity)
 
 
-def _held_back(tx: Tx, cfg: ModelConfig, req: RetrainRequest, now: datetime) -> str | None:
+def _held_back(tx: UnitOfWork, cfg: ModelConfig, req: RetrainRequest, now: datetime) -> str | None:
     """Why a firing opens no new request, or None. See "Not flooding" in the module docstring."""
-    last = tx.latest_request(req.model, req.trigger.value)
+    last = tx.requests.latest(req.model, req.trigger.value)
     if last is None or last.open_key is not None:
         return None  # none yet, or one still open: open_request refreshes it
-    active = tx.active_run(req.model)
+    active = tx.runs.active(req.model)
     if active is not None and last.run_id == active.id:
         return f"its last request already joined run {active.id}"
     if last.status == "rejected" and last.decision_id:
-        decision = tx.decision(last.decision_id)
+        decision = tx.decisions.get(last.decision_id)
         wait = timedelta(minutes=cfg.refire_minutes)
         worse = (req.severity is not None and last.severity is not None
                  and _SEVERITY_RANK[req.severity] > _SEVERITY_RANK[Severity(last.severity)])
@@ -141,20 +142,20 @@ def _held_back(tx: Tx, cfg: ModelConfig, req: RetrainRequest, now: datetime) -> 
     return None
 
 
-def _open(tx: Tx, cfg: ModelConfig, req: RetrainRequest, result: SweepResult, now: datetime) -> str | None:
+def _open(tx: UnitOfWork, cfg: ModelConfig, req: RetrainRequest, result: SweepResult, now: datetime) -> str | None:
     """Open or refresh the request of ``req``'s trigger kind; its id, or None when held back."""
     result.firings.append({"model": req.model, "trigger": req.trigger.value, "reason": req.reason})
     why = _held_back(tx, cfg, req, now)
     if why is not None:
         result.held_back.append({"model": req.model, "trigger": req.trigger.value, "why": why})
         return None
-    rid, created = tx.open_request(req)
+    rid, created = tx.requests.open(req)
     if created:
         result.requests_opened.append(rid)
-        tx.audit(now, "request", "sweep", f"{req.trigger.value} trigger fired for {req.model}: {req.reason}",
-                 model=req.model, subject=rid, data={"evidence": req.evidence, "priority": req.priority,
-                                                     "severity": req.severity.value if req.severity else None})
-        tx.enqueue(DECIDE, {"v": 1, "request_id": rid}, now, priority=req.priority)
+        tx.audit.record(now, "request", "sweep", f"{req.trigger.value} trigger fired for {req.model}: {req.reason}",
+                        model=req.model, subject=rid, data={"evidence": req.evidence, "priority": req.priority,
+                                                            "severity": req.severity.value if req.severity else None})
+        tx.outbox.enqueue(DECIDE, {"v": 1, "request_id": rid}, now, priority=req.priority)
     else:
         result.requests_refreshed.append(rid)
     return rid
@@ -172,26 +173,26 @@ def sweep(ctx: Context, models: list[str] | None = None) -> SweepResult:
         with ctx.store.tx() as tx:
             _sweep_model(tx, ctx, cfg, now, result)
     with ctx.store.tx() as tx:
-        for row in tx.due_deferred(now):
-            row.status = "open"
-            tx.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
+        for row in tx.requests.due_deferred(now):
+            tx.requests.update(row, status="open")
+            tx.outbox.enqueue(DECIDE, {"v": 1, "request_id": row.id}, now, priority=row.priority)
             result.redecided.append(row.id)
     return result
 
 
-def _prune(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime) -> None:
+def _prune(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, now: datetime) -> None:
     # Every PRUNE_EVERY per model and process: the sample grows by at most sample.max_per_minute
     # rows a minute per ingest worker, so the bound overshoots by that much at most.
     key = f"sweep:pruned:{cfg.name}"
     last = ctx.cache.get(key)
     if last is None or now - last >= PRUNE_EVERY or now < last:
-        tx.prune_samples(cfg.name, cfg.sample.max_rows)
+        tx.monitoring.prune_samples(cfg.name, cfg.sample.max_rows)
         ctx.cache[key] = now
 
 
-def _sweep_model(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime, result: SweepResult) -> None:
+def _sweep_model(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, now: datetime, result: SweepResult) -> None:
     _prune(tx, ctx, cfg, now)
-    prod, metrics = tx.production_metrics(cfg.name)
+    prod, metrics = tx.aliases.production_metrics(cfg.name)
     if prod is None:
         return
     perf_since = now - timedelta(minutes=cfg.thresholds.window_minutes)
@@ -200,7 +201,8 @@ def _sweep_model(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime, result: 
     if e.enabled:
         # The emergency's buckets are grouped back from now: history, the recent run, and the latest.
         since = min(since, now - timedelta(minutes=e.bucket_minutes * (e.history_buckets + 4)))
-    rows = np.asarray(tx.bucket_series(cfg.name, prod, since, now + timedelta(minutes=1)), dtype=float).reshape(-1, 8)
+    rows = np.asarray(tx.monitoring.bucket_series(cfg.name, prod, since, now + timedelta(minutes=1)),
+                      dtype=float).reshape(-1, 8)
     starts, counts = rows[:, 0], rows[:, 1:]
     window = counts[starts >= perf_since.timestamp()]
     baseline = metrics.get("baseline") or {}
@@ -215,7 +217,7 @@ def _sweep_model(tx: Tx, ctx: Context, cfg: ModelConfig, now: datetime, result: 
         _drift(tx, ctx, cfg, prod, metrics, _accuracy_health(cfg, baseline, window, fired), now, result)
 
 
-def _performance(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, baseline: dict, counts: np.ndarray,
+def _performance(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, baseline: dict, counts: np.ndarray,
                  now: datetime, result: SweepResult) -> list[TriggerFiring]:
     fired: list[TriggerFiring] = []
     for metric in cfg.thresholds.metrics:
@@ -262,7 +264,7 @@ def _accuracy_health(cfg: ModelConfig, baseline: dict, counts: np.ndarray, fired
             "performance_fired": bool(fired)}
 
 
-def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, starts: np.ndarray, counts: np.ndarray,
+def _emergency(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, starts: np.ndarray, counts: np.ndarray,
                window: np.ndarray, now: datetime, result: SweepResult) -> str | None:
     """Detect, and act on, an emergency of production; the version now serving if it rolled back, else None.
 
@@ -280,11 +282,11 @@ def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, starts: np.nda
     if _SEVERITY_RANK[firing.severity] < _SEVERITY_RANK[Severity(e.min_severity)]:
         return None
     key = f"emergency:{cfg.name}"
-    episode = EmergencyEpisode.observe(EmergencyEpisode.from_json(tx.control(key)), now, firing.severity, prod,
+    episode = EmergencyEpisode.observe(EmergencyEpisode.from_json(tx.controls.get(key)), now, firing.severity, prod,
                                        timedelta(minutes=e.episode_gap_minutes))
     own_run = None
     if episode.request_id is not None:
-        asked = tx.request(episode.request_id)
+        asked = tx.requests.get(episode.request_id)
         own_run = asked.run_id if asked is not None else None
     what = {"severity": firing.severity.value, "reason": firing.reason, "version": prod,
             "episode_started_at": episode.started_at.isoformat()}
@@ -315,7 +317,7 @@ def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, starts: np.nda
     if serving != prod:
         evidence["fired_on"] = prod  # the decision judges the request against what serves now
     req = replace(req, evidence=evidence)
-    active = tx.active_run(cfg.name) if own_run is not None else None
+    active = tx.runs.active(cfg.name) if own_run is not None else None
     if own_run is not None and (active is None or active.id != own_run):
         # Its run ended (promoted, rejected, failed): the episode had its retraining. While the run
         # is still active, _open holds the firing back as for any trigger ("already joined run").
@@ -328,7 +330,7 @@ def _emergency(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, starts: np.nda
         rid = _open(tx, cfg, req, result, now)
         if rid is not None:
             episode = replace(episode, request_id=rid)
-    tx.set_control(key, episode.to_json(), "sweep", now)
+    tx.controls.set(key, episode.to_json(), "sweep", now)
     return serving if serving != prod else None
 
 
@@ -340,20 +342,21 @@ def _as_counts(rows: np.ndarray):
     return Counts(int(t[0]), int(t[1]), int(t[2]), int(t[3]), int(t[4]), float(t[5]), float(t[6]))
 
 
-def _series(tx: Tx, model: str, version: str, since: datetime, now: datetime, *,
+def _series(tx: UnitOfWork, model: str, version: str, since: datetime, now: datetime, *,
             until: datetime | None = None) -> np.ndarray:
     """Minute rows of ``version`` from ``since``: up to ``now`` included, or before ``until``."""
-    rows = np.asarray(tx.bucket_series(model, version, since, until or now + timedelta(minutes=1)), dtype=float)
+    rows = np.asarray(tx.monitoring.bucket_series(model, version, since, until or now + timedelta(minutes=1)),
+                      dtype=float)
     return rows.reshape(-1, 8)[:, 1:]
 
 
-def _judge_previous(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, window: np.ndarray,
+def _judge_previous(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, window: np.ndarray,
                     now: datetime) -> dict | None:
     """:func:`retrain.watch.judge_previous` on the performance window; None without a rollback target."""
     from retrain.watch import judge_previous
 
-    previous = tx.alias(cfg.name, "previous")
-    row = tx.version(cfg.name, previous) if previous and previous != prod else None
+    previous = tx.aliases.get(cfg.name, "previous")
+    row = tx.versions.get(cfg.name, previous) if previous and previous != prod else None
     if row is None or row.deleted_at is not None:
         return None
     assert previous is not None  # a row was found by it
@@ -387,34 +390,36 @@ def _judge_previous(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, window: n
     return {"to": previous, "action": verdict.action, "reason": verdict.reason, "figures": figures}
 
 
-def _last_service(tx: Tx, cfg: ModelConfig, version: str, now: datetime) -> tuple[datetime, datetime, str, str] | None:
+def _last_service(tx: UnitOfWork, cfg: ModelConfig, version: str, now: datetime) -> tuple[datetime, datetime, str,
+                                                                                          str] | None:
     """``version``'s last service as production before it was replaced: (since, until, span, replaced by), or None.
 
     The newest move of ``production`` away from it, and the span the post-promotion watch
     reads before such a move (:func:`_before_promotion`): the rollout that replaced it
     (``rollout``), or the ``thresholds.window_minutes`` before (``window``).
     """
-    for move in reversed(tx.alias_moves(cfg.name, alias="production", until=now, limit=50)):
+    for move in reversed(tx.aliases.moves(cfg.name, alias="production", until=now, limit=50)):
         if move.from_version == version and move.to_version and move.to_version != version:
             since, span = _before_promotion(tx, cfg, move.to_version, version, move.at)
             return since, move.at, span, move.to_version
     return None
 
 
-def _roll_back(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, target: str, *, actor: str, reason: str,
+def _roll_back(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, target: str, *, actor: str, reason: str,
                data: dict, now: datetime, result: SweepResult) -> bool:
     """Serve ``target`` again (its artifact verified first: a refused one is audited and nothing moves)."""
     from retrain.errors import ArtifactError
     from retrain.registry import rollback
 
-    target_row = tx.version(cfg.name, target)
+    target_row = tx.versions.get(cfg.name, target)
     assert target_row is not None  # the previous alias (or the judged version) points at a registered row
     sha = target_row.artifact_sha256
     try:
         ctx.artifacts.get_bytes(sha)
     except ArtifactError as exc:
-        tx.audit(now, "artifact", actor, f"refused to load {cfg.name} {target} for rollback: {exc}", model=cfg.name,
-                 subject=target, data={"sha256": sha, "purpose": "rollback", "error": str(exc)})
+        tx.audit.record(now, "artifact", actor, f"refused to load {cfg.name} {target} for rollback: {exc}",
+                        model=cfg.name,
+                        subject=target, data={"sha256": sha, "purpose": "rollback", "error": str(exc)})
         return False
     out = rollback(tx, cfg.name, target, actor=actor, reason=reason, now=now, from_version=prod, data=data)
     if out.status != "rolled_back":
@@ -423,12 +428,12 @@ def _roll_back(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, target: str, *
     return True
 
 
-def _watch(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, now: datetime, result: SweepResult) -> str | None:
+def _watch(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, now: datetime, result: SweepResult) -> str | None:
     """The post-promotion watch; the version now serving if it rolled back, else None."""
     r = cfg.rollout
     if r.watch_hours <= 0:
         return None
-    move = tx.alias_set_at(cfg.name, "production", now)
+    move = tx.aliases.set_at(cfg.name, "production", now)
     # Watched: a version that became production by a promotion, with a predecessor, within the period.
     if (move is None or move.to_version != prod or move.actor != "promotion" or not move.from_version
             or now - move.at > timedelta(hours=r.watch_hours)):
@@ -436,7 +441,7 @@ def _watch(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, now: datetime, res
     from retrain.watch import judge_watch
 
     before = move.from_version
-    row = tx.version(cfg.name, before)
+    row = tx.versions.get(cfg.name, before)
     if row is None or row.deleted_at is not None:
         return None
     since, span = _before_promotion(tx, cfg, prod, before, move.at)
@@ -457,7 +462,8 @@ def _watch(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, now: datetime, res
     return None
 
 
-def _before_promotion(tx: Tx, cfg: ModelConfig, prod: str, before: str, promoted_at: datetime) -> tuple[datetime, str]:
+def _before_promotion(tx: UnitOfWork, cfg: ModelConfig, prod: str, before: str,
+                      promoted_at: datetime) -> tuple[datetime, str]:
     """Since when ``before``'s outcomes show its live level just before ``prod``'s promotion, and which span
     that is: ``rollout`` or ``window``.
 
@@ -465,7 +471,7 @@ def _before_promotion(tx: Tx, cfg: ModelConfig, prod: str, before: str, promoted
     ``before``, finished then): production's outcomes over the whole rollout, the
     conditions the candidate was judged in. Otherwise the performance window before it.
     """
-    for ro in tx.rollouts(cfg.name, limit=5):
+    for ro in tx.rollouts.newest(cfg.name, limit=5):
         if (ro.candidate_version == prod and ro.baseline_version == before and ro.phase == "promoted"
                 and ro.finished_at is not None and abs(ro.finished_at - promoted_at) <= timedelta(minutes=1)):
             return ro.started_at.replace(second=0, microsecond=0), "rollout"
@@ -487,11 +493,12 @@ def _key(model: str) -> str:
     return f"drift:{model}"
 
 
-def refresh_drift_reference(tx: Tx, model: str, version: str, now: datetime, *, actor: str, reason: str) -> dict:
+def refresh_drift_reference(tx: UnitOfWork, model: str, version: str, now: datetime, *, actor: str,
+                            reason: str) -> dict:
     """Make ``version``'s training window the model's drift reference, forgetting what was asked
     against the old one (called at each promotion; the sweep calls it when production changed
     otherwise). Returns the new state; audited."""
-    row = tx.version(model, version)
+    row = tx.versions.get(model, version)
     metrics = dict(row.metrics or {}) if row is not None else {}
     sha = metrics.get("reference_sha256")
     window = [row.data_start.isoformat() if row is not None and row.data_start else None,
@@ -502,20 +509,21 @@ def refresh_drift_reference(tx: Tx, model: str, version: str, now: datetime, *, 
     state = {"version": version, "reference_sha256": sha, "reference_rows": rows, "window": window,
              "since": now.isoformat(), "set_by": actor, "reason": reason,
              "episode": DriftEpisode(sha or f"none:{version}").to_json()}
-    tx.set_control(_key(model), state, actor, now)
+    tx.controls.set(_key(model), state, actor, now)
     what = (f"the training window of {version} ({rows} rows, {window[0] or '?'} .. {window[1] or '?'})" if sha
             else f"nothing: {version} has no training reference, so its drift is not checked")
-    tx.audit(now, "drift", actor, f"drift reference of {model} is {what}: {reason}", model=model, subject=version,
-             data={"reference": {k: v for k, v in state.items() if k != "episode"}})
+    tx.audit.record(now, "drift", actor, f"drift reference of {model} is {what}: {reason}", model=model,
+                    subject=version,
+                    data={"reference": {k: v for k, v in state.items() if k != "episode"}})
     return state
 
 
-def drift_state(tx: Tx, model: str) -> dict | None:
+def drift_state(tx: UnitOfWork, model: str) -> dict | None:
     """The model's drift reference and what its trigger asked against it (None before any)."""
-    return tx.control(_key(model))
+    return tx.controls.get(_key(model))
 
 
-def _current_state(tx: Tx, cfg: ModelConfig, prod: str, metrics: dict, now: datetime) -> dict:
+def _current_state(tx: UnitOfWork, cfg: ModelConfig, prod: str, metrics: dict, now: datetime) -> dict:
     """The drift state of production; reset to its reference if production moved without a promotion."""
     state = drift_state(tx, cfg.name)
     sha = metrics.get("reference_sha256")
@@ -527,17 +535,17 @@ def _current_state(tx: Tx, cfg: ModelConfig, prod: str, metrics: dict, now: date
     return state
 
 
-def _drift(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, metrics: dict, health: dict, now: datetime,
+def _drift(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, metrics: dict, health: dict, now: datetime,
            result: SweepResult) -> None:
     d = cfg.drift
-    last = tx.last_drift_check(cfg.name)
+    last = tx.monitoring.last_drift_check(cfg.name)
     if last is not None and now - last < timedelta(minutes=d.check_every_minutes):
         return
     state = _current_state(tx, cfg, prod, metrics, now)
     ref_sha = state.get("reference_sha256")
     if not ref_sha:
         return
-    rows = tx.sample_features(cfg.name, now - timedelta(minutes=d.current_minutes), d.max_rows)
+    rows = tx.monitoring.sample_features(cfg.name, now - timedelta(minutes=d.current_minutes), d.max_rows)
     if len(rows) < d.min_rows:
         return
     from retrain.drift import DriftEpisode, detect_drift, judge_drift
@@ -559,12 +567,12 @@ def _drift(tx: Tx, ctx: Context, cfg: ModelConfig, prod: str, metrics: dict, hea
         else:
             request.update(asked=True, request_id=rid)
             state = {**state, "episode": episode.asked_for(report, now).to_json()}
-            tx.set_control(_key(cfg.name), state, "sweep", now)
+            tx.controls.set(_key(cfg.name), state, "sweep", now)
     elif report.drifted:
         result.held_back.append({"model": cfg.name, "trigger": TriggerKind.DRIFT.value, "why": verdict.reason})
-    tx.add_drift_report(cfg.name, prod, now, bool(report.drifted_features),
-                        {**report.to_json(), "reference": reference, "accuracy": health, "request": request,
-                         "episode": state["episode"]})
+    tx.monitoring.add_drift_report(cfg.name, prod, now, bool(report.drifted_features),
+                                   {**report.to_json(), "reference": reference, "accuracy": health, "request": request,
+                                    "episode": state["episode"]})
 
 
 def _drift_firing(cfg: ModelConfig, prod: str, report, rows: int, verdict, reference: dict) -> TriggerFiring:

@@ -36,9 +36,9 @@ from retrain.costs import CostRates, Opportunity, ResourceMeter, price
 from retrain.errors import ConfigError, StaleLeaseError, TrainingError, TransientError
 from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
 from retrain.policy import serving_rate
+from retrain.ports import UnitOfWork
 from retrain.registry import NewVersion, register_version, versions_lock
 from retrain.slots import SLOT_LOCK
-from retrain.storage.repo import Tx
 from retrain.tasks import TRAIN, VALIDATE
 from retrain.versioning import VersionSpec, fingerprint_array
 from retrain.waiting import dependency_blocker, describe_dependency, slot_wait, wake
@@ -101,7 +101,7 @@ def load_training_rows(ctx: Context, cfg: ModelConfig, now: datetime) -> Trainin
     field = f"models.{cfg.name}.data_source"
     if cfg.data_source == "sample":
         with ctx.store.tx() as tx:
-            rows = tx.samples(cfg.name, since=now - lookback, until=now)
+            rows = tx.monitoring.samples(cfg.name, since=now - lookback, until=now)
         X = np.asarray([r.features for r in rows], dtype=np.float64).reshape(-1, cfg.n_features)
         y = np.asarray([r.label for r in rows], dtype=np.int64)
         ts = np.asarray([r.ts.timestamp() for r in rows], dtype=np.float64)
@@ -149,7 +149,7 @@ def _deps(ctx: Context) -> dict[str, tuple[str, ...]]:
     return {name: tuple(m.depends_on) for name, m in ctx.config.models.items()}
 
 
-def _end(tx: Tx, ctx: Context, run, state: str, reason: str, now: datetime, actor: str = "system", *,
+def _end(tx: UnitOfWork, ctx: Context, run, state: str, reason: str, now: datetime, actor: str = "system", *,
          attempt: int | None = None, owner: str | None = None) -> bool:
     """End the run (retrain.lifecycle.finish) and hand what it freed to the runs that wait."""
     if not lifecycle.finish(tx, run, state, reason, now, actor=actor, attempt=attempt, owner=owner):
@@ -158,12 +158,12 @@ def _end(tx: Tx, ctx: Context, run, state: str, reason: str, now: datetime, acto
     return True
 
 
-def _hold(tx: Tx, run, reason: str, now: datetime) -> None:
+def _hold(tx: UnitOfWork, run, reason: str, now: datetime) -> None:
     """Keep the run queued, saying what it waits for: Postgres remembers it, not the broker."""
     if run.blocked_on != reason:
-        tx.audit(now, "run", "orchestrator", f"run of {run.model} waits for {reason}", model=run.model,
-                 subject=run.id, data={"blocked_on": reason})
-    lifecycle.hold(run, reason)  # an attempt whose lease expired goes back in line
+        tx.audit.record(now, "run", "orchestrator", f"run of {run.model} waits for {reason}", model=run.model,
+                        subject=run.id, data={"blocked_on": reason})
+    lifecycle.hold(tx, run, reason)  # an attempt whose lease expired goes back in line
 
 
 def _claim(ctx: Context, run_id: str, now: datetime) -> tuple[str, int | None, str]:
@@ -173,7 +173,7 @@ def _claim(ctx: Context, run_id: str, now: datetime) -> tuple[str, int | None, s
     with ctx.store.tx() as tx:
         if not tx.pg:
             tx.lock(SLOT_LOCK)  # SQLite has no row locks: claims go one at a time
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         if run is None:
             return "skipped", None, "unknown run"
         if run.state not in ("queued", "training"):
@@ -204,21 +204,21 @@ def _claim(ctx: Context, run_id: str, now: datetime) -> tuple[str, int | None, s
             waits_for = slot_wait(s.training_slots)
             _hold(tx, run, waits_for, now)
             return "busy", None, waits_for
-        lifecycle.start_training(run, owner=ctx.worker_id, now=now, lease_until=lease_until)
-        tx.audit(now, "training", ctx.worker_id,
-                 f"training of {run.model} started (attempt {run.attempt} of {s.max_attempts}, slot {slot})",
-                 model=run.model, subject=run.id, data={"attempt": run.attempt, "slot": slot})
+        run = lifecycle.start_training(tx, run, owner=ctx.worker_id, now=now, lease_until=lease_until)
+        tx.audit.record(now, "training", ctx.worker_id,
+                        f"training of {run.model} started (attempt {run.attempt} of {s.max_attempts}, slot {slot})",
+                        model=run.model, subject=run.id, data={"attempt": run.attempt, "slot": slot})
         return "claimed", run.attempt, ""
 
 
-def _renew(tx: Tx, ctx: Context, run_id: str, attempt: int):
+def _renew(tx: UnitOfWork, ctx: Context, run_id: str, attempt: int):
     """Extend this attempt's lease, on the run and on its slot; None if the attempt lost it."""
-    run = tx.run(run_id, for_update=True)
+    run = tx.runs.get(run_id, for_update=True)
     if run is None or run.attempt != attempt or run.lease_owner != ctx.worker_id or run.state != "training":
         return None
     now = ctx.now()
     until = now + timedelta(seconds=ctx.settings.lease_s)
-    run.lease_expires_at, run.heartbeat_at = until, now
+    run = tx.runs.note(run, lease_expires_at=until, heartbeat_at=now)
     if not slots.renew(tx, run_id, attempt, until):
         # The slot's lease ran out (the database was out of reach longer than a lease) and
         # may have gone to another run: take a free one back if there is one.
@@ -242,13 +242,13 @@ def _set_progress(ctx: Context, run_id: str, attempt: int, stage: str, pct: floa
         run = _renew(tx, ctx, run_id, attempt)
         if run is None:
             raise StaleLeaseError(f"run {run_id} attempt {attempt} lost its lease before '{stage}'; stopped")
-        lifecycle.progress(run, stage, pct, attempt=attempt)
+        lifecycle.progress(tx, run, stage, pct, attempt=attempt)
     _report(progress, stage, pct)
 
 
-def _expected_fit_s(tx: Tx, model: str) -> float | None:
+def _expected_fit_s(tx: UnitOfWork, model: str) -> float | None:
     """The median fit time of the model's last runs: the yardstick of the fitting progress."""
-    walls = [float(r.usage["wall_seconds"]) for r in tx.runs(model, limit=10)
+    walls = [float(r.usage["wall_seconds"]) for r in tx.runs.newest(model, limit=10)
              if r.usage and r.usage.get("wall_seconds")]
     return statistics.median(walls[:5]) if walls else None
 
@@ -290,7 +290,7 @@ class _Heartbeat:
                         self.lost = True  # the registration's fencing check will refuse this attempt
                         return
                     if pct is not None:
-                        run.progress = pct
+                        tx.runs.note(run, progress=pct)
                 if pct is not None:
                     _report(self.progress, "fitting", pct)
             except Exception:  # a missed renewal is retried next beat; the lease covers three
@@ -317,18 +317,18 @@ def _retry_or_die(ctx: Context, run_id: str, attempt: int, error: str) -> TrainR
     once its attempts are used up, with the error as the reason."""
     now = ctx.now()
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         if run is None or run.attempt != attempt or run.state != "training":
             return TrainResult(run_id, "skipped", detail=f"attempt {attempt} was superseded; its error: {error}")
         if attempt >= ctx.settings.max_attempts:
             reason = f"attempt {attempt} of {ctx.settings.max_attempts} failed: {error}"
             _end(tx, ctx, run, "dead", reason, now)
             return TrainResult(run_id, "dead", detail=reason)
-        lifecycle.requeue(run, attempt=attempt, reason=f"attempt {attempt} failed: {error}", now=now)
+        lifecycle.requeue(tx, run, attempt=attempt, reason=f"attempt {attempt} failed: {error}", now=now)
         slots.release(tx, run_id, attempt)
-        tx.audit(now, "run", ctx.worker_id, f"attempt {attempt} of {run.model} failed, retrying: {error}",
-                 model=run.model, subject=run.id, data={"attempt": attempt, "error": error})
-        tx.enqueue(TRAIN, {"v": 1, "run_id": run_id}, now, priority=run.priority)
+        tx.audit.record(now, "run", ctx.worker_id, f"attempt {attempt} of {run.model} failed, retrying: {error}",
+                        model=run.model, subject=run.id, data={"attempt": attempt, "error": error})
+        tx.outbox.enqueue(TRAIN, {"v": 1, "run_id": run_id}, now, priority=run.priority)
         wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=now)
     return TrainResult(run_id, "retrying", detail=error)
 
@@ -352,7 +352,7 @@ def train_run(ctx: Context, run_id: str, progress: Progress | None = None, *,
 def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progress: Progress | None,
                    passthrough: tuple[type[BaseException], ...]) -> TrainResult:
     with ctx.store.tx() as tx:
-        run = tx.run(run_id)
+        run = tx.runs.get(run_id)
         assert run is not None  # claimed by the caller
         cfg = ctx.config.model(run.model)
         expected = _expected_fit_s(tx, cfg.name)
@@ -390,7 +390,7 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
     except (TrainingError, ConfigError) as exc:
         # Deterministic: the same data and code would fail again. The run fails now.
         with ctx.store.tx() as tx:
-            _end(tx, ctx, tx.run(run_id, for_update=True), "failed", str(exc), ctx.now(), attempt=attempt)
+            _end(tx, ctx, tx.runs.get(run_id, for_update=True), "failed", str(exc), ctx.now(), attempt=attempt)
         return TrainResult(run_id, "failed", detail=str(exc))
     except reraised:
         raise
@@ -419,14 +419,14 @@ def plan_validation(ctx: Context, cfg: ModelConfig, data: TrainingData, cut: int
     ``validation.walk_forward_folds`` folds, each by a refit on every row before the fold.
     """
     with ctx.store.tx() as tx:
-        prod_name = tx.alias(cfg.name, "production")
-        prod = tx.version(cfg.name, prod_name) if prod_name else None
+        prod_name = tx.aliases.get(cfg.name, "production")
+        prod = tx.versions.get(cfg.name, prod_name) if prod_name else None
         if prod is None:
             return None, None
         prod_sha, prod_end = prod.artifact_sha256, prod.data_end
         v, r = cfg.validation, cfg.rollout
         hours = max(24.0, v.shadow_max_hours)
-        labelled = tx.traffic_since(cfg.name, now - timedelta(hours=hours))[0]
+        labelled = tx.monitoring.traffic_since(cfg.name, now - timedelta(hours=hours))[0]
     production = ctx.artifacts.load_object(prod_sha)
     X, y, ts = data.X, data.y, data.ts
     after = prod_end.timestamp() if prod_end is not None else None
@@ -476,7 +476,7 @@ def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, 
     finished = ctx.now()
     with ctx.store.tx() as tx:
         tx.lock(versions_lock(cfg.name))
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         assert run is not None  # claimed by this attempt
         lifecycle.fence(run, attempt=attempt, owner=ctx.worker_id, doing="nothing registered")
         # The training window is what the fit saw; the holdout (the newest rows) is recorded apart.
@@ -491,13 +491,13 @@ def _register(ctx: Context, cfg: ModelConfig, run_id: str, attempt: int, meter, 
         ), now=finished, actor=ctx.worker_id, artifacts=ctx.artifacts,
             note=f"; fit {usage.wall_seconds:.2f}s, cost ${cost.total_usd:.4f}",
             audit_data={"rows": int(cut), "usage": asdict(usage), "cost": asdict(cost)}).version
-        lifecycle.to_validating(run, str(v), attempt=attempt, owner=ctx.worker_id)
-        run.usage = {**asdict(usage), **asdict(cost)}
-        reserved = tx.held_reservation(run.id)
+        run = lifecycle.to_validating(tx, run, str(v), attempt=attempt, owner=ctx.worker_id,
+                                      usage={**asdict(usage), **asdict(cost)})
+        reserved = tx.ledger.held_reservation(run.id)
         if reserved:
-            tx.add_cost(run.id, cfg.name, "release", -reserved, finished, {"reason": "replaced by actual cost"})
-        tx.add_cost(run.id, cfg.name, "actual", cost.total_usd, finished, asdict(cost))
-        tx.enqueue(VALIDATE, {"v": 1, "run_id": run.id}, finished, priority=run.priority)
+            tx.ledger.add(run.id, cfg.name, "release", -reserved, finished, {"reason": "replaced by actual cost"})
+        tx.ledger.add(run.id, cfg.name, "actual", cost.total_usd, finished, asdict(cost))
+        tx.outbox.enqueue(VALIDATE, {"v": 1, "run_id": run.id}, finished, priority=run.priority)
     return v
 
 
@@ -510,12 +510,12 @@ def _price(ctx: Context, cfg: ModelConfig, usage, run_id: str):
                       value_per_accuracy_point_usd=ctx.config.policy_for(cfg.name).value_per_accuracy_point_usd)
     billed = replace(usage, wall_seconds=max(usage.wall_seconds, c.min_billed_seconds))
     with ctx.store.tx() as tx:
-        run = tx.run(run_id)
+        run = tx.runs.get(run_id)
         assert run is not None  # claimed by this attempt
-        req = tx.request(run.request_id)
+        req = tx.requests.get(run.request_id)
         ev = (req.evidence or {}) if req else {}
         now = ctx.now()
-        served, minutes, first, last = tx.served(cfg.name, now - timedelta(days=30), now)
+        served, minutes, first, last = tx.monitoring.served(cfg.name, now - timedelta(days=30), now)
     # The same rate as the decision's value model: read between the newest buckets, so a label
     # delay (outcomes arrive a day late) does not read as no traffic.
     per_s = serving_rate(served, minutes, first, last, now)[0] / 86400.0
@@ -538,5 +538,5 @@ def fail_run(ctx: Context, run_id: str, reason: str) -> bool:
     the live attempt alone. Returns True if the run was failed.
     """
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         return run is not None and _end(tx, ctx, run, "failed", reason, ctx.now(), owner=ctx.worker_id)

@@ -48,15 +48,15 @@ class ValidateResult:
 
 def validate_run(ctx: Context, run_id: str) -> ValidateResult:
     with ctx.store.tx() as tx:
-        run = tx.run(run_id)
+        run = tx.runs.get(run_id)
         if run is None or run.state != "validating":
             return ValidateResult(run_id, "skipped", f"run is {run.state if run else 'unknown'}")
         cfg = ctx.config.model(run.model)
         assert run.candidate_version is not None  # set by training before the run validates
-        cand = tx.version(run.model, run.candidate_version)
+        cand = tx.versions.get(run.model, run.candidate_version)
         assert cand is not None
-        prod_name = tx.alias(run.model, "production")
-        prod = tx.version(run.model, prod_name) if prod_name else None
+        prod_name = tx.aliases.get(run.model, "production")
+        prod = tx.versions.get(run.model, prod_name) if prod_name else None
         cand_sha, holdout_sha = cand.artifact_sha256, cand.metrics["holdout_sha256"]
         gate = dict(cand.metrics.get("gate") or {})
         prod_sha = prod.artifact_sha256 if prod else None
@@ -95,35 +95,33 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
 
     now = ctx.now()
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         assert run is not None  # read above; runs are never deleted
         if run.state != "validating":
             return ValidateResult(run_id, "skipped", f"run is {run.state}")
         assert run.candidate_version is not None
-        cand = tx.version(run.model, run.candidate_version)
+        cand = tx.versions.get(run.model, run.candidate_version)
         assert cand is not None
-        cand.metrics = {**cand.metrics, "holdout": cand_m, "production_holdout": prod_m,
-                        "baseline": {k: v for k, v in cand_m.items() if k != "n"}}
+        metrics = {**cand.metrics, "holdout": cand_m, "production_holdout": prod_m,
+                   "baseline": {k: v for k, v in cand_m.items() if k != "n"}}
         if gate:
-            cand.metrics = {**cand.metrics, "gate": {**gate, "verdict": "passed" if ok else "rejected",
-                                                     "detail": detail}}
+            metrics["gate"] = {**gate, "verdict": "passed" if ok else "rejected", "detail": detail}
+        cand = tx.versions.update(cand, metrics=metrics, status="candidate" if ok else "rejected")
         if ok:
-            cand.status = "candidate"
-            tx.audit(now, "validation", "validation", f"{run.model} {cand.version} passed: {detail}",
-                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m,
+            tx.audit.record(now, "validation", "validation", f"{run.model} {cand.version} passed: {detail}",
+                            model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m,
                                                           "gate": gate or None})
             if prod_name is not None and live:
                 # Proven on live traffic next: shadow, then the canary stages (retrain.steps.rollout_step).
                 status = begin_rollout(tx, ctx, run, cfg, prod_name, now, detail)
                 return ValidateResult(run_id, status, detail, cand_m, prod_m)
-            to_promotion(run)
-            tx.move_alias(run.model, "candidate", cand.version, actor="validation", reason=detail, now=now)
-            tx.enqueue(PROMOTE, {"v": 1, "run_id": run.id}, now, priority=run.priority)
+            to_promotion(tx, run)
+            tx.aliases.move(run.model, "candidate", cand.version, actor="validation", reason=detail, now=now)
+            tx.outbox.enqueue(PROMOTE, {"v": 1, "run_id": run.id}, now, priority=run.priority)
         else:
-            reject(run, detail, now)
-            cand.status = "rejected"
-            tx.audit(now, "validation", "validation", f"{run.model} {cand.version} rejected: {detail}",
-                     model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m,
+            reject(tx, run, detail, now)
+            tx.audit.record(now, "validation", "validation", f"{run.model} {cand.version} rejected: {detail}",
+                            model=run.model, subject=cand.version, data={"candidate": cand_m, "production": prod_m,
                                                           "gate": gate or None})
     return ValidateResult(run_id, "promote" if ok else "rejected", detail, cand_m, prod_m)
 
@@ -185,15 +183,15 @@ def _fail(ctx: Context, run_id: str, reason: str, cand_m: dict, prod_m: dict | N
     """End the run ``failed`` with the reason: a configuration to fix, not a candidate to judge."""
     now = ctx.now()
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
+        run = tx.runs.get(run_id, for_update=True)
         assert run is not None  # read above; runs are never deleted
         if run.state != "validating":
             return ValidateResult(run_id, "skipped", f"run is {run.state}")
         assert run.candidate_version is not None
-        cand = tx.version(run.model, run.candidate_version)
+        cand = tx.versions.get(run.model, run.candidate_version)
         assert cand is not None
-        cand.metrics = {**cand.metrics, "holdout": finite_metrics(cand_m), "production_holdout": finite_metrics(prod_m)}
-        cand.status = "rejected"
+        tx.versions.update(cand, status="rejected", metrics={**cand.metrics, "holdout": finite_metrics(cand_m),
+                                                             "production_holdout": finite_metrics(prod_m)})
         finish(tx, run, "failed", f"validation of {run.model} {cand.version} failed: {reason}", now,
                actor="validation")
     return ValidateResult(run_id, "failed", reason, finite_metrics(cand_m), finite_metrics(prod_m))

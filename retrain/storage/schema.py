@@ -12,10 +12,22 @@ from sqlalchemy.engine import Engine
 
 from retrain.errors import SchemaOutdatedError
 
-__all__ = ["alembic_config", "upgrade", "current_revision", "head_revision", "check_schema", "UPGRADE_COMMAND"]
+__all__ = ["alembic_config", "upgrade", "current_revision", "head_revision", "check_schema", "UPGRADE_COMMAND",
+           "TABLES"]
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 UPGRADE_COMMAND = "retrain db upgrade"
+
+
+def _table_names() -> dict[str, str]:
+    from retrain.storage.models import Base
+
+    return {t: t for t in Base.metadata.tables}
+
+
+#: The tables by name (e.g. ``TABLES["training_runs"]``): for code that watches the database's
+#: writes (the backtest's change counter) without importing a row class.
+TABLES: dict[str, str] = _table_names()
 
 
 def alembic_config(engine: Engine) -> Config:

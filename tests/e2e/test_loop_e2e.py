@@ -59,7 +59,7 @@ def test_performance_drop_retrains_and_promotes_through_real_workers(pg_url, red
 
         # And the app then serves that version on a regime it never saw
         with store.tx() as tx:
-            sha = tx.version("direction", first).artifact_sha256
+            sha = tx.versions.get("direction", first).artifact_sha256
         pred = artifacts.load_object(sha).predict(new.X)
         assert 0.45 < float(np.mean(pred == new.y)) < 0.56
         for i in range(len(new)):
@@ -74,11 +74,11 @@ def test_performance_drop_retrains_and_promotes_through_real_workers(pg_url, red
 
         # And the audit trail tells the whole story, in order
         with store.tx() as tx:
-            events = [(e.kind, e.message) for e in tx.audit_events("direction", limit=1000)]
-            decisions = tx.decisions("direction")
-            dead = tx.dead_letters()
-            runs = tx.runs("direction")
-            ingested = sum(b.n for b in tx.buckets("direction", None, now - timedelta(hours=4)))
+            events = [(e.kind, e.message) for e in tx.audit.events("direction", limit=1000)]
+            decisions = tx.decisions.newest("direction")
+            dead = tx.dead_letters.newest()
+            runs = tx.runs.newest("direction")
+            ingested = sum(b.n for b in tx.monitoring.buckets("direction", None, now - timedelta(hours=4)))
         kinds = [k for k, _ in events]
         story = ["request", "decision", "run", "training", "version", "validation", "promotion"]
         first_story = _subsequence_index(kinds, story)
@@ -100,12 +100,12 @@ def test_performance_drop_retrains_and_promotes_through_real_workers(pg_url, red
 
 def _sample_count(store: Store) -> int:
     with store.tx() as tx:
-        return len(tx.samples("direction"))
+        return len(tx.monitoring.samples("direction"))
 
 
 def _alias(store: Store, alias: str) -> str | None:
     with store.tx() as tx:
-        return tx.alias("direction", alias)
+        return tx.aliases.get("direction", alias)
 
 
 def _subsequence_index(seq: list[str], wanted: list[str]) -> int | None:

@@ -212,8 +212,8 @@ def test_a_candidate_is_promoted_through_every_stage_and_a_later_one_rolled_back
         assert app.served.get("1.2.0", 0) == before and app.router.routing.production == "1.1.0"
         assert follow < 2.0
         with store.tx() as tx:
-            events = [(e.kind, e.message) for e in tx.audit_events(MODEL, limit=1000)]
-            dead = tx.dead_letters()
+            events = [(e.kind, e.message) for e in tx.audit.events(MODEL, limit=1000)]
+            dead = tx.dead_letters.newest()
         assert any(k == "rollback" and "rolled back automatically at 25%" in m for k, m in events)
         confirmed = [m for k, m in events if k == "approval" and "1.1.0" in m]
         assert len(confirmed) == 4, confirmed  # shadow, 10, 25 and 50 %; the last stage has no gate
@@ -245,15 +245,15 @@ def _wait(what: str, check, timeout: float, procs, store: Store, run_id: str):
 def _over(store: Store, run_id: str) -> bool:
     """Whether the run ended without a rollout in progress (rejected at validation, or its rollout ended)."""
     with store.tx() as tx:
-        run, ro = tx.run(run_id), tx.rollout(run_id)
+        run, ro = tx.runs.get(run_id), tx.rollouts.get(run_id)
     return (ro is not None and ro.phase not in ("shadow", "canary")) or (ro is None and run.finished_at is not None)
 
 
 def _story(store: Store, run_id: str) -> str:
     """The run, its rollout and the model's latest audit events: what a failure needs to be understood."""
     with store.tx() as tx:
-        run, ro = tx.run(run_id), tx.rollout(run_id)
-        events = [f"  {e.at:%H:%M:%S.%f} {e.kind}: {e.message}" for e in tx.audit_events(MODEL, limit=20)]
+        run, ro = tx.runs.get(run_id), tx.rollouts.get(run_id)
+        events = [f"  {e.at:%H:%M:%S.%f} {e.kind}: {e.message}" for e in tx.audit.events(MODEL, limit=20)]
         out = [f"run {run_id[:8]}: state {run.state}, stage {run.stage}, error {run.error}"]
         if ro is not None:
             out.append(f"rollout: {ro.phase} at {ro.share_pct:g}%, gate {ro.gate}, outcome {ro.outcome!r}")
@@ -264,9 +264,9 @@ def _story(store: Store, run_id: str) -> str:
 
 def _alias(store: Store, alias: str) -> str | None:
     with store.tx() as tx:
-        return tx.alias(MODEL, alias)
+        return tx.aliases.get(MODEL, alias)
 
 
 def _rollout(store: Store, run_id: str):
     with store.tx() as tx:
-        return tx.rollout(run_id)
+        return tx.rollouts.get(run_id)

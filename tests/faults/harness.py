@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 
 from tests.conftest import free_port, start_redis
 from tests.procs import retrain_env
+from tests.runs import make_run
 
 __all__ = ["RedisServer", "PrivatePostgres", "write_model_file", "fault_env", "queue_runs", "publish_outbox",
            "runs", "versions", "held_slots", "holder", "audit", "store_for", "stop_all", "FINAL_RUN", "FINAL_REQUEST", "SLOW",
@@ -198,9 +198,8 @@ def queue_runs(store, specs: list[tuple[str, str, int]]) -> list[str]:
     for model, trigger, priority in specs:
         now = datetime.now(timezone.utc)
         with store.tx() as tx:
-            rid = tx.create_run(model=model, request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
-                                trigger=trigger, priority=priority, now=now)
-            tx.enqueue("retrain.train", {"v": 1, "run_id": rid}, now, priority=priority)
+            rid = make_run(tx, model, now, trigger=trigger, priority=priority).id
+            tx.outbox.enqueue("retrain.train", {"v": 1, "run_id": rid}, now, priority=priority)
         ids.append(rid)
         time.sleep(0.002)  # distinct creation times: runs are ordered by them
     return ids
@@ -218,13 +217,13 @@ def publish_outbox(store, broker_url: str) -> int:
 
 def runs(store, ids: list[str] | None = None) -> list:
     with store.tx() as tx:
-        rows = tx.runs(limit=10_000)
+        rows = tx.runs.newest(limit=10_000)
     return [r for r in rows if ids is None or r.id in ids]
 
 
 def versions(store, model: str) -> list[str]:
     with store.tx() as tx:
-        return [v.version for v in tx.versions(model)]
+        return [v.version for v in tx.versions.all(model)]
 
 
 def held_slots(store) -> list:
@@ -252,4 +251,4 @@ def holder(store, run_id: str, workers: list):
 
 def audit(store, model: str | None = None) -> list[str]:
     with store.tx() as tx:
-        return [e.message for e in tx.audit_events(model, limit=100_000)]
+        return [e.message for e in tx.audit.events(model, limit=100_000)]

@@ -41,12 +41,12 @@ def _foreign_request(i: int) -> dict:
 
 def _stored_rows(store) -> int:
     with store.tx() as tx:
-        return sum(b.n for b in tx.buckets("m", None, SINCE))
+        return sum(b.n for b in tx.monitoring.buckets("m", None, SINCE))
 
 
 def _requests(store) -> list:
     with store.tx() as tx:
-        return tx.requests(limit=1000)
+        return tx.requests.newest(limit=1000)
 
 
 def _share(url: str, pg_url: str, tmp_path, foreign_first: bool, before_worker=None, **env_overrides) -> None:
@@ -100,7 +100,7 @@ def _share(url: str, pg_url: str, tmp_path, foreign_first: bool, before_worker=N
         assert by == [("client", "client0"), ("client", "client1"), ("foreign", "foreign0"), ("foreign", "foreign1")] \
             + ([("foreign", "foreign9")] if foreign_first else []), by
         with store.tx() as tx:
-            assert tx.dead_letters(limit=10) == []
+            assert tx.dead_letters.newest(limit=10) == []
     finally:
         if client is not None:
             client.close(1)

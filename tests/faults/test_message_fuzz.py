@@ -229,8 +229,8 @@ def _fuzz(url: str, pg_url: str, tmp_path) -> None:
 
         def processed():
             with store.tx() as tx:
-                rows = sum(b.n for b in tx.buckets("m", None, datetime(2000, 1, 1, tzinfo=timezone.utc)))
-                reqs = tx.requests("m", limit=10)
+                rows = sum(b.n for b in tx.monitoring.buckets("m", None, datetime(2000, 1, 1, tzinfo=timezone.utc)))
+                reqs = tx.requests.newest("m", limit=10)
             return rows == 9 and len(reqs) == 1 and reqs[0].status in FINAL_REQUEST
 
         wait_for("the good batch and request", processed, 90, workers)
@@ -240,7 +240,7 @@ def _fuzz(url: str, pg_url: str, tmp_path) -> None:
         for w in workers:
             assert "Unrecoverable error" not in w.log() and "Traceback" not in w.log().split("ready.", 1)[0]
         with store.tx() as tx:
-            reasons = [d.reason for d in tx.dead_letters(limit=2000)]
+            reasons = [d.reason for d in tx.dead_letters.newest(limit=2000)]
         assert all(reasons), "a dead letter without its reason"
         print(f"\n{len(cases)} hostile messages -> {len(cases)} dead letters; e.g. {sorted(set(reasons))[:3]}")
     finally:

@@ -86,7 +86,7 @@ def test_hostile_and_malformed_messages_are_refused_kept_and_harmless(pg_url, tm
         # Then the good batch is counted
         def counted():
             with store.tx() as tx:
-                return sum(b.n for b in tx.buckets("m", None, __import__("datetime").datetime(2000, 1, 1).astimezone()))
+                return sum(b.n for b in tx.monitoring.buckets("m", None, __import__("datetime").datetime(2000, 1, 1).astimezone()))
 
         wait_for("the good batch to be ingested", lambda: counted() == 7, 30, [worker])
         # And every bad one is kept as a dead letter with its reason
@@ -114,4 +114,4 @@ def test_hostile_and_malformed_messages_are_refused_kept_and_harmless(pg_url, tm
 
 def _dead(store):
     with store.tx() as tx:
-        return tx.dead_letters(limit=100)
+        return tx.dead_letters.newest(limit=100)

@@ -40,12 +40,8 @@ ROWS = 500
 
 
 def _ingested(store) -> int:
-    from sqlalchemy import func, select
-
-    from retrain.storage.models import MetricBucketRow
-
     with store.tx() as tx:
-        return int(tx.s.scalar(select(func.coalesce(func.sum(MetricBucketRow.n), 0))) or 0)
+        return tx.monitoring.labelled_total()
 
 
 def test_workers_ride_out_a_30_s_postgres_outage_and_lose_nothing(tmp_path):

@@ -42,12 +42,12 @@ TRAINED = [f"r{i}" for i in range(8)]
 
 def _outcomes(store) -> int:
     with store.tx() as tx:
-        return sum(b.n for m in ("m0", "m1") for b in tx.buckets(m, None, datetime(2000, 1, 1, tzinfo=timezone.utc)))
+        return sum(b.n for m in ("m0", "m1") for b in tx.monitoring.buckets(m, None, datetime(2000, 1, 1, tzinfo=timezone.utc)))
 
 
 def _requests(store) -> list:
     with store.tx() as tx:
-        return tx.requests(limit=10_000)
+        return tx.requests.newest(limit=10_000)
 
 
 def test_a_redis_restart_loses_no_request_run_or_outcome(pg_url, tmp_path):

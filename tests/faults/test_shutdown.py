@@ -38,13 +38,8 @@ BATCHES, ROWS = 40, 500
 
 
 def _ingested(store) -> tuple[int, int]:
-    from sqlalchemy import func, select
-
-    from retrain.storage.models import IngestedBatchRow, MetricBucketRow
-
     with store.tx() as tx:
-        return (tx.s.scalar(select(func.count()).select_from(IngestedBatchRow)) or 0,
-                tx.s.scalar(select(func.coalesce(func.sum(MetricBucketRow.n), 0))) or 0)
+        return tx.monitoring.ingested()
 
 
 def _send_batches(url: str) -> None:

@@ -25,6 +25,7 @@ from retrain.steps.decide import resolve_pending
 from retrain.steps.dispatch import drain, run_step
 from retrain.steps.requests import sync_models
 from retrain.storage.db import Database
+from retrain.storage.models import AuditRow
 from retrain.storage.repo import Store
 from tests.conftest import EXAMPLE_CONFIG, T0, make_context
 
@@ -90,8 +91,8 @@ def test_the_database_refuses_to_update_or_delete_audit_and_ledger_rows(any_db_u
     # Given a migrated database with one audit event and one ledger row
     store = Store(Database(any_db_url))
     with store.tx() as tx:
-        tx.audit(T0, "admin", "ops", "something happened", model="m")
-        tx.add_cost("run-1", "m", "reservation", 1.25, T0)
+        tx.audit.record(T0, "admin", "ops", "something happened", model="m")
+        tx.ledger.add("run-1", "m", "reservation", 1.25, T0)
     column = "message" if table == "audit_events" else "amount_usd"
     value = "'rewritten'" if table == "audit_events" else "0"
     statements = [f"UPDATE {table} SET {column} = {value}", f"DELETE FROM {table}"]
@@ -111,21 +112,22 @@ def test_the_database_refuses_to_update_or_delete_audit_and_ledger_rows(any_db_u
 def test_an_orm_change_to_an_audit_row_is_refused_too(any_db_url):
     store = Store(Database(any_db_url))
     with store.tx() as tx:
-        tx.audit(T0, "admin", "ops", "original", model="m")
+        tx.audit.record(T0, "admin", "ops", "original", model="m")
     with pytest.raises(DBAPIError, match="append-only"):
         with store.tx() as tx:
-            (event,) = tx.audit_log()
-            event.message = "edited"
+            (event,) = tx.audit.log()
+            tx.s.get(AuditRow, event.id).message = "edited"  # the ORM row itself, under the repository
     with store.tx() as tx:
-        assert [e.message for e in tx.audit_log()] == ["original"]
+        assert [e.message for e in tx.audit.log()] == ["original"]
 
 
 def _audit_kinds_in_code() -> set[str]:
-    """The kind (second argument) of every ``.audit(at, "kind", ...)`` call with a literal kind."""
+    """The kind (second argument) of every ``audit.record(at, "kind", ...)`` call with a literal kind."""
     kinds = set()
     for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "audit"
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "record"
+                    and isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "audit"
                     and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
                     and isinstance(node.args[1].value, str)):
                 kinds.add(node.args[1].value)
@@ -145,21 +147,21 @@ def test_a_request_leaves_its_whole_story_in_the_trail(sqlite_url, tmp_path):
     ctx = make_context(sqlite_url, tmp_path, config=parse_config(raw, "direction.toml"), clock=SimClock(T0))
     sync_models(ctx)
     with ctx.store.tx() as tx:
-        tx.set_paused("direction", True, "ops", "maintenance", ctx.now())
-        tx.set_paused("direction", False, "ops", "maintenance over", ctx.now())
+        tx.models.set_paused("direction", True, "ops", "maintenance", ctx.now())
+        tx.models.set_paused("direction", False, "ops", "maintenance over", ctx.now())
     # When an operator asks for a retraining, it waits for approval, another operator approves it,
     # and the loop trains and validates the model
     run_step(ctx, "retrain.request_retraining", {"v": 1, "model": "direction", "reason": "first model",
                                                  "requested_by": "alice"})
     drain(ctx)
     with ctx.store.tx() as tx:
-        (pending,) = tx.requests(statuses=["pending_approval"])
+        (pending,) = tx.requests.newest(statuses=["pending_approval"])
     ctx.clock.advance(timedelta(minutes=5))
     resolve_pending(ctx, pending.id, approve=True, actor="bob", reason="go ahead")
     drain(ctx)
     # Then the trail holds every step, in order, each with who did it
     with ctx.store.tx() as tx:
-        events = tx.audit_log(limit=1000)
+        events = tx.audit.log(limit=1000)
     kinds = [e.kind for e in events]
     for kind in ("config", "admin", "request", "decision", "approval", "run", "training", "version", "validation"):
         assert kind in kinds, f"no {kind} event in {kinds}"

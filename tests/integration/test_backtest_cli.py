@@ -77,7 +77,7 @@ def test_canary_rows_are_the_ones_the_router_hash_sends_there(tmp_path):
         out = replay(data, config, "fast", parse_policy("auto"), opts, Path(tmp) / "auto",
                      template_database(Path(tmp)))
         with out.ctx.store.tx() as tx:
-            history = tx.alias_history("fast")
+            history = tx.aliases.history("fast")
         out.ctx.store.db.dispose()
     canaries = [h for h in history if h.alias == "canary" and h.to_version]
     assert canaries, "no candidate reached the canary stage"

@@ -180,7 +180,7 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(extra, tmp_path):
     ctx = make_context(url, tmp_path)
     with ctx.store.tx() as tx:
         for i in range(4000):
-            tx.audit(T0 + timedelta(seconds=i), "admin", "operator", f"event {i} " + "x" * 120, model="direction")
+            tx.audit.record(T0 + timedelta(seconds=i), "admin", "operator", f"event {i} " + "x" * 120, model="direction")
     ctx.store.db.dispose()
 
     # When its output goes to `head -1`, which exits after the first line

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from datetime import timedelta
 
 import pytest
@@ -22,6 +21,7 @@ from retrain.clock import SystemClock
 from retrain.config import load_config
 from retrain.steps.dispatch import run_step
 from tests.conftest import make_context
+from tests.runs import backdate, end_run, make_run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -69,8 +69,8 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
 def _decide_pending(ctx) -> list:
     """What a decision worker would do with the messages the CLI left."""
     with ctx.store.tx() as tx:
-        msgs = [m for m in tx.pending_outbox(limit=1000) if m.task == "retrain.decide"]
-        tx.mark_published([m.id for m in msgs], ctx.now())
+        msgs = [m for m in tx.outbox.pending(limit=1000) if m.task == "retrain.decide"]
+        tx.outbox.mark_published([m.id for m in msgs], ctx.now())
     return [run_step(ctx, m.task, m.payload) for m in msgs]
 
 
@@ -78,10 +78,8 @@ def _spend(ctx, model: str, usd: float) -> None:
     """A run earlier today that cost ``usd``."""
     now = ctx.now()
     with ctx.store.tx() as tx:
-        rid = tx.create_run(model=model, request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
-                            trigger="manual", priority=3, now=now - timedelta(minutes=1))
-        tx.run(rid).state = "done"
-        tx.add_cost(rid, model, "reservation", usd, now)
+        rid = make_run(tx, model, now - timedelta(minutes=1), state="done").id
+        tx.ledger.add(rid, model, "reservation", usd, now)
 
 
 def test_override_budget_needs_a_reason_and_passes_it_to_the_decision(cli, capsys):
@@ -89,8 +87,8 @@ def test_override_budget_needs_a_reason_and_passes_it_to_the_decision(cli, capsy
     ctx = cli
     _spend(ctx, "alpha", 9.5)
     with ctx.store.tx() as tx:
-        (run,) = tx.runs()
-        run.created_at = ctx.now() - timedelta(hours=7)  # out of the cooldown
+        (run,) = tx.runs.newest()
+        backdate(tx, run.id, ctx.now() - timedelta(hours=7))  # out of the cooldown
     # When an operator forces a retraining without a reason, Then it is refused with the fix
     code, _, err = _run(capsys, "train", "alpha", "--override-budget")
     assert code == 2 and "--override-budget needs --reason" in err
@@ -105,8 +103,8 @@ def test_override_budget_needs_a_reason_and_passes_it_to_the_decision(cli, capsy
     assert code == 0
     # Then the reason is the request's override reason, the waiting request is replaced by it,
     with ctx.store.tx() as tx:
-        forced = [r for r in tx.requests("alpha") if r.override_budget]
-        old = tx.request(plain.request_id)
+        forced = [r for r in tx.requests.newest("alpha") if r.override_budget]
+        old = tx.requests.get(plain.request_id)
     assert len(forced) == 1 and forced[0].evidence["override_reason"] == "desk needs it today"
     assert forced[0].requested_by == "carol" and old.status == "superseded"
     # and the decision approves it as a manual run, recording the override and what it bypassed
@@ -156,7 +154,7 @@ def test_approve_and_reject_by_the_id_the_cli_shows(cli, capsys):
     assert again.verdict == "approve" and again.run_id
     # and a rejection needs a reason (argparse refuses without one), and closes the request
     with ctx.store.tx() as tx:
-        tx.run(again.run_id).state = "cancelled"  # out of the way, so that the next request is decided
+        end_run(tx, again.run_id, "cancelled", ctx.now())  # out of the way, so that the next request is decided
     _run(capsys, "train", "young", "--reason", "second")
     (second,) = _decide_pending(ctx)
     with pytest.raises(SystemExit):
@@ -190,8 +188,8 @@ def test_costs_show_spend_per_day_and_month_per_model_against_the_caps(cli, caps
     ctx = cli
     _spend(ctx, "alpha", 2.5)
     with ctx.store.tx() as tx:
-        (run,) = tx.runs()
-        run.created_at = ctx.now() - timedelta(hours=7)
+        (run,) = tx.runs.newest()
+        backdate(tx, run.id, ctx.now() - timedelta(hours=7))
     _run(capsys, "train", "alpha", "--reason", "go")
     (res,) = _decide_pending(ctx)
     assert res.verdict == "approve"
@@ -212,18 +210,18 @@ def _serving(ctx, model: str, *, accuracy: float, ret: float | None) -> None:
     """A production version (validated at 0.60) that served 10 predictions a minute for the last 6 hours."""
     now = ctx.now()
     with ctx.store.tx() as tx:
-        tx.add_version(model=model, version="1.0.0", major=1, minor=0, patch=0, status="production",
-                       created_at=now - timedelta(days=30), deleted_at=None, artifact_sha256="0" * 64,
-                       artifact_size=1, bump_kind="initial", bump_reason="test", parent_version=None,
-                       data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
-                       params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
-                       decision_id=None, run_id=None, cost_usd=0.0)
-        tx.move_alias(model, "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=30))
+        tx.versions.add(model=model, version="1.0.0", major=1, minor=0, patch=0, status="production",
+                        created_at=now - timedelta(days=30), deleted_at=None, artifact_sha256="0" * 64,
+                        artifact_size=1, bump_kind="initial", bump_reason="test", parent_version=None,
+                        data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
+                        params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
+                        decision_id=None, run_id=None, cost_usd=0.0)
+        tx.aliases.move(model, "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=30))
         start = now.replace(second=0, microsecond=0) - timedelta(minutes=360)
         correct, r = int(10 * accuracy), ret or 0.0
-        tx.add_buckets([{"model": model, "version": "1.0.0", "minute": start + timedelta(minutes=m), "n": 10,
-                         "tp": correct, "tn": 0, "fp": 10 - correct, "fn": 0, "ret_sum": 0.0,
-                         "ret_sq_sum": 10 * r * r, "unlabelled": 0} for m in range(360)])
+        tx.monitoring.add_buckets([{"model": model, "version": "1.0.0", "minute": start + timedelta(minutes=m), "n": 10,
+                                    "tp": correct, "tn": 0, "fp": 10 - correct, "fn": 0, "ret_sum": 0.0,
+                                    "ret_sq_sum": 10 * r * r, "unlabelled": 0} for m in range(360)])
 
 
 def test_decisions_show_every_input_of_the_roi_formula(cli, capsys):

@@ -23,6 +23,7 @@ from retrain.policy import RULES, ResourceReading
 from retrain.steps.decide import decide_request, resolve_pending
 from retrain.steps.requests import request_retraining, sync_models
 from tests.conftest import make_context
+from tests.runs import end_run, make_run
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -55,34 +56,32 @@ def _serve(ctx, model: str, *, deployed_days: float = 60.0, accuracy: float = 0.
     return, in absolute value."""
     now = ctx.now()
     with ctx.store.tx() as tx:
-        tx.model_row(model).deployed_at = now - timedelta(days=deployed_days)
-        tx.add_version(model=model, version="1.0.0", major=1, minor=0, patch=0, status="production",
-                       created_at=now - timedelta(days=deployed_days), deleted_at=None, artifact_sha256="0" * 64,
-                       artifact_size=1, bump_kind="initial", bump_reason="test", parent_version=None,
-                       data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
-                       params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
-                       decision_id=None, run_id=None, cost_usd=0.0)
-        tx.move_alias(model, "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=1))
+        tx.models.set_deployed(model, now - timedelta(days=deployed_days))
+        tx.versions.add(model=model, version="1.0.0", major=1, minor=0, patch=0, status="production",
+                        created_at=now - timedelta(days=deployed_days), deleted_at=None, artifact_sha256="0" * 64,
+                        artifact_size=1, bump_kind="initial", bump_reason="test", parent_version=None,
+                        data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=[],
+                        params={}, metrics={"baseline": {"accuracy": 0.60}}, git_commit=None, request_id=None,
+                        decision_id=None, run_id=None, cost_usd=0.0)
+        tx.aliases.move(model, "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=1))
         correct = int(per_minute * accuracy)
         start = now.replace(second=0, microsecond=0) - timedelta(minutes=minutes * every_minutes)
         r = ret or 0.0
-        tx.add_buckets([{"model": model, "version": "1.0.0", "minute": start + timedelta(minutes=m * every_minutes),
-                         "n": per_minute, "tp": correct, "tn": 0, "fp": per_minute - correct, "fn": 0,
-                         "ret_sum": r * (2 * correct - per_minute), "ret_sq_sum": r * r * per_minute,
-                         "unlabelled": unlabelled} for m in range(minutes)])
+        tx.monitoring.add_buckets([{"model": model, "version": "1.0.0", "minute": start + timedelta(minutes=m * every_minutes),
+                                    "n": per_minute, "tp": correct, "tn": 0, "fp": per_minute - correct, "fn": 0,
+                                    "ret_sum": r * (2 * correct - per_minute), "ret_sq_sum": r * r * per_minute,
+                                    "unlabelled": unlabelled} for m in range(minutes)])
 
 
 def _past_run(ctx, model: str, ago: timedelta, cost: float | None = 1.0, state: str = "done") -> str:
     at = ctx.now() - ago
     with ctx.store.tx() as tx:
-        rid = tx.create_run(model=model, request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
-                            trigger="manual", priority=3, now=at)
-        tx.run(rid).state = state
+        rid = make_run(tx, model, at, state=state).id
         if cost is not None:
-            tx.add_cost(rid, model, "reservation", cost, at)
+            tx.ledger.add(rid, model, "reservation", cost, at)
             if state != "queued":
-                tx.add_cost(rid, model, "release", -cost, at)
-                tx.add_cost(rid, model, "actual", cost, at)
+                tx.ledger.add(rid, model, "release", -cost, at)
+                tx.ledger.add(rid, model, "actual", cost, at)
     return rid
 
 
@@ -92,13 +91,13 @@ def _request(ctx, model: str = "alpha", trigger: TriggerKind = TriggerKind.PERFO
     req = RetrainRequest(id=str(uuid.uuid4()), model=model, trigger=trigger, created_at=ctx.now(), reason="test",
                          evidence=evidence)
     with ctx.store.tx() as tx:
-        rid, _ = tx.open_request(req)
+        rid, _ = tx.requests.open(req)
     return rid
 
 
 def _decision(ctx, res) -> Decision:
     with ctx.store.tx() as tx:
-        row = tx.decision(res.decision_id)
+        row = tx.decisions.get(res.decision_id)
         return Decision(request_id=row.request_id, model=row.model, verdict=Verdict(row.verdict),
                         decided_at=row.decided_at, rules=tuple(RuleResult.from_json(r) for r in row.rules),
                         defer_until=row.defer_until, estimated_cost_usd=row.estimated_cost_usd,
@@ -128,13 +127,13 @@ def test_an_approval_records_every_rule_reserves_the_estimate_and_enqueues_train
     assert d.detail["value_model"]["gap_points"] == pytest.approx(8.0)
     # and one transaction reserved the estimate, queued the run and left retrain.train in the outbox
     with ctx.store.tx() as tx:
-        run = tx.run(res.run_id)
+        run = tx.runs.get(res.run_id)
         assert run.state == "queued" and run.decision_id == res.decision_id
-        assert tx.held_reservation(run.id) == pytest.approx(ctx.config.model("alpha").first_run_cost_usd)
-        assert tx.request(rid).status == "approved" and tx.request(rid).run_id == run.id
-        (msg,) = [m for m in tx.pending_outbox() if m.task == "retrain.train"]
+        assert tx.ledger.held_reservation(run.id) == pytest.approx(ctx.config.model("alpha").first_run_cost_usd)
+        assert tx.requests.get(rid).status == "approved" and tx.requests.get(rid).run_id == run.id
+        (msg,) = [m for m in tx.outbox.pending() if m.task == "retrain.train"]
         assert msg.payload == {"v": 1, "run_id": run.id} and msg.priority == TRIGGER_PRIORITY[TriggerKind.PERFORMANCE]
-        events = tx.audit_log(model="alpha")
+        events = tx.audit.log(model="alpha")
     kinds = [e.kind for e in events]
     assert "decision" in kinds and "run" in kinds
     decision_event = next(e for e in events if e.kind == "decision")
@@ -152,7 +151,7 @@ def test_a_repeated_message_is_decided_once(sqlite_url, tmp_path):
     # Then nothing new is decided, reserved or started
     assert not first.skipped and again.skipped and again.summary.startswith("already")
     with ctx.store.tx() as tx:
-        assert len(tx.decisions()) == 1 and len(tx.runs()) <= 1
+        assert len(tx.decisions.newest()) == 1 and len(tx.runs.newest()) <= 1
     with pytest.raises(PayloadError):
         decide_request(ctx, "no-such-request")
 
@@ -170,7 +169,7 @@ def test_the_estimate_is_the_moving_average_of_measured_runs(sqlite_url, tmp_pat
     assert d.estimated_cost_usd == pytest.approx(ema)
     assert d.detail["estimate"]["past_usd"] == [1.0, 2.0, 4.0]
     with ctx.store.tx() as tx:
-        assert tx.held_reservation(res.run_id) == pytest.approx(ema)
+        assert tx.ledger.held_reservation(res.run_id) == pytest.approx(ema)
 
 
 # -- each rule through the step ---------------------------------------------------------------------
@@ -191,7 +190,7 @@ def test_cooldown_and_the_daily_limit_defer_until_they_pass(sqlite_url, tmp_path
     assert b.verdict.value == "defer" and b.defer_until == NOW + timedelta(hours=4)
     assert _rule(b, "daily_runs").value == 2 and _rule(b, "daily_runs").limit == 2
     with ctx.store.tx() as tx:
-        assert {r.status for r in tx.requests()} == {"deferred"}
+        assert {r.status for r in tx.requests.newest()} == {"deferred"}
 
 
 def test_per_model_overrides_apply_to_their_model_only(sqlite_url, tmp_path):
@@ -255,8 +254,8 @@ def test_a_run_that_can_never_fit_and_a_run_worth_too_little_are_rejected(sqlite
     vm = a.detail["value_model"]
     assert vm["predictions_per_day"] == pytest.approx(10.0) and vm["roi"] < 1.5
     with ctx.store.tx() as tx:
-        assert {r.status for r in tx.requests()} == {"rejected"}
-        assert tx.runs() == []
+        assert {r.status for r in tx.requests.newest()} == {"rejected"}
+        assert tx.runs.newest() == []
 
 
 def test_a_scheduled_request_waits_for_the_off_peak_window_and_a_performance_one_does_not(sqlite_url, tmp_path):
@@ -273,8 +272,8 @@ def test_resources_reported_by_a_training_node_win_over_the_local_reading(sqlite
     # Given a training node that reported 300 MB free a minute ago (the deciding node has plenty)
     ctx = _ctx(sqlite_url, tmp_path)
     with ctx.store.tx() as tx:
-        tx.report_resources("train-1", {"free_memory_mb": 300.0, "cpu_load_pct": 10.0, "free_disk_mb": 50_000.0},
-                            NOW - timedelta(minutes=1))
+        tx.controls.report_resources("train-1", {"free_memory_mb": 300.0, "cpu_load_pct": 10.0, "free_disk_mb": 50_000.0},
+                                     NOW - timedelta(minutes=1))
     # When a request is decided
     d = _decision(ctx, decide_request(ctx, _request(ctx, trigger=TriggerKind.MANUAL), AMPLE))
     # Then it waits 5 minutes for memory, and the record says where the reading came from
@@ -299,9 +298,9 @@ def test_a_young_deployment_waits_for_an_operator_who_approves_or_rejects(any_db
     ok = resolve_pending(ctx, first.decision_id[:8], approve=True, actor="alice", reason="looked at it")
     # Then the approval is recorded and the request is decided again, this time approved
     with ctx.store.tx() as tx:
-        msgs = [m for m in tx.pending_outbox() if m.task == "retrain.decide"]
-        assert tx.request(first.request_id).evidence["approved_by"] == "alice"
-        assert tx.decision(first.decision_id).resolved_by == "alice"
+        msgs = [m for m in tx.outbox.pending() if m.task == "retrain.decide"]
+        assert tx.requests.get(first.request_id).evidence["approved_by"] == "alice"
+        assert tx.decisions.get(first.decision_id).resolved_by == "alice"
     assert ok.verdict == "approve" and [m.payload["request_id"] for m in msgs] == [first.request_id]
     again = decide_request(ctx, first.request_id, AMPLE)
     assert again.verdict == "approve" and "approved by alice" in _rule(_decision(ctx, again), "approval").detail
@@ -310,8 +309,8 @@ def test_a_young_deployment_waits_for_an_operator_who_approves_or_rejects(any_db
         resolve_pending(ctx, other.request_id, approve=False, actor="bob")
     resolve_pending(ctx, other.request_id, approve=False, actor="bob", reason="not now")
     with ctx.store.tx() as tx:
-        assert tx.request(other.request_id).status == "rejected"
-        approvals = tx.audit_log(kinds=["approval"])
+        assert tx.requests.get(other.request_id).status == "rejected"
+        approvals = tx.audit.log(kinds=["approval"])
     assert [(e.actor, e.data["approved"]) for e in approvals] == [("alice", True), ("bob", False)]
     with pytest.raises(PayloadError, match="not waiting"):
         resolve_pending(ctx, other.request_id, approve=True, actor="bob")
@@ -331,7 +330,7 @@ def test_an_emergency_bypasses_approval_cooldown_and_limits_and_the_bypass_is_au
     bypassed = {r.rule for r in d.rules if r.bypassed}
     assert {"approval", "cooldown", "daily_runs"} <= bypassed
     with ctx.store.tx() as tx:
-        (event,) = tx.audit_log(kinds=["bypass"])
+        (event,) = tx.audit.log(kinds=["bypass"])
     # (noon is outside the off-peak window too: not a rule for emergencies, so recorded as bypassed)
     assert set(event.data["would_have_failed"]) == {"approval", "cooldown", "daily_runs", "offpeak"}
     assert event.data["why"] == "emergency"
@@ -343,23 +342,23 @@ def test_pausing_an_unknown_model_names_it_and_the_configured_ones(sqlite_url, t
     # When an unknown model is paused, Then the error is ours and names it and the known ones
     with pytest.raises(UnknownModelError, match=r"unknown model 'gamma'; configured: alpha, beta"):
         with ctx.store.tx() as tx:
-            tx.set_paused("gamma", True, "ops", "typo", NOW)
+            tx.models.set_paused("gamma", True, "ops", "typo", NOW)
 
 
 def test_pause_one_model_or_all_rejects_with_reason_paused(sqlite_url, tmp_path):
     ctx = _ctx(sqlite_url, tmp_path)
     with ctx.store.tx() as tx:
-        tx.set_paused("alpha", True, "ops", "incident 42", NOW)
+        tx.models.set_paused("alpha", True, "ops", "incident 42", NOW)
     a = _decision(ctx, decide_request(ctx, _request(ctx, "alpha", TriggerKind.EMERGENCY), AMPLE))
     b = decide_request(ctx, _request(ctx, "beta", TriggerKind.MANUAL), AMPLE)
     assert a.verdict.value == "reject" and a.detail["reject_rules"] == ["paused"] and b.verdict == "approve"
     with ctx.store.tx() as tx:
-        tx.set_paused("alpha", False, "ops", "incident over", NOW)
-        tx.set_paused(None, True, "ops", "freeze", NOW)
+        tx.models.set_paused("alpha", False, "ops", "incident over", NOW)
+        tx.models.set_paused(None, True, "ops", "freeze", NOW)
     c = _decision(ctx, decide_request(ctx, _request(ctx, "alpha", TriggerKind.MANUAL), AMPLE))
     assert c.verdict.value == "reject" and _rule(c, "paused").detail == "all retraining is paused"
     with ctx.store.tx() as tx:
-        admin = [e.message for e in tx.audit_log(kinds=["admin"])]
+        admin = [e.message for e in tx.audit.log(kinds=["admin"])]
     assert len(admin) == 3 and "incident 42" in admin[0] and "all models" in admin[2]
 
 
@@ -369,8 +368,8 @@ def test_a_request_for_a_model_with_a_run_in_flight_joins_it(sqlite_url, tmp_pat
     second = decide_request(ctx, _request(ctx, "alpha", TriggerKind.DRIFT), AMPLE)
     assert second.verdict == "coalesced" and second.run_id == first.run_id
     with ctx.store.tx() as tx:
-        assert tx.request(second.request_id).run_id == first.run_id
-        assert len(tx.runs()) == 1
+        assert tx.requests.get(second.request_id).run_id == first.run_id
+        assert len(tx.runs.newest()) == 1
 
 
 def test_an_override_with_a_reason_skips_budgets_and_roi_and_one_without_is_rejected(sqlite_url, tmp_path):
@@ -387,14 +386,14 @@ def test_an_override_with_a_reason_skips_budgets_and_roi_and_one_without_is_reje
     assert res.verdict == "approve" and "carol" in d.detail["override"]
     assert {r.rule for r in d.rules if r.bypassed} >= {"budget_daily", "budget_monthly", "roi"}
     with ctx.store.tx() as tx:
-        assert tx.run(res.run_id).trigger == "manual"
-        (bypass,) = tx.audit_log(kinds=["bypass"])
-        (request_event,) = tx.audit_log(kinds=["request"])
+        assert tx.runs.get(res.run_id).trigger == "manual"
+        (bypass,) = tx.audit.log(kinds=["bypass"])
+        (request_event,) = tx.audit.log(kinds=["request"])
     assert bypass.actor == "carol" and "desk asked" in bypass.message
     assert request_event.data["override_reason"] == "desk asked"
     ctx.clock.advance(timedelta(hours=7))
     with ctx.store.tx() as tx:
-        tx.run(res.run_id).state = "done"
+        end_run(tx, res.run_id, "done", ctx.now())
     loud = request_retraining(ctx, ManualRequestPayload(model="alpha", reason="x", requested_by="dave",
                                                         override_budget=True))
     d2 = _decision(ctx, decide_request(ctx, loud.request_id, AMPLE))
@@ -408,7 +407,7 @@ def test_a_global_configuration_change_is_audited_with_what_changed(sqlite_url, 
     sync_models(ctx)
     sync_models(ctx)  # a second worker starting with the same file records nothing new
     with ctx.store.tx() as tx:
-        events = tx.audit_log(kinds=["config"])
+        events = tx.audit.log(kinds=["config"])
     globals_ = [e for e in events if e.model is None]
     assert len(globals_) == 2 and globals_[1].data["changed"] == ["policy.daily_budget_usd"]
 
@@ -480,9 +479,8 @@ def test_the_floor_clock_runs_from_the_first_finding_and_restarts_after_a_retrai
     assert third.verdict.value == "approve" and _rule(third, "roi").bypassed
     assert third.detail["value_model"]["below_floor_since"] == NOW.isoformat()
     with ctx.store.tx() as tx:
-        (bypass,) = tx.audit_log(kinds=["bypass"])
-        run = tx.runs()[0]
-        run.state, run.finished_at = "rejected", ctx.now() + timedelta(hours=30)
+        (bypass,) = tx.audit.log(kinds=["bypass"])
+        end_run(tx, tx.runs.newest()[0].id, "rejected", ctx.now() + timedelta(hours=30))
     assert "approved past roi (below the accuracy floor 0.550 for 72.0 h" in bypass.message
     # When the retraining ended and the model is still below, Then the clock starts again
     ctx.clock.advance(timedelta(hours=31))
@@ -505,7 +503,7 @@ def test_a_critical_emergency_is_approved_past_roi_through_the_step(any_db_url, 
     req = RetrainRequest(id=str(uuid.uuid4()), model="alpha", trigger=TriggerKind.EMERGENCY, created_at=ctx.now(),
                          reason="returns 50 sigma below", evidence={"z": 50.0}, severity=Severity.CRITICAL)
     with ctx.store.tx() as tx:
-        rid, _ = tx.open_request(req)
+        rid, _ = tx.requests.open(req)
     # When it is decided
     res = decide_request(ctx, rid, AMPLE)
     # Then it is approved, ROI bypassed, and the audit says it yielded to the CRITICAL emergency
@@ -514,6 +512,6 @@ def test_a_critical_emergency_is_approved_past_roi_through_the_step(any_db_url, 
     assert res.verdict == "approve" and _rule(d, "roi").bypassed and not _rule(d, "roi").passed
     assert d.detail["value_model"]["gap_points"] == 0.0
     with ctx.store.tx() as tx:
-        (bypass,) = tx.audit_log(kinds=["bypass"])
+        (bypass,) = tx.audit.log(kinds=["bypass"])
     assert bypass.data["why"] == "emergency; CRITICAL emergency"
     assert bypass.data["would_have_failed"] == ["offpeak", "roi"]

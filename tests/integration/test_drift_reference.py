@@ -79,28 +79,28 @@ def _live(ctx, shift: dict[int, float], seed: int, rows: int = 800) -> None:
         X[:, j] += by
     now = ctx.now()
     with ctx.store.tx() as tx:
-        version = tx.alias("m", "production")
-        tx.add_samples([{"model": "m", "version": version, "ts": now - timedelta(seconds=3 * (i + 1)),
-                         "features": X[i].tolist(), "prediction": 1, "label": 1, "ret": 0.0} for i in range(rows)])
+        version = tx.aliases.get("m", "production")
+        tx.monitoring.add_samples([{"model": "m", "version": version, "ts": now - timedelta(seconds=3 * (i + 1)),
+                                    "features": X[i].tolist(), "prediction": 1, "label": 1, "ret": 0.0} for i in range(rows)])
 
 
 def _drift_requests(ctx):
     with ctx.store.tx() as tx:
-        return [r for r in tx.requests("m", limit=100) if r.trigger == "drift"]
+        return [r for r in tx.requests.newest("m", limit=100) if r.trigger == "drift"]
 
 
 def _reject(ctx, rid: str) -> None:
     """The request is rejected (the model is paused), as a drift with nothing to recover often is."""
     with ctx.store.tx() as tx:
-        tx.set_paused("m", True, "ops", "test", ctx.now())
+        tx.models.set_paused("m", True, "ops", "test", ctx.now())
     assert decide_request(ctx, rid).verdict == "reject"
     with ctx.store.tx() as tx:
-        tx.set_paused("m", False, "ops", "test", ctx.now())
+        tx.models.set_paused("m", False, "ops", "test", ctx.now())
 
 
 def _latest(ctx):
     with ctx.store.tx() as tx:
-        return tx.latest_drift_report("m").report
+        return tx.monitoring.latest_drift_report("m").report
 
 
 def test_reference_is_refreshed_at_promotion_and_a_persistent_drift_asks_once(any_db_url, tmp_path):
@@ -110,9 +110,9 @@ def test_reference_is_refreshed_at_promotion_and_a_persistent_drift_asks_once(an
     # Given version 1.0.0 trained on unshifted data and promoted
     _retrain(ctx, "initial model")
     with ctx.store.tx() as tx:
-        v1 = tx.version("m", "1.0.0")
+        v1 = tx.versions.get("m", "1.0.0")
         state = drift_state(tx, "m")
-        audit = [e.message for e in tx.audit_events("m", kind="drift")]
+        audit = [e.message for e in tx.audit.events("m", kind="drift")]
     # Then the drift reference is its training window, set by the promotion
     assert (state["version"], state["set_by"], state["reference_sha256"]) == ("1.0.0", "promotion",
                                                                             v1.metrics["reference_sha256"])
@@ -157,9 +157,9 @@ def test_reference_is_refreshed_at_promotion_and_a_persistent_drift_asks_once(an
     WORLD["flip"] = True
     _retrain(ctx, "concept changed")
     with ctx.store.tx() as tx:
-        assert tx.alias("m", "production") == "1.1.0"
+        assert tx.aliases.get("m", "production") == "1.1.0"
         state = drift_state(tx, "m")
-        v2 = tx.version("m", "1.1.0")
+        v2 = tx.versions.get("m", "1.1.0")
     # Then the reference is the new version's training window, and nothing is remembered as asked
     assert (state["version"], state["reference_sha256"]) == ("1.1.0", v2.metrics["reference_sha256"])
     assert state["episode"] == {"reference": v2.metrics["reference_sha256"], "asked": {}, "asks": 0,
@@ -202,14 +202,14 @@ def _seed_production(ctx, reference: np.ndarray) -> None:
     ref = ctx.artifacts.put_object(reference)
     now = ctx.now()
     with ctx.store.tx() as tx:
-        tx.add_version(model="m", version="1.0.0", major=1, minor=0, patch=0, status="production",
-                       created_at=now - timedelta(days=3), deleted_at=None, artifact_sha256=ref.sha256,
-                       artifact_size=ref.size, bump_kind="initial", bump_reason="test", parent_version=None,
-                       data_start=None, data_end=None, data_rows=len(reference), data_fingerprint="",
-                       feature_schema=FEATURES, params={},
-                       metrics={"baseline": {"accuracy": 0.60}, "reference_sha256": ref.sha256},
-                       git_commit=None, request_id=None, decision_id=None, run_id=None, cost_usd=0.0)
-        tx.move_alias("m", "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=3))
+        tx.versions.add(model="m", version="1.0.0", major=1, minor=0, patch=0, status="production",
+                        created_at=now - timedelta(days=3), deleted_at=None, artifact_sha256=ref.sha256,
+                        artifact_size=ref.size, bump_kind="initial", bump_reason="test", parent_version=None,
+                        data_start=None, data_end=None, data_rows=len(reference), data_fingerprint="",
+                        feature_schema=FEATURES, params={},
+                        metrics={"baseline": {"accuracy": 0.60}, "reference_sha256": ref.sha256},
+                        git_commit=None, request_id=None, decision_id=None, run_id=None, cost_usd=0.0)
+        tx.aliases.move("m", "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=3))
 
 
 def _healthy_buckets(ctx, minutes: int = 240, per_minute: int = 20, seed: int = 0) -> None:
@@ -223,7 +223,7 @@ def _healthy_buckets(ctx, minutes: int = 240, per_minute: int = 20, seed: int = 
                      "n": per_minute, "tp": hits, "fp": 0, "tn": 0, "fn": per_minute - hits, "ret_sum": 0.0,
                      "ret_sq_sum": 0.0, "unlabelled": 0})
     with ctx.store.tx() as tx:
-        tx.add_buckets(rows)
+        tx.monitoring.add_buckets(rows)
 
 
 def test_drift_with_healthy_accuracy_is_reported_not_asked_again(sqlite_url, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ from retrain.steps.sweep import sweep
 from retrain.storage.repo import new_id
 from tests.conftest import T0, make_context
 from tests.rollout_world import MODEL, add_version, aliases, config, make_production, rollout_row, start_candidate
+from tests.runs import end_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -44,7 +45,7 @@ def _live(ctx, version: str, start, minutes: int, accuracy: float, per_minute: i
                      "fn": per_minute - hits - (per_minute - hits) // 2, "ret_sum": 0.0, "ret_sq_sum": 0.0,
                      "unlabelled": 0})
     with ctx.store.tx() as tx:
-        tx.add_buckets(rows)
+        tx.monitoring.add_buckets(rows)
 
 
 def _collapse(ctx, version: str, *, history_minutes: int = 600, seed: int = 0) -> None:
@@ -56,23 +57,23 @@ def _collapse(ctx, version: str, *, history_minutes: int = 600, seed: int = 0) -
 
 def _baseline(ctx, version: str, accuracy: float) -> None:
     with ctx.store.tx() as tx:
-        row = tx.version(MODEL, version)
-        row.metrics = {**row.metrics, "baseline": {"accuracy": accuracy}}
+        row = tx.versions.get(MODEL, version)
+        tx.versions.update(row, metrics={**row.metrics, "baseline": {"accuracy": accuracy}})
 
 
 def _previous(ctx, version: str) -> None:
     with ctx.store.tx() as tx:
-        tx.move_alias(MODEL, "previous", version, actor="test", reason="given", now=ctx.now())
+        tx.aliases.move(MODEL, "previous", version, actor="test", reason="given", now=ctx.now())
 
 
 def _emergency_requests(ctx):
     with ctx.store.tx() as tx:
-        return [r for r in tx.requests(MODEL) if r.trigger == "emergency"]
+        return [r for r in tx.requests.newest(MODEL) if r.trigger == "emergency"]
 
 
 def _events(ctx, kind: str):
     with ctx.store.tx() as tx:
-        return [(e.actor, e.message, e.data) for e in tx.audit_events(MODEL, limit=1000, kind=kind)]
+        return [(e.actor, e.message, e.data) for e in tx.audit.events(MODEL, limit=1000, kind=kind)]
 
 
 # ----------------------------------------------------------------------------- abort
@@ -96,9 +97,9 @@ def test_an_emergency_on_production_aborts_the_rollout_and_its_retraining_starts
     assert a["production"][0] == "1.0.0" and a.get("canary", (None, 0.0)) == (None, 0.0)
     assert a.get("candidate", (None,))[0] is None
     with ctx.store.tx() as tx:
-        run = tx.run(run_id)
+        run = tx.runs.get(run_id)
         assert (run.state, run.stage) == ("rejected", "aborted")
-        assert tx.version(MODEL, "1.1.0").status == "withdrawn"
+        assert tx.versions.get(MODEL, "1.1.0").status == "withdrawn"
     [(actor, msg, data)] = [e for e in _events(ctx, "rollout") if "rollout ended (aborted)" in e[1]]
     assert "emergency" in msg and data["figures"]["emergency"]["severity"] == "CRITICAL"
     # And the emergency's retraining goes ahead instead of joining the aborted run
@@ -185,7 +186,7 @@ def test_an_emergency_never_goes_back_to_a_version_that_was_rolled_back_from(pg_
     ctx = _ctx(pg_url, tmp_path)
     _promoted_with_previous(ctx)
     with ctx.store.tx() as tx:
-        tx.version(MODEL, "1.0.0").status = "rolled_back"
+        tx.versions.update(tx.versions.get(MODEL, "1.0.0"), status="rolled_back")
     _collapse(ctx, "1.1.0")
     # When production collapses
     result = sweep(ctx)
@@ -276,8 +277,7 @@ def test_a_persisting_emergency_retrains_once_per_episode(pg_url, tmp_path):
     held = sweep(ctx)  # while it runs: held back as before
     assert not held.requests_opened and "already joined run" in held.held_back[0]["why"]
     with ctx.store.tx() as tx:
-        run = tx.run(run_id)
-        run.state, run.stage, run.finished_at = "rejected", "rejected", ctx.now()
+        end_run(tx, run_id, "rejected", ctx.now())
     # When the collapse persists for the next half hour, swept every five minutes
     for i in range(6):
         ctx.clock.advance(timedelta(minutes=5))
@@ -307,8 +307,8 @@ def _promoted_at(ctx, at) -> None:
     _baseline(ctx, "1.1.0", 0.63)
     make_production(ctx, "1.0.0", now=at - timedelta(days=7))
     with ctx.store.tx() as tx:
-        tx.move_alias(MODEL, "production", "1.1.0", actor="promotion", reason="run passed its rollout", now=at)
-        tx.move_alias(MODEL, "previous", "1.0.0", actor="promotion", reason="replaced by 1.1.0", now=at)
+        tx.aliases.move(MODEL, "production", "1.1.0", actor="promotion", reason="run passed its rollout", now=at)
+        tx.aliases.move(MODEL, "previous", "1.0.0", actor="promotion", reason="replaced by 1.1.0", now=at)
 
 
 def test_a_promoted_version_significantly_worse_than_its_predecessor_is_rolled_back(pg_url, tmp_path):
@@ -338,11 +338,11 @@ def test_a_promoted_version_significantly_worse_than_its_predecessor_is_rolled_b
 def _rollout_ended(ctx, started, at) -> None:
     """The rollout of 1.1.0 against production 1.0.0, from ``started``, ended in its promotion at ``at``."""
     with ctx.store.tx() as tx:
-        tx.add_rollout(run_id=new_id(), model=MODEL, candidate_version="1.1.0", baseline_version="1.0.0",
-                       phase="promoted", stages=[10.0, 25.0, 50.0, 100.0], stage=3, share_pct=0.0, started_at=started,
-                       stage_started_at=at - timedelta(hours=1), canary_started_at=started + timedelta(hours=2),
-                       updated_at=at, finished_at=at, gate=None, gate_by=None, scored_until=0, paired={},
-                       figures={}, history=[], outcome="last stage passed")
+        tx.rollouts.add(run_id=new_id(), model=MODEL, candidate_version="1.1.0", baseline_version="1.0.0",
+                        phase="promoted", stages=[10.0, 25.0, 50.0, 100.0], stage=3, share_pct=0.0, started_at=started,
+                        stage_started_at=at - timedelta(hours=1), canary_started_at=started + timedelta(hours=2),
+                        updated_at=at, finished_at=at, gate=None, gate_by=None, scored_until=0, paired={},
+                        figures={}, history=[], outcome="last stage passed")
 
 
 @pytest.mark.parametrize("span", ["window", "rollout"])

@@ -36,8 +36,8 @@ def _ingest_all(ctx, payloads: list[dict]):
 
 def _stored(ctx) -> tuple[int, int, list]:
     with ctx.store.tx() as tx:
-        buckets = tx.buckets("direction", None, T0 - timedelta(days=1))
-        return sum(b.n for b in buckets), len(tx.samples("direction")), [d.reason for d in tx.dead_letters()]
+        buckets = tx.monitoring.buckets("direction", None, T0 - timedelta(days=1))
+        return sum(b.n for b in buckets), len(tx.monitoring.samples("direction")), [d.reason for d in tx.dead_letters.newest()]
 
 
 def test_bad_records_are_kept_with_a_reason_while_the_good_ones_land(any_db_url, tmp_path):
@@ -65,7 +65,7 @@ def test_bad_records_are_kept_with_a_reason_while_the_good_ones_land(any_db_url,
     ])
     assert sum(r.accepted for r in results) == 300 and sum(r.rejected for r in results) == 4
     with ctx.store.tx() as tx:
-        kept = {d.payload["id"]: d.payload for d in tx.dead_letters()}
+        kept = {d.payload["id"]: d.payload for d in tx.dead_letters.newest()}
     assert kept["short"]["x"] == [0.5] * 7 and kept["never-predicted"]["label"] == 1
 
     # And a redelivered batch is not counted twice
@@ -90,8 +90,8 @@ def test_unknown_model_and_json_number_payloads(any_db_url, tmp_path):
     # Then both are read alike: one labelled row and one prediction without an outcome each
     assert (r1.accepted, r1.rejected, r2.accepted, r2.rejected) == (2, 0, 2, 0)
     with ctx.store.tx() as tx:
-        rows = tx.buckets("direction", "1.0.0", T0 - timedelta(hours=1))
-        dead = tx.dead_letters()
+        rows = tx.monitoring.buckets("direction", "1.0.0", T0 - timedelta(hours=1))
+        dead = tx.dead_letters.newest()
     assert [(b.minute, b.n, b.tp, b.unlabelled) for b in rows] == [(T0, 2, 2, 0), (T0 + timedelta(minutes=1), 0, 0, 2)]
     assert [d.reason for d in dead] == ["unknown model 'nope'"]
 
@@ -108,7 +108,7 @@ def test_vectorised_buckets_equal_a_row_by_row_count(any_db_url, tmp_path):
              float(ret[i]), float(ts[i])) for i in range(n)]
     _ingest_all(ctx, _payloads(rows))
     with ctx.store.tx() as tx:
-        got = {(b.version, b.minute): b for b in tx.buckets("direction", None, T0 - timedelta(hours=1))}
+        got = {(b.version, b.minute): b for b in tx.monitoring.buckets("direction", None, T0 - timedelta(hours=1))}
     minute = (ts // 60).astype(int)
     for (v, m), b in got.items():
         sel = (version == v) & (minute == int(b.minute.timestamp() // 60))
@@ -128,7 +128,7 @@ def test_client_drops_are_written_to_the_audit_trail(sqlite_url, tmp_path):
     client.flush(1)
     _ingest_all(ctx, sent)
     with ctx.store.tx() as tx:
-        events = tx.audit_events("direction", kind="client")
+        events = tx.audit.events("direction", kind="client")
     assert len(events) == 1 and events[0].data["dropped"] == 2
 
 
@@ -145,7 +145,7 @@ def test_the_sample_keeps_at_most_max_per_minute_rows(sqlite_url, tmp_path):
     _ingest_all(ctx, _payloads(rows[:150]) + _payloads(rows[150:]))
     with ctx.store.tx() as tx:
         per_minute = {}
-        for s in tx.samples("direction"):
+        for s in tx.monitoring.samples("direction"):
             per_minute[s.ts.replace(second=0, microsecond=0)] = per_minute.get(s.ts.replace(second=0, microsecond=0), 0) + 1
     # Then each minute keeps 25, the cap, and no more
     assert sorted(per_minute.values()) == [25, 25, 25]
@@ -175,8 +175,8 @@ def test_rows_too_far_ahead_of_the_clock_are_dead_lettered_while_the_good_ones_l
     # row's time, the clock's time and the setting, and no bucket lies past the bound
     assert sum(r.accepted for r in results) == 201
     with ctx.store.tx() as tx:
-        buckets = tx.buckets("direction", None, T0 - timedelta(days=1))
-        dead = {d.payload["id"]: d for d in tx.dead_letters()}
+        buckets = tx.monitoring.buckets("direction", None, T0 - timedelta(days=1))
+        dead = {d.payload["id"]: d for d in tx.dead_letters.newest()}
     assert sum(b.n for b in buckets) == 201
     assert max(b.minute for b in buckets) == T0 + timedelta(days=1)
     assert set(dead) == {"2076", "2076b", "past-skew", "never-predicted"}
@@ -201,7 +201,7 @@ def test_the_skew_setting_moves_the_bound(any_db_url, tmp_path):
     results = _ingest_all(ctx, _payloads(rows))
     # Then the bound is the setting's: the row 2 hours ahead is refused, saying so; the old one lands
     with ctx.store.tx() as tx:
-        dead = {d.payload["id"]: d.reason for d in tx.dead_letters()}
+        dead = {d.payload["id"]: d.reason for d in tx.dead_letters.newest()}
     assert sum(r.accepted for r in results) == 2
     assert dead == {"later": _future_reason(T + 7200, "3600"), "1969": "timestamp -1.0 is not a valid epoch time",
                     "never-predicted": UNKNOWN_PREDICTION}

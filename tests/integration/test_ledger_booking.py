@@ -20,7 +20,6 @@ from retrain.payloads import ManualRequestPayload
 from retrain.steps.decide import decide_request
 from retrain.steps.requests import request_retraining, sync_models
 from retrain.steps.train import train_run
-from retrain.storage.models import CostRow
 from tests.conftest import EXAMPLE_CONFIG, make_context
 
 pytestmark = pytest.mark.timeout(90)
@@ -53,14 +52,14 @@ def _approve(ctx) -> str:
 
 def _rows(ctx, run_id: str) -> list[tuple[str, float, str, str]]:
     with ctx.store.tx() as tx:
-        rows = tx.s.query(CostRow).filter(CostRow.run_id == run_id).order_by(CostRow.id).all()
+        rows = tx.ledger.entries(run_id=run_id)
         return [(r.kind, r.amount_usd, r.day, r.at.strftime("%Y-%m-%d")) for r in rows]
 
 
 def _spend(tx, model: str, day: datetime) -> tuple[float, float, float, float]:
     """(spend today, this month, the model's today, the model's this month) as the decision reads them."""
-    st = tx.decision_snapshot(model, now=day, history=timedelta(days=31), window=timedelta(hours=1),
-                              report_max_age=timedelta(minutes=10))
+    st = tx.decision_state.snapshot(model, now=day, history=timedelta(days=31), window=timedelta(hours=1),
+                                    report_max_age=timedelta(minutes=10))
     return st.spend_today, st.spend_month, st.model_spend_today, st.model_spend_month
 
 
@@ -75,8 +74,8 @@ def test_a_run_that_trains_after_midnight_turns_its_reservation_into_its_cost_on
     # Then the reservation is released and the measured cost booked, both to the reservation's day
     rows = _rows(ctx, run_id)
     with ctx.store.tx() as tx:
-        usage = tx.run(run_id).usage
-        held = tx.held_reservation(run_id)
+        usage = tx.runs.get(run_id).usage
+        held = tx.ledger.held_reservation(run_id)
         today = _spend(tx, "direction", datetime(2026, 1, 5, 12, tzinfo=timezone.utc))
         tomorrow = _spend(tx, "direction", datetime(2026, 1, 6, 12, tzinfo=timezone.utc))
     assert [(k, d, at) for k, _, d, at in rows] == [("reservation", "2026-01-05", "2026-01-05"),
@@ -90,7 +89,7 @@ def test_a_run_that_trains_after_midnight_turns_its_reservation_into_its_cost_on
     assert tomorrow[0] == 0.0
     # and the next decision estimates from that measured cost
     with ctx.store.tx() as tx:
-        assert tx.actual_costs("direction") == [pytest.approx(actual)]
+        assert tx.ledger.actual_costs("direction") == [pytest.approx(actual)]
 
 
 def test_a_run_that_fails_gives_its_reservation_back(sqlite_url, tmp_path):
@@ -104,6 +103,6 @@ def test_a_run_that_fails_gives_its_reservation_back(sqlite_url, tmp_path):
     assert [(k, a, d) for k, a, d, _ in _rows(ctx, run_id)] == [("reservation", 0.5, "2026-01-05"),
                                                                  ("release", -0.5, "2026-01-05")]
     with ctx.store.tx() as tx:
-        assert tx.held_reservation(run_id) == 0.0
+        assert tx.ledger.held_reservation(run_id) == 0.0
         assert _spend(tx, "direction", datetime(2026, 1, 5, 12, tzinfo=timezone.utc)) == (0.0, 0.0, 0.0, 0.0)
-        assert tx.run(run_id).state == "failed"
+        assert tx.runs.get(run_id).state == "failed"

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.runs import end_run, make_run
+
 pytestmark = pytest.mark.timeout(120)
 
 NOW = datetime(2026, 1, 5, 18, 0, tzinfo=timezone.utc)  # a Monday evening, outside the off-peak window
@@ -59,11 +61,10 @@ def _context(db_url: str, home: Path, config_data: dict):
 def _complete(ctx, run_id: str) -> None:
     """What the training step does at its end: the reservation becomes the measured cost."""
     with ctx.store.tx() as tx:
-        run = tx.run(run_id, for_update=True)
-        run.state, run.finished_at = "done", ctx.now()
-        held = tx.held_reservation(run_id)
-        tx.add_cost(run_id, run.model, "release", -held, ctx.now(), {"reason": "replaced by actual cost"})
-        tx.add_cost(run_id, run.model, "actual", held, ctx.now(), {})
+        run = end_run(tx, run_id, "done", ctx.now())
+        held = tx.ledger.held_reservation(run_id)
+        tx.ledger.add(run_id, run.model, "release", -held, ctx.now(), {"reason": "replaced by actual cost"})
+        tx.ledger.add(run_id, run.model, "actual", held, ctx.now(), {})
 
 
 def _decider(db_url: str, home: str, config_data: dict, ids: list[str], barrier, results, complete: bool) -> None:
@@ -74,7 +75,7 @@ def _decider(db_url: str, home: str, config_data: dict, ids: list[str], barrier,
     out: list[tuple[str, str | None]] = []
     try:
         with ctx.store.tx() as tx:  # connect before the start line, so that the race is the decisions'
-            tx.model_names()
+            tx.models.names()
         barrier.wait(timeout=60)
         for rid in ids:
             res = decide_request(ctx, rid)
@@ -89,8 +90,7 @@ def _decider(db_url: str, home: str, config_data: dict, ids: list[str], barrier,
 
 
 def _seed_requests(ctx, per_model: dict[str, int], rng: random.Random) -> list[str]:
-    from retrain.domain import TRIGGER_PRIORITY, TriggerKind
-    from retrain.storage.models import RequestRow
+    from retrain.domain import RetrainRequest, TriggerKind
 
     ids = []
     with ctx.store.tx() as tx:
@@ -98,9 +98,8 @@ def _seed_requests(ctx, per_model: dict[str, int], rng: random.Random) -> list[s
             for _ in range(n):
                 trig = TriggerKind(rng.choice(TRIGGERS))
                 rid = str(uuid.uuid4())
-                tx.s.add(RequestRow(id=rid, model=model, trigger=trig.value, priority=TRIGGER_PRIORITY[trig],
-                                    status="open", reason="concurrency test", evidence={}, requested_by="test",
-                                    override_budget=False, created_at=NOW, updated_at=NOW, open_key=None))
+                tx.requests.open(RetrainRequest(id=rid, model=model, trigger=trig, created_at=NOW,
+                                                reason="concurrency test", requested_by="test"), exclusive=False)
                 ids.append(rid)
     return ids
 
@@ -108,13 +107,10 @@ def _seed_requests(ctx, per_model: dict[str, int], rng: random.Random) -> list[s
 def _seed_run(ctx, model: str, at: datetime, cost: float = 1.0) -> None:
     """A finished run of the past, with the ledger rows a real one leaves."""
     with ctx.store.tx() as tx:
-        rid = tx.create_run(model=model, request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
-                            trigger="manual", priority=3, now=at)
-        run = tx.run(rid)
-        run.state, run.finished_at = "done", at + timedelta(minutes=5)
-        tx.add_cost(rid, model, "reservation", cost, at)
-        tx.add_cost(rid, model, "release", -cost, at)
-        tx.add_cost(rid, model, "actual", cost, at)
+        rid = make_run(tx, model, at, state="done").id
+        tx.ledger.add(rid, model, "reservation", cost, at)
+        tx.ledger.add(rid, model, "release", -cost, at)
+        tx.ledger.add(rid, model, "actual", cost, at)
 
 
 def _race(db_url: str, tmp_path: Path, config_data: dict, ids: list[str], complete: bool) -> list[tuple]:
@@ -147,16 +143,14 @@ def _check_every_request_decided_once(ctx, ids: list[str], attempts: list[tuple]
     assert len(attempts) == PROCESSES * len(ids)
     assert set(decided) == set(ids) and set(decided.values()) == {1}, "a request was decided twice or never"
     with ctx.store.tx() as tx:
-        rows = tx.decisions(limit=10_000)
+        rows = tx.decisions.newest(limit=10_000)
     assert Counter(d.request_id for d in rows) == Counter({rid: 1 for rid in ids})
     return Counter(d.verdict for d in rows)
 
 
 def _ledger(ctx) -> dict[str, float]:
-    from retrain.storage.models import CostRow
-
     with ctx.store.tx() as tx:
-        rows = tx.s.query(CostRow).all()
+        rows = tx.ledger.entries()
     out: Counter[str] = Counter()
     for r in rows:
         out[r.kind] += r.amount_usd
@@ -184,7 +178,7 @@ def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_
     _seed_run(ctx, "m1", NOW - timedelta(hours=8))
     _seed_run(ctx, "m2", NOW - timedelta(hours=10))
     with ctx.store.tx() as tx:
-        tx.set_paused("m3", True, "test", "frozen for the test", NOW)
+        tx.models.set_paused("m3", True, "test", "frozen for the test", NOW)
     ids = _seed_requests(ctx, {f"m{i}": 10 for i in range(10)}, random.Random(7))
 
     # When four processes decide all 100 at once, each trying every one of them
@@ -193,9 +187,9 @@ def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_
     # Then every request was decided exactly once
     verdicts = _check_every_request_decided_once(ctx, ids, attempts)
     with ctx.store.tx() as tx:
-        runs = tx.runs(limit=1000)
-        decisions = tx.decisions(limit=1000)
-        outbox = [m for m in tx.pending_outbox(limit=1000) if m.task == "retrain.train"]
+        runs = tx.runs.newest(limit=1000)
+        decisions = tx.decisions.newest(limit=1000)
+        outbox = [m for m in tx.outbox.pending(limit=1000) if m.task == "retrain.train"]
     new_runs = [r for r in runs if r.created_at == NOW]
     # and the budget bought exactly 4 runs, one per model, none for a model a rule holds back
     assert len(new_runs) == 4 and verdicts["approve"] == 4
@@ -215,10 +209,10 @@ def test_a_hundred_requests_raced_by_four_processes_never_overspend_or_exceed_a_
     assert ledger[f"day:{NOW:%Y-%m-%d}"] == pytest.approx(8.0)
     assert sum(d.estimated_cost_usd for d in decisions if d.verdict == "approve") == pytest.approx(4.0)
     with ctx.store.tx() as tx:
-        assert sum(tx.held_reservation(r.id) for r in new_runs) == pytest.approx(4.0)
+        assert sum(tx.ledger.held_reservation(r.id) for r in new_runs) == pytest.approx(4.0)
         # as the decision reads the day's spend
-        st = tx.decision_snapshot("m4", now=NOW, history=timedelta(days=31), window=timedelta(hours=1),
-                                  report_max_age=timedelta(minutes=10))
+        st = tx.decision_state.snapshot("m4", now=NOW, history=timedelta(days=31), window=timedelta(hours=1),
+                                        report_max_age=timedelta(minutes=10))
         assert st.spend_today <= 8.5
     assert sorted(m.payload["run_id"] for m in outbox) == sorted(r.id for r in new_runs)
 
@@ -245,7 +239,7 @@ def test_runs_that_finish_at_once_still_respect_daily_limits_cooldowns_and_the_b
     # Then every request was decided once, and no limit was passed by a race
     _check_every_request_decided_once(ctx, ids, attempts)
     with ctx.store.tx() as tx:
-        runs = tx.runs(limit=1000)
+        runs = tx.runs.newest(limit=1000)
     per_model = Counter(r.model for r in runs)
     assert all(per_model[m] <= 2 for m in models)  # the daily limit
     assert per_model["m5"] <= 1  # the cooldown: every start is at the same instant

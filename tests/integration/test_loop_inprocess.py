@@ -65,7 +65,7 @@ def test_regime_change_is_detected_retrained_and_promoted(any_db_url, tmp_path, 
                                                  "requested_by": "test", "approved_by": "test"})
     drain(ctx)
     with ctx.store.tx() as tx:
-        assert tx.alias("direction", "production") == "1.0.0"
+        assert tx.aliases.get("direction", "production") == "1.0.0"
 
     # When the market runs for three simulated days (the regime shifts at +36 h)
     market = market_from_params(dict(ctx.config.model("direction").params))
@@ -80,11 +80,11 @@ def test_regime_change_is_detected_retrained_and_promoted(any_db_url, tmp_path, 
 
     # Then a performance request after the shift led to a new production version
     with ctx.store.tx() as tx:
-        requests = tx.requests("direction", limit=500)
-        prod = tx.alias("direction", "production")
-        history = tx.alias_history("direction")
-        events = tx.audit_events("direction", limit=5000)
-        dead = tx.dead_letters()
+        requests = tx.requests.newest("direction", limit=500)
+        prod = tx.aliases.get("direction", "production")
+        history = tx.aliases.history("direction")
+        events = tx.audit.events("direction", limit=5000)
+        dead = tx.dead_letters.newest()
     shift = T0 + timedelta(hours=36)
     perf = [r for r in requests if r.trigger == "performance"]
     assert perf and min(r.created_at for r in perf) > shift

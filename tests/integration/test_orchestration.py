@@ -20,6 +20,7 @@ from retrain.steps import train as train_step
 from retrain.steps.reconcile import reconcile
 from retrain.steps.train import _claim, _set_progress, fail_run, train_run
 from tests.conftest import make_context
+from tests.runs import end_run, make_run
 
 BASE = {"entry_point": "tests.faults.slow_model:train", "data_source": "tests.faults.slow_model:history",
         "features": ["f0", "f1"]}
@@ -36,20 +37,20 @@ def _ctx(db_url, tmp_path, config=None, **settings):
 
 def _run(ctx, model="a", priority=1, trigger="schedule") -> str:
     with ctx.store.tx() as tx:
-        rid = tx.create_run(model=model, request_id=f"req-{model}", decision_id="dec", trigger=trigger,
-                            priority=priority, now=ctx.now())
+        rid = make_run(tx, model, ctx.now(), request_id=f"req-{model}", decision_id="dec", trigger=trigger,
+                       priority=priority).id
     ctx.clock.advance(timedelta(seconds=1))  # runs are ordered by creation time
     return rid
 
 
 def _get(ctx, run_id):
     with ctx.store.tx() as tx:
-        return tx.run(run_id)
+        return tx.runs.get(run_id)
 
 
 def _pending(ctx, task="retrain.train") -> list[str]:
     with ctx.store.tx() as tx:
-        return [m.payload.get("run_id") or m.payload.get("request_id") for m in tx.pending_outbox(limit=1000)
+        return [m.payload.get("run_id") or m.payload.get("request_id") for m in tx.outbox.pending(limit=1000)
                 if m.task == task]
 
 
@@ -74,7 +75,7 @@ def test_a_run_trains_once_registers_one_version_and_frees_its_slot(any_db_url, 
     # And a duplicate message for the same run changes nothing
     assert train_run(ctx, rid).status == "skipped"
     with ctx.store.tx() as tx:
-        assert [v.version for v in tx.versions("a")] == ["1.0.0"]
+        assert [v.version for v in tx.versions.all("a")] == ["1.0.0"]
 
 
 def test_the_global_limit_holds_and_a_freed_slot_wakes_the_best_waiting_run(any_db_url, tmp_path):
@@ -109,7 +110,7 @@ def test_a_dependent_run_starts_when_its_dependency_is_done(any_db_url, tmp_path
     # When a's run trains and is promoted
     assert train_run(ctx, run_a).status == "registered"
     with ctx.store.tx() as tx:
-        tx.run(run_a, for_update=True).state = "done"
+        end_run(tx, run_a, "done", ctx.now())
     # Then the reconciler wakes b's run, which trains
     assert run_b in reconcile(ctx).woken
     assert train_run(ctx, run_b).status == "registered"
@@ -148,7 +149,7 @@ def test_an_expired_lease_is_retried_then_dead_with_the_reason(any_db_url, tmp_p
     text = render_status(status_data(ctx))
     assert "dead: the lease of attempt 2 expired" in text
     with ctx.store.tx() as tx:
-        assert any("dead" in e.message and "attempts used" in e.message for e in tx.audit_events("a"))
+        assert any("dead" in e.message and "attempts used" in e.message for e in tx.audit.events("a"))
     # And a message that arrives late changes nothing
     assert train_run(ctx, rid).status == "skipped"
 
@@ -195,9 +196,9 @@ def test_the_reconciler_resends_what_a_lost_broker_forgot(any_db_url, tmp_path):
     from retrain.domain import RetrainRequest, TriggerKind
 
     with ctx.store.tx() as tx:
-        tx.mark_published([m.id for m in tx.pending_outbox(limit=1000)], ctx.now())  # "published", then lost
-        req_id, _ = tx.open_request(RetrainRequest(id="00000000-0000-0000-0000-000000000001", model="a",
-                                                   trigger=TriggerKind.MANUAL, created_at=ctx.now(), reason="r"))
+        tx.outbox.mark_published([m.id for m in tx.outbox.pending(limit=1000)], ctx.now())  # "published", then lost
+        req_id, _ = tx.requests.open(RetrainRequest(id="00000000-0000-0000-0000-000000000001", model="a",
+                                                    trigger=TriggerKind.MANUAL, created_at=ctx.now(), reason="r"))
     # When less than RETRAIN_REQUEUE_AFTER_S has passed, Then nothing is sent (the messages may be on their way)
     ctx.clock.advance(timedelta(seconds=30))
     assert reconcile(ctx).resent == []
@@ -267,13 +268,13 @@ def test_the_in_process_drain_also_runs_a_dependent_run_after_its_dependency(any
     ctx = _ctx(any_db_url, tmp_path)
     run_a, run_b = _run(ctx, "a", priority=1), _run(ctx, "b", priority=9, trigger="emergency")
     with ctx.store.tx() as tx:
-        tx.enqueue("retrain.train", {"v": 1, "run_id": run_b}, ctx.now(), priority=9)
-        tx.enqueue("retrain.train", {"v": 1, "run_id": run_a}, ctx.now(), priority=1)
+        tx.outbox.enqueue("retrain.train", {"v": 1, "run_id": run_b}, ctx.now(), priority=9)
+        tx.outbox.enqueue("retrain.train", {"v": 1, "run_id": run_a}, ctx.now(), priority=1)
     # When the outbox is drained in-process (demo, backtest), Then both runs end, a before b
     drain(ctx)
     a, b = _get(ctx, run_a), _get(ctx, run_b)
     assert a.state in ("done", "rejected") and b.state in ("done", "rejected")
     with ctx.store.tx() as tx:
-        events = [e.message for e in tx.audit_events(limit=1000)]
+        events = [e.message for e in tx.audit.events(limit=1000)]
     order = [m.split(" (")[0] for m in events if m.startswith(("training of", "run of b waits"))]
     assert order == ["run of b waits for a run " + run_a[:8], "training of a started", "training of b started"]

@@ -62,12 +62,12 @@ def _promote(ctx, model: str, version: str) -> None:
 
 def _aliases(ctx, model: str = "m") -> dict[str, str | None]:
     with ctx.store.tx() as tx:
-        return {k: v.version for k, v in tx.aliases(model).items()}
+        return {k: v.version for k, v in tx.aliases.all(model).items()}
 
 
 def _audit(ctx, kind: str, model: str | None = "m"):
     with ctx.store.tx() as tx:
-        return tx.audit_events(model, limit=1000, kind=kind)
+        return tx.audit.events(model, limit=1000, kind=kind)
 
 
 def _tamper(path) -> None:
@@ -121,7 +121,7 @@ def test_a_trained_version_records_everything_that_produced_it(any_db_url, tmp_p
     # Then the version records its artifact, data, schema, parameters, metrics, commit, origin and cost
     with ctx.store.tx() as tx:
         r = version_record(tx, "direction", "1.0.0")
-        run = tx.run(r.run_id)
+        run = tx.runs.get(r.run_id)
     assert r.aliases == ("production",)
     assert len(r.artifact_sha256) == 64 and r.artifact_size == ctx.artifacts.size(r.artifact_sha256) > 0
     assert r.data_start < r.data_end <= T0 + timedelta(hours=12) and r.data_rows > 1000
@@ -195,7 +195,7 @@ def test_rollback_goes_to_previous_by_default_and_to_any_retained_version(any_db
     assert [e.actor for e in events] == ["rollout", "rollout", "bob"]
     assert "known good" in events[-1].message
     with ctx.store.tx() as tx:
-        statuses = {v.version: v.status for v in tx.versions("m")}
+        statuses = {v.version: v.status for v in tx.versions.all("m")}
     assert statuses == {"1.0.0": "production", "1.1.0": "rolled_back", "1.2.0": "rolled_back"}
 
 
@@ -213,7 +213,7 @@ def test_rollback_during_a_canary_withdraws_the_canary(any_db_url, tmp_path):
     assert res.status == "rolled_back" and res.version == "1.0.0"
     assert _aliases(ctx) == {"production": "1.0.0", "canary": None}
     with ctx.store.tx() as tx:
-        assert tx.version("m", canary).status == "rolled_back"
+        assert tx.versions.get("m", canary).status == "rolled_back"
 
 
 def test_rollback_refuses_a_deleted_version_or_a_missing_target_with_a_clear_error(any_db_url, tmp_path):
@@ -242,7 +242,7 @@ def test_a_tampered_artifact_is_refused_audited_and_never_loaded(any_db_url, tmp
     _promote(ctx, "m", v0)
     _promote(ctx, "m", _register(ctx, "b"))
     with ctx.store.tx() as tx:
-        sha = tx.version("m", v0).artifact_sha256
+        sha = tx.versions.get("m", v0).artifact_sha256
     _tamper(ctx.artifacts.path_for(sha))
     # When it is loaded through the registry, Then it is refused and the refusal is audited
     with pytest.raises(ArtifactError, match="corrupt"):
@@ -274,15 +274,15 @@ def test_retention_keeps_ten_and_thirty_days_never_protected_ones_and_leaves_tom
     _promote(ctx, "m", versions[2])  # production 1.2.0, previous 1.1.0
     with ctx.store.tx() as tx:
         move_alias(tx, "m", "candidate", versions[13], actor="validation", reason="in shadow", now=ctx.now())
-        doomed_row = tx.version("m", versions[0])
+        doomed_row = tx.versions.get("m", versions[0])
         doomed_files = [doomed_row.artifact_sha256, doomed_row.metrics["reference_sha256"],
                         doomed_row.metrics["holdout_sha256"]]
     # When retention runs (defaults: 10 versions, 30 days)
     report = run_retention(ctx, orphans=False)
     # Then versions older than 30 days go, except production and the rollback target
     with ctx.store.tx() as tx:
-        rows = {v.version: v for v in tx.versions("m")}
-        history = tx.alias_moves("m")
+        rows = {v.version: v for v in tx.versions.all("m")}
+        history = tx.aliases.moves("m")
     live = sorted((v for v in rows if rows[v].deleted_at is None), key=lambda s: tuple(map(int, s.split("."))))
     assert live == ["1.1.0", "1.2.0"] + [f"1.{i}.0" for i in range(7, 14)]
     assert len(live) <= 10
@@ -315,7 +315,7 @@ def test_retention_is_configurable_per_model_and_respects_shared_files(any_db_ur
     # When a dry run, then the real run, apply retention
     dry = run_retention(ctx, ["direction"], dry_run=True, orphans=False)
     with ctx.store.tx() as tx:
-        assert all(v.deleted_at is None for v in tx.versions("direction"))
+        assert all(v.deleted_at is None for v in tx.versions.all("direction"))
     report = run_retention(ctx, ["direction"], orphans=False)
     # Then the dry run announced exactly what the run did: the newest 3 stay
     assert [d.version for d in dry.deleted_versions] == [d.version for d in report.deleted_versions]

@@ -17,7 +17,6 @@ import tomllib
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
 
 from retrain.clock import SimClock
 from retrain.config import parse_config
@@ -25,10 +24,10 @@ from retrain.errors import PayloadError
 from retrain.registry import NewVersion, move_alias, register_version, rollback
 from retrain.steps.retention import run_retention
 from retrain.storage.db import Database
-from retrain.storage.models import AliasRow
 from retrain.storage.repo import Store
 from retrain.versioning import VersionSpec, fingerprint_json
 from tests.conftest import EXAMPLE_CONFIG, ROOT, T0, make_context
+from tests.runs import make_run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,7 +53,7 @@ def _expected(n: int) -> list[str]:
 
 def _all_versions(ctx, model: str = "m") -> list[str]:
     with ctx.store.tx() as tx:
-        return [v.version for v in tx.versions(model)]
+        return [v.version for v in tx.versions.all(model)]
 
 
 def test_concurrent_registrations_in_threads_never_share_a_number(pg_url, tmp_path):
@@ -192,11 +191,10 @@ def test_alias_moves_and_retention_under_concurrency_keep_one_live_target_per_al
     # Then each alias has exactly one row, its history is one unbroken chain ending at that
     # target, and no alias points at a deleted version
     with ctx.store.tx() as tx:
-        counts = dict(tx.s.execute(select(AliasRow.alias, func.count()).where(AliasRow.model == "direction")
-                                   .group_by(AliasRow.alias)).all())
-        current = {k: v.version for k, v in tx.aliases("direction").items()}
-        moves = tx.alias_moves("direction", limit=10_000)
-        rows = {v.version: v for v in tx.versions("direction")}
+        counts = tx.aliases.counts("direction")
+        current = {k: v.version for k, v in tx.aliases.all("direction").items()}
+        moves = tx.aliases.moves("direction", limit=10_000)
+        rows = {v.version: v for v in tx.versions.all("direction")}
     assert set(counts.values()) == {1}
     for alias, target in current.items():
         chain = [m for m in moves if m.alias == alias]
@@ -240,8 +238,7 @@ def test_a_crash_while_registering_leaves_no_half_version_and_gc_collects_the_or
     clock = SimClock(now)
     ctx = make_context(pg_url, tmp_path, clock=clock)
     with ctx.store.tx() as tx:
-        run_id = tx.create_run(model="direction", request_id="r-1", decision_id="d-1", trigger="manual", priority=4,
-                               now=now)
+        run_id = make_run(tx, "direction", now, request_id="r-1", decision_id="d-1", priority=4).id
     # When the training process writes its artifacts and dies inside the registration transaction
     proc = subprocess.run([sys.executable, "-c", _CRASHING_TRAINER, pg_url, str(tmp_path), run_id, now.isoformat()],
                           cwd=ROOT, capture_output=True, text=True, timeout=90)
@@ -249,8 +246,8 @@ def test_a_crash_while_registering_leaves_no_half_version_and_gc_collects_the_or
     # Then no version is visible, and the run names none
     assert _all_versions(ctx, "direction") == []
     with ctx.store.tx() as tx:
-        assert tx.run(run_id).candidate_version is None
-        assert tx.audit_events("direction", kind="version") == []
+        assert tx.runs.get(run_id).candidate_version is None
+        assert tx.audit.events("direction", kind="version") == []
     left = list(ctx.artifacts.iter_digests())
     assert len(left) == 3  # model, drift reference, holdout: written, never referenced
     written = datetime.fromtimestamp(max(ctx.artifacts.path_for(d).stat().st_mtime for d in left), timezone.utc)
@@ -264,4 +261,4 @@ def test_a_crash_while_registering_leaves_no_half_version_and_gc_collects_the_or
     assert all(f.what.startswith("orphan") for f in report.files) and report.bytes_freed > 0
     assert list(ctx.artifacts.iter_digests()) == []
     with ctx.store.tx() as tx:
-        assert any("garbage collection removed" in e.message for e in tx.audit_events(kind="retention"))
+        assert any("garbage collection removed" in e.message for e in tx.audit.events(kind="retention"))

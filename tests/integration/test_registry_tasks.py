@@ -46,12 +46,12 @@ def test_rollback_and_retention_tasks_run_on_a_worker(pg_url, redis_url, tmp_pat
 
         def production():
             with ctx.store.tx() as tx:
-                return tx.alias("m", "production")
+                return tx.aliases.get("m", "production")
 
         # Then production is the previous version within seconds, audited with the sender's reason
         wait_for("the rollback", lambda: production() == versions[1], 60, [worker])
         with ctx.store.tx() as tx:
-            (event,) = tx.audit_events("m", kind="rollback")
+            (event,) = tx.audit.events("m", kind="rollback")
         assert event.actor == "rollout" and "canary 12 % worse" in event.message
 
         # When beat sends retrain.retention
@@ -59,20 +59,20 @@ def test_rollback_and_retention_tasks_run_on_a_worker(pg_url, redis_url, tmp_pat
 
         def deleted():
             with ctx.store.tx() as tx:
-                return [v.version for v in tx.versions("m") if v.deleted_at is not None]
+                return [v.version for v in tx.versions.all("m") if v.deleted_at is not None]
 
         # Then the old unaliased version is tombstoned and its file removed; aliased ones stay
         assert wait_for("retention", deleted, 60, [worker]) == [versions[0]]
         with ctx.store.tx() as tx:
-            assert not ctx.artifacts.exists(tx.version("m", versions[0]).artifact_sha256)
-            assert tx.audit_events("m", kind="retention")
+            assert not ctx.artifacts.exists(tx.versions.get("m", versions[0]).artifact_sha256)
+            assert tx.audit.events("m", kind="retention")
         # And a refused rollback (a deleted version) is kept as a dead letter, never retried
         send("retrain.rollback", {"v": 1, "model": "m", "version": versions[0], "reason": "try", "actor": "op"},
              "promotion", 5)
 
         def dead():
             with ctx.store.tx() as tx:
-                return [d.reason for d in tx.dead_letters() if d.source == "retrain.rollback"]
+                return [d.reason for d in tx.dead_letters.newest() if d.source == "retrain.rollback"]
 
         assert "deleted by retention" in wait_for("the dead letter", dead, 60, [worker])[0]
         assert production() == versions[1]

@@ -37,7 +37,7 @@ def _given(ctx, prod_regime: str, cand_regime: str) -> str:
 
 def _events(ctx, kinds=None):
     with ctx.store.tx() as tx:
-        return [(e.kind, e.message, e.data) for e in tx.audit_events(MODEL, limit=1000)
+        return [(e.kind, e.message, e.data) for e in tx.audit.events(MODEL, limit=1000)
                 if kinds is None or e.kind in kinds]
 
 
@@ -77,8 +77,8 @@ def test_a_better_candidate_goes_from_shadow_through_every_stage_to_production(p
     assert a["production"][0] == "1.1.0" and a["previous"][0] == "1.0.0"
     assert a["canary"] == (None, 0.0) and a["candidate"][0] is None
     with ctx.store.tx() as tx:
-        assert tx.run(run_id).state == "done"
-        assert tx.version(MODEL, "1.1.0").status == "production"
+        assert tx.runs.get(run_id).state == "done"
+        assert tx.versions.get(MODEL, "1.1.0").status == "production"
     # And the canary really served its shares of traffic
     assert app.served["1.1.0"] > 1000
     msgs = [m for k, m, _ in _events(ctx, ("validation", "rollout", "promotion"))]
@@ -104,9 +104,9 @@ def test_a_worse_candidate_is_stopped_in_shadow_and_production_is_unchanged(pg_u
     a = aliases(ctx)
     assert a["production"][0] == "1.0.0" and a["candidate"][0] is None and a.get("canary", (None,))[0] is None
     with ctx.store.tx() as tx:
-        run = tx.run(run_id)
+        run = tx.runs.get(run_id)
         assert (run.state, run.stage) == ("rejected", "shadow_rejected")
-        assert tx.version(MODEL, "1.1.0").status == "rejected"
+        assert tx.versions.get(MODEL, "1.1.0").status == "rejected"
     (kind, msg, data), = [e for e in _events(ctx, ("validation",)) if "rejected in shadow" in e[1]]
     assert "worse than production" in msg and data["figures"]["rows"] >= 300
 
@@ -136,7 +136,7 @@ def test_a_canary_that_turns_worse_at_25_percent_is_rolled_back_and_the_router_s
     a = aliases(ctx)
     assert a["canary"] == (None, 0.0) and a["production"][0] == "1.0.0"
     with ctx.store.tx() as tx:
-        assert tx.run(run_id).stage == "rolled_back" and tx.version(MODEL, "1.1.0").status == "rolled_back"
+        assert tx.runs.get(run_id).stage == "rolled_back" and tx.versions.get(MODEL, "1.1.0").status == "rolled_back"
     # And the router serves only production from its next refresh on
     app.router.refresh()
     assert app.router.routing.canary is None
@@ -232,7 +232,7 @@ def test_an_emergency_on_the_canary_rolls_it_back_at_once(pg_url, tmp_path):
         if m >= 0:  # When the canary's answers collapse: 1 right out of 20 each minute
             rows.append(_bucket("1.1.0", minute, Counts(n=20, tp=1, tn=0, fp=10, fn=9)))
     with ctx.store.tx() as tx:
-        tx.add_buckets(rows)
+        tx.monitoring.add_buckets(rows)
     ctx.clock.advance(timedelta(minutes=10))
     run_step(ctx, "retrain.evaluate_rollouts", {"v": 1})
     # Then it is rolled back before the stage's minimum duration, naming the emergency
@@ -256,7 +256,7 @@ def test_a_rollout_is_aborted_when_an_operator_rolls_back_outside_it(pg_url, tmp
     assert ro.phase == "aborted" and "outside the rollout" in ro.outcome
     assert aliases(ctx)["production"][0] == "1.0.0"
     with ctx.store.tx() as tx:
-        assert tx.run(run_id).state == "rejected"
+        assert tx.runs.get(run_id).state == "rejected"
 
 
 def _bucket(version, minute, c: Counts) -> dict:

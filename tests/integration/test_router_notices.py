@@ -39,7 +39,7 @@ def world(pg_url, tmp_path):
 
 def _move_canary(store: Store, now: datetime, version: str | None, share: float) -> None:
     with store.tx() as tx:
-        tx.move_alias(MODEL, "canary", version, actor="test", reason="test", now=now, share_pct=share)
+        tx.aliases.move(MODEL, "canary", version, actor="test", reason="test", now=now, share_pct=share)
 
 
 def test_a_committed_move_wakes_the_router_and_a_rolled_back_one_does_not(world, pg_url, tmp_path):
@@ -62,7 +62,7 @@ def test_a_committed_move_wakes_the_router_and_a_rolled_back_one_does_not(world,
         reads = router.stats.refreshes
         with pytest.raises(RuntimeError):
             with store.tx() as tx:
-                tx.move_alias(MODEL, "canary", None, actor="test", reason="test", now=now)
+                tx.aliases.move(MODEL, "canary", None, actor="test", reason="test", now=now)
                 raise RuntimeError("the rest of the step failed")
         time.sleep(0.5)
         assert router.stats.refreshes == reads and router.routing.canary == "1.1.0"

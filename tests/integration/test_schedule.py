@@ -111,16 +111,12 @@ def test_the_same_slot_sent_twice_fires_once(any_db_url, tmp_path):
     assert first.created and first.request_id
     assert not second.created and second.request_id is None and "already fired" in second.detail
     with ctx.store.tx() as tx:
-        assert len(tx.requests("direction")) == 1
+        assert len(tx.requests.newest("direction")) == 1
     # And the next local day is a new slot (which joins the request still open, not a second one)
     clock.advance(timedelta(days=1))
     assert request_retraining(ctx, _scheduled("daily")).detail == "joined the open request"
-    from sqlalchemy import select
-
-    from retrain.storage.models import ScheduleSlotRow
-
     with ctx.store.tx() as tx:
-        slots = sorted(tx.s.scalars(select(ScheduleSlotRow.slot)))
+        slots = tx.monitoring.schedule_slots()
     assert slots == ["daily@2026-01-05", "daily@2026-01-06"]
 
 
@@ -135,7 +131,7 @@ def test_a_scheduled_request_outside_the_off_peak_window_waits_for_it(sqlite_url
     # Then it is deferred to the next opening of the window, 01:00 the next day
     assert result.verdict == "defer", result.summary
     with ctx.store.tx() as tx:
-        d = tx.decision(result.decision_id)
+        d = tx.decisions.get(result.decision_id)
     assert d.defer_until == datetime(2026, 1, 6, 1, tzinfo=UTC)
     assert any(r["rule"] == "offpeak" and not r["passed"] for r in d.rules)
 
@@ -214,7 +210,7 @@ def test_a_training_node_short_of_memory_defers_the_run(sqlite_url, tmp_path):
     # Then the run is deferred by the resources rule, to be tried again a few minutes later
     assert result.verdict == "defer", result.summary
     with ctx.store.tx() as tx:
-        d = tx.decision(result.decision_id)
+        d = tx.decisions.get(result.decision_id)
     rule = next(r for r in d.rules if r["rule"] == "resources")
     assert not rule["passed"] and "free memory 300 MB" in rule["detail"]
     assert d.defer_until == clock.now() + timedelta(minutes=5)

@@ -73,7 +73,7 @@ def _retrain(ctx, reason: str, on_result=None) -> None:
 
 def _runs(ctx):
     with ctx.store.tx() as tx:
-        return [(r.state, r.error, r.candidate_version) for r in tx.runs("m", limit=10)]
+        return [(r.state, r.error, r.candidate_version) for r in tx.runs.newest("m", limit=10)]
 
 
 def test_sharpe_as_primary_metric_validates_and_every_run_ends(any_db_url, tmp_path):
@@ -85,11 +85,11 @@ def test_sharpe_as_primary_metric_validates_and_every_run_ends(any_db_url, tmp_p
     _retrain(ctx, "initial model")
     # Then it is production with a Sharpe baseline, scored on the strategy's returns of its holdout
     with ctx.store.tx() as tx:
-        assert tx.alias("m", "production") == "1.0.0"
-        v1 = tx.version("m", "1.0.0")
+        assert tx.aliases.get("m", "production") == "1.0.0"
+        v1 = tx.versions.get("m", "1.0.0")
         holdout = ctx.artifacts.load_object(v1.metrics["holdout_sha256"])
         model = ctx.artifacts.load_object(v1.artifact_sha256)
-        passed = [e.message for e in tx.audit_events("m", kind="validation")]
+        passed = [e.message for e in tx.audit.events("m", kind="validation")]
     assert v1.metrics["returns"] is True and "ret" in holdout
     pred = model.predict(holdout["X"])
     live_definition = Counts.from_arrays(holdout["y"], pred, strategy_returns(pred, holdout["ret"])).sharpe
@@ -134,7 +134,7 @@ def test_validation_without_returns_fails_cleanly_when_sharpe_is_primary(sqlite_
     assert (state, version) == ("failed", "1.0.0")
     assert "models.m.primary_metric = 'sharpe' needs returns" in error and "holdout has none" in error
     with ctx.store.tx() as tx:
-        assert tx.alias("m", "production") is None and tx.version("m", "1.0.0").status == "rejected"
+        assert tx.aliases.get("m", "production") is None and tx.versions.get("m", "1.0.0").status == "rejected"
 
 
 def _ingest(ctx, model, X, y, ret, end) -> None:
@@ -154,7 +154,7 @@ def test_a_live_sharpe_drop_against_the_validated_baseline_fires_the_trigger(any
     sync_models(ctx)
     _retrain(ctx, "initial model")
     with ctx.store.tx() as tx:
-        v1 = tx.version("m", "1.0.0")
+        v1 = tx.versions.get("m", "1.0.0")
     baseline = v1.metrics["baseline"]
     model = ctx.artifacts.load_object(v1.artifact_sha256)
     assert baseline["sharpe"] > 0.3
@@ -177,7 +177,7 @@ def test_a_live_sharpe_drop_against_the_validated_baseline_fires_the_trigger(any
     # Then a performance request opens on the Sharpe rule, with the validated baseline in its evidence
     assert len(result.requests_opened) == 1, result
     with ctx.store.tx() as tx:
-        [req] = [r for r in tx.requests("m") if r.trigger == "performance"]
+        [req] = [r for r in tx.requests.newest("m") if r.trigger == "performance"]
     ev = req.evidence
     assert ev["metrics_fired"] == ["sharpe"] and ev["metric"] == "sharpe"
     assert abs(ev["current_accuracy"] - baseline["accuracy"]) < 0.05  # as many right calls as before

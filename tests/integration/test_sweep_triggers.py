@@ -46,14 +46,14 @@ def _seed(ctx, reference: np.ndarray | None = None, baseline: dict | None = None
     sync_models(ctx)
     ref = ctx.artifacts.put_object(reference if reference is not None else np.zeros((10, 8)))
     with ctx.store.tx() as tx:
-        tx.model_row("direction").deployed_at = now - timedelta(days=deployed_days)
-        tx.add_version(model="direction", version="1.0.0", major=1, minor=0, patch=0, status="production",
-                       created_at=now - timedelta(days=3), deleted_at=None, artifact_sha256=ref.sha256,
-                       artifact_size=ref.size, bump_kind="initial", bump_reason="test", parent_version=None,
-                       data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=FEATURES,
-                       params={}, metrics={"baseline": baseline or {"accuracy": 0.60}, "reference_sha256": ref.sha256},
-                       git_commit=None, request_id=None, decision_id=None, run_id=None, cost_usd=0.0)
-        tx.move_alias("direction", "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=3))
+        tx.models.set_deployed("direction", now - timedelta(days=deployed_days))
+        tx.versions.add(model="direction", version="1.0.0", major=1, minor=0, patch=0, status="production",
+                        created_at=now - timedelta(days=3), deleted_at=None, artifact_sha256=ref.sha256,
+                        artifact_size=ref.size, bump_kind="initial", bump_reason="test", parent_version=None,
+                        data_start=None, data_end=None, data_rows=0, data_fingerprint="", feature_schema=FEATURES,
+                        params={}, metrics={"baseline": baseline or {"accuracy": 0.60}, "reference_sha256": ref.sha256},
+                        git_commit=None, request_id=None, decision_id=None, run_id=None, cost_usd=0.0)
+        tx.aliases.move("direction", "production", "1.0.0", actor="test", reason="seed", now=now - timedelta(days=3))
 
 
 def _buckets(ctx, accuracies: list[float], per_minute: int, end: datetime, seed: int = 0) -> None:
@@ -68,18 +68,18 @@ def _buckets(ctx, accuracies: list[float], per_minute: int, end: datetime, seed:
                      "ret_sum": 0.001 * (2 * hits - per_minute), "ret_sq_sum": 1e-6 * per_minute,
                      "unlabelled": 0})
     with ctx.store.tx() as tx:
-        tx.add_buckets(rows)
+        tx.monitoring.add_buckets(rows)
 
 
 def _requests(ctx, trigger: str):
     with ctx.store.tx() as tx:
-        return [(r.id, r.status, r.priority, r.severity, dict(r.evidence)) for r in tx.requests("direction")
+        return [(r.id, r.status, r.priority, r.severity, dict(r.evidence)) for r in tx.requests.newest("direction")
                 if r.trigger == trigger]
 
 
 def _outbox(ctx):
     with ctx.store.tx() as tx:
-        return [(m.task, m.payload, m.priority) for m in tx.pending_outbox(limit=100)]
+        return [(m.task, m.payload, m.priority) for m in tx.outbox.pending(limit=100)]
 
 
 # ----------------------------------------------------------------------------- performance
@@ -148,9 +148,9 @@ def test_a_shifted_live_sample_raises_a_drift_request_and_a_stored_report(any_db
     live = rng.normal(size=(2000, 8))
     live[:, [0, 3]] += 0.5
     with ctx.store.tx() as tx:
-        tx.add_samples([{"model": "direction", "version": "1.0.0", "ts": NOW - timedelta(seconds=5 * (i + 1)),
-                         "features": live[i].tolist(), "prediction": 1, "label": 1, "ret": 0.0}
-                        for i in range(len(live))])
+        tx.monitoring.add_samples([{"model": "direction", "version": "1.0.0", "ts": NOW - timedelta(seconds=5 * (i + 1)),
+                                    "features": live[i].tolist(), "prediction": 1, "label": 1, "ret": 0.0}
+                                   for i in range(len(live))])
     # When the sweep runs
     result = sweep(ctx)
     # Then the drift report names the two features, and a drift request (priority 5) goes to the decision
@@ -160,7 +160,7 @@ def test_a_shifted_live_sample_raises_a_drift_request_and_a_stored_report(any_db
     assert evidence["rows"] == 2000 and evidence["worst"][0]["p_adjusted"] < 1e-10
     assert ("retrain.decide", {"v": 1, "request_id": rid}, 5) in _outbox(ctx)
     with ctx.store.tx() as tx:
-        report = tx.latest_drift_report("direction")
+        report = tx.monitoring.latest_drift_report("direction")
     assert report.drifted and report.report["drifted_features"] == ["f0", "f3"]
 
     # And `retrain drift direction` shows it
@@ -188,12 +188,12 @@ def test_an_unshifted_sample_is_checked_and_reported_clean(sqlite_url, tmp_path)
     rng = np.random.default_rng(4)
     _seed(ctx, reference=rng.normal(size=(4000, 8)))
     with ctx.store.tx() as tx:
-        tx.add_samples([{"model": "direction", "version": "1.0.0", "ts": NOW - timedelta(seconds=5 * (i + 1)),
-                         "features": rng.normal(size=8).tolist(), "prediction": 1, "label": 1, "ret": 0.0}
-                        for i in range(2000)])
+        tx.monitoring.add_samples([{"model": "direction", "version": "1.0.0", "ts": NOW - timedelta(seconds=5 * (i + 1)),
+                                    "features": rng.normal(size=8).tolist(), "prediction": 1, "label": 1, "ret": 0.0}
+                                   for i in range(2000)])
     assert sweep(ctx).drift_checks == 1 and _requests(ctx, "drift") == []
     with ctx.store.tx() as tx:
-        assert tx.latest_drift_report("direction").drifted is False
+        assert tx.monitoring.latest_drift_report("direction").drifted is False
 
 
 # ----------------------------------------------------------------------------- emergency
@@ -221,9 +221,9 @@ def test_a_collapse_is_an_emergency_that_skips_approval_and_queues_training_firs
     # and the training run is queued with the highest priority
     assert result.verdict == "approve", result.summary
     with ctx.store.tx() as tx:
-        run = tx.run(result.run_id)
-        decision = tx.decision(result.decision_id)
-        bypass = tx.audit_events("direction", kind="bypass")
+        run = tx.runs.get(result.run_id)
+        decision = tx.decisions.get(result.decision_id)
+        bypass = tx.audit.events("direction", kind="bypass")
     approval = next(r for r in decision.rules if r["rule"] == "approval")
     assert approval["bypassed"] is True and approval["passed"] is False
     assert bypass and "approval" in bypass[-1].message and bypass[-1].subject == result.decision_id
@@ -243,7 +243,7 @@ def test_a_rejected_trigger_asks_again_only_after_refire_minutes(sqlite_url, tmp
     _buckets(ctx, [0.60] * 180 + [0.50] * 120, per_minute=100, end=NOW + timedelta(minutes=60))
     # Given a performance request rejected because the model is paused
     with ctx.store.tx() as tx:
-        tx.set_paused("direction", True, "ops", "maintenance", NOW)
+        tx.models.set_paused("direction", True, "ops", "maintenance", NOW)
     [rid] = sweep(ctx).requests_opened
     assert decide_request(ctx, rid).verdict == "reject"
     # When the trigger keeps firing: held back for the next hour, then asked again
@@ -309,8 +309,8 @@ def test_emergency_through_real_workers_lands_first_in_the_training_queue(pg_url
         assert msg["headers"]["task"] == "retrain.train"
         assert msg["properties"]["priority"] == 0  # Redis: 0 is the highest, our 9
         with ctx.store.tx() as tx:
-            run = tx.run(args[0]["run_id"])
-            bypass = tx.audit_events("direction", kind="bypass")
+            run = tx.runs.get(args[0]["run_id"])
+            bypass = tx.audit.events("direction", kind="bypass")
         assert run.trigger == "emergency" and run.priority == 9 and bypass
         print(f"sweep sent -> emergency training message queued in {latency:.2f} s")
     finally:

@@ -88,10 +88,10 @@ def _retrain(ctx, reason: str) -> None:
 
 def _latest(ctx):
     with ctx.store.tx() as tx:
-        run = tx.runs("m", limit=1)[0]
-        v = tx.version("m", run.candidate_version)
-        return run.state, run.error, v, tx.alias("m", "production"), \
-            [e.message for e in tx.audit_events("m", kind="validation")]
+        run = tx.runs.newest("m", limit=1)[0]
+        v = tx.versions.get("m", run.candidate_version)
+        return run.state, run.error, v, tx.aliases.get("m", "production"), \
+            [e.message for e in tx.audit.events("m", kind="validation")]
 
 
 def test_a_daily_model_after_a_concept_flip_is_promoted_by_walk_forward(any_db_url, tmp_path):
@@ -116,7 +116,7 @@ def test_a_daily_model_after_a_concept_flip_is_promoted_by_walk_forward(any_db_u
     assert "Walk-forward over the" in said[-1] and "McNemar" in said[-1]
     # And every row compared is newer than production's training data
     with ctx.store.tx() as tx:
-        v1 = tx.version("m", "1.0.0")
+        v1 = tx.versions.get("m", "1.0.0")
     walk = ctx.artifacts.load_object(v2.metrics["holdout_sha256"])["walk_forward"]
     assert walk["ts"].min() > v1.data_end.timestamp()
     assert len(walk["y"]) == len(walk["candidate"]) == len(walk["production"]) == gate["rows"]
@@ -149,10 +149,10 @@ def test_a_streaming_model_goes_to_shadow_which_waits_for_the_rows_its_test_need
     _retrain(ctx, "initial model")
     # Given 5,000 labelled predictions a minute over the last two days
     with ctx.store.tx() as tx:
-        tx.add_buckets([{"model": "m", "version": "1.0.0", "minute": T0 - timedelta(minutes=m),
-                         "n": 5000, "tp": 1500, "tn": 1500, "fp": 1000, "fn": 1000, "ret_sum": 0.0,
-                         "ret_sq_sum": 0.0, "unlabelled": 0}
-                        for m in range(0, 48 * 60, 10)])
+        tx.monitoring.add_buckets([{"model": "m", "version": "1.0.0", "minute": T0 - timedelta(minutes=m),
+                                    "n": 5000, "tp": 1500, "tn": 1500, "fp": 1000, "fn": 1000, "ret_sum": 0.0,
+                                    "ret_sq_sum": 0.0, "unlabelled": 0}
+                                   for m in range(0, 48 * 60, 10)])
     clock.advance(timedelta(hours=1))
     # When a retraining is validated
     _retrain(ctx, "scheduled")
@@ -168,7 +168,7 @@ def test_a_streaming_model_goes_to_shadow_which_waits_for_the_rows_its_test_need
 
 def _audit(ctx):
     with ctx.store.tx() as tx:
-        return [e.message for e in tx.audit_events("m")]
+        return [e.message for e in tx.audit.events("m")]
 
 
 def test_training_prices_the_opportunity_at_the_serving_rate_even_with_a_label_delay(any_db_url, tmp_path):
@@ -177,9 +177,9 @@ def test_training_prices_the_opportunity_at_the_serving_rate_even_with_a_label_d
     ctx = make_context(any_db_url, tmp_path, clock=SimClock(T0), config=_config("streaming", lookback_days=2))
     # Given one prediction a day for four weeks whose outcomes arrive a day late (the last day is empty)
     with ctx.store.tx() as tx:
-        tx.add_buckets([{"model": "m", "version": "1.0.0", "minute": T0 - timedelta(days=d), "n": 1, "tp": 1,
-                         "tn": 0, "fp": 0, "fn": 0, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0}
-                        for d in range(2, 30)])
-        served = tx.served("m", T0 - timedelta(days=30), T0)
+        tx.monitoring.add_buckets([{"model": "m", "version": "1.0.0", "minute": T0 - timedelta(days=d), "n": 1, "tp": 1,
+                                    "tn": 0, "fp": 0, "fn": 0, "ret_sum": 0.0, "ret_sq_sum": 0.0, "unlabelled": 0}
+                                   for d in range(2, 30)])
+        served = tx.monitoring.served("m", T0 - timedelta(days=30), T0)
     # Then the rate the training's opportunity cost uses reads one a day, not zero
     assert serving_rate(*served, T0)[0] == pytest.approx(1.0)

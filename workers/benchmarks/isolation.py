@@ -135,6 +135,7 @@ def run(batches: int = 60, rows: int = 2000, rounds: int = 3, timeout_s: float =
     import psutil
     from sqlalchemy import create_engine
 
+    from retrain import lifecycle
     from retrain.client import kombu_sender
     from retrain.storage.db import Database
     from retrain.storage.repo import Store
@@ -158,13 +159,13 @@ def run(batches: int = 60, rows: int = 2000, rounds: int = 3, timeout_s: float =
         trainer = _worker("train", "training", "prefork", train_cpu, env, tmp)
         store = Store(Database(db_url))
         with store.tx() as tx:
-            run_id = tx.create_run(model="burn", request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
-                                   trigger="manual", priority=3, now=datetime.now(timezone.utc))
+            run_id = lifecycle.new_run(tx, model="burn", request_id=str(uuid.uuid4()), decision_id=str(uuid.uuid4()),
+                                       trigger="manual", priority=3, now=datetime.now(timezone.utc)).id
         send(TRAIN, {"v": 1, "run_id": run_id}, ROUTES[TRAIN], 3)
         deadline = time.monotonic() + timeout_s
         while True:
             with store.tx() as tx:
-                run = tx.run(run_id)
+                run = tx.runs.get(run_id)
                 assert run is not None
                 if run.stage == "fitting":
                     break
