@@ -202,7 +202,7 @@ def _model(ctx, cache: dict, sha256: str | None, version: str | None):
 
 
 def _registry_summary(ctx, home: Path, say) -> None:
-    from retrain.commands.registry import render_gc, render_versions
+    from retrain.cli.commands.registry import render_gc, render_versions
     from retrain.registry import served_at, version_records
     from retrain.steps.retention import retention_policy, run_retention
 

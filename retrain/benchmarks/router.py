@@ -231,7 +231,7 @@ def _child_cpu(pid: int | None) -> float:
 def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instances: int = 24) -> dict[str, Any]:
     from retrain.artifacts import ArtifactStore
     from retrain.client import RetrainClient
-    from retrain.client_relay import ProcessRelay
+    from retrain.client.relay import ProcessRelay
     from retrain.serving import ModelRouter, StoreRoutingReader
 
     prod, canary, X = _example_model()

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from retrain.client import RetrainClient, kombu_sender
-from retrain.replay_sender import ReplayStats, replaying_sender
+from retrain.client.replay_sender import ReplayStats, replaying_sender
 from tests.faults.harness import (
     FINAL_REQUEST,
     FINAL_RUN,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from retrain.cli import EXIT_CLOSED_PIPE, build_parser
-from retrain.commands.common import unreachable
+from retrain.cli.commands.common import unreachable
 from retrain.errors import BrokerUnavailableError
 from tests.conftest import EXAMPLE_CONFIG, T0, make_context
 

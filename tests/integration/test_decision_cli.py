@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import pytest
 
-import retrain.commands.admin as admin
+import retrain.cli.commands.admin as admin
 from retrain.cli import main
 from retrain.clock import SystemClock
 from retrain.config import load_config

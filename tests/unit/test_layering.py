@@ -15,11 +15,11 @@ _WORKERS_NAME = re.compile(r"^workers(\.\w+)*\.?(:[\w.]+)?$")
 #: The only places retrain/ reaches workers/, and why each must. The CLI is the operator's one
 #: command, and these three commands need Celery itself, which retrain/ never imports.
 WORKERS_ALLOWED: dict[str, dict[str, str]] = {
-    "cli.py": {
+    "cli/__init__.py": {
         "workers.demo": "`retrain demo` runs the loop through an in-process Celery worker",
         "workers.benchmarks": "`retrain bench NAME` runs the benchmarks that need real Celery workers",
     },
-    "commands/common.py": {
+    "cli/commands/common.py": {
         "workers.base": "a command that changed state publishes its outbox at once through the Celery app",
     },
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from retrain.commands.common import _ctx, _out, _short, with_json
+from retrain.cli.commands.common import _ctx, _out, _short, with_json
 from retrain.errors import PayloadError
 
 __all__ = ["register", "render_versions", "render_show", "render_gc"]

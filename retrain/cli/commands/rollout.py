@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from retrain.commands.common import _ctx, _out, _publish_outbox, with_json
+from retrain.cli.commands.common import _ctx, _out, _publish_outbox, with_json
 
 __all__ = ["register", "cmd_rollout", "cmd_promote", "render_rollout"]
 

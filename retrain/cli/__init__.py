@@ -18,7 +18,7 @@ from retrain.errors import RetrainError
 __all__ = ["main"]
 
 
-from retrain.commands.common import _ctx, _out, _short, with_json
+from retrain.cli.commands.common import _ctx, _out, _short, with_json
 
 
 # ---------------------------------------------------------------- commands
@@ -54,7 +54,7 @@ def cmd_status(args) -> int:
     return 0
 
 
-# train, approve, reject, decisions, audit, pause, resume, costs: retrain.commands.admin
+# train, approve, reject, decisions, audit, pause, resume, costs: retrain.cli.commands.admin
 
 
 def cmd_drift(args) -> int:
@@ -127,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     drift.add_argument("model")
     drift.set_defaults(fn=cmd_drift)
 
-    # versions, show, history, rollback and gc: retrain.commands.registry
+    # versions, show, history, rollback and gc: retrain.cli.commands.registry
 
-    # train, approve, reject, decisions, audit, pause, resume, costs: retrain.commands.admin
+    # train, approve, reject, decisions, audit, pause, resume, costs: retrain.cli.commands.admin
 
     b = with_json(sub.add_parser("bench", help="run a benchmark and print its figures"))
     b.add_argument("name")
@@ -142,10 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Each adds its own subcommands: register(subparsers).
 COMMAND_MODULES = (
-    "retrain.commands.registry",
-    "retrain.commands.rollout",
-    "retrain.commands.backtest",
-    "retrain.commands.admin",
+    "retrain.cli.commands.registry",
+    "retrain.cli.commands.rollout",
+    "retrain.cli.commands.backtest",
+    "retrain.cli.commands.admin",
 )
 
 
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     A database or broker that cannot be used is translated here, for every command,
     into one line naming its URL (password masked) and what to check
-    (:func:`retrain.commands.common.unreachable`); any other unexpected error keeps its
+    (:func:`retrain.cli.commands.common.unreachable`); any other unexpected error keeps its
     traceback. A closed stdout pipe ends the command quietly.
     """
     args = build_parser().parse_args(argv)
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         print("retrain: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # broad to translate: a service out of reach or ours; anything else is raised again
-        from retrain.commands.common import unreachable
+        from retrain.cli.commands.common import unreachable
 
         error = unreachable(exc) or (exc if isinstance(exc, RetrainError) else None)
         if error is None:
@@ -188,7 +188,7 @@ def _name_failing_databases() -> None:
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
 
-    from retrain.commands.common import note_database_url
+    from retrain.cli.commands.common import note_database_url
 
     if not event.contains(Engine, "handle_error", note_database_url):
         event.listen(Engine, "handle_error", note_database_url)

@@ -352,7 +352,7 @@ class RetrainClient:
     retry_max_s: the longest wait between two attempts while the broker is down.
     mode: ``"thread"`` (default): a flusher thread of this process joins, packs and sends.
         ``"relay"``: the reporting call that finds a batch due packs it (a few
-        microseconds a row) and hands it to a relay process (:mod:`retrain.client_relay`),
+        microseconds a row) and hands it to a relay process (:mod:`retrain.client.relay`),
         which talks to the broker. Rows are marked due by age by the relay process, which
         lowers the calls' threshold in memory it shares with this one (a sender without
         ``due_limit`` leaves that to a timer thread of ours). Choose it when the process is
@@ -378,11 +378,11 @@ class RetrainClient:
             if not broker_url:
                 raise ValueError("RetrainClient needs a broker_url or a sender")
             if mode == "relay":
-                from retrain.client_relay import ProcessRelay
+                from retrain.client.relay import ProcessRelay
 
                 sender = ProcessRelay(broker_url)
             else:
-                from retrain.replay_sender import replaying_sender
+                from retrain.client.replay_sender import replaying_sender
 
                 # Redis without persistence forgets what it held when it restarts: resend the
                 # recent ingest batches then (ingest counts each batch id once).

@@ -3,7 +3,7 @@
 In relay mode (``RetrainClient(url, mode="relay")``) the report call that finds a batch
 due packs it on its own thread and hands it to :class:`ProcessRelay`, which writes it
 to a pipe and returns: a non-blocking write, no thread to wake. A child process
-(``python -m retrain.client_relay BROKER_URL``) reads the pipe and sends each batch
+(``python -m retrain.client.relay BROKER_URL``) reads the pipe and sends each batch
 with the client's own machinery: a :class:`~retrain.client.RetrainClient` with the
 kombu sender, replay after a Redis restart, bounded waiting with backoff while the
 broker is down, and drops counted and reported to the server.
@@ -247,7 +247,7 @@ class ProcessRelay:
         if now - self._last_start < self.restart_after_s:
             raise RelayBusyError("the relay process is restarting")
         self._last_start = now
-        argv = [self.python, "-m", "retrain.client_relay", self.broker_url] + (["--dry-run"] if self.dry_run else [])
+        argv = [self.python, "-m", "retrain.client.relay", self.broker_url] + (["--dry-run"] if self.dry_run else [])
         keep: tuple[int, ...] = ()
         if self._due_file is not None:
             keep = (self._due_file.fileno(),)
@@ -376,13 +376,13 @@ def _keep_time(fd: int, every_s: float) -> None:
     threading.Thread(target=tick, name="retrain-relay-clock", daemon=True).start()
 
 
-_USAGE = "usage: python -m retrain.client_relay BROKER_URL [--dry-run] [--due-fd FD --due-every SECONDS]"
+_USAGE = "usage: python -m retrain.client.relay BROKER_URL [--dry-run] [--due-fd FD --due-every SECONDS]"
 
 
 def main(argv: list[str] | None = None) -> int:
     """The relay process: frames on stdin to the broker, answers on stdout."""
     from retrain.client import RetrainClient, kombu_sender
-    from retrain.replay_sender import replaying_sender
+    from retrain.client.replay_sender import replaying_sender
 
     args = list(sys.argv[1:] if argv is None else argv)
     dry_run = "--dry-run" in args

@@ -16,7 +16,7 @@ from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from retrain.commands.common import _ctx, _out, _publish_outbox, with_json
+from retrain.cli.commands.common import _ctx, _out, _publish_outbox, with_json
 from retrain.errors import PayloadError
 from retrain.policy import format_usd
 
