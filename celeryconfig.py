@@ -104,7 +104,7 @@ beat_scheduler = "workers.beat:LockedScheduler"
 def _zone() -> str:
     """Crontab entries, the off-peak window and slot keys share the model file's time zone."""
     from retrain.config import load_config
-    from retrain.errors import ConfigError
+    from retrain.core.errors import ConfigError
 
     zone = load_config(_settings.config_path()).settings.timezone
     if "timezone" in _settings.model_fields_set and _settings.timezone != zone:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retrain.errors import ArtifactError
+from retrain.core.errors import ArtifactError
 
 __all__ = ["ArtifactRef", "ArtifactStore", "DiskUsage", "TEMP_PREFIX", "DEFAULT_FILE_MODE", "DEFAULT_DIR_MODE",
            "parse_file_mode", "parse_dir_mode"]
@@ -282,7 +282,7 @@ class ArtifactStore:
     def get_bytes(self, sha256: str) -> bytes:
         """Return the artifact's bytes after checking that they hash to ``sha256``.
 
-        Raises :class:`~retrain.errors.ArtifactError` when the file is missing or
+        Raises :class:`~retrain.core.errors.ArtifactError` when the file is missing or
         its digest differs; the message names both digests and the path.
         """
         path = self.path_for(sha256)

@@ -4,7 +4,7 @@
 
     [settings]
     timezone = "UTC"                 # for schedules and the off-peak window
-    [policy]                         # global decision policy (see retrain.policy.Policy)
+    [policy]                         # global decision policy (see retrain.core.policy.Policy)
     daily_budget_usd = 10.0
     [models.direction]
     entry_point = "retrain.examples.direction:train"     # package.module:function
@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from retrain.errors import ConfigError
+from retrain.core.errors import ConfigError
 from retrain.settings import TimeZoneName
 
 __all__ = [
@@ -62,7 +62,7 @@ class _Strict(BaseModel):
 
 
 class Thresholds(_Strict):
-    """Performance trigger (ADAPT-009); the rules are in retrain.triggers.
+    """Performance trigger (ADAPT-009); the rules are in retrain.core.triggers.
 
     Every metric in ``metrics`` is watched for a ``relative_drop`` against the version's
     validated baseline (a bank of Bernoulli CUSUM charts, or a Sharpe bound); accuracy is
@@ -90,7 +90,7 @@ class Thresholds(_Strict):
 
 
 class DriftSettings(_Strict):
-    """Data drift (ADAPT-011); the tests are in retrain.drift.
+    """Data drift (ADAPT-011); the tests are in retrain.core.drift.
 
     The live sample of the last ``current_minutes`` (at most its newest ``max_rows``
     rows, and at least ``min_rows``) is compared with the training sample of the
@@ -125,7 +125,7 @@ class DriftSettings(_Strict):
 
 
 class EmergencySettings(_Strict):
-    """Emergency (ADAPT-012); the detector is in retrain.emergency.
+    """Emergency (ADAPT-012); the detector is in retrain.core.emergency.
 
     Per ``bucket_minutes`` bucket, accuracy and mean strategy return are compared with
     the ``history_buckets`` before; ``sigma`` standard deviations below the history is
@@ -141,15 +141,15 @@ class EmergencySettings(_Strict):
     min_samples: int = Field(20, ge=1)
     min_severity: Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"] = "LOW"
     # Firings no more than this apart are one episode: one retraining, at most one rollback
-    # to `previous`; a rollout in progress is aborted (retrain.emergency.EmergencyEpisode).
+    # to `previous`; a rollout in progress is aborted (retrain.core.emergency.EmergencyEpisode).
     episode_gap_minutes: float = Field(60.0, gt=0)
     # Roll production back to `previous` when it scored better than production on the recent window:
-    # its live level there, else in its last service, else its holdout level (retrain.watch).
+    # its live level there, else in its last service, else its holdout level (retrain.core.watch).
     rollback_to_previous: bool = True
 
 
 class ValidationSettings(_Strict):
-    """Offline holdout check, then shadow on live traffic (ADAPT-016); see retrain.rollout."""
+    """Offline holdout check, then shadow on live traffic (ADAPT-016); see retrain.core.rollout."""
 
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
     min_improvement: float = Field(0.02, ge=0)
@@ -157,9 +157,9 @@ class ValidationSettings(_Strict):
     shadow_enabled: bool = True
     shadow_min_hours: float = Field(1.0, ge=0)
     # The time limit: a shadow (or a canary stage) that cannot gather its rows by then is not
-    # started; the candidate is judged by walk-forward instead (retrain.evidence.plan_gate).
+    # started; the candidate is judged by walk-forward instead (retrain.core.evidence.plan_gate).
     shadow_max_hours: float = Field(48.0, ge=0)
-    # None: the paired rows the McNemar test needs for +min_improvement at `power` (retrain.evidence).
+    # None: the paired rows the McNemar test needs for +min_improvement at `power` (retrain.core.evidence).
     shadow_min_rows: int | None = Field(None, ge=0)
     confidence: float = Field(0.95, gt=0, lt=1)
     power: float = Field(0.8, gt=0, lt=1)
@@ -175,14 +175,14 @@ class ValidationSettings(_Strict):
 
 
 class RolloutSettings(_Strict):
-    """Canary stages with automatic rollback (ADAPT-016); see retrain.rollout."""
+    """Canary stages with automatic rollback (ADAPT-016); see retrain.core.rollout."""
 
     # false (with shadow off too): a validated candidate becomes production at once.
     enabled: bool = True
     stages: tuple[float, ...] = (10.0, 25.0, 50.0, 100.0)
     stage_min_minutes: float = Field(60.0, ge=0)
     # None: the outcomes per arm a one-sided test needs to see a `rollback_degradation` drop at the
-    # validation's confidence and power (retrain.evidence.independent_rows_needed).
+    # validation's confidence and power (retrain.core.evidence.independent_rows_needed).
     stage_min_samples: int | None = Field(None, ge=0)
     # A stage that has not gathered its evidence by then ends the rollout as inconclusive.
     stage_max_minutes: float = Field(1440.0, gt=0)
@@ -191,7 +191,7 @@ class RolloutSettings(_Strict):
     # After a full promotion, production is rolled back to the version it replaced when its live
     # primary metric falls `watch_degradation` below that version's live level just before the
     # promotion (its validated level when it has too few live outcomes), significantly at
-    # validation.confidence, within `watch_hours` (0: no watch); see retrain.watch.
+    # validation.confidence, within `watch_hours` (0: no watch); see retrain.core.watch.
     watch_hours: float = Field(72.0, ge=0)
     watch_degradation: float = Field(0.10, gt=0, lt=1)
 
@@ -279,7 +279,7 @@ class SampleSettings(_Strict):
 
 
 class RetentionSettings(_Strict):
-    """How many versions of a model to keep (ADAPT-014); see retrain.retention for the rule."""
+    """How many versions of a model to keep (ADAPT-014); see retrain.core.retention for the rule."""
 
     max_versions: int = Field(10, ge=1)
     max_age_days: float = Field(30.0, gt=0)
@@ -347,7 +347,7 @@ class ModelConfig(_Strict):
 
 
 class CostSettings(_Strict):
-    """Prices of a training run (ADAPT-013); see retrain.costs.price."""
+    """Prices of a training run (ADAPT-013); see retrain.core.costs.price."""
 
     usd_per_cpu_second: float = Field(0.04 / 3600.0, ge=0)
     usd_per_gb_hour: float = Field(0.005, ge=0)
@@ -370,7 +370,7 @@ class RetrainConfig(_Strict):
     source: str = "<memory>"
 
     def model(self, name: str) -> ModelConfig:
-        from retrain.errors import UnknownModelError
+        from retrain.core.errors import UnknownModelError
 
         try:
             return self.models[name]
@@ -382,7 +382,7 @@ class RetrainConfig(_Strict):
 
     def policy_for(self, name: str):
         """The decision policy of one model: [policy] with the model's own overrides on top."""
-        from retrain.policy import Policy
+        from retrain.core.policy import Policy
 
         base = {"timezone": self.settings.timezone, "offpeak_start": self.settings.offpeak_start,
                 "offpeak_end": self.settings.offpeak_end}

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from retrain.artifacts import ArtifactStore
-from retrain.clock import Clock
 from retrain.config import RetrainConfig
+from retrain.core.clock import Clock
 from retrain.settings import Settings
 from retrain.storage.repo import Store
 
 if TYPE_CHECKING:
-    from retrain.policy import ResourceReading
+    from retrain.core.policy import ResourceReading
 
 __all__ = ["Context"]
 
@@ -28,7 +28,7 @@ class Context:
     worker_id: str = "local"
     # Per-process caches (e.g. the policy objects); never shared across processes.
     cache: dict[str, Any] = field(default_factory=dict)
-    # Reads this node's free memory, CPU and disk for the decision (retrain.costs.read_resources
+    # Reads this node's free memory, CPU and disk for the decision (retrain.core.costs.read_resources
     # on workers). None: no local reading, as in the backtester, whose simulated decisions must
     # not depend on the load of the machine replaying them.
     resources: Callable[[], ResourceReading | None] | None = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from retrain.records import OutboxMessage
+from retrain.core.records import OutboxMessage
 from retrain.storage.repo import Store
 
 __all__ = ["relay", "prune_published", "Publisher", "KEEP_PUBLISHED"]

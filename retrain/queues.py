@@ -15,7 +15,7 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from retrain import tasks
-from retrain.errors import ConfigError
+from retrain.core.errors import ConfigError
 
 __all__ = ["QUEUES", "ROUTES", "MAX_PRIORITY", "is_redis", "is_amqp", "broker_priority", "kombu_queues",
            "declare_queues", "transport_options", "longest_hard_limit_s", "check_visibility_timeout"]

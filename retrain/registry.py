@@ -1,6 +1,6 @@
 """The model registry: versions, aliases, rollback, tombstones and verified loading (ADAPT-014).
 
-A service over one transaction (:class:`~retrain.ports.UnitOfWork`): every function
+A service over one transaction (:class:`~retrain.core.ports.UnitOfWork`): every function
 that changes state takes the ``tx`` of the step that calls it, so the version, the
 alias move and its audit event commit together or not at all. The one exception is
 :func:`load_verified`, which writes its refusal to the audit log in a transaction of
@@ -8,7 +8,7 @@ its own: a refused load must leave a trace even though the caller's work fails.
 
 What a version records (one ``model_versions`` row, shown by ``retrain show``):
 the semantic version and why it has that number (``bump_kind``, ``bump_reason``;
-rule in :mod:`retrain.versioning`), the parent version, the artifact's sha256 and
+rule in :mod:`retrain.core.versioning`), the parent version, the artifact's sha256 and
 size, the training data window, row count and fingerprint, the feature schema, the
 training entry point and configuration fingerprint (``params['spec']``), the
 hyperparameters (``params['params']``), the validation metrics (``metrics['holdout']``,
@@ -48,10 +48,10 @@ from datetime import datetime
 from typing import Any
 
 from retrain.artifacts import ArtifactRef
-from retrain.errors import ArtifactError, PayloadError, VersionProtectedError, VersionUnavailableError
-from retrain.ports import UnitOfWork
-from retrain.records import AliasMove, StoredVersion
-from retrain.versioning import BumpDecision, SemVer, VersionSpec, decide_bump
+from retrain.core.errors import ArtifactError, PayloadError, VersionProtectedError, VersionUnavailableError
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import AliasMove, StoredVersion
+from retrain.core.versioning import BumpDecision, SemVer, VersionSpec, decide_bump
 
 __all__ = [
     "ALIASES",
@@ -552,7 +552,7 @@ def verify_artifact(ctx: Any, sha256: str, *, model: str | None = None, version:
     """Return the artifact's bytes if they hash to ``sha256``; otherwise audit the refusal and raise.
 
     ``ctx`` is a :class:`~retrain.context.Context`. Raises
-    :class:`~retrain.errors.ArtifactError` (missing or altered file).
+    :class:`~retrain.core.errors.ArtifactError` (missing or altered file).
     """
     try:
         return ctx.artifacts.get_bytes(sha256)

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from retrain import slots
 from retrain.context import Context
-from retrain.ports import UnitOfWork
-from retrain.windows import Counts
+from retrain.core.ports import UnitOfWork
+from retrain.core.windows import Counts
 
 if TYPE_CHECKING:
-    from retrain.records import MetricBucket
+    from retrain.core.records import MetricBucket
 
 __all__ = ["status_data", "render_status", "timeline_data", "print_timeline", "table", "to_json", "run_note"]
 

@@ -13,8 +13,8 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from retrain.clock import time_zone
-from retrain.errors import ConfigError
+from retrain.core.clock import time_zone
+from retrain.core.errors import ConfigError
 
 __all__ = ["Settings", "TimeZoneName", "load_settings"]
 
@@ -24,7 +24,7 @@ def _known_zone(name: str) -> str:
     return name
 
 
-#: An IANA time zone name, checked by :func:`retrain.clock.time_zone` (settings and the model file).
+#: An IANA time zone name, checked by :func:`retrain.core.clock.time_zone` (settings and the model file).
 TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
 
 

@@ -14,7 +14,7 @@ SQLite has no row locks; there the claim serialises on the store's lock (a write
 takes the whole database) and picks a free row under it, which is the same
 lock-and-count approach in row form.
 
-Every function works inside the caller's transaction (:class:`~retrain.ports.UnitOfWork`),
+Every function works inside the caller's transaction (:class:`~retrain.core.ports.UnitOfWork`),
 so a claim commits together with the run's own move to ``training``.
 """
 
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from retrain.ports import UnitOfWork
-from retrain.records import SlotHolder
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import SlotHolder
 
 __all__ = ["SLOT_LOCK", "SlotHolder", "ensure", "claim", "renew", "release", "holders", "free_count",
            "release_orphans"]

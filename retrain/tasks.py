@@ -132,7 +132,7 @@ class TaskSpec:
 
     @property
     def payload_schema(self) -> type[BaseModel]:
-        """The pydantic model of the task's payload (:mod:`retrain.payloads`)."""
+        """The pydantic model of the task's payload (:mod:`retrain.core.payloads`)."""
         schema: type[BaseModel] = _load(self.schema)
         return schema
 
@@ -158,7 +158,7 @@ DEFAULT_LIMITS = TaskSpec.limits  # also celeryconfig's task_soft_time_limit / t
 RETRY = TaskSpec.retry
 SKIP_TO_NEXT_TICK = RetryPolicy("skip")
 
-_PAYLOADS = "retrain.payloads"
+_PAYLOADS = "retrain.core.payloads"
 
 # Where celeryconfig and the task decorators used to disagree, the longer pair was kept: a job
 # killed half-way is done again from the start by the next tick, and both stay well below the

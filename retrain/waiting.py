@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from retrain import slots
-from retrain.ports import UnitOfWork
-from retrain.records import RunRecord
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import RunRecord
 from retrain.tasks import TRAIN
 
 __all__ = ["dependency_blocker", "describe_dependency", "slot_wait", "wake"]

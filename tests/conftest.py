@@ -159,9 +159,9 @@ def sqlite_url(tmp_path):
 
 
 def make_context(db_url: str, tmp_path: Path, *, config=None, clock=None, **settings):
-    from retrain.clock import SimClock
     from retrain.config import load_config
     from retrain.context import Context
+    from retrain.core.clock import SimClock
     from retrain.settings import Settings
 
     s = Settings(home=tmp_path, database_url=db_url, broker_url="memory://", artifact_root=tmp_path / "artifacts",

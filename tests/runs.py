@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
-from retrain import lifecycle
-from retrain.ports import UnitOfWork
-from retrain.records import RunRecord
+from retrain.core import lifecycle
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import RunRecord
 
 _PATH = {"queued": (), "training": ("training",), "validating": ("training", "validating"),
          "shadow": ("training", "validating", "shadow"), "rollout": ("training", "validating", "rollout"),
@@ -18,7 +18,7 @@ def make_run(tx: UnitOfWork, model: str, now: datetime, *, state: str = "queued"
              priority: int = 3, request_id: str | None = None, decision_id: str | None = None,
              version: str | None = None) -> RunRecord:
     """A run of ``model`` created at ``now`` and moved to ``state`` (failed, dead and cancelled
-    through :func:`retrain.lifecycle.finish` from ``queued``)."""
+    through :func:`retrain.core.lifecycle.finish` from ``queued``)."""
     run = lifecycle.new_run(tx, model=model, request_id=request_id or str(uuid.uuid4()),
                             decision_id=decision_id or str(uuid.uuid4()), trigger=trigger, priority=priority, now=now)
     for step in _PATH.get(state, ()):

@@ -185,7 +185,7 @@ def _rejected(sender=None, message=None, exc=None, **_):
 
 @worker_init.connect
 def _check_schema(**_):
-    from retrain.errors import SchemaOutdatedError
+    from retrain.core.errors import SchemaOutdatedError
     from retrain.steps.requests import sync_models
     from retrain.storage.schema import check_schema
 

@@ -2,7 +2,7 @@
 
 A task body gets a validated payload and the runtime context; it calls one core step.
 After it returns, the outbox rows the step committed are published. Errors follow
-their class (retrain.errors): a permanent error (bad payload, unknown model) is kept
+their class (retrain.core.errors): a permanent error (bad payload, unknown model) is kept
 in the dead-letter table and never retried; a transient one retries with backoff.
 
 Every task acknowledges late and is rejected back to the broker if its worker dies
@@ -24,10 +24,10 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
 
-from retrain.errors import PayloadError, StaleLeaseError, TransientError
+from retrain.core.errors import PayloadError, StaleLeaseError, TransientError
+from retrain.core.payloads import parse_payload
+from retrain.core.records import OutboxMessage
 from retrain.outbox import relay
-from retrain.payloads import parse_payload
-from retrain.records import OutboxMessage
 from retrain.tasks import TASKS
 from workers import runtime
 

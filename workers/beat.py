@@ -35,7 +35,7 @@ import uuid
 from celery.beat import PersistentScheduler
 from celery.schedules import crontab
 
-from retrain.clock import monotonic
+from retrain.core.clock import monotonic
 from retrain.steps.requests import slot_key
 from workers import runtime
 

@@ -64,7 +64,7 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     from celery.signals import before_task_publish, task_postrun
 
     from retrain.client import RetrainClient
-    from retrain.clock import SimClock, monotonic
+    from retrain.core.clock import SimClock, monotonic
     from retrain.examples.direction import market_from_params
     from retrain.report import print_timeline
     from retrain.serving import StoreRoutingReader, routes_to_canary

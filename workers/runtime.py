@@ -12,9 +12,9 @@ import os
 import socket
 import threading
 
-from retrain.clock import Clock, SystemClock
 from retrain.context import Context
-from retrain.costs import read_resources
+from retrain.core.clock import Clock, SystemClock
+from retrain.core.costs import read_resources
 from retrain.settings import Settings, load_settings
 
 _lock = threading.Lock()

@@ -4,7 +4,7 @@
 operator's question before automation is turned on: on my history, what would this
 policy have done, how many retrainings, at what cost, and how much accuracy would it
 have kept? It answers with the code that runs in production: the rows are replayed on
-a :class:`~retrain.clock.SimClock` through the workers' own steps (ingest, sweep with
+a :class:`~retrain.core.clock.SimClock` through the workers' own steps (ingest, sweep with
 the four triggers, decide, train with the model's entry point, validate, shadow and
 staged rollout, promote, rollback), drained in-process from the outbox by
 :func:`retrain.steps.dispatch.drain`, each policy in its own throwaway SQLite

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
-from retrain.errors import ConfigError
+from retrain.core.errors import ConfigError
 
 __all__ = ["Crontab"]
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrain.errors import ConfigError, PayloadError
+from retrain.core.errors import ConfigError, PayloadError
 
 __all__ = ["ReplayData", "load_data", "from_arrays", "market_data", "write_csv"]
 

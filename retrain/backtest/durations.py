@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from retrain.errors import ConfigError
+from retrain.core.errors import ConfigError
 
 __all__ = ["parse_duration", "format_duration", "human_duration"]
 

@@ -141,11 +141,11 @@ def rate_notes(cfg: ModelConfig, *, rows_per_minute: float, label_delay: timedel
 def gate_rows(cfg: ModelConfig, accuracy: float | None = None) -> tuple[int, int]:
     """Rows the shadow's paired test and a canary stage's test wait for: the settings' own
     ``validation.shadow_min_rows`` and ``rollout.stage_min_samples`` when set, else what the
-    tests need (:mod:`retrain.evidence`) at ``accuracy`` (0.5 when unknown), as the steps size them."""
+    tests need (:mod:`retrain.core.evidence`) at ``accuracy`` (0.5 when unknown), as the steps size them."""
     v, r = cfg.validation, cfg.rollout
     shadow, stage = v.shadow_min_rows, r.stage_min_samples
     if shadow is None or stage is None:
-        from retrain.evidence import independent_rows_needed, unplanned_paired_rows
+        from retrain.core.evidence import independent_rows_needed, unplanned_paired_rows
 
         if shadow is None:
             shadow = unplanned_paired_rows(accuracy, v)

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from retrain.clock import monotonic
+from retrain.core.clock import monotonic
 
 __all__ = ["default_jobs", "run_parallel", "stop_once"]
 

@@ -33,8 +33,8 @@ from typing import Any, Literal
 from retrain.backtest.durations import format_duration, parse_duration
 from retrain.backtest.source import DATA_SOURCE, PARAM
 from retrain.config import ModelConfig, RetrainConfig, parse_config
-from retrain.errors import ConfigError
-from retrain.sizing import settings_for_rate
+from retrain.core.errors import ConfigError
+from retrain.core.sizing import settings_for_rate
 
 __all__ = ["PolicySpec", "parse_policy", "parse_policies", "configure", "default_config", "DEFAULT_ENTRY_POINT",
            "DEFAULT_MODEL", "EVERY_OVERRIDES", "widen_for_rate"]
@@ -94,7 +94,7 @@ def _sized(rate: float, m: dict[str, Any]) -> dict[str, Any]:
     """The settings a stream of ``rate`` outcomes a minute needs, from the sample sizes in ``m`` (a model body).
 
     The triggers' sample sizes, windows and false-alarm rate are sized by time
-    (:func:`retrain.sizing.settings_for_rate`: at most a month of outcomes per sample,
+    (:func:`retrain.core.sizing.settings_for_rate`: at most a month of outcomes per sample,
     windows that hold them); the feature sample keeps twice ``drift.min_rows`` rows per
     drift window (all rows of a slow stream).
     """
@@ -127,7 +127,7 @@ def default_config(features: tuple[str, ...], rows_per_minute: float, lookback: 
     The triggers' defaults are built for a stream of at least ~10 outcomes a
     minute (2,000 outcomes in a 240-minute window, 500 sampled rows for drift,
     20 outcomes per 5-minute emergency bucket). On a slower stream they are sized
-    by time (:func:`retrain.sizing.settings_for_rate`): sample sizes of at most a
+    by time (:func:`retrain.core.sizing.settings_for_rate`): sample sizes of at most a
     month of outcomes, windows that hold them, a false alarm in about five years
     of outcomes. The feature sample (which drift and shadow validation read)
     keeps about 1,000 rows per 240 minutes, all rows of a slower stream.

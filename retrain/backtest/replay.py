@@ -4,7 +4,7 @@ Ticks lie on a grid of ``sweep_every`` simulated time. At a tick ``T`` (the cloc
 
 1. **Outcomes.** Rows predicted earlier whose label is visible (``ts + label_delay
    <= T``) and that a model served are reported through
-   :func:`retrain.steps.ingest.ingest`, in :class:`~retrain.payloads.IngestBatch`\ es of
+   :func:`retrain.steps.ingest.ingest`, in :class:`~retrain.core.payloads.IngestBatch`\ es of
    at most 20,000 rows, under the version that served them: metric buckets per
    version, the feature sample.
 2. **Beat.** What ``celeryconfig.beat_schedule`` would have fired by ``T``: the
@@ -54,10 +54,10 @@ from retrain.backtest.cron import Crontab
 from retrain.backtest.data import ReplayData
 from retrain.backtest.policies import PolicySpec, configure
 from retrain.backtest.source import VisibleHistory, registered
-from retrain.clock import SimClock, monotonic, utc
 from retrain.config import ModelConfig, RetrainConfig
 from retrain.context import Context
-from retrain.errors import PayloadError
+from retrain.core.clock import SimClock, monotonic, utc
+from retrain.core.errors import PayloadError
 
 __all__ = ["ReplayOptions", "ReplayOutcome", "replay", "template_database", "timers", "Progress", "OPERATOR"]
 
@@ -262,7 +262,7 @@ def replay(data: ReplayData, base: RetrainConfig, model: str, spec: PolicySpec, 
     until the next tick that runs (the windows slide with the data, not between rows).
     """
 
-    from retrain.payloads import IngestBatch
+    from retrain.core.payloads import IngestBatch
     from retrain.steps.dispatch import STEPS, drain, run_step
     from retrain.steps.ingest import ingest
     from retrain.steps.requests import slot_key, sync_models
@@ -498,7 +498,7 @@ def _predict(data: ReplayData, serving: _Serving, lo: int, hi: int, prod: str, c
 
 def _approve(ctx: Context, request_ids: list[str], on_result) -> int:
     """The simulated operator approves these requests (those still waiting), as the demo's operator does."""
-    from retrain.errors import PayloadError as _NotWaiting
+    from retrain.core.errors import PayloadError as _NotWaiting
     from retrain.steps.decide import resolve_pending
     from retrain.steps.dispatch import drain
 

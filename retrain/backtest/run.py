@@ -28,9 +28,9 @@ from retrain.backtest.parallel import default_jobs, run_parallel
 from retrain.backtest.policies import DEFAULT_MODEL, PolicySpec, default_config, parse_policy, widen_for_rate
 from retrain.backtest.replay import ReplayOptions, replay, template_database
 from retrain.backtest.summary import data_drift, policy_report, timeline_width
-from retrain.clock import monotonic
 from retrain.config import RetrainConfig, load_config
-from retrain.errors import ConfigError
+from retrain.core.clock import monotonic
+from retrain.core.errors import ConfigError
 
 __all__ = ["BacktestSettings", "run_backtest", "run_comparison", "example_data", "summary_text", "write_report",
            "ProgressBar", "SCHEMA_VERSION", "default_sweep", "Terminated", "stop_on_sigterm", "hold_signals"]

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from retrain.backtest.data import ReplayData
-from retrain.errors import ConfigError
+from retrain.core.errors import ConfigError
 
 __all__ = ["DATA_SOURCE", "PARAM", "VisibleHistory", "Read", "visible_history", "registered"]
 

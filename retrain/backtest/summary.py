@@ -20,7 +20,7 @@ import numpy as np
 from retrain.backtest.data import ReplayData
 from retrain.backtest.notes import outcome_notes, rate_notes
 from retrain.backtest.replay import ReplayOptions, ReplayOutcome
-from retrain.domain import TriggerKind
+from retrain.core.domain import TriggerKind
 
 __all__ = ["policy_report", "data_drift", "bins", "timeline_width", "baselines", "INITIAL_REASON"]
 
@@ -243,7 +243,7 @@ def _drift_entry(at: datetime, version: str | None, report: dict) -> dict[str, A
 
 def data_drift(data: ReplayData, warm_end: datetime, width: timedelta, alpha: float = 0.05) -> list[dict[str, Any]]:
     """The data's drift after the warm-up, bin by bin, against the warm-up rows (same for every policy)."""
-    from retrain.drift import detect_drift
+    from retrain.core.drift import detect_drift
 
     cut = int(np.searchsorted(data.ts, warm_end.timestamp(), side="left"))
     if cut < 20:

@@ -31,7 +31,7 @@ __all__ = ["run"]
 def run(rows: int = 10_000, features: int = 20, rows_per_minute: int = 2,
         policies: tuple[str, ...] = ("auto", "never", "every:1d")) -> dict[str, Any]:
     from retrain.backtest import BacktestSettings, load_data, market_data, run_backtest, write_csv
-    from retrain.clock import monotonic
+    from retrain.core.clock import monotonic
 
     data = market_data(days=rows / rows_per_minute / 1440.0, rows_per_minute=rows_per_minute, n_features=features)
     with tempfile.TemporaryDirectory(prefix="retrain-bench-backtest-") as tmp:

@@ -59,7 +59,7 @@ def run_shape(shape: str, out: Path | None = None, jobs: int | None = None,
               size: float | None = None) -> dict[str, Any]:
     """One shape; ``size``: years of the daily shape, rows of the minute shape (default the target's)."""
     from retrain.backtest import BacktestSettings, run_backtest
-    from retrain.clock import monotonic
+    from retrain.core.clock import monotonic
 
     spec = SHAPES[shape]
     data = spec["data"]() if size is None else spec["data"](size if shape == "daily" else int(size))

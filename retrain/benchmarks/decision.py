@@ -3,7 +3,7 @@
 ``retrain bench decision [--json]`` prints both (:func:`run`):
 
 ``decide_p50_us``, ``decide_p99_us`` (:func:`run_pure`)
-    :func:`retrain.policy.decide` over realistic, varied states. The
+    :func:`retrain.core.policy.decide` over realistic, varied states. The
     requirement claims 0.1 ms per decision and sets 100 ms as the target; we
     aim for a p99 under 50 us. Inputs are generated up front from a seeded RNG
     (triggers in a plausible mix, run histories, spend near and over the caps,
@@ -49,8 +49,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from retrain.domain import RetrainRequest, Severity, TriggerKind
-from retrain.policy import Policy, ResourceReading, StateSnapshot, decide
+from retrain.core.domain import RetrainRequest, Severity, TriggerKind
+from retrain.core.policy import Policy, ResourceReading, StateSnapshot, decide
 
 if TYPE_CHECKING:
     pass
@@ -199,7 +199,7 @@ def _bench_config(n_models: int):
 
 def _seed(ctx, now: datetime, rng: random.Random) -> None:
     """A month of history for every model (see the module docstring)."""
-    from retrain import lifecycle
+    from retrain.core import lifecycle
     from retrain.steps.requests import sync_models
 
     sync_models(ctx)
@@ -243,7 +243,7 @@ def _seed(ctx, now: datetime, rng: random.Random) -> None:
 
 
 def _new_request(ctx, rng: random.Random, now: datetime) -> str:
-    from retrain.domain import RetrainRequest, Severity
+    from retrain.core.domain import RetrainRequest, Severity
 
     trig = rng.choices(_TRIGGERS, _WEIGHTS)[0]
     evidence: dict[str, Any] = {}
@@ -263,7 +263,7 @@ def _finish(ctx, run_id: str, rng: random.Random) -> None:
 
     The run walks its lifecycle to ``done`` at once (trained, validated, promoted): the
     benchmark times decisions, not the steps that would move it there."""
-    from retrain import lifecycle
+    from retrain.core import lifecycle
 
     with ctx.store.tx() as tx:
         run = tx.runs.get(run_id, for_update=True)
@@ -298,8 +298,8 @@ def _floor(ctx, n: int = 300) -> dict[str, float]:
 def run_task(n: int = 400, seed: int = 0, admin_url: str = PG_ADMIN_URL) -> dict[str, Any]:
     """Time ``n`` whole decision steps against a throwaway Postgres; figures in milliseconds."""
     from retrain.artifacts import ArtifactStore
-    from retrain.clock import SimClock
     from retrain.context import Context
+    from retrain.core.clock import SimClock
     from retrain.settings import Settings
     from retrain.steps.decide import decide_request, resolve_pending
     from retrain.storage.db import Database

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from retrain.triggers import PerformanceDetector, PerformanceTriggerConfig
+from retrain.core.triggers import PerformanceDetector, PerformanceTriggerConfig
 
 __all__ = ["run", "make_stream"]
 

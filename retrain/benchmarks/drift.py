@@ -1,4 +1,4 @@
-"""How fast and how right the drift check is: :func:`retrain.drift.detect_drift` beside a scipy loop.
+"""How fast and how right the drift check is: :func:`retrain.core.drift.detect_drift` beside a scipy loop.
 
 The case of BASELINES.md: 20 numeric features x 10,000 rows in the reference
 and in the current sample, features 0-4 shifted by 0.2 standard deviations.
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from retrain.drift import detect_drift
+from retrain.core.drift import detect_drift
 
 __all__ = ["run", "make_data"]
 

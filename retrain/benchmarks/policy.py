@@ -185,7 +185,7 @@ def _env_list(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 def run() -> dict[str, Any]:
     from retrain.backtest import BacktestSettings, run_backtest
-    from retrain.clock import monotonic
+    from retrain.core.clock import monotonic
 
     sets = _env_list("RETRAIN_BENCH_POLICY_SETS", SETS)
     rates = _env_list("RETRAIN_BENCH_POLICY_RATES", tuple(RATES))

@@ -61,8 +61,8 @@ def _context(url: str, home: Path, clock):
 
 
 def _new(ctx, model: str, tag: str, payload: bytes | None = None):
+    from retrain.core.versioning import VersionSpec, fingerprint_json
     from retrain.registry import NewVersion
-    from retrain.versioning import VersionSpec, fingerprint_json
 
     art = ctx.artifacts.put_bytes(payload or f"model {model} {tag}".encode())
     spec = VersionSpec(("f0", "f1"), "retrain.examples.direction:train", fingerprint_json({"C": 1.0}),
@@ -72,7 +72,7 @@ def _new(ctx, model: str, tag: str, payload: bytes | None = None):
 
 def run() -> dict[str, Any]:
     from retrain.benchmarks.decision import throwaway_database
-    from retrain.clock import SimClock, monotonic
+    from retrain.core.clock import SimClock, monotonic
     from retrain.registry import aliases_at, move_alias, register_version
     from retrain.steps.promote import rollback
     from retrain.steps.retention import run_retention

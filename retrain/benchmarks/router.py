@@ -366,11 +366,11 @@ def overhead(pairs: int = 48_000, block: int = 1, rate: int = RATE_PER_S, instan
 
 def rollback_latency(trials: int = 5, refresh_s: float = 1.0) -> dict[str, Any]:
     """Seconds from an automatic rollback's commit to the router serving production only."""
-    from retrain import lifecycle
     from retrain.artifacts import ArtifactStore
-    from retrain.clock import SystemClock
     from retrain.config import parse_config
     from retrain.context import Context
+    from retrain.core import lifecycle
+    from retrain.core.clock import SystemClock
     from retrain.serving import ModelRouter, StoreRoutingReader
     from retrain.settings import Settings
     from retrain.steps.rollout_step import begin_rollout, evaluate_rollouts

@@ -100,9 +100,9 @@ def run(models: int = 1000, small: int = 100, repeats: int = 3) -> dict[str, Any
     from sqlalchemy import create_engine, text
 
     from retrain.artifacts import ArtifactStore
-    from retrain.clock import SimClock
     from retrain.config import parse_config
     from retrain.context import Context
+    from retrain.core.clock import SimClock
     from retrain.settings import Settings
     from retrain.steps.sweep import sweep
     from retrain.storage.db import Database, make_engine

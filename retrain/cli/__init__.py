@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from retrain.errors import RetrainError
+from retrain.core.errors import RetrainError
 
 __all__ = ["main"]
 

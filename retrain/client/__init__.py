@@ -5,7 +5,7 @@ buffer and returns (no lock, no I/O, about half a microsecond). A background
 flusher wakes when a batch worth of rows is buffered or ``flush_interval_s`` has
 passed, joins outcomes to their predictions by id, and sends column-oriented
 batches to the ``retrain.ingest`` task by name (JSON, no import of ``workers``).
-Numeric columns travel packed (:mod:`retrain.columns`): encoding 40,000 floats as
+Numeric columns travel packed (:mod:`retrain.core.columns`): encoding 40,000 floats as
 JSON numbers would cost the flusher more than everything else together.
 
 When the broker is down, batches wait in a bounded retry queue
@@ -40,8 +40,8 @@ from numbers import Integral, Real
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from retrain.clock import Clock, SystemClock, monotonic, timestamp_of
-from retrain.columns import pack_f8
+from retrain.core.clock import Clock, SystemClock, monotonic, timestamp_of
+from retrain.core.columns import pack_f8
 from retrain.tasks import INGEST, REQUEST_RETRAINING, ROUTES
 
 __all__ = ["RetrainClient", "ClientStats", "Sender", "kombu_sender"]

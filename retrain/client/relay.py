@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from retrain.client import EncodedIngest, encode_ingest
-from retrain.clock import monotonic
-from retrain.errors import RelayBusyError
+from retrain.core.clock import monotonic
+from retrain.core.errors import RelayBusyError
 from retrain.tasks import INGEST
 
 __all__ = ["ProcessRelay", "RelayStats", "RelayBusy", "RelayBusyError", "main"]
@@ -66,7 +66,7 @@ _F_SETPIPE_SZ = 1031  # Linux; a larger pipe takes a whole batch in one write
 _PIPE_BYTES = 1 << 20
 
 
-#: The old name of :class:`retrain.errors.RelayBusyError`, kept for code that imports it from here.
+#: The old name of :class:`retrain.core.errors.RelayBusyError`, kept for code that imports it from here.
 RelayBusy = RelayBusyError
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from retrain.clock import monotonic
+from retrain.core.clock import monotonic
 from retrain.queues import is_redis
 from retrain.tasks import INGEST
 

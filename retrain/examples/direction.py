@@ -35,7 +35,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from retrain.clock import utc
+from retrain.core.clock import utc
 from retrain.examples.market import DEFAULT_START, SyntheticMarket, events_from_params
 
 __all__ = ["train", "history", "market_from_params", "label_delay_from_params"]

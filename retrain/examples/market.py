@@ -52,7 +52,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from retrain.clock import utc
+from retrain.core.clock import utc
 
 __all__ = [
     "Regime",

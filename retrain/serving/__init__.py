@@ -53,8 +53,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import numpy as np
 
-from retrain.clock import monotonic as time_monotonic
-from retrain.errors import RetrainError
+from retrain.core.clock import monotonic as time_monotonic
+from retrain.core.errors import RetrainError
 
 if TYPE_CHECKING:
     from retrain.storage.repo import Store

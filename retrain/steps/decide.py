@@ -17,10 +17,10 @@ One transaction does all of it, under one lock:
 2. ``now`` is read *after* the lock, so a decision that waited decides in the present.
 3. The snapshot: the model's runs, spend (one aggregate over this month's
    ledger), traffic (predictions served, labelled or not, and the outcomes'
-   returns, from the newest metric buckets: see :func:`retrain.policy.serving_rate`),
+   returns, from the newest metric buckets: see :func:`retrain.core.policy.serving_rate`),
    the floor clock, approvals, pauses, resource readings. The floor clock is
    started or stopped in the same commit when the decision's finding changes it.
-4. :func:`retrain.policy.decide`, pure.
+4. :func:`retrain.core.policy.decide`, pure.
 5. The decision row with every rule result, the audit events (decision, bypass,
    run), and for an approval: the run, the cost reservation and the outbox
    message to ``retrain.train``, all in the same commit.
@@ -39,13 +39,13 @@ from typing import Any
 
 from retrain.config import ModelConfig
 from retrain.context import Context
-from retrain.costs import estimate_cost
-from retrain.domain import Decision, RetrainRequest, RuleResult, Verdict
-from retrain.errors import PayloadError
-from retrain.lifecycle import new_run
-from retrain.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate
-from retrain.ports import UnitOfWork
-from retrain.records import DecisionState, RequestRecord
+from retrain.core.costs import estimate_cost
+from retrain.core.domain import Decision, RetrainRequest, RuleResult, Verdict
+from retrain.core.errors import PayloadError
+from retrain.core.lifecycle import new_run
+from retrain.core.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import DecisionState, RequestRecord
 from retrain.tasks import DECIDE, TRAIN
 
 __all__ = [

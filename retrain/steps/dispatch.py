@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from retrain.context import Context
-from retrain.payloads import parse_payload
+from retrain.core.payloads import parse_payload
 from retrain.tasks import TASKS
 
 __all__ = ["STEPS", "run_step", "drain"]

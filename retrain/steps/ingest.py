@@ -38,10 +38,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from retrain.columns import unpack_f8
 from retrain.context import Context
-from retrain.errors import PayloadError
-from retrain.payloads import IngestBatch
+from retrain.core.columns import unpack_f8
+from retrain.core.errors import PayloadError
+from retrain.core.payloads import IngestBatch
 from retrain.tasks import INGEST
 
 __all__ = ["IngestResult", "ingest", "check_batch", "CheckedBatch"]

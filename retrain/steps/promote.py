@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from retrain.context import Context
-from retrain.lifecycle import complete
-from retrain.ports import UnitOfWork
-from retrain.records import RunRecord
+from retrain.core.lifecycle import complete
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import RunRecord
 from retrain.steps.sweep import refresh_drift_reference
 
 __all__ = ["PromoteResult", "promote_run", "finish_promotion", "rollback"]

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 
 from retrain import slots
 from retrain.context import Context
-from retrain.lifecycle import finish, requeue
+from retrain.core.lifecycle import finish, requeue
 from retrain.tasks import DECIDE, PROMOTE, TRAIN, VALIDATE
 from retrain.waiting import wake
 

@@ -8,9 +8,8 @@ import json
 from dataclasses import dataclass
 
 from retrain.context import Context
-from retrain.domain import RetrainRequest, TriggerKind
-from retrain.payloads import ManualRequestPayload
-from retrain.storage.repo import new_id
+from retrain.core.domain import RetrainRequest, TriggerKind, new_id
+from retrain.core.payloads import ManualRequestPayload
 from retrain.tasks import DECIDE
 
 __all__ = ["RequestResult", "request_retraining", "sync_models", "slot_key"]

@@ -4,7 +4,7 @@ Run by the ``retrain.retention`` beat task and by ``retrain gc``. Three phases, 
 in its own transaction, so that a crash anywhere leaves nothing unsafe behind:
 
 1. **Tombstone.** Per model, under the model's aliases lock: the rule of
-   :func:`retrain.retention.plan_retention` (default 10 versions and 30 days, per
+   :func:`retrain.core.retention.plan_retention` (default 10 versions and 30 days, per
    model ``[models.X.retention]``) over the live versions, with the protected set
    of :func:`retrain.registry.protected_versions` (every alias target, the rollback
    target, versions of runs still in flight). Each deleted version keeps its row,
@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from retrain.context import Context
+from retrain.core.retention import RetentionPolicy, VersionInfo, plan_retention
 from retrain.registry import (
     ARTIFACTS_LOCK,
     aliases_lock,
@@ -35,7 +36,6 @@ from retrain.registry import (
     protected_versions,
     referenced_digests,
 )
-from retrain.retention import RetentionPolicy, VersionInfo, plan_retention
 
 __all__ = ["ORPHAN_GRACE", "DeletedVersion", "RemovedFile", "ModelRetention", "GcReport", "retention_policy",
            "run_retention"]

@@ -5,7 +5,7 @@ production version exists. ``evaluate_rollouts`` (task ``retrain.evaluate_rollou
 on the ``validation`` queue, run periodically by beat, the demo and the backtester)
 looks at every rollout in progress: it scores a shadow on the live rows logged
 since the last evaluation, or compares the canary's labelled outcomes with
-production's over the current stage, asks the pure rules in :mod:`retrain.rollout`
+production's over the current stage, asks the pure rules in :mod:`retrain.core.rollout`
 what to do, and applies the answer in one transaction with the alias moves and the
 audit event:
 
@@ -36,13 +36,13 @@ from typing import Any
 
 from retrain.config import ModelConfig
 from retrain.context import Context
-from retrain.emergency import EmergencyConfig
-from retrain.errors import ArtifactError, RetrainError, TransientError
-from retrain.evidence import unplanned_paired_rows
-from retrain.lifecycle import advance_canary, enter_canary, enter_shadow, reject
-from retrain.ports import UnitOfWork
-from retrain.records import RolloutRecord, RunRecord
-from retrain.rollout import (
+from retrain.core.emergency import EmergencyConfig
+from retrain.core.errors import ArtifactError, RetrainError, TransientError
+from retrain.core.evidence import unplanned_paired_rows
+from retrain.core.lifecycle import advance_canary, enter_canary, enter_shadow, reject
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import RolloutRecord, RunRecord
+from retrain.core.rollout import (
     PairedCounts,
     Phase,
     RolloutState,
@@ -52,8 +52,8 @@ from retrain.rollout import (
     judge_shadow,
     judge_stage,
 )
+from retrain.core.windows import Counts
 from retrain.steps.promote import finish_promotion
-from retrain.windows import Counts
 
 __all__ = ["RolloutResult", "EvaluateResult", "begin_rollout", "evaluate_rollouts", "evaluate_rollout",
            "confirm_rollout", "describe_rollout", "abort_rollouts"]

@@ -21,7 +21,7 @@ from datetime import datetime
 import numpy as np
 
 from retrain.context import Context
-from retrain.rollout import PairedCounts
+from retrain.core.rollout import PairedCounts
 
 __all__ = ["ShadowBatch", "score_new_rows", "load_model"]
 

@@ -1,10 +1,10 @@
 """Sweep: look at every model's recent live results and turn what is wrong into requests.
 
 Per model, against its production version: the performance trigger over the
-windowed metric buckets (:mod:`retrain.triggers`), the emergency detector over
-per-bucket accuracy and returns (:mod:`retrain.emergency`), and, every
+windowed metric buckets (:mod:`retrain.core.triggers`), the emergency detector over
+per-bucket accuracy and returns (:mod:`retrain.core.emergency`), and, every
 ``drift.check_every_minutes``, the drift check of the live feature sample
-against the version's training reference (:mod:`retrain.drift`). A firing
+against the version's training reference (:mod:`retrain.core.drift`). A firing
 trigger opens (or refreshes, with its new evidence) one request per model and
 trigger kind; a new one is sent to the decision with the trigger's priority.
 Deferred requests whose time has come are sent back to the decision. The
@@ -16,17 +16,17 @@ trigger asked against it in the ``controls`` row ``drift:MODEL``.
 :func:`refresh_drift_reference` sets it at each promotion (and the sweep
 whenever production changed otherwise, e.g. a rollback). Every check stores a
 report; a drift asks once per reference, then only when it gets worse or after a
-back-off, and not at all while accuracy is healthy (:func:`retrain.drift.judge_drift`);
+back-off, and not at all while accuracy is healthy (:func:`retrain.core.drift.judge_drift`);
 the report says which and why.
 
 Emergencies act (:func:`_emergency`). A firing at ``emergency.min_severity`` or above
-belongs to an episode (:class:`retrain.emergency.EmergencyEpisode`: firings no more
+belongs to an episode (:class:`retrain.core.emergency.EmergencyEpisode`: firings no more
 than ``emergency.episode_gap_minutes`` apart, kept in the ``controls`` row
 ``emergency:MODEL``). In the sweep's transaction, in order: every rollout of the model
 in shadow or canary, other than the episode's own retraining's, is aborted (alias
 cleared, share 0 %, audited with the emergency); once per episode, production is rolled
 back to ``previous`` when it scored better than production does on the recent window
-(:func:`retrain.watch.judge_previous`, audited with the figures): ``previous``'s own
+(:func:`retrain.core.watch.judge_previous`, audited with the figures): ``previous``'s own
 outcomes in that window, else those from its last service before it was replaced (the
 span the post-promotion watch reads: the rollout that replaced it, or the
 ``thresholds.window_minutes`` before), else its holdout level (``reference``: ``recent``,
@@ -40,7 +40,7 @@ promotion, production's live primary metric since the promotion is compared with
 live level of the version it replaced just before the promotion: its labelled outcomes
 during the rollout that ended in the promotion, or, without one, over the
 ``thresholds.window_minutes`` before it; with fewer than ``thresholds.min_samples`` of
-them, its validated (holdout) level (:func:`retrain.watch.judge_watch`). A significant
+them, its validated (holdout) level (:func:`retrain.core.watch.judge_watch`). A significant
 degradation of ``rollout.watch_degradation`` or more rolls it back to that version,
 audited with the figures (``reference``: ``live`` or ``holdout``).
 
@@ -68,11 +68,10 @@ import numpy as np
 
 from retrain.config import ModelConfig
 from retrain.context import Context
-from retrain.domain import RetrainRequest, Severity, TriggerKind
-from retrain.ports import UnitOfWork
-from retrain.storage.repo import new_id
+from retrain.core.domain import RetrainRequest, Severity, TriggerKind, new_id
+from retrain.core.ports import UnitOfWork
+from retrain.core.triggers import PerformanceTriggerConfig, TriggerFiring, evaluate_performance, wilson_upper
 from retrain.tasks import DECIDE
-from retrain.triggers import PerformanceTriggerConfig, TriggerFiring, evaluate_performance, wilson_upper
 
 __all__ = ["SweepResult", "sweep", "performance_config", "emergency_config", "refresh_drift_reference",
            "drift_state", "PRUNE_EVERY"]
@@ -104,7 +103,7 @@ def performance_config(cfg: ModelConfig, metric: str) -> PerformanceTriggerConfi
 
 def emergency_config(cfg: ModelConfig):
     """The emergency detector's settings of a model, from its ``emergency`` table."""
-    from retrain.emergency import EmergencyConfig
+    from retrain.core.emergency import EmergencyConfig
 
     e = cfg.emergency
     return EmergencyConfig.from_sigma(e.sigma, history_buckets=e.history_buckets, bucket_minutes=e.bucket_minutes,
@@ -270,7 +269,7 @@ def _emergency(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, starts
 
     See "Emergencies act" in the module docstring.
     """
-    from retrain.emergency import EmergencyEpisode, detect_emergency_from_arrays
+    from retrain.core.emergency import EmergencyEpisode, detect_emergency_from_arrays
     from retrain.steps.rollout_step import abort_rollouts
 
     ecfg = _cached(ctx, f"sweep:emergency:{cfg.name}", cfg, lambda: emergency_config(cfg))
@@ -336,7 +335,7 @@ def _emergency(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, starts
 
 def _as_counts(rows: np.ndarray):
     """One Counts of minute rows ``(n, tp, fp, tn, fn, ret_sum, ret_sq_sum)``."""
-    from retrain.windows import Counts
+    from retrain.core.windows import Counts
 
     t = rows.reshape(-1, 7).sum(axis=0) if rows.size else np.zeros(7)
     return Counts(int(t[0]), int(t[1]), int(t[2]), int(t[3]), int(t[4]), float(t[5]), float(t[6]))
@@ -352,8 +351,8 @@ def _series(tx: UnitOfWork, model: str, version: str, since: datetime, now: date
 
 def _judge_previous(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, window: np.ndarray,
                     now: datetime) -> dict | None:
-    """:func:`retrain.watch.judge_previous` on the performance window; None without a rollback target."""
-    from retrain.watch import judge_previous
+    """:func:`retrain.core.watch.judge_previous` on the performance window; None without a rollback target."""
+    from retrain.core.watch import judge_previous
 
     previous = tx.aliases.get(cfg.name, "previous")
     row = tx.versions.get(cfg.name, previous) if previous and previous != prod else None
@@ -408,7 +407,7 @@ def _last_service(tx: UnitOfWork, cfg: ModelConfig, version: str, now: datetime)
 def _roll_back(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, target: str, *, actor: str, reason: str,
                data: dict, now: datetime, result: SweepResult) -> bool:
     """Serve ``target`` again (its artifact verified first: a refused one is audited and nothing moves)."""
-    from retrain.errors import ArtifactError
+    from retrain.core.errors import ArtifactError
     from retrain.registry import rollback
 
     target_row = tx.versions.get(cfg.name, target)
@@ -438,7 +437,7 @@ def _watch(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, now: datet
     if (move is None or move.to_version != prod or move.actor != "promotion" or not move.from_version
             or now - move.at > timedelta(hours=r.watch_hours)):
         return None
-    from retrain.watch import judge_watch
+    from retrain.core.watch import judge_watch
 
     before = move.from_version
     row = tx.versions.get(cfg.name, before)
@@ -504,7 +503,7 @@ def refresh_drift_reference(tx: UnitOfWork, model: str, version: str, now: datet
     window = [row.data_start.isoformat() if row is not None and row.data_start else None,
               row.data_end.isoformat() if row is not None and row.data_end else None]
     rows = metrics.get("reference_rows", row.data_rows if row is not None else None)
-    from retrain.drift import DriftEpisode  # here, not at import: scipy costs an ingest worker ~70 MB
+    from retrain.core.drift import DriftEpisode  # here, not at import: scipy costs an ingest worker ~70 MB
 
     state = {"version": version, "reference_sha256": sha, "reference_rows": rows, "window": window,
              "since": now.isoformat(), "set_by": actor, "reason": reason,
@@ -548,7 +547,7 @@ def _drift(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, metrics: d
     rows = tx.monitoring.sample_features(cfg.name, now - timedelta(minutes=d.current_minutes), d.max_rows)
     if len(rows) < d.min_rows:
         return
-    from retrain.drift import DriftEpisode, detect_drift, judge_drift
+    from retrain.core.drift import DriftEpisode, detect_drift, judge_drift
 
     X = np.asarray(rows, dtype=np.float64)
     report = detect_drift(_reference(ctx, ref_sha), X, list(cfg.features), categorical=d.categorical,

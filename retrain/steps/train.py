@@ -28,19 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from retrain import lifecycle, slots
-from retrain.clock import monotonic
+from retrain import slots
 from retrain.config import ModelConfig, resolve_callable
 from retrain.context import Context
-from retrain.costs import CostRates, Opportunity, ResourceMeter, price
-from retrain.errors import ConfigError, StaleLeaseError, TrainingError, TransientError
-from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
-from retrain.policy import serving_rate
-from retrain.ports import UnitOfWork
+from retrain.core import lifecycle
+from retrain.core.clock import monotonic
+from retrain.core.costs import CostRates, Opportunity, ResourceMeter, price
+from retrain.core.errors import ConfigError, StaleLeaseError, TrainingError, TransientError
+from retrain.core.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
+from retrain.core.policy import serving_rate
+from retrain.core.ports import UnitOfWork
+from retrain.core.versioning import VersionSpec, fingerprint_array
 from retrain.registry import NewVersion, register_version, versions_lock
 from retrain.slots import SLOT_LOCK
 from retrain.tasks import TRAIN, VALIDATE
-from retrain.versioning import VersionSpec, fingerprint_array
 from retrain.waiting import dependency_blocker, describe_dependency, slot_wait, wake
 
 __all__ = ["TrainResult", "TrainingData", "train_run", "fail_run", "load_training_data", "load_training_rows",
@@ -93,7 +94,7 @@ def load_training_rows(ctx: Context, cfg: ModelConfig, now: datetime) -> Trainin
 
     A data source returns ``(X, y, ts)`` or ``(X, y, ts, ret)``: ``ret`` is each row's
     market return, from which holdout scoring computes the strategy's Sharpe ratio
-    (:func:`retrain.windows.strategy_returns`). ``"sample"`` reads the returns the
+    (:func:`retrain.core.windows.strategy_returns`). ``"sample"`` reads the returns the
     trading app reported with its outcomes. No return at all (or only missing ones)
     is ``ret=None``.
     """
@@ -151,7 +152,7 @@ def _deps(ctx: Context) -> dict[str, tuple[str, ...]]:
 
 def _end(tx: UnitOfWork, ctx: Context, run, state: str, reason: str, now: datetime, actor: str = "system", *,
          attempt: int | None = None, owner: str | None = None) -> bool:
-    """End the run (retrain.lifecycle.finish) and hand what it freed to the runs that wait."""
+    """End the run (retrain.core.lifecycle.finish) and hand what it freed to the runs that wait."""
     if not lifecycle.finish(tx, run, state, reason, now, actor=actor, attempt=attempt, owner=owner):
         return False
     wake(tx, depends_on=_deps(ctx), limit=ctx.settings.training_slots, now=now)
@@ -409,7 +410,7 @@ def _train_claimed(ctx: Context, run_id: str, attempt: int, now: datetime, progr
 
 def plan_validation(ctx: Context, cfg: ModelConfig, data: TrainingData, cut: int, estimator, fit,
                     now: datetime) -> tuple[dict | None, dict | None]:
-    """The gate this candidate will go through (:func:`retrain.evidence.plan_gate`), and for a
+    """The gate this candidate will go through (:func:`retrain.core.evidence.plan_gate`), and for a
     walk-forward gate its paired predictions; ``(None, None)`` when there is no production yet.
 
     Sizing uses the holdout rows production never trained on (newer than its ``data_end``):

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from retrain.context import Context
-from retrain.evidence import unplanned_paired_rows
-from retrain.lifecycle import finish, reject, to_promotion
-from retrain.metrics import finite_metrics, score
-from retrain.rollout import PairedCounts, judge_paired
+from retrain.core.evidence import unplanned_paired_rows
+from retrain.core.lifecycle import finish, reject, to_promotion
+from retrain.core.metrics import finite_metrics, score
+from retrain.core.rollout import PairedCounts, judge_paired
 from retrain.steps.rollout_step import begin_rollout
 from retrain.tasks import PROMOTE
 
@@ -127,7 +127,7 @@ def validate_run(ctx: Context, run_id: str) -> ValidateResult:
 
 
 def _walk_forward(cfg, walk: dict | None, gate: dict) -> tuple[bool, str]:
-    """The final gate of a candidate whose live rows cannot arrive in time (retrain.evidence)."""
+    """The final gate of a candidate whose live rows cannot arrive in time (retrain.core.evidence)."""
     v = cfg.validation
     why = gate.get("reason", "walk-forward")
     if not walk or len(walk["y"]) == 0:

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from retrain.errors import ConfigError, StoreUnavailableError
+from retrain.core.errors import ConfigError, StoreUnavailableError
 
 __all__ = ["make_engine", "Database", "normalize_url"]
 

@@ -373,7 +373,7 @@ class RolloutRow(Base):
     """A candidate's way from shadow through the canary stages to production (migration 0003).
 
     One row per run that entered shadow or a canary; the pure state machine and its
-    rules live in ``retrain.rollout``. ``paired`` accumulates the shadow's paired counts
+    rules live in ``retrain.core.rollout``. ``paired`` accumulates the shadow's paired counts
     (rows up to ``scored_until``, a ``feature_samples`` id), ``figures`` holds the
     latest evaluation, ``history`` one entry per finished phase or stage.
     """

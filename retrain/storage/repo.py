@@ -1,15 +1,14 @@
-"""The store: one unit of work over the repositories of :mod:`retrain.ports`.
+"""The store: one unit of work over the repositories of :mod:`retrain.core.ports`.
 
 ``Store.tx()`` opens one transaction and yields a :class:`Tx`, whose attributes are the
 repositories of every aggregate (runs, requests, versions, ledger, audit...). Everything
 a step changes through them (state, audit event, outbox message) commits together or
-not at all. The repositories hand back the frozen records of :mod:`retrain.records`;
+not at all. The repositories hand back the frozen records of :mod:`retrain.core.records`;
 no ORM row leaves ``retrain/storage/``.
 """
 
 from __future__ import annotations
 
-import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from retrain.core.domain import new_id
 from retrain.storage.db import Database
 from retrain.storage.sql.audit import SqlAudit, SqlDeadLetters
 from retrain.storage.sql.controls import SqlControls, SqlModels
@@ -34,10 +34,6 @@ from retrain.storage.sql.slots import SqlSlots
 __all__ = ["Store", "Tx", "new_id", "ROUTES_CHANNEL", "RATE_BUCKETS", "ACTIVE_RUN_STATES"]
 
 
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
 class Store:
     """Opens transactions on one database."""
 
@@ -51,7 +47,7 @@ class Store:
 
 
 class Tx:
-    """One transaction and the repositories that work in it (:class:`retrain.ports.UnitOfWork`)."""
+    """One transaction and the repositories that work in it (:class:`retrain.core.ports.UnitOfWork`)."""
 
     def __init__(self, session: Session, is_postgres: bool) -> None:
         self.s = session
@@ -85,7 +81,7 @@ class Tx:
 
 
 if TYPE_CHECKING:
-    from retrain.ports import UnitOfWork
+    from retrain.core.ports import UnitOfWork
 
     def _implements_the_ports(tx: Tx) -> UnitOfWork:
         return tx  # mypy checks every repository against its Protocol here

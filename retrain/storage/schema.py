@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine
 
-from retrain.errors import SchemaOutdatedError
+from retrain.core.errors import SchemaOutdatedError
 
 __all__ = ["alembic_config", "upgrade", "current_revision", "head_revision", "check_schema", "UPGRADE_COMMAND",
            "TABLES"]

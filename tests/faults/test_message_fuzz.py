@@ -147,7 +147,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers(-2**40, 2**40) | st
 
 
 def _valid_payload(task: str, payload: Any, error: type) -> bool:
-    from retrain import payloads
+    from retrain.core import payloads
 
     schema = {"retrain.ingest": payloads.IngestBatch, "retrain.decide": payloads.DecidePayload,
               "retrain.request_retraining": payloads.ManualRequestPayload, "retrain.train": payloads.RunPayload,
@@ -163,7 +163,7 @@ def _valid_payload(task: str, payload: Any, error: type) -> bool:
 def generated_cases(count: int) -> list[dict]:
     """Bodies from hypothesis (derandomized: the same list on every run), each sent to one
     of the tasks in turn: random JSON, and random JSON in Celery's [args, kwargs, embed] shape."""
-    from retrain.errors import PayloadError
+    from retrain.core.errors import PayloadError
 
     tasks = [(q, t) for q, ts in TASKS.items() for t in ts]
     cases: list[dict] = []

@@ -18,9 +18,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.policy import RULES
+from retrain.core.clock import SimClock
+from retrain.core.policy import RULES
 from retrain.steps.decide import resolve_pending
 from retrain.steps.dispatch import drain, run_step
 from retrain.steps.requests import sync_models

@@ -18,7 +18,7 @@ import pytest
 
 from retrain.cli import EXIT_CLOSED_PIPE, build_parser
 from retrain.cli.commands.common import unreachable
-from retrain.errors import BrokerUnavailableError
+from retrain.core.errors import BrokerUnavailableError
 from tests.conftest import EXAMPLE_CONFIG, T0, make_context
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,7 +150,7 @@ def test_the_stores_own_unavailable_error_is_translated_with_the_url(monkeypatch
     from sqlalchemy import text
 
     from retrain.cli import _name_failing_databases
-    from retrain.errors import StoreUnavailableError
+    from retrain.core.errors import StoreUnavailableError
     from retrain.storage.db import Database
 
     monkeypatch.setenv("RETRAIN_DATABASE_URL", DEAD_DATABASE)

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from retrain.client import RetrainClient, kombu_sender
-from retrain.payloads import IngestBatch, parse_payload
+from retrain.core.payloads import IngestBatch, parse_payload
 from tests.conftest import free_port, start_redis
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -17,8 +17,8 @@ import pytest
 
 import retrain.cli.commands.admin as admin
 from retrain.cli import main
-from retrain.clock import SystemClock
 from retrain.config import load_config
+from retrain.core.clock import SystemClock
 from retrain.steps.dispatch import run_step
 from tests.conftest import make_context
 from tests.runs import backdate, end_run, make_run

@@ -14,12 +14,12 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.domain import TRIGGER_PRIORITY, Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
-from retrain.errors import PayloadError, UnknownModelError
-from retrain.payloads import ManualRequestPayload
-from retrain.policy import RULES, ResourceReading
+from retrain.core.clock import SimClock
+from retrain.core.domain import TRIGGER_PRIORITY, Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
+from retrain.core.errors import PayloadError, UnknownModelError
+from retrain.core.payloads import ManualRequestPayload
+from retrain.core.policy import RULES, ResourceReading
 from retrain.steps.decide import decide_request, resolve_pending
 from retrain.steps.requests import request_retraining, sync_models
 from tests.conftest import make_context

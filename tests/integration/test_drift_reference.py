@@ -17,8 +17,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
+from retrain.core.clock import SimClock
 from retrain.steps.decide import decide_request
 from retrain.steps.dispatch import drain, run_step
 from retrain.steps.promote import rollback

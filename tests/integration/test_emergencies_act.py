@@ -10,12 +10,12 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from retrain.clock import SimClock
-from retrain.policy import ResourceReading
+from retrain.core.clock import SimClock
+from retrain.core.domain import new_id
+from retrain.core.policy import ResourceReading
 from retrain.steps.decide import decide_request
 from retrain.steps.requests import sync_models
 from retrain.steps.sweep import sweep
-from retrain.storage.repo import new_id
 from tests.conftest import T0, make_context
 from tests.rollout_world import MODEL, add_version, aliases, config, make_production, rollout_row, start_candidate
 from tests.runs import end_run

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from retrain.client import RetrainClient
-from retrain.payloads import IngestBatch, parse_payload
+from retrain.core.payloads import IngestBatch, parse_payload
+from retrain.core.windows import Counts
 from retrain.steps.ingest import UNKNOWN_PREDICTION, ingest
-from retrain.windows import Counts
 from tests.conftest import T0, make_context
 
 pytestmark = pytest.mark.integration

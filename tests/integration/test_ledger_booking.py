@@ -14,9 +14,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.payloads import ManualRequestPayload
+from retrain.core.clock import SimClock
+from retrain.core.payloads import ManualRequestPayload
 from retrain.steps.decide import decide_request
 from retrain.steps.requests import request_retraining, sync_models
 from retrain.steps.train import train_run

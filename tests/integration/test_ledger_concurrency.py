@@ -45,9 +45,9 @@ def _model(**policy) -> dict:
 
 def _context(db_url: str, home: Path, config_data: dict):
     from retrain.artifacts import ArtifactStore
-    from retrain.clock import SimClock
     from retrain.config import parse_config
     from retrain.context import Context
+    from retrain.core.clock import SimClock
     from retrain.settings import Settings
     from retrain.storage.db import Database
     from retrain.storage.repo import Store
@@ -90,7 +90,7 @@ def _decider(db_url: str, home: str, config_data: dict, ids: list[str], barrier,
 
 
 def _seed_requests(ctx, per_model: dict[str, int], rng: random.Random) -> list[str]:
-    from retrain.domain import RetrainRequest, TriggerKind
+    from retrain.core.domain import RetrainRequest, TriggerKind
 
     ids = []
     with ctx.store.tx() as tx:

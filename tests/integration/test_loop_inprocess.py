@@ -16,8 +16,8 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
+from retrain.core.clock import SimClock
 from retrain.examples.direction import market_from_params
 from retrain.serving import StoreRoutingReader, routes_to_canary
 from retrain.steps.dispatch import STEPS, drain, run_step

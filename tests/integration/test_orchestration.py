@@ -14,7 +14,7 @@ import pytest
 
 from retrain import slots
 from retrain.config import parse_config
-from retrain.errors import StaleLeaseError
+from retrain.core.errors import StaleLeaseError
 from retrain.report import render_status, status_data
 from retrain.steps import train as train_step
 from retrain.steps.reconcile import reconcile
@@ -193,7 +193,7 @@ def test_the_reconciler_resends_what_a_lost_broker_forgot(any_db_url, tmp_path):
     ctx = _ctx(any_db_url, tmp_path)
     queued, validating = _run(ctx, "a"), _run(ctx, "c")
     assert train_run(ctx, validating).status == "registered"
-    from retrain.domain import RetrainRequest, TriggerKind
+    from retrain.core.domain import RetrainRequest, TriggerKind
 
     with ctx.store.tx() as tx:
         tx.outbox.mark_published([m.id for m in tx.outbox.pending(limit=1000)], ctx.now())  # "published", then lost

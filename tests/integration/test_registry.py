@@ -12,9 +12,10 @@ from datetime import timedelta
 
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.errors import ArtifactError
+from retrain.core.clock import SimClock
+from retrain.core.errors import ArtifactError
+from retrain.core.versioning import VersionSpec, fingerprint_json
 from retrain.registry import (
     NewVersion,
     VersionProtectedError,
@@ -31,7 +32,6 @@ from retrain.registry import (
 )
 from retrain.steps.dispatch import run_step
 from retrain.steps.retention import run_retention
-from retrain.versioning import VersionSpec, fingerprint_json
 from tests.conftest import EXAMPLE_CONFIG, T0, make_context
 
 pytestmark = pytest.mark.timeout(120)

@@ -18,14 +18,14 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.errors import PayloadError
+from retrain.core.clock import SimClock
+from retrain.core.errors import PayloadError
+from retrain.core.versioning import VersionSpec, fingerprint_json
 from retrain.registry import NewVersion, move_alias, register_version, rollback
 from retrain.steps.retention import run_retention
 from retrain.storage.db import Database
 from retrain.storage.repo import Store
-from retrain.versioning import VersionSpec, fingerprint_json
 from tests.conftest import EXAMPLE_CONFIG, ROOT, T0, make_context
 from tests.runs import make_run
 
@@ -211,7 +211,7 @@ _CRASHING_TRAINER = textwrap.dedent("""
     import os, sys
     from datetime import datetime
     from pathlib import Path
-    from retrain.clock import SimClock
+    from retrain.core.clock import SimClock
     import retrain.steps.train as train
     from tests.conftest import make_context
 

@@ -8,9 +8,9 @@ from datetime import timedelta
 import pytest
 
 from retrain.client import kombu_sender
-from retrain.clock import SystemClock
+from retrain.core.clock import SystemClock
+from retrain.core.versioning import VersionSpec, fingerprint_json
 from retrain.registry import NewVersion, move_alias, register_version
-from retrain.versioning import VersionSpec, fingerprint_json
 from tests.conftest import EXAMPLE_CONFIG, make_context
 from tests.procs import retrain_env, start_worker, wait_for
 

@@ -13,10 +13,10 @@ from datetime import timedelta
 
 import pytest
 
-from retrain.clock import SimClock
+from retrain.core.clock import SimClock
+from retrain.core.windows import Counts
 from retrain.steps.dispatch import run_step
 from retrain.steps.rollout_step import confirm_rollout, describe_rollout
-from retrain.windows import Counts
 from tests.conftest import T0, make_context
 from tests.rollout_world import App, add_version, aliases, config, make_production, market, rollout_row, start_candidate
 
@@ -194,9 +194,9 @@ def test_the_manual_gate_waits_for_retrain_promote_confirm(pg_url, tmp_path, cap
     monkeypatch.setenv("RETRAIN_CONFIG", str(cfg_path))
     monkeypatch.setenv("RETRAIN_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
     # The CLI reads the wall clock; here it must read the test's simulated one.
-    import retrain.clock
+    import retrain.core.clock
 
-    monkeypatch.setattr(retrain.clock, "SystemClock", lambda: ctx.clock)
+    monkeypatch.setattr(retrain.core.clock, "SystemClock", lambda: ctx.clock)
     capsys.readouterr()
     assert main(["rollout", MODEL]) == 0
     text = capsys.readouterr().out

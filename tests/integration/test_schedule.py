@@ -16,9 +16,9 @@ import redis
 from celery import Celery
 from celery.schedules import crontab
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.payloads import ManualRequestPayload
+from retrain.core.clock import SimClock
+from retrain.core.payloads import ManualRequestPayload
 from retrain.steps.decide import decide_request
 from retrain.steps.requests import request_retraining, slot_key, sync_models
 from tests.conftest import make_context
@@ -197,7 +197,7 @@ def test_two_beats_one_sends_and_the_other_takes_over_when_it_dies(pg_url, redis
 
 
 def test_a_training_node_short_of_memory_defers_the_run(sqlite_url, tmp_path):
-    from retrain.policy import ResourceReading
+    from retrain.core.policy import ResourceReading
 
     # Given a scheduled request inside the off-peak window, and a node with 300 MB free
     clock = SimClock(datetime(2026, 1, 5, 2, tzinfo=UTC))

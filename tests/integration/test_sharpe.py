@@ -14,13 +14,13 @@ from datetime import timedelta
 import numpy as np
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
-from retrain.lifecycle import FINAL
+from retrain.core.clock import SimClock
+from retrain.core.lifecycle import FINAL
+from retrain.core.windows import Counts, strategy_returns
 from retrain.steps.dispatch import drain, run_step
 from retrain.steps.requests import sync_models
 from retrain.steps.sweep import sweep
-from retrain.windows import Counts, strategy_returns
 from tests.conftest import T0, make_context
 
 pytestmark = pytest.mark.integration

@@ -8,8 +8,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from retrain.domain import RetrainRequest, TriggerKind
-from retrain.errors import SchemaOutdatedError
+from retrain.core.domain import RetrainRequest, TriggerKind
+from retrain.core.errors import SchemaOutdatedError
 from retrain.storage.db import Database, make_engine
 from retrain.storage.models import Base
 from retrain.storage.repo import Store

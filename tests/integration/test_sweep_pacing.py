@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from retrain.clock import SimClock
-from retrain.records import RunRecord
+from retrain.core.clock import SimClock
+from retrain.core.records import RunRecord
 from retrain.steps.sweep import sweep
 from tests.conftest import make_context
 from tests.integration.test_sweep_triggers import FEATURES, NOW, _buckets, _config, _seed
@@ -53,7 +53,7 @@ def test_after_a_rejected_candidate_the_trigger_waits_for_its_holdouts_worth_of_
 def test_a_critical_emergency_is_never_held_back_by_a_rejected_candidate():
     from datetime import datetime, timezone
 
-    from retrain.domain import RetrainRequest, Severity, TriggerKind
+    from retrain.core.domain import RetrainRequest, Severity, TriggerKind
     from retrain.steps.sweep import _after_rejected_candidate
 
     req = RetrainRequest("r", "direction", TriggerKind.EMERGENCY, datetime(2026, 1, 1, tzinfo=timezone.utc), "x",

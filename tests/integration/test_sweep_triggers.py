@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 import numpy as np
 import pytest
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
+from retrain.core.clock import SimClock
 from retrain.steps.decide import decide_request
 from retrain.steps.requests import sync_models
 from retrain.steps.sweep import sweep

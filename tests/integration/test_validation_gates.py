@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
-from retrain.clock import SimClock
 from retrain.config import parse_config
+from retrain.core.clock import SimClock
 from retrain.steps.dispatch import drain, run_step
 from retrain.steps.requests import sync_models
 from retrain.steps.rollout_step import describe_rollout
@@ -172,7 +172,7 @@ def _audit(ctx):
 
 
 def test_training_prices_the_opportunity_at_the_serving_rate_even_with_a_label_delay(any_db_url, tmp_path):
-    from retrain.policy import serving_rate
+    from retrain.core.policy import serving_rate
 
     ctx = make_context(any_db_url, tmp_path, clock=SimClock(T0), config=_config("streaming", lookback_days=2))
     # Given one prediction a day for four weeks whose outcomes arrive a day late (the last day is empty)

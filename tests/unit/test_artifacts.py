@@ -27,7 +27,7 @@ from retrain.artifacts import (
     parse_dir_mode,
     parse_file_mode,
 )
-from retrain.errors import ArtifactError
+from retrain.core.errors import ArtifactError
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -405,8 +405,8 @@ def test_files_and_the_folders_the_store_creates_are_private_whatever_the_umask(
 
 def test_configured_modes_are_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Given modes set the way an operator sets them, and a permissive umask
-    from retrain.clock import SystemClock
     from retrain.context import Context
+    from retrain.core.clock import SystemClock
     from retrain.settings import load_settings
 
     monkeypatch.delenv("RETRAIN_DATABASE_URL", raising=False)
@@ -474,7 +474,7 @@ def test_other_folder_modes_are_refused(value) -> None:
 @pytest.mark.parametrize("name, value", [("RETRAIN_ARTIFACT_FILE_MODE", "0640"), ("RETRAIN_ARTIFACT_FILE_MODE", "rw"),
                                          ("RETRAIN_ARTIFACT_DIR_MODE", "0500")])
 def test_a_bad_mode_setting_is_a_config_error_naming_the_variable(name, value, monkeypatch) -> None:
-    from retrain.errors import ConfigError
+    from retrain.core.errors import ConfigError
     from retrain.settings import load_settings
 
     monkeypatch.setenv(name, value)

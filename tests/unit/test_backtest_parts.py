@@ -19,7 +19,7 @@ from retrain.backtest.policies import (
     widen_for_rate,
 )
 from retrain.backtest.source import DATA_SOURCE, PARAM, VisibleHistory, registered, visible_history
-from retrain.errors import ConfigError, PayloadError
+from retrain.core.errors import ConfigError, PayloadError
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
 

@@ -62,7 +62,7 @@ def test_a_daily_stream_is_told_why_each_gate_and_trigger_cannot_act():
     cfg = _model(rate, timedelta(days=365))
     notes = _notes(cfg, rate, DAY, timedelta(days=365), accuracy=0.5)
     text = "\n".join(notes)
-    # Then the triggers, sized by time for this rate (retrain.sizing), can each fire: no note
+    # Then the triggers, sized by time for this rate (retrain.core.sizing), can each fire: no note
     assert "cannot fire" not in text
     # while the fast-stream sizes, set in a model file, each get a note naming its fields
     fast = _model(rate, timedelta(days=365), thresholds={"min_samples": 2000, "window_minutes": 240},

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from retrain.client import EncodedIngest, RetrainClient, encode_ingest
-from retrain.clock import SimClock
-from retrain.columns import pack_f8, unpack_f8
-from retrain.errors import PayloadError
-from retrain.payloads import IngestBatch, parse_payload
+from retrain.core.clock import SimClock
+from retrain.core.columns import pack_f8, unpack_f8
+from retrain.core.errors import PayloadError
+from retrain.core.payloads import IngestBatch, parse_payload
 from tests.procs import until
 
 T = 1_767_571_200.0

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrain.costs import (
+from retrain.core.costs import (
     CostBreakdown,
     CostRates,
     Opportunity,
@@ -21,7 +21,7 @@ from retrain.costs import (
     price,
     read_resources,
 )
-from retrain.policy import ResourceReading
+from retrain.core.policy import ResourceReading
 
 
 def _busy(seconds: float) -> int:

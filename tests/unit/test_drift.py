@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from retrain.drift import DriftConfig, DriftReport, adjust_pvalues, detect_drift, ks_2samp_columns, ks_pvalue
+from retrain.core.drift import DriftConfig, DriftReport, adjust_pvalues, detect_drift, ks_2samp_columns, ks_pvalue
 
 
 @pytest.mark.parametrize("n, m", [(10_000, 10_000), (3_000, 700), (500, 2_000)])

@@ -1,5 +1,5 @@
-"""When a drift asks for a retraining (retrain.drift.judge_drift), and the holdout's Sharpe
-ratio is the live one (retrain.metrics, retrain.windows)."""
+"""When a drift asks for a retraining (retrain.core.drift.judge_drift), and the holdout's Sharpe
+ratio is the live one (retrain.core.metrics, retrain.core.windows)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from retrain.drift import DriftEpisode, DriftReport, FeatureDrift, judge_drift
-from retrain.metrics import classification_metrics, finite_metrics
-from retrain.windows import Counts, strategy_returns
+from retrain.core.drift import DriftEpisode, DriftReport, FeatureDrift, judge_drift
+from retrain.core.metrics import classification_metrics, finite_metrics
+from retrain.core.windows import Counts, strategy_returns
 
 T = datetime(2026, 1, 5, tzinfo=timezone.utc)
 H = timedelta(hours=1)

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from retrain.domain import Severity, TriggerKind
-from retrain.emergency import EmergencyConfig, detect_emergency, detect_emergency_from_buckets
-from retrain.windows import Counts
+from retrain.core.domain import Severity, TriggerKind
+from retrain.core.emergency import EmergencyConfig, detect_emergency, detect_emergency_from_buckets
+from retrain.core.windows import Counts
 
 # Levels by distance only: no escalation for speed.
 NO_SPEED = EmergencyConfig(consecutive=99, jump_sigma=float("inf"))

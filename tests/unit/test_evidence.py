@@ -1,4 +1,4 @@
-"""Gates sized by evidence (retrain.evidence) and the offline paired judgement (retrain.rollout.judge_paired).
+"""Gates sized by evidence (retrain.core.evidence) and the offline paired judgement (retrain.core.rollout.judge_paired).
 
 The sample sizes are checked by simulation: at the sized number of rows the test
 finds the configured improvement about as often as the configured power says.
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from retrain.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
-from retrain.rollout import PairedCounts, judge_paired, mcnemar_p
+from retrain.core.evidence import independent_rows_needed, paired_rows_needed, plan_gate, walk_forward_folds
+from retrain.core.rollout import PairedCounts, judge_paired, mcnemar_p
 
 
 def _paired_power(n: int, p_prod: float, gain: float, discordance: float, trials: int, rng) -> float:

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-import retrain.payloads as payloads
+import retrain.core.payloads as payloads
 from retrain.client import RetrainClient, encode_ingest
-from retrain.columns import pack_f8, unpack_f8
-from retrain.errors import PayloadError
-from retrain.payloads import (
+from retrain.core.columns import pack_f8, unpack_f8
+from retrain.core.errors import PayloadError
+from retrain.core.payloads import (
     DecidePayload,
     IngestBatch,
     ManualRequestPayload,

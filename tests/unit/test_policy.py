@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrain.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
-from retrain.errors import ConfigError
-from retrain.policy import RULES, Policy, ResourceReading, StateSnapshot, decide, value_model
+from retrain.core.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
+from retrain.core.errors import ConfigError
+from retrain.core.policy import RULES, Policy, ResourceReading, StateSnapshot, decide, value_model
 
 UTC = timezone.utc
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)  # a Wednesday, mid-month, far from DST changes

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from retrain.config import parse_config
-from retrain.errors import ConfigError, PayloadError
-from retrain.payloads import RollbackPayload, parse_payload
+from retrain.core.errors import ConfigError, PayloadError
+from retrain.core.payloads import RollbackPayload, parse_payload
 from retrain.queues import ROUTES
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "retrain" / "examples" / "direction.toml"

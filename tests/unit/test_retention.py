@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retrain.retention import RetentionPlan, RetentionPolicy, VersionInfo, plan_retention
+from retrain.core.retention import RetentionPlan, RetentionPolicy, VersionInfo, plan_retention
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 DAY = timedelta(days=1)

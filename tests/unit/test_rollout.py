@@ -10,9 +10,9 @@ import pytest
 from scipy import stats
 
 from retrain.config import RolloutSettings, ValidationSettings
-from retrain.domain import Severity, TriggerKind
-from retrain.emergency import EmergencyConfig
-from retrain.rollout import (
+from retrain.core.domain import Severity, TriggerKind
+from retrain.core.emergency import EmergencyConfig
+from retrain.core.rollout import (
     PairedCounts,
     Phase,
     RolloutState,
@@ -23,8 +23,8 @@ from retrain.rollout import (
     relative_change,
     worse_p,
 )
-from retrain.triggers import TriggerFiring
-from retrain.windows import Counts
+from retrain.core.triggers import TriggerFiring
+from retrain.core.windows import Counts
 from tests.conftest import T0
 
 V = ValidationSettings(shadow_min_hours=24, shadow_max_hours=48, shadow_min_rows=1000, min_improvement=0.02,
@@ -239,7 +239,7 @@ def test_impossible_moves_are_refused():
 
 def test_rollout_settings_refuse_stages_that_do_not_end_at_100():
     from retrain.config import parse_config
-    from retrain.errors import ConfigError
+    from retrain.core.errors import ConfigError
 
     base = {"models": {"m": {"entry_point": "a.b:c", "features": ["x"]}}}
     for stages in ([10, 50], [50, 10, 100], [0, 100], [10, 10, 100]):

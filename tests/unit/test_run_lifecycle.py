@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from retrain.domain import RunState
-from retrain.lifecycle import FINAL, TRANSITIONS, can_move
+from retrain.core.domain import RunState
+from retrain.core.lifecycle import FINAL, TRANSITIONS, can_move
 
 
 def test_final_states_are_the_domain_final_states_and_lead_nowhere():

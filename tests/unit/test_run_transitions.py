@@ -1,4 +1,4 @@
-"""A run changes state only through retrain.lifecycle: each move checked against TRANSITIONS
+"""A run changes state only through retrain.core.lifecycle: each move checked against TRANSITIONS
 and, for a training attempt, against its fencing token."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from retrain import lifecycle
-from retrain.domain import RunState
-from retrain.errors import StaleLeaseError
-from retrain.lifecycle import TRANSITIONS, TransitionError
-from retrain.records import RunRecord
+from retrain.core import lifecycle
+from retrain.core.domain import RunState
+from retrain.core.errors import StaleLeaseError
+from retrain.core.lifecycle import TRANSITIONS, TransitionError
+from retrain.core.records import RunRecord
 
 ROOT = Path(__file__).resolve().parents[2]
-LIFECYCLE = Path("retrain/lifecycle.py")
+LIFECYCLE = Path("retrain/core/lifecycle.py")
 # Names that hold a rollout: its ``stage`` is the canary stage index, not the run's stage.
 ROLLOUT_ROWS = {"ro"}
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -80,10 +80,10 @@ def _sources():
 
 
 def test_no_run_state_is_written_outside_the_lifecycle():
-    # Given every module of retrain/ and workers/ but retrain/lifecycle.py
+    # Given every module of retrain/ and workers/ but retrain/core/lifecycle.py
     # When their assignments, row constructions and updates are read
     offenders = [f"{rel}:{line}: {what}" for rel, src in _sources() for line, what in _offences(ast.parse(src))]
-    # Then none writes a run's state or stage: they call retrain.lifecycle
+    # Then none writes a run's state or stage: they call retrain.core.lifecycle
     assert offenders == []
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import retrain.serving as serving
 from retrain.client import RetrainClient
-from retrain.errors import ArtifactError, RetrainError
+from retrain.core.errors import ArtifactError, RetrainError
 from retrain.serving import ModelRouter, Routing, routes_to_canary, routing_bucket
 from tests.procs import until
 
@@ -224,7 +224,7 @@ def test_features_in_any_row_form_are_predicted_and_reported_as_given_and_more_r
         router.predict(base, "two rows")
     client.close(timeout_s=2)
     # Then each row went out with exactly its values, as float64
-    from retrain.columns import unpack_f8
+    from retrain.core.columns import unpack_f8
 
     got = {}
     for p in sent:

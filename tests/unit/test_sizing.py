@@ -1,13 +1,13 @@
-"""Trigger settings sized for a model's rate (retrain.sizing), checked by simulation with the real
+"""Trigger settings sized for a model's rate (retrain.core.sizing), checked by simulation with the real
 performance trigger: a daily model sees a collapse within weeks and rarely fires on noise."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from retrain.sizing import settings_for_rate
-from retrain.triggers import PerformanceTriggerConfig, evaluate_performance
-from retrain.windows import Counts
+from retrain.core.sizing import settings_for_rate
+from retrain.core.triggers import PerformanceTriggerConfig, evaluate_performance
+from retrain.core.windows import Counts
 
 DAILY = 1 / 1440
 

@@ -1,5 +1,5 @@
 """The storage boundary, checked on the source: SQLAlchemy rows and sessions stay in retrain/storage/,
-everything else speaks to the repositories of retrain.ports and gets frozen records back."""
+everything else speaks to the repositories of retrain.core.ports and gets frozen records back."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from retrain import records
-from retrain.ports import UnitOfWork
+from retrain.core import records
+from retrain.core.ports import UnitOfWork
 
 ROOT = Path(__file__).resolve().parents[2]
 ROW_MODULE = "retrain.storage.models"

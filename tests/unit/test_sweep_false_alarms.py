@@ -1,6 +1,6 @@
 """The performance trigger as the sweep runs it: recomputed every minute over the last window.
 
-The false-alarm rule stated in retrain.triggers ("Sliding windows") is checked here on
+The false-alarm rule stated in retrain.core.triggers ("Sliding windows") is checked here on
 stable streams: a model that holds its baseline is not flagged, sweep after sweep.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrain.triggers import PerformanceTriggerConfig, evaluate_performance
-from retrain.windows import Counts
+from retrain.core.triggers import PerformanceTriggerConfig, evaluate_performance
+from retrain.core.windows import Counts
 
 
 def _minutes(rng: np.random.Generator, acc: list[float] | np.ndarray, per_minute: int) -> list[Counts]:

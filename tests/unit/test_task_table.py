@@ -57,7 +57,7 @@ def test_no_task_name_is_spelled_out_outside_the_table():
 
 def test_every_row_resolves_and_steps_stay_in_the_core():
     for spec in TASKS.values():
-        assert spec.payload_schema.__module__ == "retrain.payloads", spec.name
+        assert spec.payload_schema.__module__ == "retrain.core.payloads", spec.name
         if spec.step is not None:
             assert spec.step.startswith("retrain.") and callable(spec.step_function), spec.name
         soft, hard = spec.limits.of(SimpleNamespace(train_soft_time_limit_s=1800, train_time_limit_s=2100))
@@ -127,7 +127,7 @@ def test_the_in_process_dispatch_covers_the_same_tasks_with_the_same_schemas():
 
 
 def test_decide_gets_the_nodes_resource_reading_wherever_it_runs(monkeypatch):
-    from retrain.policy import ResourceReading
+    from retrain.core.policy import ResourceReading
     from retrain.steps import dispatch
 
     calls = []
@@ -143,7 +143,7 @@ def test_decide_gets_the_nodes_resource_reading_wherever_it_runs(monkeypatch):
 
 
 def test_a_workers_context_reads_its_node(tmp_path, monkeypatch):
-    from retrain.policy import ResourceReading
+    from retrain.core.policy import ResourceReading
     from workers import runtime
 
     monkeypatch.setenv("RETRAIN_HOME", str(tmp_path))

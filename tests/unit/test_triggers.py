@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from retrain.domain import TriggerKind
-from retrain.triggers import (
+from retrain.core.domain import TriggerKind
+from retrain.core.triggers import (
     PerformanceDetector,
     PerformanceTriggerConfig,
     TriggerFiring,
@@ -18,7 +18,7 @@ from retrain.triggers import (
     evaluate_performance,
     wilson_upper,
 )
-from retrain.windows import Counts
+from retrain.core.windows import Counts
 
 
 def accuracy_buckets(rng: np.random.Generator, accs: list[float], per_bucket: int) -> list[Counts]:

@@ -1,8 +1,8 @@
 """The value model behind the ROI rule, at every rate: what is served, what a correct prediction is
 worth (returns or a configured value), the floor rule, and a CRITICAL emergency.
 
-Pure: :func:`retrain.policy.decide`, :func:`retrain.policy.value_model` and
-:func:`retrain.policy.serving_rate`, called directly.
+Pure: :func:`retrain.core.policy.decide`, :func:`retrain.core.policy.value_model` and
+:func:`retrain.core.policy.serving_rate`, called directly.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from retrain.domain import RetrainRequest, Severity, TriggerKind, Verdict
-from retrain.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate, value_model
+from retrain.core.domain import RetrainRequest, Severity, TriggerKind, Verdict
+from retrain.core.policy import Policy, ResourceReading, StateSnapshot, decide, serving_rate, value_model
 
 UTC = timezone.utc
 NOW = datetime(2026, 6, 10, 12, 0, tzinfo=UTC)  # a Wednesday noon, mid-month

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrain.errors import PayloadError
-from retrain.versioning import (
+from retrain.core.errors import PayloadError
+from retrain.core.versioning import (
     INITIAL_VERSION,
     BumpDecision,
     SemVer,

@@ -1,4 +1,4 @@
-"""The rules that send production back to ``previous`` (retrain.watch) and the emergency episode."""
+"""The rules that send production back to ``previous`` (retrain.core.watch) and the emergency episode."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from retrain.domain import Severity
-from retrain.emergency import EmergencyEpisode
-from retrain.rollout import worse_p
-from retrain.watch import judge_previous, judge_watch, level_worse_p
-from retrain.windows import Counts
+from retrain.core.domain import Severity
+from retrain.core.emergency import EmergencyEpisode
+from retrain.core.rollout import worse_p
+from retrain.core.watch import judge_previous, judge_watch, level_worse_p
+from retrain.core.windows import Counts
 
 T = datetime(2026, 1, 5, tzinfo=timezone.utc)
 

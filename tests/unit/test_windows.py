@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrain.windows import Counts, CountWindow, TimeWindow
+from retrain.core.windows import Counts, CountWindow, TimeWindow
 
 outcome = st.tuples(st.integers(0, 1), st.integers(0, 1), st.floats(-1, 1, allow_nan=False))
 

@@ -135,8 +135,8 @@ def run(batches: int = 60, rows: int = 2000, rounds: int = 3, timeout_s: float =
     import psutil
     from sqlalchemy import create_engine
 
-    from retrain import lifecycle
     from retrain.client import kombu_sender
+    from retrain.core import lifecycle
     from retrain.storage.db import Database
     from retrain.storage.repo import Store
     from workers.benchmarks.ingest import _create_db, _drop_db, _start_redis

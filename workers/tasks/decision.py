@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from retrain.payloads import DecidePayload, ManualRequestPayload
+from retrain.core.payloads import DecidePayload, ManualRequestPayload
 from retrain.tasks import DECIDE, REQUEST_RETRAINING, run
 from workers.app import app
 from workers.base import retrain_task

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from datetime import timedelta
 
+from retrain.core.payloads import IngestBatch, SweepPayload
 from retrain.outbox import prune_published, relay
-from retrain.payloads import IngestBatch, SweepPayload
 from retrain.tasks import INGEST, RECONCILE, RELAY, RETENTION, SWEEP, run
 from workers.app import app
 from workers.base import publish, retrain_task

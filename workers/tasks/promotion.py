@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from retrain.payloads import RollbackPayload, RunPayload
+from retrain.core.payloads import RollbackPayload, RunPayload
 from retrain.tasks import PROMOTE, ROLLBACK, run
 from workers.app import app
 from workers.base import retrain_task

@@ -11,7 +11,7 @@ from dataclasses import asdict
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from retrain.payloads import RunPayload
+from retrain.core.payloads import RunPayload
 from retrain.steps.train import fail_run
 from retrain.tasks import TRAIN, run
 from workers.app import app

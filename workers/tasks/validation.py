@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from retrain.payloads import RunPayload, SweepPayload
+from retrain.core.payloads import RunPayload, SweepPayload
 from retrain.tasks import EVALUATE_ROLLOUTS, VALIDATE, run
 from workers.app import app
 from workers.base import retrain_task

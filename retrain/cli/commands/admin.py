@@ -17,8 +17,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from retrain.cli.commands.common import _ctx, _out, _publish_outbox, with_json
-from retrain.errors import PayloadError
-from retrain.policy import format_usd
+from retrain.core.errors import PayloadError
+from retrain.core.policy import format_usd
 
 __all__ = [
     "register",
@@ -51,7 +51,7 @@ def _since(text: str) -> datetime:
 
 # ---------------------------------------------------------------- train, approve, reject, pause
 def cmd_train(args) -> int:
-    from retrain.payloads import ManualRequestPayload
+    from retrain.core.payloads import ManualRequestPayload
     from retrain.steps.requests import request_retraining, sync_models
 
     if args.override_budget and not (args.reason or "").strip():
@@ -271,8 +271,8 @@ def cmd_decisions(args) -> int:
 # ---------------------------------------------------------------- costs
 def costs_data(ctx, now: datetime, days: int) -> dict[str, Any]:
     """Spend per day and per month, per model, with the caps that apply (global and per model)."""
-    from retrain.costs import estimate_cost
-    from retrain.policy import Policy
+    from retrain.core.costs import estimate_cost
+    from retrain.core.policy import Policy
 
     first_day = (now - timedelta(days=days - 1)).strftime("%Y-%m-%d")
     month = now.strftime("%Y-%m")

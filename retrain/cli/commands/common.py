@@ -8,14 +8,14 @@ import sys
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from retrain.errors import BrokerUnavailableError, ConfigError, RetrainError, StoreUnavailableError
+from retrain.core.errors import BrokerUnavailableError, ConfigError, RetrainError, StoreUnavailableError
 
 __all__ = ["_ctx", "_out", "_publish_outbox", "_short", "with_json", "note_database_url", "unreachable"]
 
 
 def _ctx():
-    from retrain.clock import SystemClock
     from retrain.context import Context
+    from retrain.core.clock import SystemClock
     from retrain.settings import load_settings
     from retrain.storage.schema import check_schema
 
@@ -68,7 +68,7 @@ def unreachable(exc: BaseException) -> RetrainError | None:
     """The one-line error for a database or broker that cannot be used, else None.
 
     Looks at ``exc`` and its explicit causes (the store raises
-    :class:`~retrain.errors.StoreUnavailableError` *from* the driver's error). The
+    :class:`~retrain.core.errors.StoreUnavailableError` *from* the driver's error). The
     message names the URL with its password masked, the driver's first line, and
     what to check. Other errors (a bug, a constraint) are not this function's
     business: they keep their traceback.

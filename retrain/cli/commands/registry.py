@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from retrain.cli.commands.common import _ctx, _out, _short, with_json
-from retrain.errors import PayloadError
+from retrain.core.errors import PayloadError
 
 __all__ = ["register", "render_versions", "render_show", "render_gc"]
 

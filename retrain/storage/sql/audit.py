@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from retrain.records import AuditEvent, DeadLetter
+from retrain.core.records import AuditEvent, DeadLetter
 from retrain.storage.models import AuditRow, DeadLetterRow
 from retrain.storage.sql.base import SqlRepository, table, to_record
 

@@ -8,8 +8,8 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
-from retrain.errors import UnknownModelError
-from retrain.records import ModelRecord
+from retrain.core.errors import UnknownModelError
+from retrain.core.records import ModelRecord
 from retrain.storage.models import ControlRow, ModelRow
 from retrain.storage.sql.base import SqlRepository, maybe, rowcount, table
 

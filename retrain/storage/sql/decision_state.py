@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import and_, case, cast, func, literal, or_, select
 
-from retrain.records import DecisionState
+from retrain.core.records import DecisionState
 from retrain.storage.models import AliasRow, ControlRow, CostRow, MetricBucketRow, ModelRow, RunRow, VersionRow
 from retrain.storage.sql.base import SqlRepository
 from retrain.storage.sql.controls import floor_key

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from retrain.records import CostEntry
+from retrain.core.records import CostEntry
 from retrain.storage.models import CostRow
 from retrain.storage.sql.base import SqlRepository, table, to_record
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Float, cast, delete, func, select
 
-from retrain.records import DriftReportRecord, FeatureSample, MetricBucket
+from retrain.core.records import DriftReportRecord, FeatureSample, MetricBucket
 from retrain.storage.models import DriftReportRow, FeatureSampleRow, IngestedBatchRow, MetricBucketRow, ScheduleSlotRow
 from retrain.storage.sql.base import SqlRepository, maybe, rowcount, table, to_record
 
@@ -107,7 +107,7 @@ class SqlMonitoring(SqlRepository):
     def served(self, model: str, since: datetime, until: datetime) -> tuple[int, int, datetime | None, datetime | None]:
         """(predictions served, labelled or not; distinct minutes; first and last minute) in the newest
         ``RATE_BUCKETS`` metric buckets between ``since`` and ``until``: what
-        :func:`retrain.policy.serving_rate` reads."""
+        :func:`retrain.core.policy.serving_rate` reads."""
         b = MetricBucketRow
         newest = (select(b.minute.label("minute"), (b.n + b.unlabelled).label("served"))
                   .where(b.model == model, b.minute >= since, b.minute <= until)

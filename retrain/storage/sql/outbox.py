@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from retrain.records import OutboxMessage
+from retrain.core.records import OutboxMessage
 from retrain.storage.models import OutboxRow
 from retrain.storage.sql.base import SqlRepository, rowcount
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import and_, select, text, update
 
-from retrain.records import AliasMove, AliasRecord, StoredVersion
+from retrain.core.records import AliasMove, AliasRecord, StoredVersion
 from retrain.storage.models import AliasHistoryRow, AliasRow, VersionRow
 from retrain.storage.sql.base import SqlRepository, maybe, to_record
 

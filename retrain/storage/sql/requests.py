@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import Text, case, cast, func, select, update
 
-from retrain.domain import Decision, RetrainRequest
-from retrain.records import DecisionRecord, RequestRecord
+from retrain.core.domain import Decision, RetrainRequest, new_id
+from retrain.core.records import DecisionRecord, RequestRecord
 from retrain.storage.models import DecisionRow, RequestRow
 from retrain.storage.sql.base import SqlRepository, maybe, to_record
 
@@ -151,8 +151,6 @@ class SqlDecisions(SqlRepository):
 
     def add(self, d: Decision, trigger: str, rules: list[dict[str, Any]]) -> str:
         """Record a decision whose rules the caller has serialised already (it audits the same list)."""
-        from retrain.storage.repo import new_id
-
         did = new_id()
         self.s.add(DecisionRow(
             id=did, request_id=d.request_id, model=d.model, trigger=trigger, verdict=d.verdict.value,

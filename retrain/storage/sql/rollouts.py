@@ -1,4 +1,4 @@
-"""Rollouts: a candidate's way from shadow through the canary stages (the rules are in :mod:`retrain.rollout`)."""
+"""Rollouts: a candidate's way from shadow through the canary stages (the rules are in :mod:`retrain.core.rollout`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from retrain.records import RolloutRecord
+from retrain.core.records import RolloutRecord
 from retrain.storage.models import RolloutRow
 from retrain.storage.sql.base import SqlRepository, maybe, to_record
 

@@ -1,4 +1,4 @@
-"""Training runs. A run's state is written by :mod:`retrain.lifecycle` alone, through :meth:`SqlRuns.write`."""
+"""Training runs. A run's state is written by :mod:`retrain.core.lifecycle` alone, through :meth:`SqlRuns.write`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 
-from retrain.errors import StaleLeaseError
-from retrain.records import RunRecord
+from retrain.core.errors import StaleLeaseError
+from retrain.core.records import RunRecord
 from retrain.storage.models import RunRow
 from retrain.storage.sql.base import SqlRepository, maybe, rowcount, to_record
 
@@ -79,13 +79,13 @@ class SqlRuns(SqlRepository):
         """Write bookkeeping that does not move the run (what it waits for, when it was sent, usage...)."""
         refused = set(changes) - _BOOKKEEPING
         if refused:
-            raise ValueError(f"a run's {', '.join(sorted(refused))} changes only through retrain.lifecycle")
+            raise ValueError(f"a run's {', '.join(sorted(refused))} changes only through retrain.core.lifecycle")
         self.s.execute(update(RunRow).where(RunRow.id == run.id).values(**changes))
         return replace(run, **changes)
 
     def write(self, run: RunRecord, changes: dict[str, Any]) -> RunRecord:
         """Write a lifecycle move, only if the run is still as ``run`` says (state and attempt):
-        two writers cannot both move it. For :mod:`retrain.lifecycle` only."""
+        two writers cannot both move it. For :mod:`retrain.core.lifecycle` only."""
         res = self.s.execute(update(RunRow).where(RunRow.id == run.id, RunRow.state == run.state,
                                                   RunRow.attempt == run.attempt).values(**changes))
         if rowcount(res) != 1:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 
-from retrain.records import SlotHolder
+from retrain.core.records import SlotHolder
 from retrain.storage.models import RunRow, TrainingSlotRow
 from retrain.storage.sql.base import SqlRepository, rowcount, table
 

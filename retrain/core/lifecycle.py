@@ -37,25 +37,24 @@ function                move                           who (fenced by attempt / 
 ======================  =============================  ==========================================
 
 Each function takes the unit of work and the run as read (a frozen
-:class:`~retrain.records.RunRecord`), writes the move through
-:meth:`~retrain.ports.RunRepository.write` (which refuses it if the run's state or
+:class:`~retrain.core.records.RunRecord`), writes the move through
+:meth:`~retrain.core.ports.RunRepository.write` (which refuses it if the run's state or
 attempt changed since it was read) and returns the run as it now is. A move the table
 does not allow raises :class:`TransitionError` naming the run, its state and the move;
-a write by an attempt that lost its lease raises :class:`~retrain.errors.StaleLeaseError`.
+a write by an attempt that lost its lease raises :class:`~retrain.core.errors.StaleLeaseError`.
 :func:`finish` alone answers False instead, so that ending a run twice (a duplicate
 message) is harmless.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
-from retrain.domain import RunState
-from retrain.errors import StaleLeaseError, TransitionError
-from retrain.ports import UnitOfWork
-from retrain.records import RunRecord
+from retrain.core.domain import RunState, new_id
+from retrain.core.errors import StaleLeaseError, TransitionError
+from retrain.core.ports import UnitOfWork
+from retrain.core.records import RunRecord
 
 __all__ = ["TRANSITIONS", "FINAL", "TransitionError", "can_move", "fence", "new_run", "start_training", "hold",
            "progress", "requeue", "to_validating", "enter_shadow", "enter_canary", "advance_canary", "to_promotion",
@@ -99,7 +98,7 @@ def _stay(tx: UnitOfWork, run: RunRecord, state: RunState, move: str, **changes:
 
 
 def fence(run: RunRecord, *, attempt: int, owner: str | None = None, doing: str = "stopped") -> None:
-    """Raise :class:`~retrain.errors.StaleLeaseError` unless ``attempt`` (and ``owner``) still trains the run.
+    """Raise :class:`~retrain.core.errors.StaleLeaseError` unless ``attempt`` (and ``owner``) still trains the run.
 
     ``doing`` ends the message: what the stale attempt does not get to write.
     """
@@ -111,7 +110,7 @@ def fence(run: RunRecord, *, attempt: int, owner: str | None = None, doing: str 
 def new_run(tx: UnitOfWork, *, model: str, request_id: str, decision_id: str, trigger: str, priority: int,
             now: datetime) -> RunRecord:
     """A run is born ``queued``, waiting for a training slot."""
-    run = RunRecord(id=str(uuid.uuid4()), model=model, request_id=request_id, decision_id=decision_id, trigger=trigger,
+    run = RunRecord(id=new_id(), model=model, request_id=request_id, decision_id=decision_id, trigger=trigger,
                     priority=priority, state=_Q.value, attempt=0, lease_owner=None, lease_expires_at=None,
                     created_at=now, started_at=None, finished_at=None, stage="", progress=0.0, error=None,
                     candidate_version=None, blocked_on=None, usage={}, heartbeat_at=None, dispatched_at=None)

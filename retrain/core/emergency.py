@@ -21,7 +21,7 @@ approvals; a policy that bypasses should look at the severity.
 *Which sigma.* A bucket's value is noisy in two ways: the process moves from
 bucket to bucket (variance ``tau^2``), and a bucket of ``n`` outcomes measures
 its accuracy with binomial variance ``p (1 - p) / n``. When the series comes
-as :class:`~retrain.windows.Counts` the history's variance is split into the
+as :class:`~retrain.core.windows.Counts` the history's variance is split into the
 two (``tau^2 = max(0, var(history) - mean(p(1-p)/n_i))``) and the latest
 bucket is judged by its own size: ``sigma^2 = tau^2 + p (1 - p) / n_latest``,
 so a 10-outcome bucket at 0.3 is not a 6 sigma event just because the history
@@ -50,10 +50,10 @@ from typing import Any, Literal, cast
 
 import numpy as np
 
-from retrain.clock import utc
-from retrain.domain import Severity, TriggerKind
-from retrain.triggers import TriggerFiring
-from retrain.windows import Counts
+from retrain.core.clock import utc
+from retrain.core.domain import Severity, TriggerKind
+from retrain.core.triggers import TriggerFiring
+from retrain.core.windows import Counts
 
 __all__ = ["EmergencyConfig", "detect_emergency", "detect_emergency_from_buckets", "detect_emergency_from_arrays",
            "EmergencyEpisode"]

@@ -52,7 +52,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from retrain.errors import PayloadError
+from retrain.core.errors import PayloadError
 
 __all__ = [
     "SemVer",
@@ -90,7 +90,7 @@ class SemVer:
 
     @classmethod
     def parse(cls, text: str) -> SemVer:
-        """Parse ``'1.2.3'``; raise :class:`~retrain.errors.PayloadError` on anything else.
+        """Parse ``'1.2.3'``; raise :class:`~retrain.core.errors.PayloadError` on anything else.
 
         Pre-release and build suffixes are refused: the registry never issues them.
         """

@@ -2,7 +2,7 @@
 
 * :class:`ResourceMeter` measures a training in the worker: CPU seconds of the
   process and its children, peak RSS (sampled by a small background thread),
-  and wall seconds on :func:`retrain.clock.monotonic`.
+  and wall seconds on :func:`retrain.core.clock.monotonic`.
 * :func:`price` turns a :class:`ResourceUsage` into a :class:`CostBreakdown`
   with configurable :class:`CostRates`: compute + memory + time + opportunity.
 * :func:`estimate_cost` predicts the next run's cost from past measured ones
@@ -21,7 +21,7 @@ training itself is the training's wall time::
                       x rates.value_per_accuracy_point_usd
 
 with the value per accuracy point per prediction that the decision's value
-model (:mod:`retrain.policy`) uses for outcomes without returns, so that a slow
+model (:mod:`retrain.core.policy`) uses for outcomes without returns, so that a slow
 training is charged for the accuracy it keeps the desk without. (When outcomes
 carry returns the decision values a correct prediction from them and the
 notional instead; this charge keeps the configured figure.)
@@ -48,8 +48,8 @@ from types import TracebackType
 
 import psutil
 
-from retrain.clock import monotonic
-from retrain.policy import ResourceReading
+from retrain.core.clock import monotonic
+from retrain.core.policy import ResourceReading
 
 __all__ = [
     "CostRates",

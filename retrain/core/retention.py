@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from retrain.clock import utc
-from retrain.errors import PayloadError
-from retrain.versioning import SemVer
+from retrain.core.clock import utc
+from retrain.core.errors import PayloadError
+from retrain.core.versioning import SemVer
 
 __all__ = ["RetentionPolicy", "VersionInfo", "RetentionPlan", "plan_retention"]
 

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from retrain.errors import PayloadError
+from retrain.core.errors import PayloadError
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -61,7 +61,7 @@ class IngestBatch(_Payload):
     model: str = Field(min_length=1, max_length=128)
     id: list[str]
     version: list[str]
-    # ts, x and ret come as JSON numbers, or packed (retrain.columns: base64 of little-endian
+    # ts, x and ret come as JSON numbers, or packed (retrain.core.columns: base64 of little-endian
     # float64, NaN for a missing return). Without n_features, x holds one list (or null) per
     # row; with it, x is flat, row-major: n_features numbers per row, as a list or packed.
     # Rows are checked one by one in the ingest step, not here; their types are checked here.
@@ -75,7 +75,7 @@ class IngestBatch(_Payload):
     client_dropped: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _same_length(self):
+    def _same_length(self) -> IngestBatch:
         n = len(self.id)
         if n > MAX_BATCH_ROWS:
             raise ValueError(f"batch has {n} rows; at most {MAX_BATCH_ROWS}")
@@ -95,7 +95,7 @@ class IngestBatch(_Payload):
         return self
 
 
-def _check_numbers(name: str, col: list | str, count: int) -> None:
+def _check_numbers(name: str, col: list[Any] | str, count: int) -> None:
     if isinstance(col, str):
         # Base64 of count float64 values has exactly this many characters.
         if len(col) != 4 * ((count * 8 + 2) // 3):

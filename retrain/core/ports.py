@@ -1,7 +1,7 @@
 """The store's interface, owned by the core: one repository per aggregate, one unit of work.
 
 Steps, the registry, the lifecycle and the commands speak to storage only through these
-Protocols and receive the frozen records of :mod:`retrain.records`; the SQLAlchemy
+Protocols and receive the frozen records of :mod:`retrain.core.records`; the SQLAlchemy
 implementation is :mod:`retrain.storage.sql` (composed by :class:`retrain.storage.repo.Tx`),
 and no ORM row leaves it. One :class:`UnitOfWork` is one transaction: every change a step
 makes through its repositories, its audit events and its outbox messages commit together.
@@ -18,7 +18,7 @@ repository             aggregate
 ``requests``           retraining requests
 ``decisions``          decisions on them
 ``decision_state``     the decision's read model (one snapshot per decision)
-``runs``               training runs (state moves through :mod:`retrain.lifecycle` only)
+``runs``               training runs (state moves through :mod:`retrain.core.lifecycle` only)
 ``ledger``             the append-only cost ledger
 ``versions``           registered versions
 ``aliases``            aliases and their history
@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from retrain.domain import Decision, RetrainRequest
-from retrain.records import (
+from retrain.core.domain import Decision, RetrainRequest
+from retrain.core.records import (
     AliasMove,
     AliasRecord,
     AuditEvent,
@@ -188,7 +188,7 @@ class MonitoringRepository(Protocol):
 
     def served(self, model: str, since: datetime, until: datetime) -> tuple[int, int, datetime | None, datetime | None]:
         """(predictions served, labelled or not; distinct minutes; first and last minute) in the newest
-        ``RATE_BUCKETS`` metric buckets between ``since`` and ``until``: what :func:`retrain.policy.serving_rate`
+        ``RATE_BUCKETS`` metric buckets between ``since`` and ``until``: what :func:`retrain.core.policy.serving_rate`
         reads.
         """
         ...
@@ -341,7 +341,7 @@ class RunRepository(Protocol):
 
     def write(self, run: RunRecord, changes: dict[str, Any]) -> RunRecord:
         """Write a lifecycle move, only if the run is still as ``run`` says (state and attempt): two writers cannot
-        both move it. For :mod:`retrain.lifecycle` only.
+        both move it. For :mod:`retrain.core.lifecycle` only.
         """
         ...
 

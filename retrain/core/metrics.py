@@ -1,19 +1,19 @@
 """Scoring a fitted model on labelled rows: the metrics every stage compares.
 
-The figures are those of :class:`retrain.windows.Counts`, the live metrics' own
+The figures are those of :class:`retrain.core.windows.Counts`, the live metrics' own
 currency, so a holdout baseline and a live window are the same quantities: the
 Sharpe ratio is the per-outcome ratio of the strategy's returns
-(:func:`retrain.windows.strategy_returns`), present only when returns are given.
+(:func:`retrain.core.windows.strategy_returns`), present only when returns are given.
 """
 
 from __future__ import annotations
 
 import math
-from typing import overload
+from typing import Any, overload
 
 import numpy as np
 
-from retrain.windows import Counts, strategy_returns
+from retrain.core.windows import Counts, strategy_returns
 
 __all__ = ["score", "classification_metrics", "finite_metrics"]
 
@@ -39,7 +39,7 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, ret: np.ndarr
     return out
 
 
-def score(estimator, X: np.ndarray, y: np.ndarray, ret: np.ndarray | None = None) -> dict[str, float]:
+def score(estimator: Any, X: np.ndarray, y: np.ndarray, ret: np.ndarray | None = None) -> dict[str, float]:
     return classification_metrics(y, estimator.predict(X), ret)
 
 

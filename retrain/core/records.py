@@ -1,8 +1,8 @@
 """What the store hands back: frozen records, one per stored aggregate.
 
-The repositories (:mod:`retrain.ports`) return these and never an ORM row, so a
+The repositories (:mod:`retrain.core.ports`) return these and never an ORM row, so a
 step cannot change stored state by assigning to an attribute: it says what changes
-through a repository method (for a run, through :mod:`retrain.lifecycle`).
+through a repository method (for a run, through :mod:`retrain.core.lifecycle`).
 Field names are the columns' names.
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from retrain.domain import RetrainRequest, Severity, TriggerKind
+from retrain.core.domain import RetrainRequest, Severity, TriggerKind
 
 __all__ = [
     "ModelRecord",
@@ -151,7 +151,7 @@ class DecisionRecord:
 
 @dataclass(frozen=True, slots=True)
 class RunRecord:
-    """A training run. Its state moves only through :mod:`retrain.lifecycle`."""
+    """A training run. Its state moves only through :mod:`retrain.core.lifecycle`."""
 
     id: str
     model: str
@@ -226,7 +226,7 @@ class DriftReportRecord:
 
 @dataclass(frozen=True, slots=True)
 class RolloutRecord:
-    """A candidate's way from shadow through the canary stages (see :mod:`retrain.rollout`)."""
+    """A candidate's way from shadow through the canary stages (see :mod:`retrain.core.rollout`)."""
 
     run_id: str
     model: str
@@ -303,7 +303,7 @@ class OutboxMessage:
 
 @dataclass(frozen=True)
 class DecisionState:
-    """What :meth:`retrain.ports.DecisionStateRepository.snapshot` read; the decision turns it into a StateSnapshot."""
+    """What :meth:`retrain.core.ports.DecisionStateRepository.snapshot` read, for the decision."""
 
     paused: bool
     deployed_at: datetime | None

@@ -56,9 +56,9 @@ from typing import Any
 
 import numpy as np
 
-from retrain.emergency import EmergencyConfig, detect_emergency
-from retrain.triggers import TriggerFiring
-from retrain.windows import Counts
+from retrain.core.emergency import EmergencyConfig, detect_emergency
+from retrain.core.triggers import TriggerFiring
+from retrain.core.windows import Counts
 
 __all__ = [
     "Phase",
@@ -239,7 +239,7 @@ def judge_shadow(paired: PairedCounts, elapsed: timedelta, settings: Any, *, met
     """Judge a shadow from its paired counts; ``settings`` is a ``ValidationSettings``.
 
     The rows it waits for are ``settings.shadow_min_rows`` when set, else ``min_rows``: what
-    the paired test needs (:func:`retrain.evidence.paired_rows_needed`, planned at training).
+    the paired test needs (:func:`retrain.core.evidence.paired_rows_needed`, planned at training).
     """
     alpha = 1.0 - settings.confidence
     need_rows = settings.shadow_min_rows if settings.shadow_min_rows is not None else int(min_rows or 0)
@@ -368,7 +368,7 @@ def judge_stage(canary: Counts, production: Counts, *, share: float, stage: int,
     needs: list[str] = []
     min_samples = settings.stage_min_samples
     if min_samples is None:
-        from retrain.evidence import independent_rows_needed
+        from retrain.core.evidence import independent_rows_needed
 
         level = production.accuracy if production.n >= 30 else 0.5
         min_samples = independent_rows_needed(level, settings.rollback_degradation, confidence=confidence,

@@ -7,6 +7,7 @@ turned into them) and, through ``to_json``/``from_json``, the message boundary.
 from __future__ import annotations
 
 import enum
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,13 @@ __all__ = [
     "RuleResult",
     "Decision",
     "TRIGGER_PRIORITY",
+    "new_id",
 ]
+
+
+def new_id() -> str:
+    """A new identifier for a request, a decision, a run."""
+    return str(uuid.uuid4())
 
 
 class TriggerKind(str, enum.Enum):

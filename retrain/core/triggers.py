@@ -73,7 +73,7 @@ bound ``SR + z * sqrt((1 + SR^2 / 2) / n)`` (Lo, 2002, i.i.d. returns) is below
 outcomes. Per-trade Sharpe ratios are small, so a 5 % relative drop of one
 needs far more outcomes than a drop of accuracy: expect this rule to be slow.
 
->>> from retrain.windows import Counts
+>>> from retrain.core.windows import Counts
 >>> buckets = [Counts(n=600, tp=150, fp=150, tn=150, fn=150)] * 3  # accuracy 0.50
 >>> f = evaluate_performance(buckets, {"accuracy": 0.60})
 >>> f.kind.value, f.evidence["rules"]
@@ -92,8 +92,8 @@ from typing import Any
 
 import numpy as np
 
-from retrain.domain import Severity, TriggerKind
-from retrain.windows import METRICS, Counts, CountWindow
+from retrain.core.domain import Severity, TriggerKind
+from retrain.core.windows import METRICS, Counts, CountWindow
 
 __all__ = [
     "TriggerFiring",

@@ -2,7 +2,7 @@
 
 :func:`decide` is a pure function of ``(request, state, policy, now)``: no I/O,
 no clock, no randomness. The task that calls it loads a :class:`StateSnapshot`
-from the database, and persists the returned :class:`~retrain.domain.Decision`
+from the database, and persists the returned :class:`~retrain.core.domain.Decision`
 as the audit record. Every rule is evaluated and listed, with its value and its
 limit, even when an earlier one already failed, so the audit trail says
 everything that stood in the way, not only the first thing.
@@ -128,7 +128,7 @@ Inputs and result are in the ``roi`` rule and in ``Decision.detail["value_model"
 Example
 -------
 >>> from datetime import datetime, timezone
->>> from retrain.domain import RetrainRequest, TriggerKind
+>>> from retrain.core.domain import RetrainRequest, TriggerKind
 >>> now = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 >>> req = RetrainRequest("r1", "direction", TriggerKind.PERFORMANCE, now, "accuracy drop",
 ...                      evidence={"baseline_accuracy": 0.60, "current_accuracy": 0.54})
@@ -150,9 +150,9 @@ from statistics import NormalDist
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from retrain.clock import time_zone, utc
-from retrain.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
-from retrain.errors import ConfigError
+from retrain.core.clock import time_zone, utc
+from retrain.core.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
+from retrain.core.errors import ConfigError
 
 __all__ = [
     "Policy",
@@ -225,7 +225,7 @@ _NO_OVERRIDE = RuleResult("budget_override", True, False, None, "not requested")
 
 @dataclass(frozen=True, slots=True)
 class ResourceReading:
-    """Free capacity on the training node, as :func:`retrain.costs.read_resources` reads it."""
+    """Free capacity on the training node, as :func:`retrain.core.costs.read_resources` reads it."""
 
     free_memory_mb: float
     cpu_load_pct: float
@@ -296,7 +296,7 @@ class Policy:
 
     A frozen dataclass rather than a pydantic model so that :func:`decide`
     pays no validation; validation happens once, here, and raises
-    :class:`~retrain.errors.ConfigError` naming the field. Derived values
+    :class:`~retrain.core.errors.ConfigError` naming the field. Derived values
     (timedeltas, the time zone, the window in seconds) are precomputed.
     """
 
@@ -326,7 +326,7 @@ class Policy:
     offpeak_end: time | str | None = time(5, 0)
     timezone: str = "UTC"
     min_free_memory_mb: float = 1024.0
-    # The 1-minute load average per CPU, in percent (retrain.costs.read_resources):
+    # The 1-minute load average per CPU, in percent (retrain.core.costs.read_resources):
     # 100 is every core busy. A node busy with its own trainings is the training
     # slots' business; this rule defers only on an overloaded node, with twice
     # as many runnable processes as cores.

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from retrain.clock import monotonic
+from retrain.core.clock import monotonic
 
 __all__ = ["Counts", "CountWindow", "TimeWindow", "strategy_returns"]
 
@@ -352,7 +352,7 @@ class TimeWindow(_Metrics):
         Periods per year for :attr:`sharpe`.
     clock
         Seconds source used when ``update`` gets no ``t``; defaults to
-        :func:`retrain.clock.monotonic`. Inject a fake one in tests.
+        :func:`retrain.core.clock.monotonic`. Inject a fake one in tests.
 
     Examples
     --------

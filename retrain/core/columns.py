@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from retrain.errors import PayloadError
+from retrain.core.errors import PayloadError
 
 __all__ = ["pack_f8", "unpack_f8", "F8"]
 
@@ -31,7 +31,7 @@ __all__ = ["pack_f8", "unpack_f8", "F8"]
 F8 = np.dtype("<f8")
 
 
-def pack_f8(values: Iterable[float] | array) -> str:
+def pack_f8(values: Iterable[float] | array[float]) -> str:
     """Base64 of the values as little-endian float64 (NaN is kept as NaN)."""
     a = values if isinstance(values, array) and values.typecode == "d" else array("d", values)
     if sys.byteorder != "little":  # pragma: no cover - every platform we run on is little-endian

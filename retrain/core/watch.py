@@ -14,7 +14,7 @@ data allows:
 
 * ``recent``: its own live outcomes in that window (it served it, e.g. until a promotion
   an hour ago), with the two-sample one-sided test of the canary
-  (:func:`retrain.rollout.worse_p`: Fisher on hits and misses, Welch on returns);
+  (:func:`retrain.core.rollout.worse_p`: Fisher on hits and misses, Welch on returns);
 * ``service``: its live outcomes from its last service before it was replaced (the
   caller passes them: the same span the post-promotion watch reads, the rollout that
   replaced it or the ``thresholds.window_minutes`` before the promotion that did), its
@@ -73,14 +73,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from retrain.rollout import relative_change, worse_p
-from retrain.windows import Counts
+from retrain.core.rollout import relative_change, worse_p
+from retrain.core.windows import Counts
 
 __all__ = ["level_worse_p", "BackVerdict", "judge_previous", "judge_watch"]
 
 
 def _stats() -> Any:
-    from scipy import stats  # on first use: see retrain.rollout
+    from scipy import stats  # on first use: see retrain.core.rollout
 
     return stats
 
