@@ -34,6 +34,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from retrain.core.cron import FIELDS as CRON_FIELDS
+from retrain.core.cron import expression as cron_expression
 from retrain.core.errors import ConfigError
 from retrain.settings import TimeZoneName
 
@@ -240,8 +242,13 @@ class ScheduleSettings(_Strict):
     @classmethod
     def _cron(cls, v):
         for expr in v:
-            if len(expr.split()) != 5:
+            parts = expr.split()
+            if len(parts) != 5:
                 raise ValueError(f"crontab {expr!r} must have 5 fields: minute hour day month weekday")
+            try:
+                cron_expression(dict(zip(CRON_FIELDS, parts, strict=True)))  # the one cron reader
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return v
 
     def crontab_fields(self) -> dict[str, dict[str, str]]:

@@ -9,7 +9,7 @@ Ticks lie on a grid of ``sweep_every`` simulated time. At a tick ``T`` (the cloc
    version, the feature sample.
 2. **Beat.** What ``celeryconfig.beat_schedule`` would have fired by ``T``: the
    first training once the warm-up is over, the model's schedule entries
-   (:mod:`retrain.backtest.cron`, slot keys by
+   (:mod:`retrain.core.cron`, slot keys by
    :func:`retrain.steps.requests.slot_key`), the fixed period of an
    ``every:`` policy, ``retrain.sweep`` (when every trigger is off: when a deferred
    request is due, hourly while labels come in, daily otherwise),
@@ -50,13 +50,13 @@ from typing import Any
 
 import numpy as np
 
-from retrain.backtest.cron import Crontab
 from retrain.backtest.data import ReplayData
 from retrain.backtest.policies import PolicySpec, configure
 from retrain.backtest.source import VisibleHistory, registered
 from retrain.config import ModelConfig, RetrainConfig
 from retrain.context import Context
 from retrain.core.clock import SimClock, monotonic, utc
+from retrain.core.cron import Crontab
 from retrain.core.errors import PayloadError
 
 __all__ = ["ReplayOptions", "ReplayOutcome", "replay", "template_database", "timers", "Progress", "OPERATOR"]
