@@ -35,6 +35,16 @@ opened, on the version now serving, unless the episode already has its retrainin
 (its request started or joined a run, whatever became of it): one retraining per
 episode, not one per sweep.
 
+Window turnover (:func:`_turnover`). A version trained in answer to a detected change (a
+performance, emergency or drift request) learnt from a window that began before the
+change: it mixes the old concept with the new, and its validated baseline is measured on
+that mix, so the performance trigger, holding it to that baseline, may never ask again.
+Once ``lookback_hours`` have passed since the detection, a window of rows after it can be
+trained on; the sweep then opens one performance request for that version
+(:func:`turnover_due`), with the level the model held before the change less its live
+accuracy now as ``expected_recovery_points`` for the decision's value model (no gap: ROI
+turns it down). Once per version; a retraining it starts is not followed up in turn.
+
 Post-promotion watch (:func:`_watch`). For ``rollout.watch_hours`` after a full
 promotion, production's live primary metric since the promotion is compared with the
 live level of the version it replaced just before the promotion: its labelled outcomes
@@ -49,7 +59,14 @@ firing refreshes it with its new evidence. Once that request is closed, a firing
 opens a new one except (a) while the run it started or joined is still active
 (that run will replace the version the trigger judged), and (b) within
 ``refire_minutes`` (default 60) of its rejection, unless an emergency got more
-severe. Held-back firings are listed in the sweep's result, not audited.
+severe, or on the same evidence as the rejected request (no outcome since: the
+decision would say the same; a daily model swept hourly would otherwise be asked 24
+times a day), and (c) while the model's newest run ended with its candidate turned down
+(validation, shadow or rollout) and fewer labelled outcomes have arrived since that
+training than the candidate's holdout held (:func:`retry_wait`): a candidate trained
+sooner would learn from nearly the same rows and be judged on nearly the same ones, so
+it would most likely be turned down again, at the full price. A CRITICAL emergency is
+never held back by (c). Held-back firings are listed in the sweep's result, not audited.
 
 Cost per model is flat in the number of models: one short transaction per model
 reads its production version and one range of its buckets, as one numeric array,
@@ -60,9 +77,13 @@ every ``PRUNE_EVERY`` per model (``retrain bench sweep``).
 
 from __future__ import annotations
 
+import json
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -74,7 +95,7 @@ from retrain.core.triggers import PerformanceTriggerConfig, TriggerFiring, evalu
 from retrain.tasks import DECIDE
 
 __all__ = ["SweepResult", "sweep", "performance_config", "emergency_config", "refresh_drift_reference",
-           "drift_state", "PRUNE_EVERY"]
+           "drift_state", "retry_wait", "same_evidence", "turnover_due", "TURNOVER_KEY", "PRUNE_EVERY"]
 
 PRUNE_EVERY = timedelta(minutes=10)
 _SEVERITY_RANK = {s: i for i, s in enumerate((Severity.LOW, Severity.MEDIUM, Severity.HIGH, Severity.CRITICAL))}
@@ -126,8 +147,10 @@ def _request(model: str, firing: TriggerFiring, now: datetime) -> RetrainRequest
 def _held_back(tx: UnitOfWork, cfg: ModelConfig, req: RetrainRequest, now: datetime) -> str | None:
     """Why a firing opens no new request, or None. See "Not flooding" in the module docstring."""
     last = tx.requests.latest(req.model, req.trigger.value)
-    if last is None or last.open_key is not None:
-        return None  # none yet, or one still open: open_request refreshes it
+    if last is not None and last.open_key is not None:
+        return None  # one still open: open_request refreshes it
+    if last is None:
+        return _after_rejected_candidate(tx, cfg, req)  # the first of its kind: only (c) applies
     active = tx.runs.active(req.model)
     if active is not None and last.run_id == active.id:
         return f"its last request already joined run {active.id}"
@@ -138,7 +161,67 @@ def _held_back(tx: UnitOfWork, cfg: ModelConfig, req: RetrainRequest, now: datet
                  and _SEVERITY_RANK[req.severity] > _SEVERITY_RANK[Severity(last.severity)])
         if decision is not None and now - decision.decided_at < wait and not worse:
             return f"its last request was rejected at {decision.decided_at:%Y-%m-%d %H:%M}; asks again after {wait}"
-    return None
+        if decision is not None and not worse and same_evidence(req.evidence, last.evidence):
+            return (f"its last request was rejected at {decision.decided_at:%Y-%m-%d %H:%M} on the same evidence "
+                    f"(no new outcome since): the decision would say the same")
+    return _after_rejected_candidate(tx, cfg, req)
+
+
+def _after_rejected_candidate(tx: UnitOfWork, cfg: ModelConfig, req: RetrainRequest) -> str | None:
+    """Rule (c) of "Not flooding": the model's newest run ended with its candidate turned down."""
+    if req.severity is Severity.CRITICAL:
+        return None
+    runs = tx.runs.newest(req.model, limit=1)
+    run = runs[0] if runs else None
+    if run is None or run.state != "rejected" or not run.candidate_version:
+        return None
+    row = tx.versions.get(req.model, run.candidate_version)
+    if row is None:
+        return None
+    since = run.started_at or run.created_at
+    return retry_wait(run.candidate_version, row.metrics or {}, row.data_rows, cfg.validation.holdout_fraction,
+                      new_rows=tx.monitoring.traffic_since(req.model, since)[0], since=since)
+
+
+def same_evidence(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Whether two firings carry the same evidence, as stored (JSON): the same outcomes, the same figures.
+
+    >>> same_evidence({"n": 84, "value": 0.93, "rules": ("floor",)}, {"n": 84, "value": 0.93, "rules": ["floor"]})
+    True
+    >>> same_evidence({"n": 84, "value": 0.93}, {"n": 85, "value": 0.93})
+    False
+    """
+    def norm(x: Mapping[str, Any] | None) -> str:
+        return json.dumps(x or {}, sort_keys=True, default=str)
+
+    return norm(a) == norm(b)
+
+
+def retry_wait(version: str, metrics: Mapping[str, Any], data_rows: int | None, holdout_fraction: float, *,
+               new_rows: int, since: datetime) -> str | None:
+    """Why a trigger waits after candidate ``version`` was turned down, or None once it may ask again.
+
+    It waits until the labelled outcomes newer than that training (``new_rows``) fill the
+    candidate's holdout: ``metrics["holdout_rows"]``, else ``data_rows x f / (1 - f)`` with
+    ``f = validation.holdout_fraction``. Pure.
+
+    >>> from datetime import datetime, timezone
+    >>> t = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    >>> retry_wait("1.4.0", {"holdout_rows": 37}, 146, 0.2, new_rows=36, since=t) is not None
+    True
+    >>> retry_wait("1.4.0", {"holdout_rows": 37}, 146, 0.2, new_rows=37, since=t) is None
+    True
+    """
+    need: float | None = metrics.get("holdout_rows")
+    if not isinstance(need, (int, float)) or isinstance(need, bool) or need <= 0:
+        if not data_rows:
+            return None
+        need = data_rows * holdout_fraction / (1.0 - holdout_fraction)
+    rows = max(1, math.ceil(need))
+    if new_rows >= rows:
+        return None
+    return (f"its last candidate {version} was turned down; a new one waits for {rows:,} labelled outcomes newer "
+            f"than that training (the rows of its holdout), {new_rows:,} since {since:%Y-%m-%d %H:%M}")
 
 
 def _open(tx: UnitOfWork, cfg: ModelConfig, req: RetrainRequest, result: SweepResult, now: datetime) -> str | None:
@@ -211,6 +294,8 @@ def _sweep_model(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, now: datetime, 
         moved = _emergency(tx, ctx, cfg, prod, starts, counts, window, now, result)
     if moved is None:
         moved = _watch(tx, ctx, cfg, prod, now, result)
+    if moved is None and not fired and cfg.thresholds.metrics:
+        _turnover(tx, ctx, cfg, prod, window, now, result)
     # After a rollback the next sweep judges the version now serving (and moves the drift reference).
     if moved is None and cfg.drift.enabled:
         _drift(tx, ctx, cfg, prod, metrics, _accuracy_health(cfg, baseline, window, fired), now, result)
@@ -236,6 +321,105 @@ def _performance(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, base
         evidence["also"] = [{"metric": f.evidence.get("metric"), "reason": f.reason} for f in fired[1:]]
     _open(tx, cfg, replace(_request(cfg.name, first, now), evidence=evidence), result, now)
     return fired
+
+
+#: Evidence key of a window-turnover request: the version it follows up.
+TURNOVER_KEY = "window_turnover_of"
+_EPISODE_TRIGGERS = frozenset({TriggerKind.PERFORMANCE.value, TriggerKind.EMERGENCY.value, TriggerKind.DRIFT.value})
+
+
+def turnover_due(*, trigger: str, evidence: Mapping[str, Any], asked_at: datetime, data_start: datetime | None,
+                 lookback: timedelta) -> datetime | None:
+    """When a version trained by a request of ``trigger`` (opened at ``asked_at``) on rows from
+    ``data_start`` is due for a retraining on a window that has turned over since that detection;
+    None when never: not an answer to a detected change, a follow-up itself, or a window that began
+    after the detection already. Pure.
+
+    >>> from datetime import datetime, timedelta, timezone
+    >>> t = datetime(2026, 3, 1, tzinfo=timezone.utc)
+    >>> turnover_due(trigger="performance", evidence={}, asked_at=t, data_start=t - timedelta(days=90),
+    ...              lookback=timedelta(days=180)) == t + timedelta(days=180)
+    True
+    >>> turnover_due(trigger="schedule", evidence={}, asked_at=t, data_start=t - timedelta(days=90),
+    ...              lookback=timedelta(days=180)) is None
+    True
+    """
+    if trigger not in _EPISODE_TRIGGERS or evidence.get(TURNOVER_KEY):
+        return None
+    if data_start is not None and data_start >= asked_at:
+        return None
+    return asked_at + lookback
+
+
+def _level_before(tx: UnitOfWork, model: str, asked) -> float | None:
+    """The accuracy the model held before the change its retraining answered: the trigger's baseline,
+    else the validated baseline of the version it fired on."""
+    ev = asked.evidence or {}
+    level = ev.get("baseline_accuracy")
+    if isinstance(level, (int, float)) and not isinstance(level, bool):
+        return float(level)
+    fired_on = ev.get("fired_on") or ev.get("version")
+    row = tx.versions.get(model, fired_on) if isinstance(fired_on, str) else None
+    level = ((row.metrics or {}).get("baseline") or {}).get("accuracy") if row is not None else None
+    return float(level) if isinstance(level, (int, float)) and not isinstance(level, bool) else None
+
+
+def _episode_start(tx: UnitOfWork, model: str, asked) -> datetime:
+    """When the change that ``asked`` answered was first detected: the earliest request of the same
+    trigger that fired on the same production version (the episode's first firing), else ``asked``'s
+    own time. (Another trigger's earlier firing, a drift the decision turned down, say, may be
+    about something else.)"""
+    ev = asked.evidence or {}
+    on = ev.get("fired_on") or ev.get("version")
+    first = asked.created_at
+    if not isinstance(on, str):
+        return first
+    for r in tx.requests.newest(model, limit=200):
+        rev = r.evidence or {}
+        if (r.trigger == asked.trigger and (rev.get("fired_on") or rev.get("version")) == on
+                and not rev.get(TURNOVER_KEY) and r.created_at < first):
+            first = r.created_at
+    return first
+
+
+def _turnover(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, window: np.ndarray, now: datetime,
+              result: SweepResult) -> None:
+    """The window-turnover follow-up of a version trained in answer to a detected change (module docstring)."""
+    key = f"sweep:turnover:{cfg.name}:{prod}"
+    hit = ctx.cache.get(key)
+    if hit is None:  # what production's retraining answered does not change: read once per version
+        row = tx.versions.get(cfg.name, prod)
+        asked = tx.requests.get(row.request_id) if row is not None and row.request_id else None
+        due = detected = None
+        if row is not None and asked is not None:
+            detected = _episode_start(tx, cfg.name, asked)
+            due = turnover_due(trigger=asked.trigger, evidence=asked.evidence or {}, asked_at=detected,
+                               data_start=row.data_start, lookback=timedelta(hours=cfg.lookback_hours))
+        hit = ctx.cache[key] = (due, detected, asked.id if asked is not None else None)
+    due, detected, asked_id = hit
+    if due is None or detected is None or asked_id is None or now < due:
+        return
+    last = tx.requests.latest(cfg.name, TriggerKind.PERFORMANCE.value)
+    if last is not None and (last.evidence or {}).get(TURNOVER_KEY) == prod:
+        return  # asked once for this version
+    row, asked = tx.versions.get(cfg.name, prod), tx.requests.get(asked_id)
+    if row is None or asked is None:
+        return
+    n = int(window[:, 0].sum()) if window.size else 0
+    current = float(window[:, 1].sum() + window[:, 3].sum()) / n if n else None
+    before = _level_before(tx, cfg.name, asked)
+    evidence: dict[str, Any] = {TURNOVER_KEY: prod, "version": prod, "episode_request": asked.id,
+                                "episode_trigger": asked.trigger, "detected_at": detected.isoformat(),
+                                "data_start": row.data_start.isoformat() if row.data_start else None,
+                                "level_before": before, "current_accuracy": current, "measured_on": n}
+    gap = ""
+    if before is not None and current is not None:
+        evidence["expected_recovery_points"] = max(0.0, (before - current) * 100.0)
+        gap = f"; accuracy {current:.3f} now against {before:.3f} before the change"
+    reason = (f"{prod} answered a change first detected {detected:%Y-%m-%d %H:%M} ({asked.trigger} trigger) with a "
+              f"window that began before it; its {cfg.lookback_hours:g} h training window has turned over since, so "
+              f"a retraining learns from rows after the change only{gap}")
+    _open(tx, cfg, _request(cfg.name, TriggerFiring(TriggerKind.PERFORMANCE, reason, evidence), now), result, now)
 
 
 def _accuracy_health(cfg: ModelConfig, baseline: dict, counts: np.ndarray, fired: list[TriggerFiring]) -> dict:

@@ -201,10 +201,11 @@ def test_a_model_file_on_a_slow_stream_gets_widened_windows_and_labels_stay_as_w
     assert code == 0
     report = json.loads((tmp_path / "bt" / "report.json").read_text())
     model = report["model_config"]["model"]
-    assert model["thresholds"]["window_minutes"] == 2500 and model["emergency"]["bucket_minutes"] == 25
+    assert model["thresholds"]["window_minutes"] == 4320 and model["emergency"]["bucket_minutes"] == 25
+    assert model["thresholds"]["min_samples"] == 1440  # a day of outcomes at this rate
     assert model["drift"]["current_minutes"] == 250 and model["drift"]["min_rows"] == 200
-    assert report["settings"]["sweep_every"] == "55m"
-    assert any("thresholds.window_minutes widened from 240 to 2500" in w for w in report["settings"]["widened"])
+    assert report["settings"]["sweep_every"] == "1h"
+    assert any("thresholds.window_minutes widened from 240 to 4320" in w for w in report["settings"]["widened"])
     assert "Widened for this stream's rate" in (tmp_path / "bt" / "report.html").read_text()
     # and the policies keep the user's spelling (every:1w is every:7d: run once)
     assert list(report["policies"]) == ["auto", "every:7d", "every:30d"]

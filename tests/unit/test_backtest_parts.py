@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from retrain.core.cron import Crontab
 from retrain.backtest.data import from_arrays, load_data, market_data, write_csv
 from retrain.backtest.durations import format_duration, parse_duration
 from retrain.backtest.policies import (
@@ -18,7 +19,6 @@ from retrain.backtest.policies import (
     widen_for_rate,
 )
 from retrain.backtest.source import DATA_SOURCE, PARAM, VisibleHistory, registered, visible_history
-from retrain.core.cron import Crontab
 from retrain.core.errors import ConfigError, PayloadError
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
@@ -90,11 +90,12 @@ def test_configure_switches_triggers_off_for_never_and_rules_off_for_every():
     assert pol.offpeak_start is None and never.policy_for("backtest").cooldown_hours == 6.0
 
 
-def test_default_model_widens_windows_for_slow_streams_keeping_sample_sizes():
+def test_default_model_widens_windows_for_slow_streams_with_a_day_of_outcomes():
     fast = default_config(("a",), rows_per_minute=20.0, lookback=timedelta(hours=24)).model("backtest")
     slow = default_config(("a",), rows_per_minute=1.0, lookback=timedelta(hours=12)).model("backtest")
     assert fast.thresholds.window_minutes == 240 and fast.thresholds.min_samples == 2000
-    assert slow.thresholds.window_minutes == 2500 and slow.thresholds.min_samples == 2000
+    # 1,440 outcomes a day: the performance trigger judges a day of them, in a window of three days
+    assert slow.thresholds.window_minutes == 4320 and slow.thresholds.min_samples == 1440
     assert slow.emergency.bucket_minutes == 25 and slow.sample.rate == 1.0
     assert slow.lookback_hours == 12 and slow.entry_point == "retrain.examples.direction:train"
 

@@ -62,3 +62,47 @@ def test_a_daily_model_at_its_baseline_rarely_fires():
              for seed in range(30)]
     # at most a few false alarms in 60 model-years
     assert sum(f is not None for f in fired) <= 3, fired
+
+
+FIVE_MIN = 288 / 1440  # 288 labelled outcomes a day
+
+
+def test_a_stream_of_288_a_day_needs_a_day_of_outcomes_not_a_week():
+    s = settings_for_rate(FIVE_MIN)
+    assert s["thresholds.min_samples"] == 288
+    # the window holds three times the sample
+    assert s["thresholds.window_minutes"] * FIVE_MIN >= 3 * s["thresholds.min_samples"]
+    # a day of outcomes, whatever the rate between 30 a day and the default's 2,000
+    assert settings_for_rate(1.0)["thresholds.min_samples"] == 1440
+    assert settings_for_rate(30 / 1440)["thresholds.min_samples"] == 30
+
+
+def test_a_version_promoted_below_the_floor_is_seen_within_a_day_at_288_a_day():
+    # A version validated at 0.27 (its baseline) keeps serving at 0.30: only the floor can see it.
+    s = settings_for_rate(FIVE_MIN)
+    cfg = _config(s)
+    rng = np.random.default_rng(3)
+    hits = rng.random(2 * 288) < 0.30
+    first = next((i for i in range(1, len(hits) + 1)
+                  if evaluate_performance([Counts(n=1, tp=int(h), fn=int(not h)) for h in hits[:i]],
+                                          {"accuracy": 0.27}, cfg) is not None), None)
+    assert first is not None and first <= 288, first
+
+
+def test_288_a_day_at_its_baseline_rarely_fires_on_a_day_sample():
+    s = settings_for_rate(FIVE_MIN)
+    cfg = _config(s)
+    window = int(s["thresholds.window_minutes"] * FIVE_MIN)
+    fired = 0
+    for seed in range(10):
+        hits = np.random.default_rng(2000 + seed).random(14 * 288) < 0.70
+        # swept every 12 outcomes (hourly) over the window's outcomes
+        for end in range(s["thresholds.min_samples"], len(hits), 12):
+            recent = hits[max(0, end - window):end]
+            ones = int(recent.sum())
+            if evaluate_performance([Counts(n=len(recent), tp=ones, fn=len(recent) - ones)], {"accuracy": 0.70},
+                                    cfg) is not None:
+                fired += 1
+                break
+    # at most one of ten model-fortnights swept hourly
+    assert fired <= 1, fired
