@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from retrain.core.cron import Crontab
 from retrain.backtest.data import from_arrays, load_data, market_data, write_csv
 from retrain.backtest.durations import format_duration, parse_duration
 from retrain.backtest.policies import (
@@ -19,6 +18,7 @@ from retrain.backtest.policies import (
     widen_for_rate,
 )
 from retrain.backtest.source import DATA_SOURCE, PARAM, VisibleHistory, registered, visible_history
+from retrain.core.cron import Crontab
 from retrain.core.errors import ConfigError, PayloadError
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
