@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from retrain.artifacts import ArtifactStore
 from retrain.config import RetrainConfig
@@ -15,7 +15,35 @@ from retrain.storage.repo import Store
 if TYPE_CHECKING:
     from retrain.core.policy import ResourceReading
 
-__all__ = ["Context"]
+__all__ = ["Context", "ProcessCache", "CacheSlot"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class CacheSlot(Generic[T]):
+    """One typed entry of a :class:`ProcessCache`; a module defines its slots once, as constants."""
+
+    name: str
+
+
+class ProcessCache:
+    """A process's memos (the policy objects, loaded estimators, drift references...), one typed
+    slot each: never shared across processes, never persisted."""
+
+    def __init__(self) -> None:
+        self._slots: dict[CacheSlot[Any], Any] = {}
+
+    def slot(self, slot: CacheSlot[T], build: Callable[[], T]) -> T:
+        """The slot's value, built by ``build()`` the first time."""
+        try:
+            return self._slots[slot]
+        except KeyError:
+            value = self._slots[slot] = build()
+            return value
+
+    def clear(self) -> None:
+        self._slots.clear()
 
 
 @dataclass
@@ -26,8 +54,8 @@ class Context:
     artifacts: ArtifactStore
     settings: Settings
     worker_id: str = "local"
-    # Per-process caches (e.g. the policy objects); never shared across processes.
-    cache: dict[str, Any] = field(default_factory=dict)
+    # Per-process memos, one typed slot each (see ProcessCache); never shared across processes.
+    cache: ProcessCache = field(default_factory=ProcessCache)
     # Reads this node's free memory, CPU and disk for the decision (retrain.core.costs.read_resources
     # on workers). None: no local reading, as in the backtester, whose simulated decisions must
     # not depend on the load of the machine replaying them.

@@ -38,7 +38,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from retrain.config import ModelConfig
-from retrain.context import Context
+from retrain.context import CacheSlot, Context
 from retrain.core.costs import estimate_cost
 from retrain.core.domain import Decision, RetrainRequest, RuleResult, Verdict
 from retrain.core.errors import PayloadError
@@ -78,12 +78,16 @@ class DecideResult:
     skipped: bool = False
 
 
+_POLICIES: CacheSlot[dict[str, Policy]] = CacheSlot("decision policies by model")
+
+
 def policy_for(ctx: Context, model: str) -> Policy:
     """The model's policy, built once per process ([policy] with the model's overrides)."""
-    key = f"policy:{model}"
-    if key not in ctx.cache:
-        ctx.cache[key] = ctx.config.policy_for(model)
-    return ctx.cache[key]
+    policies = ctx.cache.slot(_POLICIES, dict)
+    policy = policies.get(model)
+    if policy is None:
+        policy = policies[model] = ctx.config.policy_for(model)
+    return policy
 
 
 def _resources(reports: list[dict], fallback: ResourceReading | None) -> tuple[ResourceReading | None, str]:

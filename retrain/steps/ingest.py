@@ -38,7 +38,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from retrain.context import Context
+from retrain.context import CacheSlot, Context
 from retrain.core.columns import unpack_f8
 from retrain.core.errors import PayloadError
 from retrain.core.payloads import IngestBatch
@@ -222,7 +222,7 @@ def ingest(ctx: Context, batch: IngestBatch) -> IngestResult:
     dead = [_dead_row(batch, checked, i, p, now) for i, p in sorted(checked.problems.items())]
     accepted = int(good.sum())
     buckets = _buckets(batch, checked, good) if accepted else []
-    quota = ctx.cache.setdefault("ingest:sample_quota", _MinuteQuota())
+    quota = ctx.cache.slot(_SAMPLE_QUOTA, _MinuteQuota)
     samples = (_sample_rows(batch, checked, good, model_cfg.sample.rate, model_cfg.sample.max_per_minute, quota)
                if accepted else [])
     with ctx.store.tx() as tx:
@@ -302,6 +302,9 @@ class _MinuteQuota:
             self.newest = newest
             self.used = {k: v for k, v in self.used.items() if k[1] > newest - self.KEEP_MINUTES}
         return keep
+
+
+_SAMPLE_QUOTA: CacheSlot[_MinuteQuota] = CacheSlot("ingest sample quota per minute")
 
 
 def _sample_rows(batch: IngestBatch, c: CheckedBatch, good: np.ndarray, rate: float, cap: int,

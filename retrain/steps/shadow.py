@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
-from retrain.context import Context
+from retrain.context import CacheSlot, Context
 from retrain.core.rollout import PairedCounts
 
 __all__ = ["ShadowBatch", "score_new_rows", "load_model"]
@@ -28,7 +29,7 @@ __all__ = ["ShadowBatch", "score_new_rows", "load_model"]
 # Rows per query, and the most one evaluation scores (the rest waits for the next one).
 _PAGE = 20_000
 _MAX_ROWS = 200_000
-_CACHE_KEY = "rollout:models"
+_MODELS: CacheSlot[dict[str, Any]] = CacheSlot("shadow estimators by sha256")
 _CACHE_SIZE = 4
 
 
@@ -41,7 +42,7 @@ class ShadowBatch:
 
 def load_model(ctx: Context, sha256: str):
     """Load (sha256-verified) and keep a few estimators per process: every evaluation reuses them."""
-    cache: dict = ctx.cache.setdefault(_CACHE_KEY, {})
+    cache = ctx.cache.slot(_MODELS, dict)
     est = cache.get(sha256)
     if est is None:
         est = ctx.artifacts.load_object(sha256)

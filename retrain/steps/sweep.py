@@ -88,7 +88,7 @@ from typing import Any
 import numpy as np
 
 from retrain.config import ModelConfig
-from retrain.context import Context
+from retrain.context import CacheSlot, Context
 from retrain.core.domain import RetrainRequest, Severity, TriggerKind, new_id
 from retrain.core.ports import UnitOfWork
 from retrain.core.triggers import PerformanceTriggerConfig, TriggerFiring, evaluate_performance, wilson_upper
@@ -131,11 +131,18 @@ def emergency_config(cfg: ModelConfig):
                                       min_samples=e.min_samples)
 
 
+_BUILT: CacheSlot[dict[str, tuple[ModelConfig, Any]]] = CacheSlot("sweep: detector settings by model and kind")
+_PRUNED: CacheSlot[dict[str, datetime]] = CacheSlot("sweep: last sample pruning by model")
+_TURNOVER: CacheSlot[dict[tuple[str, str], tuple[Any, Any, Any]]] = CacheSlot("sweep: turnover by model and version")
+_REFERENCES: CacheSlot[dict[str, np.ndarray]] = CacheSlot("sweep: drift references by sha256")
+
+
 def _cached(ctx: Context, key: str, cfg: ModelConfig, build):
     # Keyed by the settings object itself: a reloaded model file builds afresh.
-    hit = ctx.cache.get(key)
+    built = ctx.cache.slot(_BUILT, dict)
+    hit = built.get(key)
     if hit is None or hit[0] is not cfg:
-        hit = ctx.cache[key] = (cfg, build())
+        hit = built[key] = (cfg, build())
     return hit[1]
 
 
@@ -265,11 +272,11 @@ def sweep(ctx: Context, models: list[str] | None = None) -> SweepResult:
 def _prune(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, now: datetime) -> None:
     # Every PRUNE_EVERY per model and process: the sample grows by at most sample.max_per_minute
     # rows a minute per ingest worker, so the bound overshoots by that much at most.
-    key = f"sweep:pruned:{cfg.name}"
-    last = ctx.cache.get(key)
+    pruned = ctx.cache.slot(_PRUNED, dict)
+    last = pruned.get(cfg.name)
     if last is None or now - last >= PRUNE_EVERY or now < last:
         tx.monitoring.prune_samples(cfg.name, cfg.sample.max_rows)
-        ctx.cache[key] = now
+        pruned[cfg.name] = now
 
 
 def _sweep_model(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, now: datetime, result: SweepResult) -> None:
@@ -385,8 +392,8 @@ def _episode_start(tx: UnitOfWork, model: str, asked) -> datetime:
 def _turnover(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, window: np.ndarray, now: datetime,
               result: SweepResult) -> None:
     """The window-turnover follow-up of a version trained in answer to a detected change (module docstring)."""
-    key = f"sweep:turnover:{cfg.name}:{prod}"
-    hit = ctx.cache.get(key)
+    seen = ctx.cache.slot(_TURNOVER, dict)
+    hit = seen.get((cfg.name, prod))
     if hit is None:  # what production's retraining answered does not change: read once per version
         row = tx.versions.get(cfg.name, prod)
         asked = tx.requests.get(row.request_id) if row is not None and row.request_id else None
@@ -395,7 +402,7 @@ def _turnover(tx: UnitOfWork, ctx: Context, cfg: ModelConfig, prod: str, window:
             detected = _episode_start(tx, cfg.name, asked)
             due = turnover_due(trigger=asked.trigger, evidence=asked.evidence or {}, asked_at=detected,
                                data_start=row.data_start, lookback=timedelta(hours=cfg.lookback_hours))
-        hit = ctx.cache[key] = (due, detected, asked.id if asked is not None else None)
+        hit = seen[(cfg.name, prod)] = (due, detected, asked.id if asked is not None else None)
     due, detected, asked_id = hit
     if due is None or detected is None or asked_id is None or now < due:
         return
@@ -662,13 +669,12 @@ def _before_promotion(tx: UnitOfWork, cfg: ModelConfig, prod: str, before: str,
 
 
 def _reference(ctx: Context, sha: str) -> np.ndarray:
-    key = f"sweep:reference:{sha}"
-    hit = ctx.cache.get(key)
+    refs = ctx.cache.slot(_REFERENCES, dict)
+    hit = refs.get(sha)
     if hit is None:
-        refs = [k for k in ctx.cache if k.startswith("sweep:reference:")]
-        for k in refs[: max(0, len(refs) - _REFERENCE_CACHE + 1)]:
-            del ctx.cache[k]
-        hit = ctx.cache[key] = np.asarray(ctx.artifacts.load_object(sha), dtype=np.float64)
+        for old in list(refs)[: max(0, len(refs) - _REFERENCE_CACHE + 1)]:
+            del refs[old]
+        hit = refs[sha] = np.asarray(ctx.artifacts.load_object(sha), dtype=np.float64)
     return hit
 
 
