@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import enum
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "TriggerKind",
@@ -103,9 +103,12 @@ class RetrainRequest:
         return TRIGGER_PRIORITY[self.trigger]
 
 
-@dataclass(frozen=True)
-class RuleResult:
-    """One rule the decision checked: its value against its limit, and the outcome."""
+class RuleResult(NamedTuple):
+    """One rule the decision checked: its value against its limit, and the outcome.
+
+    A named tuple: immutable like the rest of the decision, and as cheap to build as a
+    tuple (the decision makes about ten per call).
+    """
 
     rule: str
     passed: bool
@@ -117,7 +120,7 @@ class RuleResult:
     retry_at: datetime | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = self._asdict()
         d["retry_at"] = self.retry_at.isoformat() if self.retry_at else None
         return d
 

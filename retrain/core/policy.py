@@ -142,13 +142,15 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime, time, timedelta, timezone
 from numbers import Real
 from statistics import NormalDist
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from retrain.core.clock import time_zone, utc
 from retrain.core.domain import Decision, RetrainRequest, RuleResult, Severity, TriggerKind, Verdict
@@ -193,30 +195,7 @@ _OPEN_CACHE_MAX = 256
 
 # Results are immutable, so the common passing outcomes that depend on no
 # input are built once and shared: fewer allocations on the hot path.
-def _fast_rule_result() -> Callable[..., RuleResult]:
-    """A maker of RuleResult that skips the frozen dataclass's ``__init__``.
-
-    That ``__init__`` sets each of the seven fields through ``object.__setattr__``;
-    writing the instance's ``__dict__`` in one go makes the same, equal, hashable
-    object about 2.5 times faster, and :func:`decide` makes around ten per call.
-    Falls back to the class itself if RuleResult ever gets slots or other fields.
-    """
-    expected = ("rule", "passed", "value", "limit", "detail", "bypassed", "retry_at")
-    if hasattr(RuleResult, "__slots__") or tuple(f.name for f in fields(RuleResult)) != expected:
-        return RuleResult
-    new = object.__new__
-
-    def make(rule: str, passed: bool, value: Any = None, limit: Any = None, detail: str = "",
-             bypassed: bool = False, retry_at: datetime | None = None) -> RuleResult:
-        r = new(RuleResult)
-        r.__dict__.update(rule=rule, passed=passed, value=value, limit=limit, detail=detail, bypassed=bypassed,
-                          retry_at=retry_at)
-        return r
-
-    return make
-
-
-_RR = _fast_rule_result()
+_RR = RuleResult
 _NOT_PAUSED = RuleResult("paused", True, False, False, "not paused")
 _NO_ACTIVE = RuleResult("coalesce", True, None, None, "no active run")
 _NO_READING = RuleResult("resources", True, None, None, "no reading")
@@ -290,14 +269,65 @@ def _parse_time(name: str, v: time | str) -> time:
         raise ConfigError(f"policy.{name}: expected HH:MM, got {v!r}") from None
 
 
+_FINITE = {"allow_inf_nan": False}
+_NonNegative = Annotated[float, Field(ge=0, **_FINITE)]
+
+
+class _PolicyFields(BaseModel):
+    """What each field of :class:`Policy` may hold: the configuration is validated by pydantic,
+    like the rest of the model file; Policy then precomputes what :func:`decide` reads."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    cooldown_hours: _NonNegative
+    max_runs_per_model_per_day: Annotated[int, Field(ge=1, strict=True)]
+    daily_window: Literal["rolling", "utc_day"]
+    max_runs_global_per_day: Annotated[int, Field(ge=1, strict=True)] | None
+    daily_budget_usd: _NonNegative | None
+    monthly_budget_usd: _NonNegative | None
+    model_daily_budget_usd: _NonNegative | None
+    model_monthly_budget_usd: _NonNegative | None
+    min_roi: _NonNegative
+    value_per_accuracy_point_usd: _NonNegative
+    notional_usd: _NonNegative
+    value_horizon_days: _NonNegative
+    max_hours_below_floor_on_roi: _NonNegative | None
+    floor_confidence: Annotated[float, Field(ge=0.5, lt=1.0)]
+    recovery_factor: Annotated[float, Field(ge=0.0, le=1.0)]
+    default_gap_points: _NonNegative
+    max_gap_points: _NonNegative
+    offpeak_start: time | str | None
+    offpeak_end: time | str | None
+    timezone: str
+    min_free_memory_mb: _NonNegative
+    max_cpu_load_pct: Annotated[float, Field(gt=0.0, le=100.0 * 1024, **_FINITE)]
+    min_free_disk_mb: _NonNegative
+    resource_retry_minutes: _NonNegative
+    approval_days: _NonNegative
+    emergency_bypasses_monthly_cap: bool
+    emergency_bypasses_daily_budget: bool
+
+
+def _validate(policy: Policy) -> None:
+    """Check every field with :class:`_PolicyFields`; the first error is a ConfigError naming its field."""
+    values = {f.name: getattr(policy, f.name) for f in fields(policy) if f.init}
+    try:
+        _PolicyFields.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(x) for x in err["loc"][:1]) or "?"
+        raise ConfigError(f"policy.{name}: {err['msg']}, got {values.get(name)!r}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """The decision's parameters; every default comes from the requirement.
 
-    A frozen dataclass rather than a pydantic model so that :func:`decide`
-    pays no validation; validation happens once, here, and raises
-    :class:`~retrain.core.errors.ConfigError` naming the field. Derived values
-    (timedeltas, the time zone, the window in seconds) are precomputed.
+    Its fields are validated once, by pydantic (:class:`_PolicyFields`), and an error is a
+    :class:`~retrain.core.errors.ConfigError` naming the field. The object itself is a
+    frozen dataclass that holds the validated values and what :func:`decide` derives
+    from them (timedeltas, the time zone, the window in seconds, labels), so that a
+    decision pays neither validation nor pydantic's attribute machinery.
     """
 
     cooldown_hours: float = 6.0
@@ -359,32 +389,7 @@ class Policy:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"policy.{name}: {why}, got {getattr(self, name)!r}")
 
-        for name in ("cooldown_hours", "approval_days", "resource_retry_minutes", "value_per_accuracy_point_usd",
-                     "notional_usd", "value_horizon_days", "default_gap_points", "max_gap_points", "min_roi",
-                     "min_free_memory_mb", "min_free_disk_mb"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise bad(name, "expected a finite number >= 0")
-        for name in ("daily_budget_usd", "monthly_budget_usd", "model_daily_budget_usd", "model_monthly_budget_usd",
-                     "max_hours_below_floor_on_roi"):
-            v = getattr(self, name)
-            if v is not None and (not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0):
-                raise bad(name, "expected a finite number >= 0 or None")
-        if not 0.0 <= self.recovery_factor <= 1.0:
-            raise bad("recovery_factor", "expected a fraction in [0, 1]")
-        if not isinstance(self.floor_confidence, (int, float)) or not 0.5 <= self.floor_confidence < 1.0:
-            raise bad("floor_confidence", "expected a fraction in [0.5, 1)")
-        if not 0.0 < self.max_cpu_load_pct <= 100.0 * 1024:
-            raise bad("max_cpu_load_pct", "expected a percentage > 0")
-        if not isinstance(self.max_runs_per_model_per_day, int) or self.max_runs_per_model_per_day < 1:
-            raise bad("max_runs_per_model_per_day", "expected an integer >= 1")
-        if self.max_runs_global_per_day is not None and (
-            not isinstance(self.max_runs_global_per_day, int) or self.max_runs_global_per_day < 1
-        ):
-            raise bad("max_runs_global_per_day", "expected an integer >= 1 or None")
-        if self.daily_window not in ("rolling", "utc_day"):
-            raise bad("daily_window", "expected 'rolling' or 'utc_day'")
-
+        _validate(self)  # the fields, by pydantic (_PolicyFields); the derived values below
         s = object.__setattr__
         s(self, "_cooldown", timedelta(hours=self.cooldown_hours))
         s(self, "_approval", timedelta(days=self.approval_days))
@@ -682,62 +687,91 @@ def _month_start_after(now: datetime) -> datetime:
     return datetime(now.year, now.month + 1, 1, tzinfo=_UTC)
 
 
-def _cap(
-    rule: str, spent: float, cost: float, cap: float | None, reset_at: datetime, bypass: str | None,
-    rejects: list[str], defers: list[datetime],
-) -> RuleResult:
+def _cap(t: _Tally, rule: str, spent: float, cost: float, cap: float | None, reset_at: datetime,
+         bypass: str | None) -> None:
     """One spend cap: projected spend against the cap; defer to the reset, or reject if it never fits."""
     projected = spent + cost
     if cap is None:
-        return _RR(rule, True, projected, None, "no cap", bypass is not None)
-    ok = projected <= cap
-    if ok:
+        t.rules.append(_RR(rule, True, projected, None, "no cap", bypass is not None))
+    elif projected <= cap:
         # value and limit already say it; no float formatting on the common path.
-        return _RR(rule, True, projected, cap, "within cap", bypass is not None)
-    over = f"{format_usd(spent)} spent + {format_usd(cost)} estimate > {format_usd(cap)}"
-    if bypass is not None:
-        return _RR(rule, False, projected, cap, f"{over}; bypassed ({bypass})", True)
-    if cost > cap:
-        rejects.append(rule)
-        return _RR(rule, False, projected, cap, f"estimate {format_usd(cost)} alone exceeds the cap {format_usd(cap)}")
-    defers.append(reset_at)
-    return _RR(rule, False, projected, cap, over, False, reset_at)
+        t.rules.append(_RR(rule, True, projected, cap, "within cap", bypass is not None))
+    else:
+        over = f"{format_usd(spent)} spent + {format_usd(cost)} estimate > {format_usd(cap)}"
+        if bypass is not None:
+            t.rules.append(_RR(rule, False, projected, cap, f"{over}; bypassed ({bypass})", True))
+        elif cost > cap:
+            t.reject(_RR(rule, False, projected, cap,
+                         f"estimate {format_usd(cost)} alone exceeds the cap {format_usd(cap)}"))
+        else:
+            t.defer(_RR(rule, False, projected, cap, over, False, reset_at))
+
+
+class _Tally:
+    """What the rules found so far: every result in order, and the rejecting and deferring ones."""
+
+    __slots__ = ("rules", "rejects", "defers", "defer_rules")
+
+    def __init__(self) -> None:
+        self.rules: list[RuleResult] = []
+        self.rejects: list[str] = []
+        self.defers: list[datetime] = []
+        self.defer_rules: list[str] = []
+
+    def defer(self, result: RuleResult) -> None:
+        """A failed rule that only delays the request, until its ``retry_at``."""
+        assert result.retry_at is not None
+        self.rules.append(result)
+        self.defers.append(result.retry_at)
+        self.defer_rules.append(result.rule)
+
+    def reject(self, result: RuleResult) -> None:
+        self.rules.append(result)
+        self.rejects.append(result.rule)
 
 
 def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: datetime) -> Decision:
     """Decide what to do with one retraining request; pure and deterministic.
 
     ``now`` must be timezone-aware (it is converted to UTC). See the module
-    docstring for the rules, the precedence of verdicts and the value model.
+    docstring for the rules, the precedence of verdicts and the value model:
+    one function below per rule, in the order they are listed.
     """
     if now.tzinfo is not _UTC:
         now = utc(now)
-    trig = request.trigger
-    emergency = trig is _EMERGENCY
-    rules: list[RuleResult] = []
-    add = rules.append
-    rejects: list[str] = []
-    defers: list[datetime] = []
-    defer_rules: list[str] = []
-    ev = request.evidence
+    emergency = request.trigger is _EMERGENCY
+    next_midnight = datetime(now.year, now.month, now.day, tzinfo=_UTC) + _DAY
+    t = _Tally()
+    _rule_paused(t, state)
+    _rule_coalesce(t, state)
+    pending = _rule_approval(t, request, state, policy, now, emergency)
+    _rule_cooldown(t, state, policy, now, emergency)
+    _rule_daily_runs(t, state, policy, now, emergency)
+    _rule_global_daily_runs(t, state, policy, next_midnight, emergency)
+    _rule_offpeak(t, request, policy, now, emergency)
+    _rule_resources(t, state, policy, now)
+    override = _rule_budget_override(t, request)
+    _rule_budgets(t, state, policy, now, next_midnight, emergency, override)
+    vm, yields_to = _rule_roi(t, request, state, policy, now, emergency, override)
+    return _verdict(t, request, state, policy, now, pending, vm, yields_to, override)
 
-    # paused
+
+def _rule_paused(t: _Tally, state: StateSnapshot) -> None:
     if state.paused or state.globally_paused:
         scope = "all retraining is paused" if state.globally_paused else "model is paused"
-        add(_RR("paused", False, True, False, scope))
-        rejects.append("paused")
+        t.reject(_RR("paused", False, True, False, scope))
     else:
-        add(_NOT_PAUSED)
+        t.rules.append(_NOT_PAUSED)
 
-    # coalesce
+
+def _rule_coalesce(t: _Tally, state: StateSnapshot) -> None:
     active = state.active_run_id
-    if active is not None:
-        add(_RR("coalesce", False, active, None, f"joins active run {active}"))
-    else:
-        add(_NO_ACTIVE)
+    t.rules.append(_NO_ACTIVE if active is None else _RR("coalesce", False, active, None, f"joins active run {active}"))
 
-    # approval
-    pending = False
+
+def _rule_approval(t: _Tally, request: RetrainRequest, state: StateSnapshot, policy: Policy, now: datetime,
+                   emergency: bool) -> bool:
+    """Returns whether the request waits for a person."""
     limit_days = policy.approval_days
     deployed = state.deployed_at
     if deployed is None:
@@ -749,39 +783,44 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         age_days = round(age.total_seconds() / 86400.0, 4)
         needs = age < policy._approval
         what = f"deployed {age_days:.2f} d ago"
+    add = t.rules.append
     if not needs:
         add(_RR("approval", True, age_days, limit_days, what))
     elif emergency:
         add(_RR("approval", False, age_days, limit_days, f"{what}; bypassed (emergency)", True))
     else:
+        ev = request.evidence
         approver = ev.get("approved_by") if ev else None
         if approver:
             add(_RR("approval", True, age_days, limit_days, f"{what}; approved by {approver}"))
         else:
             add(_RR("approval", False, age_days, limit_days, f"{what}; manual approval required"))
-            pending = True
+            return True
+    return False
 
-    # cooldown
+
+def _rule_cooldown(t: _Tally, state: StateSnapshot, policy: Policy, now: datetime, emergency: bool) -> None:
     starts = state.recent_run_starts
     cd_hours = policy.cooldown_hours
     if not starts:
-        add(_RR("cooldown", True, None, cd_hours, "no previous run", emergency))
-    else:
-        last = starts[-1]
-        since = now - last
-        since_h = round(since.total_seconds() / 3600.0, 4)
-        if since >= policy._cooldown:
-            add(_RR("cooldown", True, since_h, cd_hours, f"last start {since_h:.2f} h ago", emergency))
-        elif emergency:
-            add(_RR("cooldown", False, since_h, cd_hours,
+        t.rules.append(_RR("cooldown", True, None, cd_hours, "no previous run", emergency))
+        return
+    last = starts[-1]
+    since = now - last
+    since_h = round(since.total_seconds() / 3600.0, 4)
+    if since >= policy._cooldown:
+        t.rules.append(_RR("cooldown", True, since_h, cd_hours, f"last start {since_h:.2f} h ago", emergency))
+    elif emergency:
+        t.rules.append(_RR("cooldown", False, since_h, cd_hours,
                            f"last start {since_h:.2f} h ago; bypassed (emergency)", True))
-        else:
-            retry = last + policy._cooldown
-            add(_RR("cooldown", False, since_h, cd_hours, f"last start {since_h:.2f} h ago", False, retry))
-            defers.append(retry)
-            defer_rules.append("cooldown")
+    else:
+        t.defer(_RR("cooldown", False, since_h, cd_hours, f"last start {since_h:.2f} h ago", False,
+                    last + policy._cooldown))
 
-    # daily_runs (per model)
+
+def _rule_daily_runs(t: _Tally, state: StateSnapshot, policy: Policy, now: datetime, emergency: bool) -> None:
+    """The model's own run limit, over a rolling 24 h or the UTC day."""
+    starts = state.recent_run_starts
     max_runs = policy.max_runs_per_model_per_day
     day_retry: datetime | None
     if policy.daily_window == "rolling":
@@ -795,107 +834,105 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         day_retry = midnight + _DAY
         window = "today (UTC)"
     if count < max_runs:
-        add(_RR("daily_runs", True, count, max_runs, f"{count} run(s) {window}", emergency))
+        t.rules.append(_RR("daily_runs", True, count, max_runs, f"{count} run(s) {window}", emergency))
     elif emergency:
-        add(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}; bypassed (emergency)", True))
+        t.rules.append(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}; bypassed (emergency)",
+                           True))
     else:
-        assert day_retry is not None  # count >= max_runs: the rolling window has a retry time too
-        add(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}", False, day_retry))
-        defers.append(day_retry)
-        defer_rules.append("daily_runs")
+        t.defer(_RR("daily_runs", False, count, max_runs, f"{count} run(s) {window}", False, day_retry))
 
-    # global_daily_runs
+
+def _rule_global_daily_runs(t: _Tally, state: StateSnapshot, policy: Policy, next_midnight: datetime,
+                            emergency: bool) -> None:
     gcap = policy.max_runs_global_per_day
     gcount = state.runs_today_global
-    next_midnight = datetime(now.year, now.month, now.day, tzinfo=_UTC) + _DAY
     if gcap is None:
-        add(_RR("global_daily_runs", True, gcount, None, "no cap", emergency))
+        t.rules.append(_RR("global_daily_runs", True, gcount, None, "no cap", emergency))
     elif gcount < gcap:
-        add(_RR("global_daily_runs", True, gcount, gcap, f"{gcount} run(s) today (UTC)", emergency))
+        t.rules.append(_RR("global_daily_runs", True, gcount, gcap, f"{gcount} run(s) today (UTC)", emergency))
     elif emergency:
-        add(_RR("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today; bypassed (emergency)", True))
+        t.rules.append(_RR("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today; bypassed (emergency)",
+                           True))
     else:
-        add(_RR("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today (UTC)", False, next_midnight))
-        defers.append(next_midnight)
-        defer_rules.append("global_daily_runs")
+        t.defer(_RR("global_daily_runs", False, gcount, gcap, f"{gcount} run(s) today (UTC)", False, next_midnight))
 
-    # offpeak: only scheduled requests wait for the window; zoneinfo is only touched then.
-    scheduled = trig is _SCHEDULE
+
+def _rule_offpeak(t: _Tally, request: RetrainRequest, policy: Policy, now: datetime, emergency: bool) -> None:
+    """Only scheduled requests wait for the window; zoneinfo is only touched then."""
+    trig = request.trigger
     if policy._tz is None:
-        add(_RR("offpeak", True, None, None, "no off-peak window", emergency))
-    elif not (scheduled or emergency):
-        add(policy._offpeak_na[trig])
+        t.rules.append(_RR("offpeak", True, None, None, "no off-peak window", emergency))
+        return
+    if not (trig is _SCHEDULE or emergency):
+        t.rules.append(policy._offpeak_na[trig])
+        return
+    local = now.astimezone(policy._tz)
+    local_s = f"{local.hour:02d}:{local.minute:02d}"
+    label = policy._window_label
+    if policy._in_window_s(local.hour * 3600 + local.minute * 60 + local.second):
+        t.rules.append(_RR("offpeak", True, local_s, label, "inside the window", emergency))
+    elif emergency:
+        t.rules.append(_RR("offpeak", False, local_s, label, "outside the window; bypassed (emergency)", True))
     else:
-        local = now.astimezone(policy._tz)
-        local_s = f"{local.hour:02d}:{local.minute:02d}"
-        inside = policy._in_window_s(local.hour * 3600 + local.minute * 60 + local.second)
-        if inside:
-            add(_RR("offpeak", True, local_s, policy._window_label, "inside the window", emergency))
-        elif emergency:
-            add(_RR("offpeak", False, local_s, policy._window_label,
-                           "outside the window; bypassed (emergency)", True))
-        else:
-            retry = policy.next_offpeak_open(now)
-            add(_RR("offpeak", False, local_s, policy._window_label, "outside the window", False, retry))
-            defers.append(retry)
-            defer_rules.append("offpeak")
+        t.defer(_RR("offpeak", False, local_s, label, "outside the window", False, policy.next_offpeak_open(now)))
 
-    # resources
+
+def _rule_resources(t: _Tally, state: StateSnapshot, policy: Policy, now: datetime) -> None:
     res = state.resources
     if res is None:
-        add(_NO_READING)
+        t.rules.append(_NO_READING)
+        return
+    short = []
+    if res.free_memory_mb < policy.min_free_memory_mb:
+        short.append(f"free memory {res.free_memory_mb:.0f} MB < {policy.min_free_memory_mb:.0f}")
+    if res.cpu_load_pct > policy.max_cpu_load_pct:
+        short.append(f"CPU load {res.cpu_load_pct:.0f} % > {policy.max_cpu_load_pct:.0f}")
+    if res.free_disk_mb < policy.min_free_disk_mb:
+        short.append(f"free disk {res.free_disk_mb:.0f} MB < {policy.min_free_disk_mb:.0f}")
+    value = {"free_memory_mb": res.free_memory_mb, "cpu_load_pct": res.cpu_load_pct, "free_disk_mb": res.free_disk_mb}
+    limit = {"min_free_memory_mb": policy.min_free_memory_mb, "max_cpu_load_pct": policy.max_cpu_load_pct,
+             "min_free_disk_mb": policy.min_free_disk_mb}
+    if short:
+        t.defer(_RR("resources", False, value, limit, "; ".join(short), False, now + policy._resource_retry))
     else:
-        short = []
-        if res.free_memory_mb < policy.min_free_memory_mb:
-            short.append(f"free memory {res.free_memory_mb:.0f} MB < {policy.min_free_memory_mb:.0f}")
-        if res.cpu_load_pct > policy.max_cpu_load_pct:
-            short.append(f"CPU load {res.cpu_load_pct:.0f} % > {policy.max_cpu_load_pct:.0f}")
-        if res.free_disk_mb < policy.min_free_disk_mb:
-            short.append(f"free disk {res.free_disk_mb:.0f} MB < {policy.min_free_disk_mb:.0f}")
-        value = {"free_memory_mb": res.free_memory_mb, "cpu_load_pct": res.cpu_load_pct,
-                 "free_disk_mb": res.free_disk_mb}
-        limit = {"min_free_memory_mb": policy.min_free_memory_mb, "max_cpu_load_pct": policy.max_cpu_load_pct,
-                 "min_free_disk_mb": policy.min_free_disk_mb}
-        if short:
-            retry = now + policy._resource_retry
-            add(_RR("resources", False, value, limit, "; ".join(short), False, retry))
-            defers.append(retry)
-            defer_rules.append("resources")
-        else:
-            add(_RR("resources", True, value, limit, "enough memory, CPU and disk"))
+        t.rules.append(_RR("resources", True, value, limit, "enough memory, CPU and disk"))
 
-    # budget_override
-    override: str | None = None
-    if request.override_budget:
-        reason = ev.get("override_reason") if ev else None
-        if isinstance(reason, str) and reason.strip():
-            override = f"override by {request.requested_by}: {reason.strip()}"
-            add(_RR("budget_override", True, True, "reason required", override))
-        else:
-            add(_RR("budget_override", False, True, "reason required",
-                           "override_budget without evidence['override_reason']; override ignored"))
-            rejects.append("budget_override")
-    else:
-        add(_NO_OVERRIDE)
 
-    # budgets
+def _rule_budget_override(t: _Tally, request: RetrainRequest) -> str | None:
+    """Returns the override (who and why) when one was asked for with a reason."""
+    if not request.override_budget:
+        t.rules.append(_NO_OVERRIDE)
+        return None
+    ev = request.evidence
+    reason = ev.get("override_reason") if ev else None
+    if isinstance(reason, str) and reason.strip():
+        override = f"override by {request.requested_by}: {reason.strip()}"
+        t.rules.append(_RR("budget_override", True, True, "reason required", override))
+        return override
+    t.reject(_RR("budget_override", False, True, "reason required",
+                 "override_budget without evidence['override_reason']; override ignored"))
+    return None
+
+
+def _rule_budgets(t: _Tally, state: StateSnapshot, policy: Policy, now: datetime, next_midnight: datetime,
+                  emergency: bool, override: str | None) -> None:
     cost = state.estimated_cost_usd
     month_reset = _month_start_after(now)
     daily_bypass = override or ("emergency" if emergency and policy.emergency_bypasses_daily_budget else None)
     monthly_bypass = override or ("emergency" if emergency and policy.emergency_bypasses_monthly_cap else None)
-    n_defers = len(defers)
-    add(_cap("budget_daily", state.spend_today_usd, cost, policy.daily_budget_usd, next_midnight, daily_bypass,
-             rejects, defers))
-    add(_cap("budget_monthly", state.spend_month_usd, cost, policy.monthly_budget_usd, month_reset, monthly_bypass,
-             rejects, defers))
-    add(_cap("model_budget_daily", state.model_spend_today_usd, cost, policy.model_daily_budget_usd, next_midnight,
-             daily_bypass, rejects, defers))
-    add(_cap("model_budget_monthly", state.model_spend_month_usd, cost, policy.model_monthly_budget_usd,
-             month_reset, monthly_bypass, rejects, defers))
-    if len(defers) > n_defers:
-        defer_rules.extend(r.rule for r in rules[-4:] if r.retry_at is not None)
+    for rule, spent, cap, reset_at, bypass in (
+            ("budget_daily", state.spend_today_usd, policy.daily_budget_usd, next_midnight, daily_bypass),
+            ("budget_monthly", state.spend_month_usd, policy.monthly_budget_usd, month_reset, monthly_bypass),
+            ("model_budget_daily", state.model_spend_today_usd, policy.model_daily_budget_usd, next_midnight,
+             daily_bypass),
+            ("model_budget_monthly", state.model_spend_month_usd, policy.model_monthly_budget_usd, month_reset,
+             monthly_bypass)):
+        _cap(t, rule, spent, cost, cap, reset_at, bypass)
 
-    # roi
+
+def _rule_roi(t: _Tally, request: RetrainRequest, state: StateSnapshot, policy: Policy, now: datetime,
+              emergency: bool, override: str | None) -> tuple[dict[str, Any], str | None]:
+    """Returns the value model and what a failed ROI yields to, if anything."""
     vm = value_model(request, state, policy, now)
     roi = vm["roi"]
     min_roi = policy.min_roi
@@ -909,23 +946,31 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         elif hours is not None and limit_h is not None and hours >= limit_h:
             yields_to = (f"below the accuracy floor {vm['accuracy_floor']:.3f} for {hours:.1f} h >= "
                          f"{limit_h:g} h (max_hours_below_floor_on_roi)")
-    roi_detail = _roi_detail(vm, roi, roi_ok, policy, cost)
+    detail = _roi_detail(vm, roi, roi_ok, policy, state.estimated_cost_usd)
     if override is not None:
-        add(_RR("roi", roi_ok, roi, min_roi, f"{roi_detail}; bypassed ({override})", True))
+        t.rules.append(_RR("roi", roi_ok, roi, min_roi, f"{detail}; bypassed ({override})", True))
     elif not state.has_production:
         # A first version has no live figures to recover: its value is having a model at all.
-        add(_RR("roi", True, None, min_roi, "not applicable: no version in production yet"))
+        t.rules.append(_RR("roi", True, None, min_roi, "not applicable: no version in production yet"))
     elif yields_to is not None:
-        add(_RR("roi", False, roi, min_roi, f"{roi_detail}; yields: {yields_to}", True))
+        t.rules.append(_RR("roi", False, roi, min_roi, f"{detail}; yields: {yields_to}", True))
     else:
         if not roi_ok and vm["hours_below_floor"] is not None and policy.max_hours_below_floor_on_roi is not None:
-            roi_detail += (f"; below the floor {vm['hours_below_floor']:.1f} h of "
-                           f"{policy.max_hours_below_floor_on_roi:g} h before ROI yields")
-        add(_RR("roi", roi_ok, roi, min_roi, roi_detail))
-        if not roi_ok:
-            rejects.append("roi")
+            detail += (f"; below the floor {vm['hours_below_floor']:.1f} h of "
+                       f"{policy.max_hours_below_floor_on_roi:g} h before ROI yields")
+        result = _RR("roi", roi_ok, roi, min_roi, detail)
+        if roi_ok:
+            t.rules.append(result)
+        else:
+            t.reject(result)
+    return vm, yields_to
 
-    # verdict
+
+def _verdict(t: _Tally, request: RetrainRequest, state: StateSnapshot, policy: Policy, now: datetime,
+             pending: bool, vm: dict[str, Any], yields_to: str | None, override: str | None) -> Decision:
+    """The verdict by precedence (module docstring), with what explains it in ``detail``."""
+    rejects, defers, defer_rules = t.rejects, t.defers, t.defer_rules
+    active = state.active_run_id
     detail: dict[str, Any] = {"value_model": vm}
     defer_until = None
     if active is not None:
@@ -939,7 +984,7 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         defer_until = max(defers)
         # Every deferring rule passes by its own retry time except the window,
         # which can close again; a scheduled run must land inside it.
-        if scheduled and policy._tz is not None and not policy.in_offpeak(defer_until):
+        if request.trigger is _SCHEDULE and policy._tz is not None and not policy.in_offpeak(defer_until):
             defer_until = policy.next_offpeak_open(defer_until)
         detail["defer_rules"] = defer_rules
     elif pending:
@@ -950,11 +995,11 @@ def decide(request: RetrainRequest, state: StateSnapshot, policy: Policy, now: d
         detail["reject_rules"] = rejects
     if defers and verdict is not Verdict.DEFER:
         detail["defer_rules"] = defer_rules
-    if emergency:
+    if request.trigger is _EMERGENCY:
         detail["emergency"] = True
     if yields_to is not None:
         detail["roi_yields_to"] = yields_to
     if override is not None:
         detail["override"] = override
-    return Decision(request.id, request.model, verdict, now, tuple(rules), defer_until, cost, request.priority,
-                    detail)
+    return Decision(request.id, request.model, verdict, now, tuple(t.rules), defer_until, state.estimated_cost_usd,
+                    request.priority, detail)
