@@ -1,5 +1,5 @@
 # Sourced by .ci/demo and .ci/test: make .venv with the package installed.
-#   $1: the extras to install, e.g. "" or "[test,bench]"
+#   $1: the extras to install, e.g. "[server]" or "[server,test,bench]"
 ensure_venv() {
   local extras="${1:-}"
   local py="${PYTHON:-python3}"

@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from retrain.core.cron import FIELDS as CRON_FIELDS
 from retrain.core.cron import expression as cron_expression
 from retrain.core.errors import ConfigError
+from retrain.core.notices import NotifySettings
 from retrain.settings import TimeZoneName
 
 __all__ = [
@@ -373,6 +374,8 @@ class RetrainConfig(_Strict):
     settings: GeneralSettings = GeneralSettings()
     policy: dict[str, Any] = Field(default_factory=dict)
     costs: CostSettings = CostSettings()
+    # [notify]: who hears about approvals, rollbacks, emergencies... (retrain.core.notices)
+    notify: NotifySettings = NotifySettings()
     models: dict[str, ModelConfig]
     source: str = "<memory>"
 

@@ -69,11 +69,13 @@ class Context:
                       config: RetrainConfig | None = None) -> Context:
         """The context of a process: its database, model file and artifact store from ``settings``."""
         from retrain.config import load_config
+        from retrain.monitoring.events import enqueue_notice
         from retrain.storage.db import Database
 
         settings.ensure_home()
         assert settings.artifact_root is not None  # ensure_home fills it in
-        return cls(store=Store(Database(settings.database_url)),
+        # Every audited event worth a message puts its notification in the outbox of its transaction.
+        return cls(store=Store(Database(settings.database_url), on_audit=enqueue_notice),
                    config=config if config is not None else load_config(settings.config_path()), clock=clock,
                    artifacts=ArtifactStore(settings.artifact_root, file_mode=settings.artifact_file_mode,
                                            dir_mode=settings.artifact_dir_mode),

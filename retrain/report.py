@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from retrain import slots
 from retrain.context import Context
 from retrain.core.ports import UnitOfWork
+from retrain.core.text import clip
 from retrain.core.windows import Counts
 
 if TYPE_CHECKING:
@@ -112,13 +113,13 @@ def render_status(data: dict[str, Any]) -> str:
     parts.append("\nOpen requests")
     parts.append(table([[r["id"][:8], r["model"], r["trigger"], r["status"],
                          f"{r['defer_until']:%m-%d %H:%M}" if r["defer_until"] else "",
-                         (r["decision"] or r["reason"])[:70]]
+                         clip(r["decision"] or r["reason"], 70)]
                         for r in data["requests"]], ["id", "model", "trigger", "status", "until", "why"])
                  if data["requests"] else "  none")
     parts.append("\nRecent runs")
     parts.append(table([[r["id"][:8], r["model"], r["trigger"], r["state"], f"{r['progress']:.0%}", r["attempt"],
                          r["candidate"] or "", f"{r['created_at']:%m-%d %H:%M}", _f(r["cost_usd"], ".4f"),
-                         r["stage"] or "", (r.get("note") or r["error"] or r["blocked_on"] or "")[:80]]
+                         r["stage"] or "", clip(r.get("note") or r["error"] or r["blocked_on"] or "", 80)]
                         for r in data["runs"]],
                        ["id", "model", "trigger", "state", "progress", "attempt", "version", "created", "cost $",
                         "stage", "note"])
@@ -160,9 +161,19 @@ def timeline_data(ctx: Context, model: str, period: timedelta = timedelta(hours=
                            "actor": h.actor, "reason": h.reason} for h in history],
         "versions": [{"version": v.version, "status": v.status, "created_at": v.created_at, "bump": v.bump_reason,
                       "holdout_accuracy": (v.metrics or {}).get("holdout", {}).get("accuracy")} for v in versions],
-        "decisions": [{"at": d.decided_at, "trigger": d.trigger, "verdict": d.verdict, "summary": d.summary}
+        "decisions": [{"at": d.decided_at, "trigger": d.trigger, "verdict": d.verdict,
+                       "summary": _decision_summary(d.verdict, d.summary, d.detail)}
                       for d in reversed(decisions)],
     }
+
+
+def _decision_summary(verdict: str, summary: str, detail: dict[str, Any] | None) -> str:
+    """A decision's summary; a coalesced one by its reason only (the rules it did not need are in
+    ``retrain decisions``)."""
+    if verdict == "coalesced":
+        run = str((detail or {}).get("coalesced_with") or "")[:8]
+        return f"coalesced: joins the run already in progress ({run}); nothing new is started"
+    return summary
 
 
 def _period(start, end, rows) -> dict[str, Any]:
@@ -182,12 +193,12 @@ def print_timeline(ctx: Context, model: str, out: TextIO) -> None:
           f"served by {', '.join(m['versions'])}\n")
     w("\nDecisions\n")
     for d in data["decisions"]:
-        w(f"  {d['at']:%a %d %H:%M}  {d['trigger']:<11} {d['summary'][:150]}\n")
+        w(f"  {d['at']:%a %d %H:%M}  {d['trigger']:<11} {clip(d['summary'], 150)}\n")
     w("\nVersions\n")
     w(table([[v["version"], v["status"], f"{v['created_at']:%a %d %H:%M}", _f(v["holdout_accuracy"]),
-              (v["bump"] or "")[:70]] for v in data["versions"]],
+              clip(v["bump"], 70)] for v in data["versions"]],
             ["version", "status", "trained", "holdout acc", "why this number"]) + "\n")
     w("\nAlias moves\n")
     for h in data["alias_history"]:
         w(f"  {h['at']:%a %d %H:%M}  {h['alias']:<10} {h['from'] or '-':>6} -> {h['to'] or '-':<6}  "
-          f"{h['reason'][:90]}\n")
+          f"{clip(h['reason'], 90)}\n")

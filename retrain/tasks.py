@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "INGEST", "SWEEP", "RELAY", "RECONCILE", "RETENTION", "REQUEST_RETRAINING", "DECIDE", "TRAIN", "VALIDATE",
-    "EVALUATE_ROLLOUTS", "PROMOTE", "ROLLBACK",
+    "EVALUATE_ROLLOUTS", "PROMOTE", "ROLLBACK", "NOTIFY", "NOTIFY_RETRY",
     "MONITORING", "DECISION", "TRAINING", "VALIDATION", "PROMOTION", "QUEUES",
     "TimeLimits", "RetryPolicy", "Interval", "TaskSpec",
     "DEFAULT_LIMITS", "RETRY", "SKIP_TO_NEXT_TICK",
@@ -54,6 +54,8 @@ VALIDATE = "retrain.validate"
 EVALUATE_ROLLOUTS = "retrain.evaluate_rollouts"
 PROMOTE = "retrain.promote"
 ROLLBACK = "retrain.rollback"
+NOTIFY = "retrain.notify"
+NOTIFY_RETRY = "retrain.notify_retry"
 
 # Queues, in the order the workers declare them.
 MONITORING = "monitoring"
@@ -191,6 +193,13 @@ _TABLE: tuple[TaskSpec, ...] = (
     TaskSpec(PROMOTE, PROMOTION, f"{_PAYLOADS}:RunPayload", "retrain.steps.promote:promote_run", ("run_id",)),
     TaskSpec(ROLLBACK, PROMOTION, f"{_PAYLOADS}:RollbackPayload", "retrain.steps.promote:rollback",
              ("model", "version"), ("actor", "reason", "from_version")),
+    # Notifications: one event to its targets (from the outbox), and the retries of failed deliveries, as often
+    # as the relay. Delivery errors are recorded, never raised: a receiver that is down is retried with backoff.
+    TaskSpec(NOTIFY, MONITORING, f"{_PAYLOADS}:NotifyPayload", "retrain.monitoring.notify:notify",
+             limits=TimeLimits(60, 90)),
+    TaskSpec(NOTIFY_RETRY, MONITORING, f"{_PAYLOADS}:SweepPayload", "retrain.monitoring.notify:retry_due", (),
+             limits=TimeLimits(120, 180), retry=SKIP_TO_NEXT_TICK,
+             every=Interval("retrain-notify-retry", "relay_interval_s")),
 )
 
 TASKS: dict[str, TaskSpec] = {t.name: t for t in _TABLE}

@@ -32,6 +32,7 @@ log = logging.getLogger("retrain.worker")
 app = Celery("retrain")
 app.config_from_object("celeryconfig")
 
+import workers.logs  # noqa: E402,F401  (RETRAIN_LOG_FORMAT=json)
 import workers.tasks.decision  # noqa: E402,F401  (register the tasks)
 import workers.tasks.monitoring  # noqa: E402,F401
 import workers.tasks.promotion  # noqa: E402,F401

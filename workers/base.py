@@ -33,7 +33,8 @@ from workers import runtime
 
 log = logging.getLogger("retrain.tasks")
 
-__all__ = ["retrain_task", "publish", "relay_now", "relay_quietly", "dead_letter", "progress_reporter"]
+__all__ = ["retrain_task", "publish", "relay_now", "relay_quietly", "dead_letter", "progress_reporter",
+           "queue_consumers"]
 
 
 def publish(msg: OutboxMessage) -> None:
@@ -44,6 +45,21 @@ def publish(msg: OutboxMessage) -> None:
     queue = celeryconfig.ROUTES[msg.task]
     app.send_task(msg.task, args=[msg.payload], queue=queue, routing_key=queue,
                   priority=celeryconfig.broker_priority(msg.priority))
+
+
+def queue_consumers(queue: str, timeout: float = 1.0) -> list[str] | None:
+    """The workers that consume ``queue``, asked over the broker (one broadcast, ``timeout`` s at most).
+
+    None when the broker cannot tell: the embedded SQLite broker and ``memory://`` carry no
+    broadcasts, so a worker there cannot answer.
+    """
+    from workers.app import app
+
+    scheme = str(app.conf.broker_url or "").split("://", 1)[0]
+    if scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+        return None
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return sorted(w for w, queues in replies.items() if any(q.get("name") == queue for q in queues or []))
 
 
 def relay_now() -> int:

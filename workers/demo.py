@@ -29,6 +29,17 @@ def _configure_env(home: Path) -> None:
     os.environ["RETRAIN_WORKER_ID"] = "demo-worker"
 
 
+def _record_clock(home: Path, now: datetime) -> None:
+    """The demo's simulated "now", for ``retrain costs`` and ``status`` on its home (and a plain
+    ``retrain status`` next to it, which points here)."""
+    import json
+
+    from retrain.cli.commands.common import DEMO_CLOCK_FILE
+
+    (home / DEMO_CLOCK_FILE).write_text(json.dumps({"now": now.isoformat(), "start": DEMO_START.isoformat(),
+                                                    "note": "written by retrain demo: its simulated clock"}))
+
+
 class _InFlight:
     """Counts published-but-unfinished tasks, so the simulation advances only when the loop is quiet."""
 
@@ -73,6 +84,7 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     from workers import runtime
 
     clock = SimClock(DEMO_START)
+    _record_clock(home, clock.now())
     runtime.set_clock(clock)
     ctx = runtime.context()
     upgrade(ctx.store.db.engine)
@@ -81,6 +93,10 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     from workers.app import app
 
     sync_models(ctx)
+    # No Flower watches the demo's in-process worker: task events would be published (and paid
+    # for) on every one of its thousands of tasks for no reader.
+    app.conf.worker_send_task_events = False
+    app.conf.task_send_sent_event = False
     inflight = _InFlight()
     before_task_publish.connect(inflight.up, weak=False)
     task_postrun.connect(inflight.down, weak=False)
@@ -98,6 +114,10 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
     last_fired = {slot: DEMO_START for slot in schedules}
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
 
+    # Two threads take turns (the trading app here, the in-process worker): a shorter switch
+    # interval hands the GIL over sooner when one waits on the other (5 ms by default).
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
     say(f"retrain demo: {days:g} simulated days of the 'direction' model on the synthetic market "
         f"(regime shifts at +36 h and +84 h); state in {home}")
     t0 = monotonic()
@@ -111,8 +131,9 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
         model_cache: dict[str, object] = {}
         reader = StoreRoutingReader(ctx.store)
         canaries: list[str] = []
+        sabotaged = False
         fault_rng = np.random.default_rng(seed)
-        seen_audit = 0
+        seen_audit: tuple[int, datetime | None] = (0, None)
         acc_hits = acc_n = 0
         while clock.now() < end:
             now = clock.now()
@@ -136,6 +157,11 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
                         # path of the first canary is broken and half of its answers are wrong.
                         # Shadow cannot see it (it scores logged rows on the validation queue);
                         # the canary's own served outcomes do, and it is rolled back automatically.
+                        if not sabotaged:
+                            sabotaged = True
+                            say(f"    {now:%a %H:%M}  SABOTAGE   the demo now breaks the serving path of canary "
+                                f"{route.canary} on purpose: half its answers are wrong from 25 % on. Shadow "
+                                "scored the model itself and could not see this; the canary's own outcomes will.")
                         broken = fault_rng.random(len(cpred)) < 0.5
                         cpred = np.where(broken, 1 - rows.y[to_canary], cpred)
                     pred[to_canary] = cpred
@@ -174,11 +200,14 @@ def run_demo(days: float = 5.0, home: Path = Path("retrain-demo"), step_minutes:
                     f"({acc_n} predictions)   [{monotonic() - t0:5.1f} s]")
                 acc_hits = acc_n = 0
         client.close()
+    sys.setswitchinterval(switch)
     runtime.set_clock(clock)
     say("")
     print_timeline(ctx, "direction", out=sys.stdout)
     _registry_summary(ctx, home, say)
-    say(f"\nDone in {monotonic() - t0:.1f} s. Inspect it: RETRAIN_HOME={home} retrain status")
+    _record_clock(home, clock.now())
+    say(f"\nDone in {monotonic() - t0:.1f} s.")
+    _what_next(home, say)
     if backtest:
         from retrain.backtest import run_comparison
 
@@ -214,8 +243,30 @@ def _registry_summary(ctx, home: Path, say) -> None:
     for t, v in served:
         say(f"  served at {t:%a %d %H:%M}: {v or '-'}")
     say("\n" + render_gc(run_retention(ctx, dry_run=True)))
-    say(f"\nWhat served when: RETRAIN_HOME={home} retrain history direction --at "
-        f"{(DEMO_START + timedelta(hours=60)).isoformat()}")
+
+
+
+def _what_next(home: Path, say) -> None:
+    """The closing hint: commands that work as printed (the path to ``retrain`` as installed)."""
+    from retrain.cli.commands.common import retrain_command
+
+    try:
+        where = home.relative_to(Path.cwd())
+    except ValueError:
+        where = home
+    cmd = f"RETRAIN_HOME={where} {retrain_command()}"
+    at = (DEMO_START + timedelta(hours=60)).strftime("%Y-%m-%dT%H:%M")
+    say("\nWhat to try next (copy as they are):")
+    for line, why in (
+        (f"{cmd} status", "models, versions, runs, spend (as of the demo's simulated clock)"),
+        (f"{cmd} decisions direction --limit 5", "the last decisions, every rule with its value and limit"),
+        (f"{cmd} rollout direction", "the latest rollout: stages and figures"),
+        (f"{cmd} history direction --at {at}", "what served at +60 h"),
+        (f"{cmd} audit direction --kind rollback --kind bypass", "the automatic rollback and the emergency's "
+                                                                   "bypass"),
+        (f"{cmd} costs", "spend per day against the caps"),
+    ):
+        say(f"  {line:<78}  # {why}")
 
 
 def _operator_approves(ctx, send, now, after: timedelta) -> None:
@@ -238,10 +289,37 @@ _SHOWN = {"request", "decision", "version", "validation", "shadow", "rollout", "
           "bypass", "retention", "artifact"}
 
 
-def _echo_events(ctx, after_id: int, say) -> int:
+def _echo_events(ctx, after: tuple[int, datetime | None], say) -> tuple[int, datetime | None]:
+    """Print the events after ``after`` (the id and time of the last one printed); returns the new mark.
+
+    Reads only the events since that time (the audit log's ``at`` is the simulated clock),
+    not the newest 50 of every step, each with its JSON decoded 720 times over.
+    """
+    after_id, since = after
     with ctx.store.tx() as tx:
-        events = [e for e in tx.audit.events("direction", limit=50) if e.id > after_id]
-    for e in events:
+        events = [e for e in tx.audit.log(model="direction", since=since, limit=500) if e.id > after_id]
+    for e in sorted(events, key=lambda e: e.id):
         if e.kind in _SHOWN:
-            say(f"    {e.at:%a %H:%M}  {e.kind:<10} {e.message}")
-    return max([after_id] + [e.id for e in events])
+            say(f"    {e.at:%a %H:%M}  {e.kind:<10} {_message(e)}")
+    if not events:
+        return after
+    last = max(events, key=lambda e: e.id)
+    return last.id, max(e.at for e in events)
+
+
+def _message(e) -> str:
+    """An audit event as the demo tells it: a coalesced decision by its reason only, an emergency's
+    bypass and priority on their own line."""
+    from retrain.core.domain import TRIGGER_PRIORITY, TriggerKind
+
+    data = e.data or {}
+    if e.kind == "decision" and data.get("verdict") == "coalesced":
+        run = str((data.get("detail") or {}).get("coalesced_with") or "")[:8]
+        return (e.message.split(":", 1)[0] + f": coalesced: joins the run already in progress ({run}); "
+                "nothing new is started")
+    if e.kind == "bypass" and (data.get("why") or "").startswith("emergency"):
+        prio = TRIGGER_PRIORITY[TriggerKind.EMERGENCY]
+        order = " > ".join(f"{k.value} {v}" for k, v in sorted(TRIGGER_PRIORITY.items(), key=lambda kv: -kv[1]))
+        return (f"EMERGENCY: approved past {', '.join(data.get('would_have_failed') or [])} (bypassed: "
+                f"{', '.join(data.get('bypassed') or [])}); its training goes first: priority {prio} ({order})")
+    return e.message

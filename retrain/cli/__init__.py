@@ -18,7 +18,32 @@ from retrain.core.errors import RetrainError
 __all__ = ["main"]
 
 
-from retrain.cli.commands.common import _ctx, _out, _short, with_json
+from retrain.cli.commands.common import (
+    _ctx,
+    _out,
+    _short,
+    check_models,
+    demo_now,
+    positive_float,
+    positive_int,
+    with_json,
+)
+
+#: Exit statuses, as the help's epilog documents them.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """\
+exit status:
+  0    the command did what was asked
+  1    it failed: a database or broker out of reach, a schema to upgrade, a refusal
+       (e.g. a rollback to a version that failed its checks, without --force)
+  2    usage: a bad option or value, or an unknown object (model, version, request,
+       benchmark); the message names it and what exists
+  130  interrupted (Ctrl-C); 141 stdout closed (| head); 143 terminated (SIGTERM)
+
+Settings come from RETRAIN_* environment variables (RETRAIN_HOME, RETRAIN_DATABASE_URL,
+RETRAIN_BROKER_URL, RETRAIN_CONFIG, ...); see the README's reference.
+"""
 
 
 # ---------------------------------------------------------------- commands
@@ -30,12 +55,15 @@ def cmd_db(args) -> int:
     s = load_settings()
     s.ensure_home()
     engine = Database(s.database_url).engine
+    url = engine.url.render_as_string(hide_password=True)
     if args.action == "upgrade":
         upgrade(engine)
-        print(f"database {engine.url.render_as_string(hide_password=True)} at revision {current_revision(engine)}")
+        rev = current_revision(engine)
+        _out(args, {"database": url, "current": rev, "head": rev}, f"database {url} at revision {rev}")
     else:
         cur, head = current_revision(engine), head_revision(engine)
-        print(f"current {cur or 'none'}, head {head}" + ("" if cur == head else "  -> run: retrain db upgrade"))
+        _out(args, {"database": url, "current": cur, "head": head},
+             f"current {cur or 'none'}, head {head}" + ("" if cur == head else "  -> run: retrain db upgrade"))
     return 0
 
 
@@ -49,8 +77,16 @@ def cmd_status(args) -> int:
     from retrain.report import render_status, status_data
 
     ctx = _ctx()
-    data = status_data(ctx)
-    _out(args, data, render_status(data))
+    now = demo_now(ctx)
+    data = status_data(ctx, now)
+    if args.model:  # one model: its row, runs and requests (spend and slots stay global)
+        for key in ("models", "runs", "requests"):
+            data[key] = [r for r in data[key] if r.get("model") == args.model]
+    text = render_status(data)
+    if now is not None:
+        data["clock"] = "demo"
+        text = f"(a demo home: figures as of its simulated clock, {now:%Y-%m-%d %H:%M} UTC)\n" + text
+    _out(args, data, text)
     return 0
 
 
@@ -66,13 +102,14 @@ def cmd_drift(args) -> int:
         data = None if row is None else {"at": row.at, "version": row.version, "drifted": row.drifted,
                                          "report": row.report}
     if data is None:
-        print(f"no drift check yet for {args.model}")
+        _out(args, None, f"no drift check yet for {args.model}")
         return 0
     feats = data["report"].get("features", [])
     text = f"drift check of {args.model} {data['version']} at {data['at']:%Y-%m-%d %H:%M}: " \
            f"{'DRIFT' if data['drifted'] else 'no drift'}\n"
     text += table([[f.get("name"), f.get("test"), _short(f.get("statistic")), _short(f.get("p_value")),
-                    _short(f.get("p_adjusted")), _short(f.get("effect_size")), "DRIFT" if f.get("drifted") else ""]
+                    _short(f.get("p_adjusted")), _short(f.get("effect_size")),
+                    "DRIFT" if f.get("drifted") else "none"]
                    for f in feats], ["feature", "test", "statistic", "p", "p adjusted", "effect", "verdict"])
     _out(args, data, text)
     return 0
@@ -92,7 +129,9 @@ def cmd_bench(args) -> int:
             if exc.name not in (f"{base}.{args.name}", base):
                 raise
     if module is None or not hasattr(module, "run"):
-        raise RetrainError(f"unknown benchmark {args.name!r}; see README 'Benchmarks' for the list")
+        from retrain.core.errors import PayloadError
+
+        raise PayloadError(f"unknown benchmark {args.name!r}; benchmarks: {', '.join(benchmark_names())}")
     result = module.run()
     if args.json:
         print(to_json(result))
@@ -102,29 +141,69 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def benchmark_names() -> list[str]:
+    """The benchmarks ``retrain bench`` runs: the modules of retrain/benchmarks and workers/benchmarks with run()."""
+    import pkgutil
+    import re
+
+    names: set[str] = set()
+    for base in ("retrain.benchmarks", "workers.benchmarks"):
+        try:
+            pkg = importlib.import_module(base)
+        except ImportError:  # workers/ not installed next to retrain/
+            continue
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if info.name.startswith("_") or info.ispkg:
+                continue
+            path = Path(pkg.__path__[0]) / f"{info.name}.py"
+            # Read, not imported: a benchmark's imports may be heavy.
+            if path.exists() and re.search(r"^def run\(", path.read_text(), re.M):
+                names.add(info.name)
+    return sorted(names)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("retrain")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="retrain", description="Automated retraining controller for production models")
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="retrain", description="Automated retraining controller for production models",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"retrain {_version()}",
+                   help="print the installed version and exit")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db = sub.add_parser("db", help="database migrations")
-    db.add_argument("action", choices=["upgrade", "current"])
+    db = with_json(sub.add_parser("db", help="database migrations: upgrade to the code's schema, or show the "
+                                             "current one"))
+    db.add_argument("action", choices=["upgrade", "current"],
+                    help="upgrade: migrate to the newest schema; current: show the database's revision")
     db.set_defaults(fn=cmd_db)
 
     demo = sub.add_parser("demo", help="run the whole loop on a simulated clock with no services")
-    demo.add_argument("--days", type=float, default=5.0)
-    demo.add_argument("--dir", default="retrain-demo", help="where the demo leaves its database and artifacts")
-    demo.add_argument("--step-minutes", type=int, default=10)
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--days", type=positive_float, default=5.0, help="simulated days (default 5)")
+    demo.add_argument("--dir", default="retrain-demo", help="where the demo leaves its database and artifacts "
+                      "(replaced if it exists; default ./retrain-demo)")
+    demo.add_argument("--step-minutes", type=positive_int, default=10,
+                      help="simulated minutes per step of the trading app (default 10)")
+    demo.add_argument("--quiet", action="store_true", help="print only the final timeline")
     demo.add_argument("--backtest", action="store_true",
                       help="end with a backtest comparison of auto, never and every:1d on the same market")
     demo.set_defaults(fn=cmd_demo)
 
     status = with_json(sub.add_parser("status", help="models, production versions, metrics, requests, runs, spend"))
+    status.add_argument("model", nargs="?", help="only this model (default: every model)")
     status.set_defaults(fn=cmd_status)
 
-    drift = with_json(sub.add_parser("drift", help="the model's latest drift check, feature by feature"))
-    drift.add_argument("model")
+    drift = with_json(sub.add_parser("drift", help="the model's latest drift check, feature by feature",
+                                     description="The model's latest drift check: per feature its test, "
+                                                 "statistic, p-value (raw and adjusted), effect size and verdict."))
+    drift.add_argument("model", help="a configured model")
     drift.set_defaults(fn=cmd_drift)
 
     # versions, show, history, rollback and gc: retrain.cli.commands.registry
@@ -132,12 +211,29 @@ def build_parser() -> argparse.ArgumentParser:
     # train, approve, reject, decisions, audit, pause, resume, costs: retrain.cli.commands.admin
 
     b = with_json(sub.add_parser("bench", help="run a benchmark and print its figures"))
-    b.add_argument("name")
+    b.add_argument("name", help="the benchmark: a module of retrain/benchmarks or workers/benchmarks "
+                   "(an unknown name lists them)")
     b.set_defaults(fn=cmd_bench)
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(sub)
     return p
+
+
+#: Where each command names models: the argument's dest, and whether it is MODEL@VERSION.
+_MODEL_ARGS = (("model", False), ("models", False), ("ref", True))
+
+
+def _named_models(args) -> list[str]:
+    names: list[str] = []
+    for dest, is_ref in _MODEL_ARGS:
+        v = getattr(args, dest, None)
+        if v is None or getattr(args, "command", None) in ("backtest", "demo", "bench"):
+            continue
+        for item in (v if isinstance(v, list) else [v]):
+            if isinstance(item, str) and item:
+                names.append(item.split("@", 1)[0] if is_ref else item)
+    return names
 
 
 # Each adds its own subcommands: register(subparsers).
@@ -146,6 +242,7 @@ COMMAND_MODULES = (
     "retrain.cli.commands.rollout",
     "retrain.cli.commands.backtest",
     "retrain.cli.commands.admin",
+    "retrain.cli.commands.monitoring",
 )
 
 
@@ -155,8 +252,26 @@ COMMAND_MODULES = (
 EXIT_CLOSED_PIPE = 141
 
 
+#: Modules only the controller needs (``pip install 'retrain[server]'``); the client's install lacks them.
+SERVER_MODULES = frozenset({"celery", "alembic", "psycopg2", "sklearn", "scipy", "psutil", "pydantic",
+                            "pydantic_settings", "croniter", "flower", "matplotlib", "prometheus_client", "apprise"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a known error ends as ``retrain: ...`` on stderr and exit status 2.
+    """Run one command (:func:`run`); on an install without the controller's packages (the trading
+    app's ``retrain[client]``), say which extra to install instead of a traceback."""
+    try:
+        return run(argv)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        print(f"retrain: the command line needs the controller's packages ({exc.name} is not installed): "
+              "pip install 'retrain[server]'", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command; a known error ends as ``retrain: ...`` on stderr and exit status 1 or 2 (:data:`EPILOG`).
 
     A database or broker that cannot be used is translated here, for every command,
     into one line naming its URL (password masked) and what to check
@@ -166,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _name_failing_databases()
     try:
+        if names := _named_models(args):
+            check_models(names)
         code = int(args.fn(args) or 0)
         sys.stdout.flush()  # a closed pipe must show here, not in the interpreter's exit
         return code
@@ -181,7 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         if error is None:
             raise
         print(f"retrain: {error}", file=sys.stderr)
-        return 2
+        return exit_status(error)
+
+
+def exit_status(error: RetrainError) -> int:
+    """2 for usage (a bad value, an unknown object: :class:`PayloadError`, :class:`ConfigError`), else 1."""
+    from retrain.core.errors import ConfigError, PayloadError
+
+    return EXIT_USAGE if isinstance(error, (PayloadError, ConfigError)) else EXIT_FAILURE
 
 
 def _name_failing_databases() -> None:

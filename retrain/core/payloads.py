@@ -31,6 +31,7 @@ __all__ = [
     "SweepPayload",
     "DecidePayload",
     "RunPayload",
+    "NotifyPayload",
     "ManualRequestPayload",
     "RollbackPayload",
     "parse_payload",
@@ -110,6 +111,18 @@ class SweepPayload(_Payload):
 
 class DecidePayload(_Payload):
     request_id: str
+
+
+class NotifyPayload(_Payload):
+    """An event to tell people about (:func:`retrain.core.notices.notice_of`), one id per event."""
+
+    event_id: str = Field(min_length=8, max_length=64)
+    event: str = Field(max_length=32)
+    at: str
+    model: str | None = None
+    subject: str | None = None
+    summary: str = Field(max_length=2000)
+    facts: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunPayload(_Payload):

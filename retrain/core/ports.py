@@ -24,6 +24,8 @@ repository             aggregate
 ``aliases``            aliases and their history
 ``rollouts``           shadow and canary rollouts
 ``slots``              global training slots
+``exporter``           read-only aggregates for the metrics exporter
+``notifications``      deliveries of events to notification targets
 =====================  ==============================================================
 """
 
@@ -46,6 +48,9 @@ from retrain.core.records import (
     FeatureSample,
     MetricBucket,
     ModelRecord,
+    MonitoringGauges,
+    MonitoringTotals,
+    NotificationRecord,
     OutboxMessage,
     RequestRecord,
     RolloutRecord,
@@ -55,10 +60,10 @@ from retrain.core.records import (
 )
 
 __all__ = [
-    "UnitOfWork", "ModelRepository", "ControlRepository", "AuditRepository", "DeadLetterRepository",
+    "UnitOfWork", "AuditHook", "ModelRepository", "ControlRepository", "AuditRepository", "DeadLetterRepository",
     "OutboxRepository", "MonitoringRepository", "RequestRepository", "DecisionRepository",
     "DecisionStateRepository", "RunRepository", "LedgerRepository", "VersionRepository", "AliasRepository",
-    "RolloutRepository", "SlotRepository",
+    "RolloutRepository", "SlotRepository", "ExporterReadRepository", "NotificationRepository",
 ]
 
 
@@ -105,9 +110,19 @@ class ControlRepository(Protocol):
         ...
 
 
+class AuditHook(Protocol):
+    """Called by :meth:`AuditRepository.record` for each event, in the same unit of work, after the event
+    is added (``Store(db, on_audit=...)``): e.g. the notification that rides the outbox with the change."""
+
+    def __call__(self, uow: UnitOfWork, at: datetime, kind: str, actor: str, message: str, *, model: str | None,
+                 subject: str | None, data: dict[str, Any]) -> None:
+        ...
+
+
 class AuditRepository(Protocol):
     def record(self, at: datetime, kind: str, actor: str, message: str, *, model: str | None = None,
                subject: str | None = None, data: dict[str, Any] | None = None) -> None:
+        """Append an event (and call the store's :class:`AuditHook`, if it has one)."""
         ...
 
     def events(self, model: str | None = None, limit: int = 200, kind: str | None = None) -> list[AuditEvent]:
@@ -502,6 +517,56 @@ class SlotRepository(Protocol):
         ...
 
 
+class ExporterReadRepository(Protocol):
+    """Aggregates for the Prometheus exporter: a few grouped statements per scrape, all models."""
+
+    def totals(self, since: datetime | None, until: datetime | None, *, buckets: bool = True) -> MonitoringTotals:
+        """What was written in [since, until) (None: unbounded), counted for the counters (``buckets=False``:
+        without the metric buckets, which :meth:`gauges` counts in its scan)."""
+        ...
+
+    def minutes(self, models: Sequence[str], since: datetime, until: datetime) -> list[tuple[Any, ...]]:
+        """The metric buckets of ``models`` in [since, until): (model, version, minute, n, tp, fp, tn, fn, ret_sum,
+        ret_sq_sum), ordered by model, version and minute."""
+        ...
+
+    def gauges(self, now: datetime, models: Sequence[str], window_starts: Sequence[datetime], slot_limit: int, *,
+               counted_since: datetime | None = None, duration_buckets: Sequence[float] = ()) -> MonitoringGauges:
+        """The current state: live windows of ``models`` from each of ``window_starts``, drift, runs, spend...;
+        with ``counted_since``, the buckets' counts since then too (one scan of the metric buckets for both);
+        the run durations' histogram over ``duration_buckets`` (upper bounds, seconds)."""
+        ...
+
+
+class NotificationRepository(Protocol):
+    def add(self, *, event_id: str, target: str, event: str, model: str | None, subject: str | None, title: str,
+            body: str, now: datetime) -> NotificationRecord | None:
+        """Record an event for a target as pending; None when that (event, target) exists already."""
+        ...
+
+    def get(self, event_id: str, target: str) -> NotificationRecord | None:
+        ...
+
+    def claim(self, ids: Sequence[int], now: datetime, until: datetime) -> list[NotificationRecord]:
+        """Mark the given deliveries that are pending, due for a retry or whose claim expired as being sent until
+        ``until``; returns those it claimed (a concurrent claimer gets the others)."""
+        ...
+
+    def due(self, now: datetime, limit: int = 100) -> list[int]:
+        """Ids of deliveries to try now: retries due and claims that expired."""
+        ...
+
+    def finish(self, id: int, *, delivered: bool, now: datetime, error: str | None,
+               next_attempt_at: datetime | None) -> NotificationRecord:
+        """Record an attempt: delivered, or failed with ``error`` (retried at ``next_attempt_at``, None: given up)."""
+        ...
+
+    def newest(self, *, status: Sequence[str] | None = None, model: str | None = None,
+               limit: int = 100) -> list[NotificationRecord]:
+        """Newest first."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One transaction and its repositories."""
 
@@ -535,6 +600,10 @@ class UnitOfWork(Protocol):
     def rollouts(self) -> RolloutRepository: ...
     @property
     def slots(self) -> SlotRepository: ...
+    @property
+    def exporter(self) -> ExporterReadRepository: ...
+    @property
+    def notifications(self) -> NotificationRepository: ...
     @property
     def pg(self) -> bool:
         """True on Postgres (row locks, SKIP LOCKED, LISTEN/NOTIFY); False on the embedded SQLite."""

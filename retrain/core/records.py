@@ -8,7 +8,7 @@ Field names are the columns' names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,9 @@ __all__ = [
     "SlotHolder",
     "OutboxMessage",
     "DecisionState",
+    "NotificationRecord",
+    "MonitoringTotals",
+    "MonitoringGauges",
 ]
 
 
@@ -331,3 +334,85 @@ class DecisionState:
     active_run: str | None
     actual_costs: list[float]
     resource_reports: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    """One event's delivery to one notification target (``retrain notifications``)."""
+
+    id: int
+    event_id: str
+    target: str
+    event: str
+    model: str | None
+    subject: str | None
+    title: str
+    body: str
+    status: str
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class MonitoringTotals:
+    """What was written in a time range, counted for the metrics exporter's counters.
+
+    Ranges do not overlap, so the totals of two ranges add up (the exporter keeps the
+    history's totals and reads only what is new at each scrape).
+    """
+
+    #: (model, version, labelled outcomes, predictions served)
+    buckets: list[tuple[str, str, int, int]]
+    #: (model, version, newest minute, newest minute with a labelled outcome)
+    newest: list[tuple[str, str, datetime | None, datetime | None]]
+    #: (model, trigger kind, severity or "", requests opened)
+    firings: list[tuple[str, str, str, int]]
+    #: (model, verdict, rules as recorded) of every decision
+    decisions: list[tuple[str, str, list[Any]]]
+    #: (source, reason, model, rows) of the dead letters
+    dead_letters: list[tuple[str, str, str | None, int]]
+    #: rows accepted and rejected by ingest
+    ingest_accepted: int
+    ingest_rejected: int
+    #: (model, actor, message, data) of the audit's rollback events
+    rollbacks: list[tuple[str | None, str, str, dict[str, Any]]]
+    #: rows the client dropped before sending (its own count, audited by ingest)
+    client_dropped: int
+
+
+@dataclass(frozen=True)
+class MonitoringGauges:
+    """The state the metrics exporter shows at one scrape."""
+
+    #: (model, version, window start, n, tp, fp, tn, fn, ret_sum, ret_sq_sum) for each asked window start
+    windows: list[tuple[str, str, datetime, int, int, int, int, int, float, float]]
+    #: (model, version of the report, time of the latest drift check, its report)
+    drift: list[tuple[str, str | None, datetime, dict[str, Any]]]
+    #: (model, requests waiting for approval)
+    pending_approvals: list[tuple[str, int]]
+    #: (model, run state, runs)
+    runs: list[tuple[str, str, int]]
+    #: the histogram of finished runs' durations: (upper bound in seconds, runs at most that long), sum, count
+    run_duration_buckets: list[tuple[float, int]]
+    run_duration_sum: float
+    run_duration_count: int
+    #: training slots held under a live lease
+    slots_busy: int
+    outbox_pending: int
+    #: (model, "day" | "month", USD booked)
+    spend: list[tuple[str, str, float]]
+    #: (model, production version, its metrics)
+    production: list[tuple[str, str, dict[str, Any]]]
+    #: (model, canary version, share in percent)
+    canaries: list[tuple[str, str, float]]
+    #: (lease name, last renewal) of the leases held now (``beat``: the one beat that sends the schedule)
+    leases: list[tuple[str, datetime]]
+    #: (model, version, n, tp, fp, tn, fn, ret_sum, ret_sq_sum, unlabelled) summed over the minutes since
+    #: ``counted_since``, and the ``newest`` of :class:`MonitoringTotals` for them, read in the scan of the live
+    #: windows (the exporter adds them to the history it counted, and to the older part of a long window)
+    buckets_since: list[tuple[str, str, int, int, int, int, int, float, float, int]] = field(default_factory=list)
+    newest_since: list[tuple[str, str, datetime | None, datetime | None]] = field(default_factory=list)

@@ -502,24 +502,25 @@ def _build_firing(
             seg, seg_n = rel["segment_value"], rel["segment_trials"]
             seg = value if seg is None else seg
             what = "outcomes" if m == "accuracy" else "relevant outcomes"
-            detail = (
-                f" over the last {seg_n} {what}; CUSUM {rel['statistic']:.2f} >= {rel['threshold']:.2f} "
-                f"on the {rel['chart_drop']:.0%} chart"
-            )
+            # The segment since the chart last stood at 0: name its span, so that it does not read
+            # as a second figure for the same moment next to the window's (the floor's).
+            over = f" over the last {seg_n} {what}"
+            detail = f"; CUSUM {rel['statistic']:.2f} >= {rel['threshold']:.2f} on the {rel['chart_drop']:.0%} chart"
         else:
-            seg = value
+            seg, over = value, f" over the window's {total.n} outcomes"
             detail = f"; upper {cfg.confidence:.0%} bound {rel['upper_bound']:.3f} < {rel['limit']:.3f}"
         drop = (1 - seg / baseline) if baseline else float("nan")
         parts.append(
-            f"{m} fell from its baseline {baseline:.3f} to {seg:.3f} ({drop:.1%} lower{detail}; "
+            f"{m} fell from its baseline {baseline:.3f} to {seg:.3f}{over} ({drop:.1%} lower{detail}; "
             f"built for a {cfg.relative_drop:.0%} drop)"
         )
     if floor is not None:
         parts.append(
-            f"accuracy {floor['accuracy']:.3f} is below the floor {cfg.floor:.2f} "
-            f"(upper {cfg.confidence:.0%} bound {floor['upper_bound']:.3f})"
+            f"over the window's {total.n} outcomes accuracy {floor['accuracy']:.3f} is below the floor "
+            f"{cfg.floor:.2f} (upper {cfg.confidence:.0%} bound {floor['upper_bound']:.3f})"
         )
-    reason = " and ".join(parts) + f"; {total.n} outcomes in the window."
+    reason = " and ".join(parts) + ("." if floor is not None or rel is None or rel.get("test") != "bernoulli_cusum"
+                                    else f"; {total.n} outcomes in the window.")
     reason = reason[0].upper() + reason[1:]
     evidence = {
         "metric": m,

@@ -216,6 +216,10 @@ def _rule_json(r: RuleResult) -> dict[str, Any]:
 
 def _apply(tx: UnitOfWork, row: RequestRecord, req: RetrainRequest, decision: Decision, now: datetime,
            actor: str) -> DecideResult:
+    # The request as it was decided: a trigger that fires again refreshes the request's reason and
+    # evidence afterwards, and the decision must keep showing what it was made on.
+    decision = replace(decision, detail={**decision.detail, "request": {
+        "reason": req.reason, "requested_by": req.requested_by, "evidence": dict(req.evidence or {})}})
     rules = [_rule_json(r) for r in decision.rules]
     did = tx.decisions.add(decision, req.trigger.value, rules)
     tx.audit.record(now, "decision", actor, f"{req.trigger.value} request for {req.model}: {decision.summary}",

@@ -78,12 +78,12 @@ def finish_promotion(tx: UnitOfWork, run: RunRecord, now: datetime, reason: str)
 
 
 def rollback(ctx: Context, model: str, version: str | None = None, *, actor: str, reason: str,
-             from_version: str | None = None) -> PromoteResult:
+             from_version: str | None = None, data: dict | None = None) -> PromoteResult:
     """Serve ``version`` as production again (default: ``previous``, or withdraw a running canary); audited.
 
     The target's artifact is verified first: a missing or altered file is refused
     (and audited) before any alias moves. A deleted version is refused with the date
-    and reason of its deletion. Rules: :func:`retrain.registry.rollback`.
+    and reason of its deletion. Rules: :func:`retrain.registry.rollback`; ``data`` is added to its audit event.
     """
     from retrain.registry import resolve_rollback, verify_artifact
     from retrain.registry import rollback as registry_rollback
@@ -104,5 +104,5 @@ def rollback(ctx: Context, model: str, version: str | None = None, *, actor: str
         verify_artifact(ctx, sha, model=model, version=target, purpose="rollback", actor=actor)
     with ctx.store.tx() as tx:
         out = registry_rollback(tx, model, target, actor=actor, reason=reason, now=ctx.now(),
-                                from_version=from_version)
+                                from_version=from_version, data=data)
     return PromoteResult("", out.status, out.production, out.replaced, out.detail)

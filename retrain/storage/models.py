@@ -45,6 +45,7 @@ __all__ = [
     "ControlRow",
     "RolloutRow",
     "TrainingSlotRow",
+    "NotificationRow",
 ]
 
 
@@ -186,6 +187,7 @@ class FeatureSampleRow(Base):
 
 class IngestedBatchRow(Base):
     __tablename__ = "ingested_batches"
+    __table_args__ = (Index("ix_ingested_batches_received_at", "received_at"),)
     batch_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     received_at: Mapped[datetime]
     accepted: Mapped[int] = mapped_column(Integer, default=0)
@@ -194,7 +196,8 @@ class IngestedBatchRow(Base):
 
 class RequestRow(Base):
     __tablename__ = "retrain_requests"
-    __table_args__ = (Index("ix_retrain_requests_model_status", "model", "status"),)
+    __table_args__ = (Index("ix_retrain_requests_model_status", "model", "status"),
+                      Index("ix_retrain_requests_created", "created_at"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     model: Mapped[str] = mapped_column(String(128))
     trigger: Mapped[str] = mapped_column(String(16))
@@ -215,7 +218,8 @@ class RequestRow(Base):
 
 class DecisionRow(Base):
     __tablename__ = "decisions"
-    __table_args__ = (Index("ix_decisions_model_at", "model", "decided_at"),)
+    __table_args__ = (Index("ix_decisions_model_at", "model", "decided_at"),
+                      Index("ix_decisions_decided_at", "decided_at"))
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     request_id: Mapped[str] = mapped_column(String(36))
     model: Mapped[str] = mapped_column(String(128))
@@ -287,7 +291,7 @@ class AuditRow(Base):
     (migration 0005) makes the database refuse it."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_events_model_at", "model", "at"),)
+    __table_args__ = (Index("ix_audit_events_model_at", "model", "at"), Index("ix_audit_events_kind_at", "kind", "at"))
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
     model: Mapped[str | None] = mapped_column(String(128))
@@ -300,6 +304,7 @@ class AuditRow(Base):
 
 class DeadLetterRow(Base):
     __tablename__ = "dead_letters"
+    __table_args__ = (Index("ix_dead_letters_at", "at"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime]
     source: Mapped[str] = mapped_column(String(64))
@@ -403,3 +408,29 @@ class RolloutRow(Base):
     figures: Mapped[dict[str, Any]] = mapped_column(default=dict)
     history: Mapped[list[Any]] = mapped_column(default=list)
     outcome: Mapped[str] = mapped_column(Text, default="")
+
+
+class NotificationRow(Base):
+    """One notification event for one target (migration 0007): delivered at most once per
+    (event, target), retried with backoff while it fails, kept when it gives up."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (UniqueConstraint("event_id", "target", name="uq_notifications_event_target"),
+                      Index("ix_notifications_status_next", "status", "next_attempt_at"),
+                      Index("ix_notifications_created", "created_at"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(128))
+    subject: Mapped[str | None] = mapped_column(String(64))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    # pending (not tried), sending (claimed until next_attempt_at), retrying, delivered, failed (gave up)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -18,12 +18,15 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from retrain.core.domain import new_id
+from retrain.core.ports import AuditHook
 from retrain.storage.db import Database
 from retrain.storage.sql.audit import SqlAudit, SqlDeadLetters
 from retrain.storage.sql.controls import SqlControls, SqlModels
 from retrain.storage.sql.decision_state import SqlDecisionState
+from retrain.storage.sql.exporter import SqlExporter
 from retrain.storage.sql.ledger import SqlLedger
 from retrain.storage.sql.monitoring import RATE_BUCKETS, SqlMonitoring
+from retrain.storage.sql.notifications import SqlNotifications
 from retrain.storage.sql.outbox import SqlOutbox
 from retrain.storage.sql.registry import ROUTES_CHANNEL, SqlAliases, SqlVersions
 from retrain.storage.sql.requests import SqlDecisions, SqlRequests
@@ -37,21 +40,24 @@ __all__ = ["Store", "Tx", "new_id", "ROUTES_CHANNEL", "RATE_BUCKETS", "ACTIVE_RU
 class Store:
     """Opens transactions on one database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, on_audit: AuditHook | None = None) -> None:
         self.db = db
+        #: Called by ``tx.audit.record`` in the same transaction (see :class:`retrain.core.ports.AuditHook`).
+        self.on_audit = on_audit
 
     @contextmanager
     def tx(self) -> Iterator[Tx]:
         with self.db.session() as session:
-            yield Tx(session, self.db.is_postgres)
+            yield Tx(session, self.db.is_postgres, on_audit=self.on_audit)
 
 
 class Tx:
     """One transaction and the repositories that work in it (:class:`retrain.core.ports.UnitOfWork`)."""
 
-    def __init__(self, session: Session, is_postgres: bool) -> None:
+    def __init__(self, session: Session, is_postgres: bool, *, on_audit: AuditHook | None = None) -> None:
         self.s = session
         self.pg = is_postgres
+        self.on_audit = on_audit
         self.models = SqlModels(self)
         self.controls = SqlControls(self)
         self.audit = SqlAudit(self)
@@ -67,6 +73,8 @@ class Tx:
         self.aliases = SqlAliases(self)
         self.rollouts = SqlRollouts(self)
         self.slots = SqlSlots(self)
+        self.exporter = SqlExporter(self)
+        self.notifications = SqlNotifications(self)
 
     def lock(self, name: str) -> None:
         """Serialise a critical section across processes (Postgres advisory lock, held to commit)."""

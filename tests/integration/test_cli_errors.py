@@ -1,7 +1,8 @@
 """``retrain`` as an operator's shell runs it: the installed console script, as a real process.
 
 A database or broker that cannot be used ends as one line on stderr (its URL with the
-password masked, and what to check), exit status 2, no traceback, whatever the
+password masked, and what to check), exit status 1 (a failure, not a usage error: see the
+help's epilog), no traceback, whatever the
 command. A reader that goes away (``retrain audit | head -1``) ends the command
 quietly. The services "out of reach" are a closed port on this machine.
 """
@@ -49,6 +50,8 @@ COMMANDS = {
     "audit": ["audit"],
     "pause": ["pause", "direction"],
     "resume": ["resume", "direction"],
+    "notifications": ["notifications"],
+    "exporter": ["exporter"],  # reads the database before it serves
 }
 # These never open the settings' database: demo and backtest bring their own SQLite,
 # bench its own services.
@@ -80,8 +83,8 @@ def test_an_unreachable_database_is_one_line_with_the_url_masked(name, tmp_path)
     # When the command runs
     done = _retrain(COMMANDS[name], env, tmp_path)
 
-    # Then it exits 2 with one line naming the URL without its password, and what to check
-    assert done.returncode == 2, done.stderr
+    # Then it exits 1 with one line naming the URL without its password, and what to check
+    assert done.returncode == 1, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith(f"retrain: cannot use the database {SHOWN_DATABASE}: ")
@@ -99,7 +102,7 @@ def test_a_database_file_that_cannot_be_opened_says_what_to_check(tmp_path):
     done = _retrain(["status"], _env(tmp_path, RETRAIN_DATABASE_URL=url), tmp_path)
 
     # Then one line names the file and what to check
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 1, done.stderr
     assert done.stderr.splitlines() == [
         f"retrain: cannot use the database {url}: unable to open database file; "
         "does its folder exist and may this user write there? set RETRAIN_DATABASE_URL"]

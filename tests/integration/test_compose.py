@@ -33,6 +33,8 @@ def test_compose_describes_the_deployment():
     env = services["beat"]["environment"]
     assert {"RETRAIN_DATABASE_URL", "RETRAIN_BROKER_URL", "RETRAIN_ARTIFACT_ROOT", "RETRAIN_CONFIG"} <= set(env)
     assert services["beat"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # the metrics exporter is its own service, on the port deploy/prometheus expects
+    assert services["exporter"]["command"] == ["retrain", "exporter", "--port", "9808"]
 
 
 def _argv(service: str, flower_port: int, tmp: Path) -> list[str]:

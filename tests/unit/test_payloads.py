@@ -24,6 +24,7 @@ from retrain.core.payloads import (
     DecidePayload,
     IngestBatch,
     ManualRequestPayload,
+    NotifyPayload,
     RollbackPayload,
     RunPayload,
     SweepPayload,
@@ -46,6 +47,8 @@ BASE = {
     RunPayload: {"v": 1, "run_id": "0b7e6a52-3f0e-4a63-9d43-5a8c2f0f3c11"},
     ManualRequestPayload: {"v": 1, "model": "direction", "reason": "vendor data changed"},
     RollbackPayload: {"v": 1, "model": "direction", "reason": "canary 12 % worse"},
+    NotifyPayload: {"v": 1, "event_id": "5f0c0a3e9b6d4c1a", "event": "rollback", "at": "2026-01-05T00:00:00+00:00",
+                    "model": "direction", "summary": "direction rolled back to 1.0.0"},
 }
 
 # (schema, field, a value pydantic's lax mode would have coerced or that is of another JSON type)
@@ -232,7 +235,7 @@ def test_beat_schedule_args_parse_with_their_tasks_schemas():
 
     schema = {"retrain.sweep": SweepPayload, "retrain.relay": SweepPayload, "retrain.reconcile": SweepPayload,
               "retrain.retention": SweepPayload, "retrain.evaluate_rollouts": SweepPayload,
-              "retrain.request_retraining": ManualRequestPayload}
+              "retrain.request_retraining": ManualRequestPayload, "retrain.notify_retry": SweepPayload}
     for name, entry in celeryconfig.beat_schedule.items():
         assert entry["task"] in schema, name
         parse_payload(schema[entry["task"]], entry["args"][0])

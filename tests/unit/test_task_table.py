@@ -32,7 +32,7 @@ def test_the_names_are_the_wire_format():
     assert list(TASKS) == [
         "retrain.ingest", "retrain.sweep", "retrain.relay", "retrain.reconcile", "retrain.retention",
         "retrain.request_retraining", "retrain.decide", "retrain.train", "retrain.validate",
-        "retrain.evaluate_rollouts", "retrain.promote", "retrain.rollback",
+        "retrain.evaluate_rollouts", "retrain.promote", "retrain.rollback", "retrain.notify", "retrain.notify_retry",
     ]
     assert tasks.QUEUES == ("monitoring", "decision", "training", "validation", "promotion")
 
@@ -65,7 +65,7 @@ def test_every_row_resolves_and_steps_stay_in_the_core():
     # Interval tasks skip a transient error (the next tick redoes them); every other task retries it
     assert tasks.PERIODIC == {n for n, s in TASKS.items() if s.retry.on_transient == "skip"}
     assert tasks.PERIODIC == {"retrain.relay", "retrain.reconcile", "retrain.sweep", "retrain.retention",
-                              "retrain.evaluate_rollouts"}
+                              "retrain.evaluate_rollouts", "retrain.notify_retry"}
 
 
 def test_the_table_imports_only_the_standard_library():

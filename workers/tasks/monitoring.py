@@ -1,13 +1,13 @@
-"""Queue ``monitoring``: ingest of live results, the sweep, the outbox relay, the reconciler."""
+"""Queue ``monitoring``: ingest of live results, the sweep, the outbox relay, the reconciler, notifications."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import timedelta
 
-from retrain.core.payloads import IngestBatch, SweepPayload
+from retrain.core.payloads import IngestBatch, NotifyPayload, SweepPayload
 from retrain.outbox import prune_published, relay
-from retrain.tasks import INGEST, RECONCILE, RELAY, RETENTION, SWEEP, run
+from retrain.tasks import INGEST, NOTIFY, NOTIFY_RETRY, RECONCILE, RELAY, RETENTION, SWEEP, run
 from workers.app import app
 from workers.base import publish, retrain_task
 
@@ -37,3 +37,13 @@ def reconcile(ctx, p: SweepPayload):
 @retrain_task(app, RETENTION)
 def retention(ctx, p: SweepPayload):
     return run(RETENTION, ctx, p).to_json()
+
+
+@retrain_task(app, NOTIFY)
+def notify(ctx, p: NotifyPayload):
+    return asdict(run(NOTIFY, ctx, p))
+
+
+@retrain_task(app, NOTIFY_RETRY)
+def notify_retry(ctx, p: SweepPayload):
+    return asdict(run(NOTIFY_RETRY, ctx, p))

@@ -13,10 +13,20 @@ document for scripts (times as ISO 8601 strings, UTC).
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from retrain.cli.commands.common import _ctx, _out, _publish_outbox, with_json
+from retrain.cli.commands.common import (
+    _ctx,
+    _out,
+    _publish_outbox,
+    clip,
+    demo_now,
+    iso_time,
+    non_negative_int,
+    positive_int,
+    with_json,
+)
 from retrain.core.errors import PayloadError
 from retrain.core.policy import format_usd
 
@@ -31,22 +41,11 @@ __all__ = [
 ]
 
 
-def _clip(text: str | None, width: int) -> str:
-    text = text or ""
-    return text if len(text) <= width else text[: width - 3] + "..."
+_clip = clip
 
 
 def _num(v: float) -> str:
     return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-
-
-def _since(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise PayloadError(f"--since: not an ISO date or time (e.g. 2026-01-06 or 2026-01-06T12:00): "
-                           f"{text!r}") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 # ---------------------------------------------------------------- train, approve, reject, pause
@@ -62,10 +61,42 @@ def cmd_train(args) -> int:
     res = request_retraining(ctx, ManualRequestPayload(
         model=args.model, reason=reason, requested_by=args.actor, override_budget=args.override_budget,
         override_reason=reason if args.override_budget else None, approved_by=args.approved_by))
-    _publish_outbox(ctx)
+    published = _publish_outbox(ctx)
     what = "budget override requested; " if args.override_budget else ""
-    print(f"request {res.request_id}: {res.detail}; {what}the decision follows: retrain decisions {args.model}")
+    print(f"request {res.request_id}: {res.detail}; {what}" + (_who_decides(ctx, args.model) if published is not False
+          else "kept in the outbox until the broker is reachable (the relay on beat publishes it)"))
     return 0
+
+
+#: What starts a worker for the decision (the README's "Running on Redis and Postgres"); {celery} is the script.
+WORKER_COMMAND = "{celery} -A workers.app worker -Q monitoring,decision -n monitoring@%h"
+
+
+def _who_decides(ctx, model: str) -> str:
+    """Whether a worker will decide the request now; if none is running, how to start one.
+
+    Asks the broker which workers consume the ``decision`` queue (one broadcast, 1 s at most)
+    where it can tell (Redis, RabbitMQ); the embedded and in-memory brokers cannot.
+    """
+    from retrain.cli.commands.common import decision_consumers, retrain_command
+
+    follow = f"then see it with: {retrain_command()} decisions {model}"
+    start = WORKER_COMMAND.format(celery=retrain_command("celery"))
+    consumers = decision_consumers(ctx.settings.broker_url, timeout=1.0)
+    if consumers:
+        return (f"the decision follows ({len(consumers)} worker(s) on the decision queue); "
+                f"see it with: {retrain_command()} decisions {model}")
+    if consumers is None:
+        return (f"a worker decides it from {_transport(ctx.settings.broker_url)}, which cannot say whether one "
+                f"is running; if none is, nothing happens until you start one: {start}; {follow}")
+    return (f"no worker is running on the decision queue (none answered within 1 s): the request waits in the "
+            f"broker; start one with: {start}; {follow}")
+
+
+def _transport(url: str) -> str:
+    scheme = url.split("://", 1)[0]
+    return {"sqla+sqlite": "the embedded SQLite broker", "memory": "an in-memory broker no other process can "
+            "read"}.get(scheme, scheme)
 
 
 def cmd_resolve(args, approve: bool) -> int:
@@ -223,13 +254,19 @@ def render_decision(d: dict) -> str:
     if d.get("resolved_by"):
         head += f"  (answered by {d['resolved_by']})"
     lines = [head]
-    req = d.get("request") or {}
-    if req:
-        lines.append(f"  asked by {req.get('requested_by')}: {_clip(req.get('reason'), 150)}")
-        if req.get("override_budget"):
-            why = (req.get("evidence") or {}).get("override_reason") or "no reason"
-            lines.append(f"  budget override requested: {why}")
     detail = d.get("detail") or {}
+    req = d.get("request") or {}
+    # What the decision was made on (recorded with it); a request refreshed since is not shown.
+    asked = detail.get("request") or {}
+    if req or asked:
+        lines.append(f"  asked by {asked.get('requested_by', req.get('requested_by'))}: "
+                     f"{_clip(asked.get('reason', req.get('reason')), 150)}")
+        ev = asked.get("evidence") if asked else None
+        if ev:
+            lines.append(f"  evidence when decided: {_clip(evidence_line(ev), 150)}")
+        if req.get("override_budget"):
+            why = (ev if ev is not None else (req.get("evidence") or {})).get("override_reason") or "no reason"
+            lines.append(f"  budget override requested: {why}")
     est = detail.get("estimate") or {}
     lines.append(f"  decision {d['id']}  request {d['request_id']}  estimate {format_usd(d['estimated_cost_usd'])}"
                  + (f" ({est.get('source')})" if est.get("source") else ""))
@@ -243,6 +280,26 @@ def render_decision(d: dict) -> str:
     if detail.get("override"):
         lines.append(f"  {detail['override']}")
     return "\n".join(lines)
+
+
+#: Evidence fields shown on a decision's line, in this order (the rest is in --json).
+_EVIDENCE_SHOWN = ("metric", "version", "baseline_accuracy", "current_accuracy", "measured_on", "drifted",
+                   "features", "severity", "value")
+
+
+def evidence_line(ev: dict[str, Any]) -> str:
+    """A request's evidence in one line: the figures a reader checks first."""
+    parts = []
+    for k in _EVIDENCE_SHOWN:
+        v = ev.get(k)
+        if v is None or v == [] or v == {}:
+            continue
+        if isinstance(v, float):
+            v = f"{v:.3g}"
+        elif isinstance(v, (list, tuple)):
+            v = ", ".join(str(x.get("name", x)) if isinstance(x, dict) else str(x) for x in v)
+        parts.append(f"{k} {v}")
+    return "; ".join(parts) or "-"
 
 
 def cmd_decisions(args) -> int:
@@ -259,9 +316,13 @@ def cmd_decisions(args) -> int:
                 "request_id": d.request_id, "rules": d.rules, "defer_until": d.defer_until,
                 "estimated_cost_usd": d.estimated_cost_usd, "detail": d.detail, "summary": d.summary,
                 "resolved_by": d.resolved_by, "resolved_at": d.resolved_at,
+                # The evidence as it was when decided (kept with the decision); the request's own is
+                # refreshed by later firings, so it is only the fallback for decisions recorded before.
+                "evidence": (d.detail or {}).get("request", {}).get("evidence", None if req is None
+                                                                    else req.evidence),
                 "request": None if req is None else {
                     "status": req.status, "reason": req.reason, "requested_by": req.requested_by,
-                    "override_budget": req.override_budget, "evidence": req.evidence, "run_id": req.run_id},
+                    "override_budget": req.override_budget, "run_id": req.run_id},
             })
     data.reverse()  # oldest first, so the newest is next to the prompt
     _out(args, data, "\n\n".join(render_decision(d) for d in data) or "no decisions")
@@ -374,10 +435,18 @@ def render_costs(data: dict[str, Any]) -> str:
 
 def cmd_costs(args) -> int:
     ctx = _ctx()
-    # --until a past day shows that day's figures as they stand now (e.g. a demo's simulated January).
-    now = ctx.now() if not args.until else _since(args.until) + timedelta(hours=23, minutes=59)
+    # --until a past day shows that day's figures as they stand now; a demo home uses its simulated clock.
+    clock = demo_now(ctx)
+    if args.until:
+        now = args.until + timedelta(hours=23, minutes=59)
+    else:
+        now = clock if clock is not None else ctx.now()
     data = costs_data(ctx, now, args.days)
-    _out(args, data, render_costs(data))
+    text = render_costs(data)
+    if clock is not None and not args.until:
+        data["clock"] = "demo"
+        text = f"(a demo home: as of its simulated clock, {now:%Y-%m-%d %H:%M} UTC)\n" + text
+    _out(args, data, text)
     return 0
 
 
@@ -386,7 +455,7 @@ def cmd_audit(args) -> int:
     ctx = _ctx()
     with ctx.store.tx() as tx:
         rows = tx.audit.log(model=args.model, kinds=args.kind, actor=args.actor, subject=args.subject,
-                            since=_since(args.since) if args.since else None, limit=args.limit)
+                            since=args.since, limit=args.limit)
     data = [{"id": e.id, "at": e.at, "model": e.model, "kind": e.kind, "actor": e.actor, "subject": e.subject,
              "message": e.message, "data": e.data} for e in rows]
     text = "\n".join(f"{e['at']:%Y-%m-%d %H:%M:%S}  {e['kind']:<10} {_clip(e['actor'], 16):<16} "
@@ -400,7 +469,7 @@ def register(sub) -> None:
     """Add this area's subcommands to the parser."""
 
     tr = sub.add_parser("train", help="ask for a retraining now (manual trigger; every rule still applies)")
-    tr.add_argument("model")
+    tr.add_argument("model", help="a configured model")
     tr.add_argument("--reason", help="why (required with --override-budget, and recorded as its reason)")
     tr.add_argument("--actor", default="operator", help="who asks (audited)")
     tr.add_argument("--override-budget", action="store_true",
@@ -410,36 +479,39 @@ def register(sub) -> None:
 
     for name, approve in (("approve", True), ("reject", False)):
         sp = sub.add_parser(name, help=f"{name} a decision waiting for approval (request or decision id, or a prefix)")
-        sp.add_argument("id")
-        sp.add_argument("--reason", required=not approve)
-        sp.add_argument("--actor", default="operator")
+        sp.add_argument("id", help="the request's or decision's id, or a unique prefix")
+        sp.add_argument("--reason", required=not approve, help="why (audited)" + ("" if approve else "; required"))
+        sp.add_argument("--actor", default="operator", help="who answers (audited)")
         sp.set_defaults(fn=lambda a, ap=approve: cmd_resolve(a, ap))
 
     d = with_json(sub.add_parser("decisions", help="decisions with every rule: value, limit, verdict"))
-    d.add_argument("model", nargs="?")
-    d.add_argument("--limit", type=int, default=20, help="the newest N decisions")
-    d.add_argument("--verdict", choices=["approve", "defer", "reject", "pending_approval", "coalesced"])
+    d.add_argument("model", nargs="?", help="only this model's decisions")
+    d.add_argument("--limit", type=positive_int, default=20, help="the newest N decisions (at least 1; default 20)")
+    d.add_argument("--verdict", choices=["approve", "defer", "reject", "pending_approval", "coalesced"],
+                   help="only decisions with this verdict")
     d.set_defaults(fn=cmd_decisions)
 
     c = with_json(sub.add_parser("costs", help="spend per day and month, per model, against the caps"))
-    c.add_argument("--days", type=int, default=14, help="how many days to list (default 14)")
-    c.add_argument("--until", help="the last day to list, ISO date (default today, UTC)")
+    c.add_argument("--days", type=non_negative_int, default=14, help="how many days to list (0 or more; default 14)")
+    c.add_argument("--until", type=iso_time, help="the last day to list, ISO date (default today, UTC; "
+                   "on a demo home, the demo's simulated day)")
     c.set_defaults(fn=cmd_costs)
 
     a = with_json(sub.add_parser("audit", help="the append-only audit log, oldest first"))
-    a.add_argument("model", nargs="?")
+    a.add_argument("model", nargs="?", help="only this model's events")
     a.add_argument("--kind", action="append", help="only these kinds (repeatable): request, decision, bypass, "
                    "approval, run, training, version, validation, promotion, rollback, config, admin, ...")
     a.add_argument("--actor", help="only events by this actor")
     a.add_argument("--subject", help="only events about this id (or id prefix)")
-    a.add_argument("--since", help="only events at or after this ISO date/time (UTC unless an offset is given)")
-    a.add_argument("--limit", type=int, default=200, help="the newest N events")
+    a.add_argument("--since", type=iso_time,
+                   help="only events at or after this ISO date/time (UTC unless an offset is given)")
+    a.add_argument("--limit", type=positive_int, default=200, help="the newest N events (at least 1; default 200)")
     a.set_defaults(fn=cmd_audit)
 
     for name, paused in (("pause", True), ("resume", False)):
         sp = sub.add_parser(name, help=f"{name} automatic retraining for a model or --all")
-        sp.add_argument("model", nargs="?")
-        sp.add_argument("--all", action="store_true")
-        sp.add_argument("--reason", default="operator decision")
-        sp.add_argument("--actor", default="operator")
+        sp.add_argument("model", nargs="?", help="a configured model (or --all)")
+        sp.add_argument("--all", action="store_true", help="every model")
+        sp.add_argument("--reason", default="operator decision", help="why (audited)")
+        sp.add_argument("--actor", default="operator", help="who (audited)")
         sp.set_defaults(fn=lambda a, pz=paused: cmd_pause(a, pz))

@@ -69,8 +69,10 @@ def _backtest(args) -> int:
 
 def register(sub) -> None:
     """Add this area's subcommands to the parser."""
+    from retrain.cli.commands.common import plain, positive_int
+
     p = sub.add_parser("backtest", help="replay a labelled history through the real policy; compare policies",
-                       description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+                       description=plain(__doc__.split("\n\n", 2)[2]).replace("DIR/", "OUT/") if __doc__ else None)
     p.add_argument("data", help="CSV or Parquet file, one row per prediction event")
     p.add_argument("--time", required=True, help="time column (epoch seconds/ms or ISO 8601; naive is UTC)")
     p.add_argument("--label", required=True, help="binary outcome column (0/1) the model predicts")
@@ -92,7 +94,7 @@ def register(sub) -> None:
                    "for approval after this long; 'never' leaves them waiting (default 30m)")
     p.add_argument("--keep-state", action="store_true", help="keep each policy's database and artifacts under "
                    "OUT/state/<policy> (inspect with RETRAIN_HOME=OUT/state/auto retrain status)")
-    p.add_argument("--jobs", type=int, default=None, help="policies replayed at once, each in its own process "
+    p.add_argument("--jobs", type=positive_int, default=None, help="policies replayed at once, each in its own process "
                    "(default: one per CPU, at most one per policy; 1: one after the other in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output directory for report.json, report.html and the plots")

@@ -6,11 +6,11 @@ document for scripts (times as ISO 8601 strings).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
-from retrain.cli.commands.common import _ctx, _out, _short, with_json
-from retrain.core.errors import PayloadError
+from retrain.cli.commands.common import _ctx, _out, _short, clip, iso_time, non_negative_float, positive_int, with_json
+from retrain.core.errors import RetrainError
 
 __all__ = ["register", "render_versions", "render_show", "render_gc"]
 
@@ -29,18 +29,7 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def _parse_time(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise PayloadError(f"--at: not an ISO time (e.g. 2026-01-06T12:00 or 2026-01-06T12:00+00:00): "
-                           f"{text!r}") from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-
-
-def _clip(text: str | None, width: int) -> str:
-    text = text or ""
-    return text if len(text) <= width else text[: width - 3] + "..."
+_clip = clip
 
 
 # ---------------------------------------------------------------- versions
@@ -133,7 +122,7 @@ def cmd_history(args) -> int:
 
     ctx = _ctx()
     if args.at:
-        at = _parse_time(args.at)
+        at = args.at
         with ctx.store.tx() as tx:
             states = aliases_at(tx, args.model, at)
         prod = states.get("production")
@@ -157,17 +146,52 @@ def cmd_history(args) -> int:
 
 
 # ---------------------------------------------------------------- rollback
+class RollbackRefusedError(RetrainError):
+    """Raised when a rollback's target failed a check (validation, shadow, canary) and --force was not given."""
+
+
+def rollback_objection(tx, model: str, version: str) -> str | None:
+    """Why ``version`` should not serve again, with its figures, or None: it failed validation,
+    was rejected in shadow, or was rolled back as a canary."""
+    row = tx.versions.get(model, version)
+    if row is None:
+        return None
+    for ro in tx.rollouts.newest(model, limit=200):
+        if ro.candidate_version != version:
+            continue
+        if ro.phase == "rolled_back":
+            return f"{version} was rolled back as a canary at {ro.finished_at:%Y-%m-%d %H:%M} UTC: {ro.outcome}"
+        if ro.phase == "rejected":
+            return f"{version} was rejected in shadow at {ro.finished_at:%Y-%m-%d %H:%M} UTC: {ro.outcome}"
+    gate = (row.metrics or {}).get("gate") or {}
+    if row.status == "rejected" or gate.get("verdict") == "rejected":
+        return f"{version} failed validation: {gate.get('detail') or 'status rejected'}"
+    return None
+
+
 def cmd_rollback(args) -> int:
+    from retrain.registry import resolve_rollback
     from retrain.steps.promote import rollback
 
     ctx = _ctx()
-    res = rollback(ctx, args.model, args.version, actor=args.actor, reason=args.reason)
+    with ctx.store.tx() as tx:
+        target = resolve_rollback(tx, args.model, args.version)
+        objection = rollback_objection(tx, args.model, target)
+    reason, extra = args.reason, None
+    if objection and not args.force:
+        raise RollbackRefusedError(f"refused: {objection}; serve it anyway with --force (audited)")
+    if objection:
+        reason = f"{args.reason} (forced with --force past: {objection})"
+        extra = {"forced": True, "objection": objection}
+    res = rollback(ctx, args.model, target, actor=args.actor, reason=reason, data=extra)
     data = {"model": args.model, "status": res.status, "production": res.version, "replaced": res.previous,
-            "detail": res.detail}
+            "detail": res.detail, "forced_past": objection}
     if res.status == "rolled_back":
         text = f"{args.model}: {res.detail}" + (f" (previous is now {res.previous})" if res.previous else "")
     else:
         text = f"{args.model}: {res.detail}"
+    if objection:
+        text += f"\nforced past: {objection} (audited)"
     _out(args, data, text)
     return 0
 
@@ -209,26 +233,28 @@ def register(sub) -> None:
     """Add this area's subcommands to the parser."""
 
     v = with_json(sub.add_parser("versions", help="a model's versions: numbers and why, aliases, data, metrics, cost"))
-    v.add_argument("model")
+    v.add_argument("model", help="a configured model")
     v.add_argument("--live", action="store_true", help="leave out deleted versions (tombstones)")
     v.set_defaults(fn=cmd_versions)
 
     sh = with_json(sub.add_parser("show", help="one version's full record: MODEL@VERSION or MODEL@ALIAS"))
-    sh.add_argument("ref", metavar="MODEL@VERSION")
+    sh.add_argument("ref", metavar="MODEL@VERSION", help="e.g. direction@1.2.0 or direction@production")
     sh.set_defaults(fn=cmd_show)
 
     h = with_json(sub.add_parser("history", help="alias moves (what served when); --at T: what served at time T"))
-    h.add_argument("model")
-    h.add_argument("--at", help="ISO time, e.g. 2026-01-06T12:00 (UTC unless an offset is given)")
+    h.add_argument("model", help="a configured model")
+    h.add_argument("--at", type=iso_time, help="ISO time, e.g. 2026-01-06T12:00 (UTC unless an offset is given)")
     h.add_argument("--alias", help="only this alias's moves")
-    h.add_argument("--limit", type=int, default=200, help="the newest N moves")
+    h.add_argument("--limit", type=positive_int, default=200, help="the newest N moves (at least 1; default 200)")
     h.set_defaults(fn=cmd_history)
 
     rb = with_json(sub.add_parser("rollback", help="serve a retained version again (default: 'previous')"))
-    rb.add_argument("model")
-    rb.add_argument("version", nargs="?")
-    rb.add_argument("--reason", default="manual rollback")
-    rb.add_argument("--actor", default="operator")
+    rb.add_argument("model", help="a configured model")
+    rb.add_argument("version", nargs="?", help="the version to serve (default: 'previous', or withdraw the canary)")
+    rb.add_argument("--reason", default="manual rollback", help="why (audited)")
+    rb.add_argument("--actor", default="operator", help="who rolls back (audited)")
+    rb.add_argument("--force", action="store_true", help="serve a version that failed validation, was rejected "
+                    "in shadow or rolled back as a canary (refused without it; audited)")
     rb.set_defaults(fn=cmd_rollback)
 
     gc = with_json(sub.add_parser("gc", help="apply retention now and remove orphan artifacts; "
@@ -236,7 +262,7 @@ def register(sub) -> None:
     gc.add_argument("models", nargs="*", metavar="MODEL", help="only these models (default: all)")
     gc.add_argument("--dry-run", action="store_true", help="show what would be removed; change nothing")
     gc.add_argument("--no-orphans", action="store_true", help="do not collect unreferenced artifact files")
-    gc.add_argument("--grace-minutes", type=float, default=60.0,
+    gc.add_argument("--grace-minutes", type=non_negative_float, default=60.0,
                     help="leave unreferenced files younger than this (a training may be about to register them)")
-    gc.add_argument("--actor", default="operator")
+    gc.add_argument("--actor", default="operator", help="who runs it (audited)")
     gc.set_defaults(fn=cmd_gc)

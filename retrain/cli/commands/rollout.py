@@ -102,13 +102,13 @@ def register(sub) -> None:
     """Add this area's subcommands to the parser."""
     ro = with_json(sub.add_parser("rollout",
                                   help="a model's shadow or staged rollout: stage, figures, what the next step needs"))
-    ro.add_argument("model")
+    ro.add_argument("model", help="a configured model")
     ro.set_defaults(fn=cmd_rollout)
 
     pr = sub.add_parser("promote", help="confirm the next rollout step when rollout.manual_gate is set")
-    pr.add_argument("model")
+    pr.add_argument("model", help="a configured model")
     pr.add_argument("--confirm", action="store_true", required=True,
                     help="required: confirms the step (a person's decision, audited)")
-    pr.add_argument("--actor", default="operator")
-    pr.add_argument("--reason", default="")
+    pr.add_argument("--actor", default="operator", help="who confirms (audited)")
+    pr.add_argument("--reason", default="", help="why (audited)")
     pr.set_defaults(fn=cmd_promote)

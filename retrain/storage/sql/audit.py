@@ -20,6 +20,9 @@ class SqlAudit(SqlRepository):
                subject: str | None = None, data: dict[str, Any] | None = None) -> None:
         self.s.add(AuditRow(at=at, model=model, kind=kind, actor=actor, subject=subject, message=message,
                             data=data or {}))
+        # The store's hook, in this same transaction (a process's Context: the notification rides the outbox).
+        if self.tx.on_audit is not None:
+            self.tx.on_audit(self.tx, at, kind, actor, message, model=model, subject=subject, data=data or {})
 
     def events(self, model: str | None = None, limit: int = 200, kind: str | None = None) -> list[AuditEvent]:
         """The newest ``limit`` events (of a model, of a kind), oldest first."""
