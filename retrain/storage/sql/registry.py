@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, text, update
+from sqlalchemy import and_, func, select, text, update
 
 from retrain.core.records import AliasMove, AliasRecord, StoredVersion
 from retrain.storage.models import AliasHistoryRow, AliasRow, VersionRow
@@ -142,7 +142,5 @@ class SqlAliases(SqlRepository):
 
     def counts(self, model: str) -> dict[str, int]:
         """alias -> how many rows it has (a row per alias: a check that moves never duplicate one)."""
-        from sqlalchemy import func
-
         q = select(AliasRow.alias, func.count()).where(AliasRow.model == model).group_by(AliasRow.alias)
         return {a: int(n) for a, n in self.s.execute(q)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -93,7 +94,7 @@ class SqlRequests(SqlRepository):
         if unknown:
             raise ValueError(f"a request's {', '.join(sorted(unknown))} cannot be changed")
         self.s.execute(update(RequestRow).where(RequestRow.id == request.id).values(**changes))
-        return _replace(request, changes)
+        return replace(request, **changes)
 
     def close(self, request: RequestRecord, status: str, **changes: Any) -> RequestRecord:
         """End the request in ``status``: a new request of its model and trigger may open."""
@@ -102,7 +103,7 @@ class SqlRequests(SqlRepository):
             raise ValueError(f"a request's {', '.join(sorted(unknown))} cannot be changed")
         changes = {**changes, "status": status}
         self.s.execute(update(RequestRow).where(RequestRow.id == request.id).values(open_key=None, **changes))
-        return _replace(request, {**changes, "open_key": None})
+        return replace(request, **changes, open_key=None)
 
     def get_open_locked(self, request_id: str, lock_name: str) -> tuple[RequestRecord | None, bool]:
         """The request, locked for update, and whether the store's lock ``lock_name`` was taken:
@@ -129,12 +130,6 @@ class SqlRequests(SqlRepository):
             return self.get(request_id), False
         self.tx.lock(lock_name)
         return self.get(request_id, for_update=True), True
-
-
-def _replace(rec: Any, changes: dict[str, Any]) -> Any:
-    from dataclasses import replace
-
-    return replace(rec, **changes)
 
 
 class SqlDecisions(SqlRepository):
